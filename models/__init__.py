@@ -1,0 +1,6 @@
+"""Networks, the analytic Gaussian-mixture oracle and exact prediction conversions."""
+
+from models.oracle import GaussianMixture
+from models.predictions import KINDS, convert, converted
+
+__all__ = ["GaussianMixture", "KINDS", "convert", "converted"]

@@ -1,0 +1,128 @@
+"""The Gaussian-mixture oracle: data whose every prediction is known in closed form.
+
+For data x0 ~ sum_k w_k N(mu_k, diag(s_k^2)) and x = alpha x0 + sigma eps, the marginal of x under component k is
+N(alpha mu_k, alpha^2 s_k^2 + sigma^2), and
+
+  E[x0 | x, k]  = mu_k + alpha s_k^2 / v_k (x - alpha mu_k),      v_k = alpha^2 s_k^2 + sigma^2,
+  E[eps | x, k] = sigma / v_k (x - alpha mu_k),
+
+averaged with the posterior responsibilities of the components. Both stay finite at alpha = 0 and at sigma = 0
+(when every s_k > 0), so the oracle is exact at every (x, t) of every process; the other prediction kinds follow
+from (x0, eps) by `models.predictions`. This gives samplers a ground truth: the probability-flow map of the
+oracle is computed to float64 precision by `samplers.reference.exact_flow_map`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from models import predictions
+from schedules.processes import as_float
+
+
+@flax.struct.dataclass
+class GaussianMixture:
+    """A mixture of diagonal Gaussians. weights (K,), means (K, d), stds (K, d) (isotropic: equal along d)."""
+
+    weights: jax.Array
+    means: jax.Array
+    stds: jax.Array
+
+    @classmethod
+    def create(cls, weights, means, stds):
+        """Validating constructor. `stds` may be a scalar, (K,) (isotropic) or (K, d) (diagonal)."""
+        means = as_float(means)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, d), got {means.shape}")
+        k, d = means.shape
+        weights = as_float(weights)
+        if weights.shape != (k,) or bool(jnp.any(weights <= 0)):
+            raise ValueError(f"weights must be {k} positive numbers, got shape {weights.shape}")
+        stds = as_float(stds)
+        if stds.ndim == 0:
+            stds = jnp.full((k, d), stds)
+        elif stds.shape == (k,):
+            stds = jnp.broadcast_to(stds[:, None], (k, d))
+        if stds.shape != (k, d) or bool(jnp.any(stds <= 0)):
+            raise ValueError(f"stds must be positive with shape (), ({k},) or ({k}, {d}); got {stds.shape}")
+        return cls(weights=weights / jnp.sum(weights), means=means, stds=stds)
+
+    @classmethod
+    def random(cls, key, dim=8, num_components=6, spread=2.0, std_range=(0.1, 0.5), diagonal=True):
+        """A random mixture: means ~ N(0, spread^2 / d), stds uniform in std_range, weights Dirichlet(5)."""
+        k_mean, k_std, k_w = jax.random.split(key, 3)
+        means = spread * jax.random.normal(k_mean, (num_components, dim)) / math.sqrt(dim)
+        shape = (num_components, dim) if diagonal else (num_components,)
+        stds = jax.random.uniform(k_std, shape, minval=std_range[0], maxval=std_range[1])
+        weights = jax.random.dirichlet(k_w, 5.0 * jnp.ones(num_components))
+        return cls.create(weights, means, stds)
+
+    @property
+    def dim(self):
+        return self.means.shape[-1]
+
+    def sample(self, key, num):
+        """`num` draws of clean data, shape (num, d)."""
+        k_c, k_n = jax.random.split(key)
+        comp = jax.random.categorical(k_c, jnp.log(self.weights), shape=(num,))
+        return self.means[comp] + self.stds[comp] * jax.random.normal(k_n, (num, self.dim), self.means.dtype)
+
+    def _posterior(self, x, alpha, sigma):
+        """Responsibilities (..., K) and the per-component offsets / variances at x ~ x_t."""
+        x = x[..., None, :]
+        var = alpha**2 * self.stds**2 + sigma**2  # (K, d)
+        diff = x - alpha * self.means  # (..., K, d)
+        log_prob = -0.5 * jnp.sum(diff**2 / var + jnp.log(2 * math.pi * var), axis=-1)
+        resp = jax.nn.softmax(jnp.log(self.weights) + log_prob, axis=-1)
+        return resp, diff, var
+
+    def x0_eps(self, x, t, process):
+        """The exact E[x0 | x_t = x] and E[eps | x_t = x] under `process`."""
+        self._check(x)
+        t = as_float(t)
+        alpha, sigma = process.alpha(t), process.sigma(t)
+        x_f = x.astype(jnp.promote_types(x.dtype, t.dtype))
+        resp, diff, var = self._posterior(x_f, alpha, sigma)
+        x0 = jnp.einsum("...k,...kd->...d", resp, self.means + alpha * self.stds**2 / var * diff)
+        eps = jnp.einsum("...k,...kd->...d", resp, sigma / var * diff)
+        return x0.astype(x.dtype), eps.astype(x.dtype)
+
+    def predict(self, x, t, process, kind="eps"):
+        """The exact prediction of the given kind ("eps", "x0", "v", "velocity", "score") at (x, t)."""
+        predictions.check_kind(kind)
+        x0, eps = self.x0_eps(x, t, process)
+        return predictions.from_x0_eps(kind, x0, eps, t, process).astype(x.dtype)
+
+    def model_fn(self, process, kind="eps"):
+        """A `model_fn(x, t)` for `samplers.sample`, predicting `kind` exactly."""
+        predictions.check_kind(kind)
+        return lambda x, t: self.predict(x, t, process, kind)
+
+    def eps_y(self, y, gamma):
+        """E[eps | y] in the process-free form y = x0 + gamma eps: the right side of dy/dgamma = E[eps | y]."""
+        resp, diff, var = self._posterior(y, 1.0, gamma)
+        return jnp.einsum("...k,...kd->...d", resp, gamma / var * diff)
+
+    def log_prob(self, x, t, process):
+        """log p_t(x) of the marginal at time t."""
+        self._check(x)
+        t = as_float(t)
+        alpha, sigma = process.alpha(t), process.sigma(t)
+        x = x[..., None, :]
+        var = alpha**2 * self.stds**2 + sigma**2
+        log_prob = -0.5 * jnp.sum((x - alpha * self.means) ** 2 / var + jnp.log(2 * math.pi * var), axis=-1)
+        return jax.scipy.special.logsumexp(jnp.log(self.weights) + log_prob, axis=-1)
+
+    def marginal_sample(self, key, num, t, process):
+        """`num` exact draws of x_t."""
+        k_data, k_noise = jax.random.split(key)
+        return process.marginal(k_noise, self.sample(k_data, num), t)
+
+    def _check(self, x):
+        if x.shape[-1:] != (self.dim,):
+            raise ValueError(f"the oracle is {self.dim}-dimensional: x must have shape (..., {self.dim}), "
+                             f"got {x.shape}")

@@ -1,0 +1,95 @@
+"""Exact conversions between the kinds of model prediction, for any process.
+
+With x = alpha x0 + sigma eps, the kinds are
+  "eps"      the noise eps,
+  "x0"       the clean data x0,
+  "v"        alpha eps - sigma x0 (Salimans & Ho 2022),
+  "velocity" dx/dt = alpha'(t) x0 + sigma'(t) eps (flow matching, in our t = 0 data convention),
+  "score"    grad log p_t(x) = -eps / sigma.
+Each kind, together with x, determines the pair (x0, eps) by a 2x2 linear solve; conversions go through that pair.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from schedules.processes import as_float
+
+KINDS = ("eps", "x0", "v", "velocity", "score")
+
+
+def check_kind(kind):
+    if kind not in KINDS:
+        raise ValueError(f"unknown prediction {kind!r}; valid predictions: {list(KINDS)}")
+    return kind
+
+
+def _coefficients(process, t):
+    t = as_float(t)
+    return process.alpha(t), process.sigma(t), t
+
+
+def to_x0_eps(kind, pred, x, t, process):
+    """(x0, eps) from a prediction of the given kind at state x and time t."""
+    check_kind(kind)
+    alpha, sigma, t = _coefficients(process, t)
+    if kind == "eps":
+        return (x - sigma * pred) / alpha, pred
+    if kind == "x0":
+        return pred, (x - alpha * pred) / sigma
+    if kind == "score":
+        eps = -sigma * pred
+        return (x - sigma * eps) / alpha, eps
+    if kind == "v":
+        norm = alpha**2 + sigma**2
+        return (alpha * x - sigma * pred) / norm, (sigma * x + alpha * pred) / norm
+    # velocity: [alpha sigma; alpha' sigma'] [x0; eps] = [x; u], det = alpha sigma' - sigma alpha' = alpha^2 gamma' > 0
+    d_alpha, d_sigma = process.d_alpha(t), process.d_sigma(t)
+    det = alpha * d_sigma - sigma * d_alpha
+    return (d_sigma * x - sigma * pred) / det, (alpha * pred - d_alpha * x) / det
+
+
+def from_x0_eps(kind, x0, eps, t, process):
+    """The prediction of the given kind from the pair (x0, eps) at time t."""
+    check_kind(kind)
+    alpha, sigma, t = _coefficients(process, t)
+    if kind == "eps":
+        return eps
+    if kind == "x0":
+        return x0
+    if kind == "score":
+        return -eps / sigma
+    if kind == "v":
+        return alpha * eps - sigma * x0
+    return process.d_alpha(t) * x0 + process.d_sigma(t) * eps
+
+
+def convert(pred, from_kind, to_kind, x, t, process):
+    """Convert `pred` (of kind `from_kind`, at state x and time t) to `to_kind`. Identity when the kinds agree.
+
+    Example:
+        >>> import jax.numpy as jnp, schedules
+        >>> p = schedules.get_process("vp_linear")
+        >>> x, eps = jnp.ones(3), jnp.full(3, 0.5)
+        >>> x0 = convert(eps, "eps", "x0", x, 0.5, p)
+    """
+    check_kind(from_kind)
+    check_kind(to_kind)
+    if from_kind == to_kind:
+        return pred
+    x0, eps = to_x0_eps(from_kind, pred, x, t, process)
+    out = from_x0_eps(to_kind, x0, eps, t, process)
+    return out.astype(jnp.result_type(pred))
+
+
+def converted(model_fn, from_kind, to_kind, process):
+    """`model_fn` (predicting `from_kind`) wrapped to predict `to_kind`."""
+    check_kind(from_kind)
+    check_kind(to_kind)
+    if from_kind == to_kind:
+        return model_fn
+
+    def wrapped(x, t):
+        return convert(model_fn(x, t), from_kind, to_kind, x, t, process)
+
+    return wrapped

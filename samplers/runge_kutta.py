@@ -1,0 +1,117 @@
+"""Explicit Runge-Kutta samplers, in one of two spaces.
+
+- space "t": the probability-flow ODE dx/dt = velocity(x, t) in the process's own time (the model output is
+  converted to the velocity exactly). `euler`, and `heun`, EDM's second-order sampler (Karras et al. 2022, Alg. 1),
+  which takes a plain Euler step on the last interval: NFE = 2N - 1.
+- space "gamma": DEIS's rhoRK (Zhang & Chen 2022): y = x / alpha, gamma = sigma / alpha, dy/dgamma = eps(x, t(gamma)),
+  solved with a classical tableau ("2heun", "3kutta", "4rk"); NFE = stages x N.
+
+Stage times are computed once per grid, outside the loop; the stage loop inside a step is unrolled (static).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from samplers.base import Solver, cast_like
+
+# Butcher tableaus: (c, a, b, order).
+TABLEAUS = {
+    "euler": ((0.0,), ((),), (1.0,), 1),
+    "2heun": ((0.0, 1.0), ((), (1.0,)), (0.5, 0.5), 2),
+    "3kutta": ((0.0, 0.5, 1.0), ((), (0.5,), (-1.0, 2.0)), (1 / 6, 4 / 6, 1 / 6), 3),
+    "4rk": ((0.0, 0.5, 0.5, 1.0), ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6), 4),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplicitRK(Solver):
+    tableau = "euler"
+    space = "t"
+    final_euler = False
+
+    @property
+    def order(self):
+        return TABLEAUS[self.tableau][3]
+
+    @property
+    def stages(self):
+        return len(TABLEAUS[self.tableau][0])
+
+    @property
+    def evaluates_end(self):
+        return TABLEAUS[self.tableau][0][-1] == 1.0 and not self.final_euler
+
+    def nfe(self, num_steps):
+        return self.stages * num_steps - (self.stages - 1) * int(self.final_euler)
+
+    def coefficients(self, process, ts):
+        c = jnp.asarray(TABLEAUS[self.tableau][0], ts.dtype)
+        s, t = ts[:-1, None], ts[1:, None]
+        at_start, at_end = c == 0.0, c == 1.0
+        if self.space == "t":
+            tau = jnp.where(at_end, t, s + c * (t - s))
+            ones = jnp.ones_like(ts[:-1])
+            return {"h": ts[1:] - ts[:-1], "tau": tau, "scale": jnp.ones_like(tau), "z_in": ones, "z_out": ones}
+        gamma, alpha = process.gamma(ts), process.alpha(ts)
+        h = gamma[1:] - gamma[:-1]
+        tau = process.t_of_gamma(gamma[:-1, None] + c * h[:, None])
+        tau = jnp.where(at_start, s, jnp.where(at_end, t, tau))  # exact grid times, not round trips
+        return {"h": h, "tau": tau, "scale": process.alpha(tau), "z_in": 1.0 / alpha[:-1], "z_out": alpha[1:]}
+
+    def step(self, model, process, x, state, inp):
+        c, a, b, _ = TABLEAUS[self.tableau]
+        co = inp["coef"]
+        z, h = x * co["z_in"], co["h"]
+
+        def derivative(k, z_k):
+            return model(cast_like(z_k * co["scale"][k], x), co["tau"][k])
+
+        k1 = derivative(0, z)
+
+        def full(_):
+            ks = [k1]
+            for k in range(1, len(c)):
+                z_k = z + h * sum(a_km * k_m for a_km, k_m in zip(a[k], ks) if a_km != 0.0)
+                ks.append(derivative(k, z_k))
+            return z + h * sum(b_k * k_k for b_k, k_k in zip(b, ks))
+
+        if self.final_euler:
+            z_next = jax.lax.cond(inp["last"], lambda _: z + h * k1, full, None)
+        else:
+            z_next = full(None)
+        return cast_like(z_next * co["z_out"], x), state
+
+
+@dataclasses.dataclass(frozen=True)
+class Euler(ExplicitRK):
+    name = "euler"
+    native = "velocity"
+
+
+@dataclasses.dataclass(frozen=True)
+class Heun(ExplicitRK):
+    name = "heun"
+    native = "velocity"
+    tableau = "2heun"
+    final_euler = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DEISRhoRK(ExplicitRK):
+    name = "deis_rhork"
+    native = "eps"
+    space = "gamma"
+    method: str = "3kutta"
+
+    def __post_init__(self):
+        valid = ("2heun", "3kutta", "4rk")
+        if self.method not in valid:
+            raise ValueError(f"deis_rhork method must be one of {list(valid)}, got {self.method!r}")
+
+    @property
+    def tableau(self):
+        return self.method
