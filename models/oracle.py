@@ -73,11 +73,11 @@ class GaussianMixture:
 
     def _posterior(self, x, alpha, sigma):
         """Responsibilities (..., K) and the per-component offsets / variances at x ~ x_t."""
-        x = x[..., None, :]
-        var = alpha**2 * self.stds**2 + sigma**2  # (K, d)
-        diff = x - alpha * self.means  # (..., K, d)
+        lead = (1,) * (x.ndim - 1)  # explicit broadcasting of the (K, d) parameters against the batch axes
+        var = jnp.reshape(alpha**2 * self.stds**2 + sigma**2, lead + self.stds.shape)  # (..., K, d)
+        diff = x[..., None, :] - jnp.reshape(alpha * self.means, lead + self.means.shape)
         log_prob = -0.5 * jnp.sum(diff**2 / var + jnp.log(2 * math.pi * var), axis=-1)
-        resp = jax.nn.softmax(jnp.log(self.weights) + log_prob, axis=-1)
+        resp = jax.nn.softmax(jnp.reshape(jnp.log(self.weights), lead + self.weights.shape) + log_prob, axis=-1)
         return resp, diff, var
 
     def x0_eps(self, x, t, process):
@@ -87,7 +87,10 @@ class GaussianMixture:
         alpha, sigma = process.alpha(t), process.sigma(t)
         x_f = x.astype(jnp.promote_types(x.dtype, t.dtype))
         resp, diff, var = self._posterior(x_f, alpha, sigma)
-        x0 = jnp.einsum("...k,...kd->...d", resp, self.means + alpha * self.stds**2 / var * diff)
+        lead = (1,) * (x.ndim - 1)
+        means = jnp.reshape(self.means, lead + self.means.shape)
+        stds = jnp.reshape(self.stds, lead + self.stds.shape)
+        x0 = jnp.einsum("...k,...kd->...d", resp, means + alpha * stds**2 / var * diff)
         eps = jnp.einsum("...k,...kd->...d", resp, sigma / var * diff)
         return x0.astype(x.dtype), eps.astype(x.dtype)
 
@@ -112,10 +115,11 @@ class GaussianMixture:
         self._check(x)
         t = as_float(t)
         alpha, sigma = process.alpha(t), process.sigma(t)
-        x = x[..., None, :]
-        var = alpha**2 * self.stds**2 + sigma**2
-        log_prob = -0.5 * jnp.sum((x - alpha * self.means) ** 2 / var + jnp.log(2 * math.pi * var), axis=-1)
-        return jax.scipy.special.logsumexp(jnp.log(self.weights) + log_prob, axis=-1)
+        _, diff, var = self._posterior(x, alpha, sigma)
+        log_prob = -0.5 * jnp.sum(diff**2 / var + jnp.log(2 * math.pi * var), axis=-1)
+        lead = (1,) * (x.ndim - 1)
+        return jax.scipy.special.logsumexp(jnp.reshape(jnp.log(self.weights), lead + self.weights.shape) + log_prob,
+                                           axis=-1)
 
     def marginal_sample(self, key, num, t, process):
         """`num` exact draws of x_t."""

@@ -11,7 +11,9 @@ A solver is an immutable, hashable object (a static pytree) in the shape of diff
   integrate(model, process, x, ts) -> (x, nfe)
                                the whole trajectory; by default one `lax.scan` over `step`.
 
-Metadata: `order` (declared convergence order, which the tests measure), `stages` (model calls per step), `native`
+Metadata: `order` (the method's nominal order: its name in the papers, and the number of past points a multistep
+solver keeps), `convergence_order` (what the tests measure with exact starting values; equal to `order` except where
+a published method falls short of its name), `stages` (model calls per step), `native`
 (the prediction kind the solver consumes: the model's output is converted to it exactly), `evaluates_end` (whether a
 step calls the model at its end time, which rules out a final step to sigma = 0).
 """
@@ -40,12 +42,25 @@ class Solver:
         raise NotImplementedError
 
     @property
+    def convergence_order(self) -> int:
+        return self.order
+
+    @property
     def stages(self) -> int:
         return 1
 
     def nfe(self, num_steps: int) -> int:
         """Model calls made for a grid of num_steps steps."""
         return self.stages * num_steps
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The most steps whose model calls fit in a budget of `nfe` evaluations."""
+        if self.nfe(1) > nfe:
+            raise ValueError(f"{self.name} needs at least {self.nfe(1)} model calls for one step, got nfe={nfe}")
+        num_steps = 1
+        while self.nfe(num_steps + 1) <= nfe:
+            num_steps += 1
+        return num_steps
 
     def check_grid(self, num_steps: int):
         """Raise ValueError when the solver cannot run on a grid of num_steps steps."""

@@ -49,7 +49,7 @@ class ExplicitRK(Solver):
         return self.stages * num_steps - (self.stages - 1) * int(self.final_euler)
 
     def coefficients(self, process, ts):
-        c = jnp.asarray(TABLEAUS[self.tableau][0], ts.dtype)
+        c = jnp.asarray(TABLEAUS[self.tableau][0], ts.dtype)[None, :]  # (1, S) against the (N, 1) step axis
         s, t = ts[:-1, None], ts[1:, None]
         at_start, at_end = c == 0.0, c == 1.0
         if self.space == "t":
