@@ -12,7 +12,8 @@ def time_embedding(t, dim, max_period=10_000.0):
     """Sinusoidal embedding of t (any shape) into (..., dim) features (Vaswani et al. 2017; DDPM)."""
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
-    args = jnp.asarray(t, jnp.float32)[..., None] * freqs
+    t = jnp.asarray(t, jnp.float32)
+    args = t[..., None] * jnp.reshape(freqs, (1,) * t.ndim + (half,))
     emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
     return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 2 * half)])
 

@@ -116,7 +116,7 @@ def _check_ts(ts, process, solver, prediction):
     if ts_np[-1] < 0:
         raise ValueError(f"ts must end at t >= 0, got {ts_np[-1]}")
     solver.check_grid(ts_np.shape[0] - 1)
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():  # host-side check, even inside an outer jit
         alpha = np.asarray(process.alpha(ts_np))
         sigma = np.asarray(process.sigma(ts_np))
     if np.any(sigma < 0) or np.any(alpha < 0) or np.any(~np.isfinite(alpha * sigma)):

@@ -200,7 +200,8 @@ def get_timesteps(name, process, num_steps, *, t_min=None, t_max=None, append_ze
         raise ValueError(f"need 0 <= t_min < t_max, got t_min={t_min}, t_max={t_max}")
     if t_min == 0.0 and process.t_zero is None:
         raise ValueError(f"process {process.name!r} never reaches sigma = 0, so t_min = 0 is not a valid end")
-    with jax.enable_x64(True):  # grids are host-side arithmetic: do it in float64, return the default float
+    # Grids are host-side arithmetic: float64, evaluated now even inside an outer jit; returned in the default float.
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
         ts = _compute(name, process, num_steps, t_min, t_max, append_zero, options)
     out = as_float(ts)
     if out.shape != (num_steps + 1,) or not np.all(np.diff(np.asarray(out)) < 0):

@@ -1,0 +1,240 @@
+"""The `sample` driver: compilation, transformations, batching, NFE accounting, non-finite reporting, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import samplers
+import schedules
+from models import MLP, GaussianMixture
+
+ALL = [("ddim", {}), ("euler", {}), ("heun", {}), ("deis_tab", dict(order=3)), ("deis_rhoab", dict(order=3)),
+       ("deis_rhork", dict(method="3kutta")), ("ipndm", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("adaptive", {})]
+
+
+@pytest.fixture(scope="module")
+def setup(oracle):
+    p = schedules.get_process("vp_linear")
+    x_init = oracle.marginal_sample(jax.random.PRNGKey(2), 12, p.t_max, p)
+    return oracle, p, x_init, schedules.get_timesteps("logsnr", p, 8)
+
+
+def counting(model_fn):
+    """model_fn that counts its executions at run time (a host callback) and its traces (a Python counter)."""
+    counts = {"calls": 0, "traces": 0}
+
+    def bump():
+        counts["calls"] += 1
+
+    def wrapped(x, t):
+        counts["traces"] += 1
+        jax.debug.callback(bump)
+        return model_fn(x, t)
+
+    return wrapped, counts
+
+
+@pytest.mark.parametrize("name, opts", ALL)
+def test_reported_nfe_is_the_number_of_model_calls(name, opts, setup):
+    oracle, p, x_init, ts = setup
+    model, counts = counting(oracle.model_fn(p))
+    _, info = samplers.sample(model, samplers.get_solver(name, **opts), p, x_init, ts)
+    jax.effects_barrier()
+    assert int(info["nfe"]) == counts["calls"]
+
+
+def test_nfe_formulas():
+    ts_steps = 8
+    assert samplers.get_solver("heun").nfe(ts_steps) == 2 * ts_steps - 1
+    assert samplers.get_solver("deis_rhork", method="4rk").nfe(ts_steps) == 4 * ts_steps
+    assert samplers.get_solver("deis_tab").nfe(ts_steps) == ts_steps
+    assert samplers.get_solver("heun").steps_for_nfe(10) == 5
+    assert samplers.get_solver("deis_rhork", method="3kutta").steps_for_nfe(10) == 3
+
+
+def test_compiles_once_for_repeated_calls(setup):
+    oracle, p, x_init, ts = setup
+    model, counts = counting(oracle.model_fn(p))
+    solver = samplers.get_solver("deis_tab", order=3)
+    samplers.sample(model, solver, p, x_init, ts)
+    traces = counts["traces"]
+    # New batch values and a new grid of the same length: no new trace.
+    samplers.sample(model, solver, p, x_init + 0.1, schedules.get_timesteps("quadratic", p, 8))
+    samplers.sample(model, solver, p, x_init * 0.5, ts)
+    assert counts["traces"] == traces
+
+
+@pytest.mark.parametrize("name, opts", ALL[:-1])
+def test_works_under_jit_and_equals_eager(name, opts, setup):
+    oracle, p, x_init, ts = setup
+    solver = samplers.get_solver(name, **opts)
+    model = oracle.model_fn(p)
+    eager, _ = samplers.sample(model, solver, p, x_init, ts)
+    jitted, info = jax.jit(lambda x, t: samplers.sample(model, solver, p, x, t))(x_init, ts)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-12, atol=1e-12)
+    assert int(info["num_nonfinite"]) == 0
+
+
+@pytest.mark.parametrize("name, opts", ALL)
+def test_gradient_with_respect_to_the_initial_noise(name, opts, setup):
+    oracle, p, x_init, ts = setup
+    solver = samplers.get_solver(name, **opts)
+    model = oracle.model_fn(p)
+    direction = jax.random.normal(jax.random.PRNGKey(5), x_init.shape)
+    loss = lambda x: jnp.sum(jnp.sin(samplers.sample(model, solver, p, x, ts)[0]))
+    grad = jax.grad(loss)(x_init)
+    eps = 1e-6
+    fd = (loss(x_init + eps * direction) - loss(x_init - eps * direction)) / (2 * eps)
+    tol = 1e-3 if name == "adaptive" else 1e-6  # adaptive step sizes move with the state: FD sees that too
+    assert float(jnp.vdot(grad, direction)) == pytest.approx(float(fd), rel=tol, abs=tol)
+
+
+def test_gradient_with_respect_to_model_parameters_and_grid():
+    p = schedules.get_process("vp_linear")
+    net = MLP(hidden=32, depth=2)
+    x_init = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
+    params = net.init(jax.random.PRNGKey(1), x_init, 0.5)
+    params = jax.tree.map(lambda a: a + 0.01, params)  # the zero output layer would make most gradients zero
+    ts = schedules.get_timesteps("logsnr", p, 6)
+    solver = samplers.get_solver("dpmpp_2m")
+
+    def loss(params, ts):
+        x, _ = samplers.sample(lambda x, t: net.apply(params, x, t), solver, p, x_init, ts)
+        return jnp.mean(x**2)
+
+    g_params, g_ts = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, ts)
+    leaves = jax.tree.leaves(g_params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves) and any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
+    assert bool(jnp.all(jnp.isfinite(g_ts)))
+
+
+@pytest.mark.parametrize("name, opts", ALL[:-1])
+def test_a_batch_equals_its_pieces_and_any_batch_shape_works(name, opts, setup):
+    oracle, p, x_init, ts = setup
+    solver = samplers.get_solver(name, **opts)
+    model = oracle.model_fn(p)
+    whole, _ = samplers.sample(model, solver, p, x_init, ts)
+    pieces = jnp.concatenate([samplers.sample(model, solver, p, x_init[i:i + 4], ts)[0] for i in (0, 4, 8)])
+    np.testing.assert_allclose(pieces, whole, rtol=1e-13, atol=1e-13)
+    grid_shaped, _ = samplers.sample(model, solver, p, x_init.reshape(3, 4, 8), ts)
+    np.testing.assert_allclose(grid_shaped.reshape(12, 8), whole, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["x0", "v", "velocity", "score"])
+@pytest.mark.parametrize("name", ["ddim", "heun", "dpmpp_2m", "deis_rhork"])
+def test_every_prediction_kind_gives_the_same_sample(kind, name, setup):
+    oracle, p, x_init, ts = setup
+    solver = samplers.get_solver(name)
+    reference, _ = samplers.sample(oracle.model_fn(p, "eps"), solver, p, x_init, ts, prediction="eps")
+    x, _ = samplers.sample(oracle.model_fn(p, kind), solver, p, x_init, ts, prediction=kind)
+    np.testing.assert_allclose(x, reference, rtol=1e-9, atol=1e-9)
+
+
+def test_heun_is_edm_algorithm_1():
+    """On the EDM process (sigma = t) heun is Karras et al.'s Algorithm 1, written out here."""
+    p = schedules.get_process("edm")
+    gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=3, num_components=2)
+    ts = schedules.get_timesteps("edm", p, 6, append_zero=True)
+    x = gm.marginal_sample(jax.random.PRNGKey(1), 5, ts[0], p)
+    denoise = lambda x, s: gm.predict(x, s, p, "x0")
+    y = x
+    for i in range(6):
+        d = (y - denoise(y, ts[i])) / ts[i]
+        y_next = y + (ts[i + 1] - ts[i]) * d
+        if ts[i + 1] != 0:
+            d_next = (y_next - denoise(y_next, ts[i + 1])) / ts[i + 1]
+            y_next = y + (ts[i + 1] - ts[i]) * (0.5 * d + 0.5 * d_next)
+        y = y_next
+    out, info = samplers.sample(lambda x, t: denoise(x, t), "heun", p, x, ts, prediction="x0")
+    np.testing.assert_allclose(out, y, rtol=1e-12, atol=1e-12)
+    assert int(info["nfe"]) == 11
+
+
+@pytest.mark.parametrize("name", ["ddim", "heun", "euler", "deis_tab", "deis_rhoab", "ipndm", "dpmpp_2m",
+                                  "dpmpp_3m"])
+def test_a_final_step_to_sigma_zero(name):
+    p = schedules.get_process("vp_linear")
+    gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=3, num_components=2)
+    x_init = gm.marginal_sample(jax.random.PRNGKey(1), 64, p.t_max, p)
+    ts = schedules.get_timesteps("logsnr", p, 12, append_zero=True)
+    x, _ = samplers.sample(gm.model_fn(p, "x0"), name, p, x_init, ts, prediction="x0")
+    exact = samplers.exact_flow_map(gm, p, x_init, ts[0], 0.0)
+    assert np.sqrt(np.mean((np.asarray(x) - exact) ** 2)) < 0.2
+
+
+def test_float32_sampling_keeps_its_dtype_and_accuracy(setup):
+    oracle, p, x_init, ts = setup
+    reference, _ = samplers.sample(oracle.model_fn(p), "deis_tab", p, x_init, ts)
+    with jax.enable_x64(False):
+        gm32 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float32), oracle)
+        x32 = jnp.asarray(np.asarray(x_init), jnp.float32)
+        x, _ = samplers.sample(gm32.model_fn(p), "deis_tab", p, x32, np.asarray(ts))
+        assert x.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(x), reference, rtol=2e-4, atol=2e-4)
+
+
+def test_non_finite_model_output_is_reported(setup):
+    oracle, p, x_init, ts = setup
+    bad = lambda x, t: jnp.where(t < 0.5, jnp.nan, 1.0) * x
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        samplers.sample(bad, "ddim", p, x_init, ts)
+    x, info = samplers.sample(bad, "ddim", p, x_init, ts, check_finite=False)
+    assert int(info["num_nonfinite"]) == x.size
+    _, info = jax.jit(lambda x: samplers.sample(bad, "ddim", p, x, ts))(x_init)
+    assert int(info["num_nonfinite"]) == x.size
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m, p, x, ts: samplers.sample(m, "deis_tabb", p, x, ts), ValueError, "valid names:.*deis_tab"),
+        (lambda m, p, x, ts: samplers.get_solver("deis_tab", ordr=3), ValueError, "valid options"),
+        (lambda m, p, x, ts: samplers.get_solver("deis_tab", order=7), ValueError, r"order in \[1, 2, 3, 4\]"),
+        (lambda m, p, x, ts: samplers.get_solver("deis_rhork", method="rk45"), ValueError, "2heun"),
+        (lambda m, p, x, ts: samplers.get_solver("adaptive", rtol=0.0), ValueError, "positive"),
+        (lambda m, p, x, ts: samplers.get_solver("dpmpp_2m", variant="third_order"), ValueError, "dpmpp_3m"),
+        (lambda m, p, x, ts: samplers.sample(m, "ddim", p, x, ts, prediction="noise"), ValueError,
+         "valid predictions"),
+        (lambda m, p, x, ts: samplers.sample(m, "ddim", p, x, ts[:1]), ValueError, "at least 2"),
+        (lambda m, p, x, ts: samplers.sample(m, "ddim", p, x, ts[::-1]), ValueError, "strictly decreasing"),
+        (lambda m, p, x, ts: samplers.sample(m, "ddim", p, x, np.array([0.5, 0.5, 0.1])), ValueError,
+         "strictly decreasing"),
+        (lambda m, p, x, ts: samplers.sample(m, "ddim", p, x, np.array([0.5, 0.1, -0.1])), ValueError, "t >= 0"),
+        (lambda m, p, x, ts: samplers.sample(m, "deis_tab", p, x, ts[:3]), ValueError, "at least 3 steps"),
+        (lambda m, p, x, ts: samplers.sample(m, "deis_rhork", p, x, np.array([1.0, 0.5, 0.0])), ValueError,
+         "sigma = 0"),
+        (lambda m, p, x, ts: samplers.sample(m, "ddim", "ot", x, np.array([1.0, 0.5, 0.1])), ValueError,
+         "alpha = 0"),
+        (lambda m, p, x, ts: samplers.sample(m, "ddim", "vp_lin", x, ts), ValueError, "valid names"),
+        (lambda m, p, x, ts: samplers.sample(m, "ddim", p, x.astype(jnp.int32), ts), TypeError, "floating"),
+        (lambda m, p, x, ts: samplers.sample(None, "ddim", p, x, ts), TypeError, "callable"),
+    ],
+)
+def test_bad_input_is_a_clear_error_before_any_compute(call, error, match, setup):
+    oracle, p, x_init, ts = setup
+    model, counts = counting(oracle.model_fn(p))
+    with pytest.raises(error, match=match):
+        call(model, p, x_init, ts)
+    assert counts["traces"] == 0
+
+
+def test_velocity_solvers_may_start_at_alpha_zero_with_a_velocity_model():
+    p = schedules.get_process("ot")
+    gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=2)
+    ts = schedules.get_timesteps("uniform", p, 20, t_min=0.0, t_max=1.0)
+    x_init = jax.random.normal(jax.random.PRNGKey(1), (64, 2))  # exactly the marginal at t = 1
+    x, _ = samplers.sample(gm.model_fn(p, "velocity"), "heun", p, x_init, ts, prediction="velocity")
+    exact = samplers.exact_flow_map(gm, p, x_init, 1.0 - 1e-9, 0.0)
+    assert np.sqrt(np.mean((np.asarray(x) - exact) ** 2)) < 0.05
+
+
+def test_adaptive_reaches_its_tolerance(setup):
+    oracle, p, x_init, ts = setup
+    exact = samplers.exact_flow_map(oracle, p, x_init, ts[0], ts[-1])
+    errors = []
+    for tol in (1e-3, 1e-6):
+        x, info = samplers.sample(oracle.model_fn(p), samplers.get_solver("adaptive", rtol=tol, atol=tol), p,
+                                  x_init, ts)
+        errors.append(float(np.max(np.abs(np.asarray(x) - exact))))
+    assert errors[1] < 1e-4 and errors[1] < errors[0] / 30
