@@ -110,7 +110,7 @@ class Plan:
     accuracy_batch: int = 1024
     overhead_batch: int = 1024
     accuracy_repeats: int = 3
-    sample_repeats: int = 5
+    sample_repeats: int = 20
     model_repeats: int = 200
 
     def record(self):
