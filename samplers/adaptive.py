@@ -72,7 +72,10 @@ class Adaptive(Solver):
     def nfe(self, num_steps):
         return METHODS[self.method][2] * num_steps + 1
 
-    def integrate(self, model, process, x, ts):
+    def integrate(self, model, process, x, ts, save_trajectory=False):
+        if save_trajectory:
+            raise NotImplementedError("the adaptive solver chooses its own steps: it has no trajectory on the grid "
+                                      "ts; use a fixed-step solver for save_trajectory=True")
         alpha0, alpha1 = process.alpha(ts[0]), process.alpha(ts[-1])
 
         def field(u, y):
@@ -82,4 +85,4 @@ class Adaptive(Solver):
 
         y, num_steps = solve_log_gamma(field, x / alpha0, process.gamma(ts[0]), process.gamma(ts[-1]),
                                        self.method, self.rtol, self.atol, self.max_steps, self.gamma_floor)
-        return (alpha1 * y).astype(x.dtype), self.nfe(num_steps)
+        return (alpha1 * y).astype(x.dtype), self.nfe(num_steps), None

@@ -8,8 +8,9 @@ A solver is an immutable, hashable object (a static pytree) in the shape of diff
   step(model, process, x, state, inp) -> (x, state)
                                one step, pure; `inp` holds the step index `i`, its start `s`, end `t`, `last` flag
                                and its slice of the coefficients;
-  integrate(model, process, x, ts) -> (x, nfe)
-                               the whole trajectory; by default one `lax.scan` over `step`.
+  integrate(model, process, x, ts, save_trajectory=False) -> (x, nfe, trajectory or None)
+                               the whole trajectory; by default one `lax.scan` over `step`, which can also return
+                               the state at every grid point.
 
 Metadata: `order` (the method's nominal order: its name in the papers, and the number of past points a multistep
 solver keeps), `convergence_order` (what the tests measure with exact starting values; equal to `order` except where
@@ -74,7 +75,7 @@ class Solver:
     def step(self, model, process, x, state, inp):
         raise NotImplementedError
 
-    def integrate(self, model, process, x, ts):
+    def integrate(self, model, process, x, ts, save_trajectory=False):
         num_steps = ts.shape[0] - 1
         inputs = {
             "i": jnp.arange(num_steps),
@@ -85,11 +86,12 @@ class Solver:
         }
 
         def body(carry, inp):
-            x, state = carry
-            return self.step(model, process, x, state, inp), None
+            x, state = self.step(model, process, *carry, inp)
+            return (x, state), (x if save_trajectory else None)
 
-        (x, _), _ = jax.lax.scan(body, (x, self.init(x)), inputs)
-        return x, self.nfe(num_steps)
+        (x_end, _), states = jax.lax.scan(body, (x, self.init(x)), inputs)
+        trajectory = jnp.concatenate([x[None], states], axis=0) if save_trajectory else None
+        return x_end, self.nfe(num_steps), trajectory
 
 
 def cast_like(value, x):
@@ -135,7 +137,8 @@ def _check_ts(ts, process, solver, prediction):
             )
 
 
-def sample(model_fn, solver, process, x_init, ts, prediction="eps", key=None, check_finite=True):
+def sample(model_fn, solver, process, x_init, ts, prediction="eps", key=None, check_finite=True,
+           save_trajectory=False):
     """Integrate the probability-flow ODE from x_init at ts[0] down to ts[-1].
 
     Args:
@@ -149,10 +152,12 @@ def sample(model_fn, solver, process, x_init, ts, prediction="eps", key=None, ch
       key: reserved for stochastic solvers; the deterministic solvers ignore it.
       check_finite: on concrete (non-traced) results, raise FloatingPointError if the sample is not finite. Under an
         outer `jax.jit` the count is reported in `info["num_nonfinite"]` instead.
+      save_trajectory: also return the state at every grid point, info["trajectory"] of shape
+        (num_steps + 1, *x_init.shape) (fixed-step solvers only).
 
     Returns:
       (x, info): x the sample at ts[-1] (dtype of x_init); info["nfe"] the model calls made,
-      info["num_nonfinite"] the number of non-finite entries of x.
+      info["num_nonfinite"] the number of non-finite entries of x (and info["trajectory"] when asked for).
 
     Example:
         >>> import jax, schedules, samplers
@@ -183,31 +188,35 @@ def sample(model_fn, solver, process, x_init, ts, prediction="eps", key=None, ch
         ts = np.asarray(ts)
     _check_ts(ts, process, solver, prediction)
     ts = as_float(ts)
+    args = (model_fn, solver, process, prediction, bool(save_trajectory))
     if _is_tracer(x_init) or _is_tracer(ts):  # already inside a trace (jit, grad, vmap): no cache of its own
-        x, nfe, num_nonfinite = _sample_fn(model_fn, solver, process, prediction)(x_init, ts)
+        x, nfe, num_nonfinite, trajectory = _sample_fn(*args)(x_init, ts)
     else:
-        x, nfe, num_nonfinite = _sample_compiled(model_fn, solver, process, prediction)(x_init, ts)
+        x, nfe, num_nonfinite, trajectory = _sample_compiled(*args)(x_init, ts)
     if check_finite and not _is_tracer(num_nonfinite) and int(num_nonfinite) > 0:
         raise FloatingPointError(
             f"sampling with {solver.name!r} produced {int(num_nonfinite)} non-finite values out of {x.size}; the "
             f"model returned NaN/Inf or the step sizes are unstable (pass check_finite=False to get them anyway)"
         )
-    return x, {"nfe": nfe, "num_nonfinite": num_nonfinite}
+    info = {"nfe": nfe, "num_nonfinite": num_nonfinite}
+    if save_trajectory:
+        info["trajectory"] = trajectory
+    return x, info
 
 
-def _sample_fn(model_fn, solver, process, prediction):
+def _sample_fn(model_fn, solver, process, prediction, save_trajectory):
     model = predictions.converted(model_fn, prediction, solver.native, process)
 
     def run(x_init, ts):
-        x, nfe = solver.integrate(model, process, x_init, ts)
+        x, nfe, trajectory = solver.integrate(model, process, x_init, ts, save_trajectory=save_trajectory)
         x = x.astype(x_init.dtype)
-        return x, nfe, jnp.sum(~jnp.isfinite(x))
+        return x, nfe, jnp.sum(~jnp.isfinite(x)), trajectory
 
     return run
 
 
 @functools.lru_cache(maxsize=64)
-def _sample_compiled(model_fn, solver, process, prediction):
+def _sample_compiled(model_fn, solver, process, prediction, save_trajectory):
     """One compiled program per (model, solver, process, prediction); ts and x_init are traced arguments, so a new
     grid of the same length or a new batch of the same shape reuses it."""
-    return jax.jit(_sample_fn(model_fn, solver, process, prediction))
+    return jax.jit(_sample_fn(model_fn, solver, process, prediction, save_trajectory))

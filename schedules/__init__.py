@@ -1,15 +1,15 @@
 """Noise processes and time grids (which t's a sampler visits). t = 0 is data, t = t_max is noise."""
 
+from schedules.files import load_schedule, save_schedule
 from schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
 from schedules.processes import PROCESSES, Process, get_process
 
 
 def distill(method, model_fn, solver, process, x_init, num_steps, **options):
-    """Distil an optimal step schedule ("oss", "bellman", "gits"). Not built yet: tracked as issue 3."""
-    raise NotImplementedError(
-        "schedules.distill (OSS / Bellman / GITS dynamic programming) is not implemented yet; use a standard grid "
-        "from schedules.get_timesteps or a published list (get_timesteps('published', ..., name=...))"
-    )
+    """Distil an optimal step schedule: "oss", "bellman" or "gits" (`schedules.distillation.distill`)."""
+    from schedules import distillation  # late: the DPs call samplers, which import schedules
+
+    return distillation.distill(method, model_fn, solver, process, x_init, num_steps, **options)
 
 
 def refine(ts, model_fn, solver, process, x_init, **options):
@@ -20,4 +20,4 @@ def refine(ts, model_fn, solver, process, x_init, **options):
 
 
 __all__ = ["GRIDS", "PROCESSES", "Process", "distill", "get_process", "get_timesteps", "interpolate_log_linear",
-           "refine"]
+           "load_schedule", "refine", "save_schedule"]

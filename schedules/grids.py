@@ -8,13 +8,13 @@ silently repeated step.
 
 from __future__ import annotations
 
-import json
 import math
 
 import jax
 import numpy as np
 
 from schedules import published
+from schedules.files import load_schedule
 from schedules.processes import Process, as_float, get_process
 
 GRIDS = {}
@@ -153,14 +153,13 @@ def from_published(process, num_steps, t_min, t_max, schedule=None):
 
 @_grid("file")
 def from_file(process, num_steps, t_min, t_max, path=None):
-    """A schedule saved as JSON with a "ts" list (and optional provenance), resampled to num_steps."""
+    """A schedule file (`schedules.files`: JSON with "ts" and provenance), resampled to num_steps."""
     if path is None:
         raise ValueError("the 'file' grid needs path=...")
-    with open(path) as f:
-        data = json.load(f)
-    if "ts" not in data:
-        raise ValueError(f"schedule file {path} has no 'ts' entry (keys: {sorted(data)})")
-    return from_list(process, num_steps, t_min, t_max, values=data["ts"], space="t")
+    ts, record = load_schedule(path)
+    if record.get("process", process.name) not in (process.name, "rectified_flow" if process.name == "ot" else None):
+        raise ValueError(f"schedule file {path} was made for process {record['process']!r}, not {process.name!r}")
+    return from_list(process, num_steps, t_min, t_max, values=ts, space="t")
 
 
 _OWN_ENDPOINTS = {"list", "published", "file"}

@@ -1,0 +1,275 @@
+"""Optimal step schedules by dynamic programming over a teacher trajectory: OSS, Bellman/BOSS and GITS.
+
+All three start from one fine teacher trajectory T[0..N] from the same initial noise (its grid is the candidate set:
+a student schedule is a subsequence of teacher indices from 0 to N) and a student step, one step of a single-step
+solver (ddim, euler, or any first-order exponential integrator) from (x, t_i) to t_j.
+
+- OSS (Optimal Stepsize Distillation, Pei et al. 2025): the student state is carried. Stage k holds, for every
+  landing index j, the best state reachable in k student steps; from every stored state one batched model call,
+  then every later index j is a candidate landing point whose cost is the deviation from the teacher,
+  mean((y - T[j])^2). Model calls: N + M * (N + 1) per sample (teacher, then one batched call per stage).
+- Bellman / BOSS (Nguyen et al. 2023): one step from the *teacher* state, C[i, j] = mean ||step(T[i], t_i -> t_j)
+  - T[j]||^2 (or the l1 metric), then the shortest path of exactly M steps: V_k[i] = min_j C[i, j] + V_{k-1}[j].
+- GITS (Chen et al. 2024): the same cost with an accumulation weight, V_k[i] = min_j C[i, j] + coeff V_{k-1}[j]
+  (coeff ~ 1.15), as written in the reference facts: a path's cost is sum_m coeff^m C[i_m, i_m+1], so later
+  steps weigh more. (Which direction GITS's own code accumulates in is unverified.)
+
+The DP tables are `lax.scan`s over the number of steps with vectorised minima over the grid; only the final
+back-tracking of M indices runs on the host.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import predictions
+from schedules.processes import as_float, get_process
+
+
+def _solvers():
+    import samplers  # samplers depends on schedules.processes; imported late to keep the packages acyclic
+
+    return samplers
+
+
+def student_step_fn(solver, process):
+    """One step of a single-step solver as a function (x, pred, s, t) -> y, pred being its native prediction."""
+    if solver.stages != 1 or solver.order != 1:
+        raise ValueError(
+            f"the student step of a schedule DP must be a single-step, single-evaluation solver (ddim, euler, or "
+            f"deis_tab / deis_rhoab / ipndm with order=1); got {solver.name} of order {solver.order}. For a "
+            f"multistep solver, distil with student='ddim' and refine the result with schedules.refine."
+        )
+
+    def step(x, pred, s, t):
+        coef = jax.tree.map(lambda c: c[0], solver.coefficients(process, jnp.stack([s, t])))
+        inp = {"i": 0, "s": s, "t": t, "last": True, "coef": coef}
+        y, _ = solver.step(lambda *_: pred, process, x, solver.init(x), inp)
+        return y
+
+    return step
+
+
+def teacher_trajectory(model_fn, process, x_init, ts, solver, prediction="eps"):
+    """The state at every point of the fine grid ts: shape (len(ts), *x_init.shape)."""
+    samplers = _solvers()
+    _, info = samplers.sample(model_fn, solver, process, x_init, ts, prediction=prediction, save_trajectory=True)
+    return info["trajectory"]
+
+
+def _per_sample_mse(y, target):
+    axes = tuple(range(1, y.ndim))
+    return jnp.mean((y - target) ** 2, axis=axes)
+
+
+def _pair_times(ts):
+    """(N+1, N+1) start and end times for every pair i < j; other pairs get a harmless valid pair (masked later)."""
+    n1 = ts.shape[0]
+    i, j = np.meshgrid(np.arange(n1), np.arange(n1), indexing="ij")
+    forward = j > i
+    s = jnp.where(forward, ts[i], ts[0])
+    t = jnp.where(forward, ts[j], ts[-1])
+    return s, t, jnp.asarray(forward)
+
+
+def oss_tables(model, step, ts, teacher, x_start, num_steps, valid_start, aggregate):
+    """The OSS dynamic program. model(x, t) -> native prediction; teacher (N+1, B, ...); x_start (N+1, B, ...) the
+    possible starting states with `valid_start` (N+1,) marking the usable ones.
+
+    Returns (costs (M, N+1, B), back-pointers (M, N+1, B)): after k+1 student steps, the best deviation from the
+    teacher at landing index j and the index it came from (per sample; equal across samples when aggregate is
+    "mean", where the candidates are ranked by the batch-mean deviation).
+    """
+    n1 = ts.shape[0]
+    inf = jnp.asarray(jnp.inf, teacher.dtype)
+    pair_s, pair_t, forward = _pair_times(ts)
+    # y(i -> j) for all i, with the states and predictions of every start i: vmapped over i.
+    step_from_all = jax.vmap(step, in_axes=(0, 0, 0, 0))
+
+    def stage(carry, _):
+        states, valid = carry  # (N+1, B, ...), (N+1,)
+        preds = jax.vmap(model)(states, ts)  # one batched model call per stage
+
+        def land(j):
+            y = step_from_all(states, preds, pair_s[:, j], pair_t[:, j])  # (N+1, B, ...)
+            cost = jax.vmap(_per_sample_mse, in_axes=(0, None))(y, teacher[j])  # (N+1, B)
+            if aggregate == "mean":
+                cost = jnp.broadcast_to(jnp.mean(cost, axis=1, keepdims=True), cost.shape)
+            cost = jnp.where((valid & forward[:, j])[:, None], cost, inf)
+            best = jnp.argmin(cost, axis=0)  # (B,)
+            take = lambda a: jnp.take_along_axis(a, best.reshape((1, -1) + (1,) * (a.ndim - 2)), axis=0)[0]
+            return take(y), jnp.take_along_axis(cost, best[None], axis=0)[0], best
+
+        new_states, cost, pointer = jax.lax.map(land, jnp.arange(n1))
+        new_valid = jnp.all(jnp.isfinite(cost), axis=1)
+        return (new_states, new_valid), (cost, pointer)
+
+    _, (costs, pointers) = jax.lax.scan(stage, (x_start, valid_start), None, length=num_steps)
+    return costs, pointers
+
+
+def bellman_tables(cost, num_steps, coeff=1.0):
+    """Shortest paths of exactly k = 1..M steps from every index to the last one, on the cost matrix C (N+1, N+1)
+    (entries with j <= i are ignored): V_k[i] = min_{j > i} C[i, j] + coeff V_{k-1}[j], V_0 = 0 at the last index.
+
+    Returns (V (M, N+1), back-pointers (M, N+1)); row k-1 is for k steps.
+    """
+    n1 = cost.shape[0]
+    i, j = np.meshgrid(np.arange(n1), np.arange(n1), indexing="ij")
+    cost = jnp.where(jnp.asarray(j > i), cost, jnp.inf)
+    v0 = jnp.where(jnp.arange(n1) == n1 - 1, 0.0, jnp.inf).astype(cost.dtype)
+
+    def stage(v_prev, _):
+        total = cost + coeff * v_prev[None, :]
+        return jnp.min(total, axis=1), (jnp.min(total, axis=1), jnp.argmin(total, axis=1))
+
+    _, (values, pointers) = jax.lax.scan(stage, v0, None, length=num_steps)
+    return values, pointers
+
+
+def backtrack_forward(pointers, start, num_steps):
+    """Follow Bellman back-pointers (M, N+1) from `start` for num_steps steps: the visited indices."""
+    pointers = np.asarray(pointers)
+    path = [int(start)]
+    for k in range(num_steps, 0, -1):
+        path.append(int(pointers[k - 1, path[-1]]))
+    return path
+
+
+def backtrack_oss(pointers, end, num_steps):
+    """Follow OSS back-pointers (M, N+1, B) from index `end` after num_steps steps: (B, num_steps + 1) indices."""
+    pointers = np.asarray(pointers)
+    batch = pointers.shape[-1]
+    paths = np.empty((batch, num_steps + 1), dtype=np.int64)
+    paths[:, -1] = end
+    for k in range(num_steps, 0, -1):
+        paths[:, k - 1] = pointers[k - 1, paths[:, k], np.arange(batch)]
+    return paths
+
+
+def median_path(paths, last):
+    """Element-wise median of index lists ("OSS-ave"), made strictly increasing with the ends kept."""
+    med = np.round(np.median(paths, axis=0)).astype(np.int64)
+    med[-1] = last
+    for k in range(len(med) - 2, -1, -1):  # from the end: leave room for the later indices
+        med[k] = min(med[k], med[k + 1] - 1)
+    for k in range(1, len(med)):
+        med[k] = max(med[k], med[k - 1] + 1)
+    return med
+
+
+def cost_matrix(model, step, ts, teacher, metric="l2"):
+    """C[i, j]: batch-mean deviation of one student step from the teacher state i to t_j against T[j]."""
+    if metric not in ("l2", "l1"):
+        raise ValueError(f"metric must be 'l2' or 'l1', got {metric!r}")
+    preds = jax.vmap(model)(teacher, ts)
+    pair_s, pair_t, forward = _pair_times(ts)
+    step_from_all = jax.vmap(step, in_axes=(0, 0, 0, 0))
+
+    def column(j):
+        y = step_from_all(teacher, preds, pair_s[:, j], pair_t[:, j])
+        diff = y - teacher[j][None]
+        axes = tuple(range(1, diff.ndim))
+        return jnp.mean(diff**2 if metric == "l2" else jnp.abs(diff), axis=axes)
+
+    cost = jax.lax.map(column, jnp.arange(ts.shape[0])).T  # (i, j)
+    return jnp.where(forward, cost, jnp.inf)
+
+
+DEFAULT_COEFF = {"bellman": 1.0, "gits": 1.15}
+
+
+def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction="eps", teacher_steps=200,
+            teacher_grid="logsnr", teacher_solver=("deis_tab", {"order": 3}), student=None, exact_steps=True,
+            start_at_t_max=True, aggregate="mean", metric="l2", coeff=None, t_min=None, t_max=None,
+            return_info=False):
+    """Distil an optimal num_steps schedule from a teacher trajectory ("oss", "bellman" or "gits").
+
+    Args:
+      method: "oss" (carried student state), "bellman" (BOSS: one step from teacher states) or "gits" (BOSS with
+        the accumulation weight `coeff`, default 1.15).
+      model_fn, process, x_init, prediction: as for `samplers.sample`; x_init is the noise at t_max.
+      solver: the student's step, a single-step solver (ddim, euler, first-order DEIS); or pass any solver and
+        name the student explicitly (student="ddim"), then refine for the real solver with `schedules.refine`.
+      num_steps: M, the student's number of steps (1 <= M <= teacher_steps).
+      teacher_steps, teacher_grid, teacher_solver: the fine grid (its points are the candidate times) and the
+        solver that follows it (a name, or (name, options)).
+      exact_steps: OSS only: exactly M steps (True) or the best of at most M (False).
+      start_at_t_max: OSS only: False lets the first step start lower, at any teacher time t_i, from the same noise
+        rescaled to sigma(t_i) (the usual truncated start).
+      aggregate: OSS only: "mean" (one DP on the batch-mean cost) or "median" (one DP per sample, then the
+        element-wise median of the index lists: OSS-ave).
+      metric: "l2" or "l1" (bellman, gits).
+      return_info: also return a dict with the indices, the costs, the teacher grid and the model calls made.
+
+    Returns:
+      ts of shape (M + 1,): teacher times, strictly decreasing from t_max to t_min (and info, if asked).
+    """
+    samplers = _solvers()
+    if method not in ("oss", "bellman", "gits"):
+        raise ValueError(f"unknown distillation method {method!r}; valid names: ['bellman', 'gits', 'oss']")
+    if aggregate not in ("mean", "median"):
+        raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
+    if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, (int, np.integer)) or teacher_steps < 1:
+        raise ValueError(f"teacher_steps must be an integer >= 1 (a non-empty teacher), got {teacher_steps!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    if num_steps > teacher_steps:
+        raise ValueError(f"num_steps = {num_steps} is more than the teacher's {teacher_steps} steps: the student "
+                         f"picks its times among the teacher's")
+    process = get_process(process) if isinstance(process, str) else process
+    solver = samplers.get_solver(solver) if isinstance(solver, str) else solver
+    student_solver = solver if student is None else (samplers.get_solver(student) if isinstance(student, str)
+                                                     else student)
+    step = student_step_fn(student_solver, process)
+    predictions.check_kind(prediction)
+    x_init = jnp.asarray(x_init)
+    if x_init.ndim < 1 or x_init.shape[0] < 1:
+        raise ValueError(f"x_init must have a leading batch axis with at least one sample, got shape {x_init.shape}")
+    if isinstance(teacher_solver, str):
+        teacher_solver = (teacher_solver, {})
+    teacher = samplers.get_solver(teacher_solver[0], **dict(teacher_solver[1]))
+    from schedules.grids import get_timesteps  # noqa: PLC0415 (grids imports this package's modules)
+
+    ts = get_timesteps(teacher_grid, process, teacher_steps, t_min=t_min, t_max=t_max)
+    trajectory = teacher_trajectory(model_fn, process, x_init, ts, teacher, prediction)
+    if trajectory.shape[1:] != x_init.shape:
+        raise ValueError(f"teacher trajectory of shape {trajectory.shape} does not match x_init {x_init.shape}")
+    model = predictions.converted(model_fn, prediction, student_solver.native, process)
+    n = teacher_steps
+    info = {"method": method, "teacher_ts": np.asarray(ts), "teacher_solver": teacher.name,
+            "student": student_solver.name}
+
+    if method == "oss":
+        if start_at_t_max:
+            valid = jnp.arange(n + 1) == 0
+            x_start = jnp.broadcast_to(x_init[None], (n + 1,) + x_init.shape)
+        else:
+            valid = jnp.arange(n + 1) < n
+            scale = process.sigma(ts) / process.sigma(ts[0])
+            x_start = scale.reshape((-1,) + (1,) * x_init.ndim) * x_init[None]
+        costs, pointers = jax.jit(oss_tables, static_argnums=(0, 1, 5, 7))(
+            model, step, ts, trajectory, x_start, num_steps, valid, aggregate)
+        final = np.asarray(jnp.mean(costs[:, n, :], axis=-1))  # (M,) batch-mean deviation at the end
+        k = num_steps if exact_steps else int(np.nanargmin(np.where(np.isfinite(final), final, np.nan))) + 1
+        if not np.isfinite(final[k - 1]):
+            raise ValueError(f"no {k}-step student path reaches t_min on this teacher grid")
+        paths = backtrack_oss(pointers, n, k)
+        indices = median_path(paths, n) if aggregate == "median" else paths[0]
+        info.update(cost=float(final[k - 1]), model_calls=n * teacher.stages + num_steps * (n + 1), num_steps=k)
+    else:
+        if aggregate != "mean" or not exact_steps or not start_at_t_max:
+            raise ValueError(f"{method} takes exactly num_steps steps from t_max on the batch-mean cost; the "
+                             f"options aggregate / exact_steps / start_at_t_max are for 'oss'")
+        cost = jax.jit(cost_matrix, static_argnums=(0, 1, 4))(model, step, ts, trajectory, metric)
+        coeff = DEFAULT_COEFF[method] if coeff is None else float(coeff)
+        values, pointers = jax.jit(bellman_tables, static_argnums=1)(cost, num_steps, coeff)
+        indices = np.asarray(backtrack_forward(pointers, 0, num_steps))
+        info.update(cost=float(values[num_steps - 1, 0]), model_calls=n * teacher.stages + (n + 1),
+                    num_steps=num_steps, coeff=coeff, metric=metric)
+    indices = np.asarray(indices)
+    info["indices"] = indices
+    ts_out = as_float(np.asarray(ts)[indices])
+    return (ts_out, info) if return_info else ts_out

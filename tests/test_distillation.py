@@ -1,0 +1,165 @@
+"""Schedule distillation: the dynamic programs against brute-force enumeration, options, files, bad input."""
+
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import samplers
+import schedules
+from models import GaussianMixture
+from schedules import distillation
+
+N, M = 10, 3
+
+
+@pytest.fixture(scope="module")
+def small():
+    p = schedules.get_process("vp_linear")
+    gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=4, num_components=3)
+    x0 = gm.marginal_sample(jax.random.PRNGKey(10), 64, p.t_max, p)
+    ts = schedules.get_timesteps("logsnr", p, N)
+    teacher = distillation.teacher_trajectory(gm.model_fn(p), p, x0, ts, samplers.get_solver("deis_tab", order=3))
+    return p, gm, x0, ts, teacher
+
+
+def _paths(n, m):
+    return [(0,) + mid + (n,) for mid in itertools.combinations(range(1, n), m - 1)]
+
+
+def _path_cost(cost, path, coeff):
+    return sum(coeff**k * cost[a, b] for k, (a, b) in enumerate(zip(path[:-1], path[1:])))
+
+
+@pytest.mark.parametrize("coeff", [1.0, 1.15, 0.8])
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+def test_bellman_dp_is_the_brute_force_optimum(coeff, m):
+    rng = np.random.default_rng(m)
+    cost = rng.exponential(size=(N + 1, N + 1))
+    values, pointers = distillation.bellman_tables(jnp.asarray(cost), m, coeff)
+    path = distillation.backtrack_forward(pointers, 0, m)
+    brute = min(_paths(N, m), key=lambda q: _path_cost(cost, q, coeff))
+    assert tuple(path) == brute
+    assert float(values[m - 1, 0]) == pytest.approx(_path_cost(cost, brute, coeff), rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["bellman", "gits"])
+def test_boss_and_gits_on_a_teacher_match_brute_force(method, small):
+    p, gm, x0, ts, teacher = small
+    # C[i, j] by brute force: one DDIM step from the teacher state i to t_j, through samplers.sample.
+    cost = np.full((N + 1, N + 1), np.inf)
+    model = gm.model_fn(p)  # one function object: one compiled sampler for all pairs
+    for i, j in itertools.combinations(range(N + 1), 2):
+        y, _ = samplers.sample(model, "ddim", p, teacher[i], jnp.stack([ts[i], ts[j]]))
+        cost[i, j] = float(jnp.mean((y - teacher[j]) ** 2))
+    out, info = schedules.distill(method, model, "ddim", p, x0, M, teacher_steps=N, return_info=True)
+    coeff = info["coeff"]
+    brute = min(_paths(N, M), key=lambda q: _path_cost(cost, q, coeff))
+    assert tuple(info["indices"]) == brute
+    assert info["cost"] == pytest.approx(_path_cost(cost, brute, coeff), rel=1e-9)
+    np.testing.assert_allclose(out, np.asarray(ts)[list(brute)])
+
+
+@pytest.mark.parametrize("seed, components", [(0, 3), (1, 1)])
+def test_oss_finds_the_best_carried_state_path(seed, components):
+    """Enumerate every 3-step DDIM student on a 10-step teacher, carrying its own state: OSS picks the best."""
+    p = schedules.get_process("vp_linear")
+    gm = GaussianMixture.random(jax.random.PRNGKey(seed), dim=4, num_components=components)
+    x0 = gm.marginal_sample(jax.random.PRNGKey(seed + 10), 64, p.t_max, p)
+    model = gm.model_fn(p)
+    out, info = schedules.distill("oss", model, "ddim", p, x0, M, teacher_steps=N, return_info=True)
+    ts = info["teacher_ts"]
+    teacher_end = distillation.teacher_trajectory(model, p, x0, ts, samplers.get_solver("deis_tab", order=3))[-1]
+    costs = {}
+    for path in _paths(N, M):
+        x, _ = samplers.sample(model, "ddim", p, x0, ts[list(path)])
+        costs[path] = float(jnp.mean((x - teacher_end) ** 2))
+    best = min(costs, key=costs.get)
+    assert tuple(info["indices"]) == best
+    assert info["cost"] == pytest.approx(costs[best], rel=1e-9)
+    assert info["model_calls"] == N * 1 + M * (N + 1)
+
+
+def test_oss_options(small):
+    p, gm, x0, ts, teacher = small
+    model = gm.model_fn(p)
+    exact, info_exact = schedules.distill("oss", model, "ddim", p, x0, 4, teacher_steps=N, return_info=True)
+    at_most, info_most = schedules.distill("oss", model, "ddim", p, x0, 4, teacher_steps=N, exact_steps=False,
+                                           return_info=True)
+    assert info_most["cost"] <= info_exact["cost"] + 1e-15 and len(at_most) == info_most["num_steps"] + 1
+    free, info_free = schedules.distill("oss", model, "ddim", p, x0, 4, teacher_steps=N, start_at_t_max=False,
+                                        return_info=True)
+    assert float(free[0]) <= float(ts[0]) and float(free[-1]) == float(ts[-1])
+    median = schedules.distill("oss", model, "ddim", p, x0, 4, teacher_steps=N, aggregate="median")
+    for grid in (exact, at_most, free, median):
+        assert np.all(np.diff(np.asarray(grid)) < 0)
+    assert median.shape == (5,) and float(median[0]) == float(ts[0]) and float(median[-1]) == float(ts[-1])
+
+
+def test_median_of_index_lists_is_strictly_increasing_with_fixed_ends():
+    paths = np.array([[0, 3, 4, 10], [0, 3, 3 + 1, 10], [0, 5, 5 + 1, 10], [0, 2, 9, 10]])
+    med = distillation.median_path(paths, 10)
+    assert med[0] == 0 and med[-1] == 10 and np.all(np.diff(med) > 0)
+    crowded = distillation.median_path(np.array([[0, 9, 9, 10], [0, 9, 9, 10]]), 10)
+    assert crowded.tolist() == [0, 8, 9, 10]
+
+
+def test_euler_and_first_order_deis_students(small):
+    p, gm, x0, ts, teacher = small
+    for student in ("euler", samplers.get_solver("deis_tab", order=1)):
+        out = schedules.distill("bellman", gm.model_fn(p), student, p, x0, M, teacher_steps=N)
+        assert out.shape == (M + 1,) and np.all(np.diff(np.asarray(out)) < 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="bogus"), "valid names"),
+        (dict(num_steps=11), "more than the teacher"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(teacher_steps=0), "non-empty teacher"),
+        (dict(solver="dpmpp_2m"), "student='ddim'"),
+        (dict(solver="heun"), "single-step"),
+        (dict(aggregate="mode"), "aggregate"),
+        (dict(method="bellman", aggregate="median"), "for 'oss'"),
+        (dict(method="bellman", metric="l3"), "metric"),
+        (dict(x_init=jnp.zeros(())), "batch axis"),
+    ],
+)
+def test_bad_input_is_a_clear_error(kwargs, match, small):
+    p, gm, x0, ts, teacher = small
+    args = dict(method="oss", model_fn=gm.model_fn(p), solver="ddim", process=p, x_init=x0, num_steps=M,
+                teacher_steps=N)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        schedules.distill(args.pop("method"), args.pop("model_fn"), args.pop("solver"), args.pop("process"),
+                          args.pop("x_init"), args.pop("num_steps"), **args)
+
+
+def test_multistep_solver_with_an_explicit_student(small):
+    p, gm, x0, ts, teacher = small
+    out = schedules.distill("oss", gm.model_fn(p), "dpmpp_2m", p, x0, M, teacher_steps=N, student="ddim")
+    assert out.shape == (M + 1,)
+
+
+def test_schedule_file_round_trip(tmp_path, small):
+    p, gm, x0, ts, teacher = small
+    out, info = schedules.distill("oss", gm.model_fn(p), "ddim", p, x0, M, teacher_steps=N, return_info=True)
+    path = str(tmp_path / "sched" / "oss.json")
+    schedules.save_schedule(path, out, process=p, solver="ddim", nfe=M, method="oss", cost=info["cost"],
+                            teacher={"steps": N, "solver": info["teacher_solver"]}, indices=info["indices"])
+    loaded, record = schedules.load_schedule(path)
+    np.testing.assert_array_equal(loaded, np.asarray(out))
+    assert record["process"] == "vp_linear" and record["method"] == "oss" and record["nfe"] == M
+    assert record["indices"] == info["indices"].tolist() and "date" in record
+    np.testing.assert_array_equal(schedules.get_timesteps("file", p, M, path=path), out)
+    resampled = schedules.get_timesteps("file", p, 2 * M, path=path)
+    np.testing.assert_allclose(resampled[::2], out, rtol=1e-10)  # log-linear in gamma: old points kept
+    with pytest.raises(ValueError, match="made for process 'vp_linear'"):
+        schedules.get_timesteps("file", "edm", M, path=path)
+    (tmp_path / "bad.json").write_text(json.dumps({"ts": [0.5, 0.7]}))
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        schedules.load_schedule(str(tmp_path / "bad.json"))
