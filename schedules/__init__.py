@@ -13,10 +13,10 @@ def distill(method, model_fn, solver, process, x_init, num_steps, **options):
 
 
 def refine(ts, model_fn, solver, process, x_init, **options):
-    """Refine a schedule by gradients through the sampler. Not built yet: tracked as issue 3."""
-    raise NotImplementedError(
-        "schedules.refine (gradient refinement of a schedule through samplers.sample) is not implemented yet"
-    )
+    """Refine a schedule for the actual solver by gradients through the sampler (`schedules.refinement.refine`)."""
+    from schedules import refinement  # late, like distill
+
+    return refinement.refine(ts, model_fn, solver, process, x_init, **options)
 
 
 __all__ = ["GRIDS", "PROCESSES", "Process", "distill", "get_process", "get_timesteps", "interpolate_log_linear",
