@@ -178,6 +178,7 @@ def cost_matrix(model, step, ts, teacher, metric="l2"):
     return jnp.where(forward, cost, jnp.inf)
 
 
+METHODS = ("oss", "bellman", "gits")
 DEFAULT_COEFF = {"bellman": 1.0, "gits": 1.15}
 
 
@@ -208,8 +209,8 @@ def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction=
       ts of shape (M + 1,): teacher times, strictly decreasing from t_max to t_min (and info, if asked).
     """
     samplers = _solvers()
-    if method not in ("oss", "bellman", "gits"):
-        raise ValueError(f"unknown distillation method {method!r}; valid names: ['bellman', 'gits', 'oss']")
+    if method not in METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; valid names: {sorted(METHODS)}")
     if aggregate not in ("mean", "median"):
         raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
     if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, (int, np.integer)) or teacher_steps < 1:

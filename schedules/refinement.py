@@ -153,7 +153,7 @@ def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=No
             raise ValueError(f"teacher_steps must be an integer >= 1, got {teacher_steps!r}")
 
     ts_in = as_float(ts_np)  # the returned endpoints are these values, bit for bit
-    lo, hi, log_gamma = _free_segment(process, ts_np)
+    theta0, u_ends, lo, hi = initial_logits(ts_np, process)
 
     # ---- the teacher --------------------------------------------------------------------------------------------
     if target is None:
@@ -174,8 +174,6 @@ def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=No
                 "stopped_reason": "no_free_points" if num_free < 1 else "completed", "selected": "initial"}
         return (ts_in, info) if return_info else ts_in
 
-    theta0 = as_float(np.log(-np.diff(log_gamma[lo:hi + 1])))  # log of the gaps in u: reproduces ts
-    u_ends = as_float(np.array([log_gamma[lo], log_gamma[hi]]))
     if key is None:
         key = jax.random.PRNGKey(0)
     history_size = 1 << max(int(num_iters) - 1, 0).bit_length()  # a power of two >= num_iters: few recompiles
