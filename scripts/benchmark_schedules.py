@@ -4,8 +4,8 @@ Command (from the repository root):
 
     python scripts/benchmark_schedules.py --json outputs/bench/benchmark_schedules.json
 
-On an 8-dimensional, 6-component Gaussian-mixture oracle (vp_linear), for each solver (ddim, deis_tab order 3,
-dpmpp_2m) and NFE (5, 10): the RMSE against the exact flow map on a held-out batch of every standard grid (uniform,
+On an 8-dimensional, 6-component Gaussian-mixture oracle (vp_linear; --seed picks the mixture and the batches), for
+each solver (ddim, deis_tab order 3, deis_tab order 4 = the paper's tAB3, dpmpp_2m) and NFE (5, 10): the RMSE against the exact flow map on a held-out batch of every standard grid (uniform,
 quadratic, logsnr, edm), of the distilled schedules (OSS, Bellman, GITS: a DDIM student on a 200-step teacher,
 distilled on a separate batch of 256), and of schedules.refine (gradient descent towards the 200-step teacher's
 endpoint on the distillation batch) applied to the OSS schedule and to the best standard grid, for the actual solver. Also the cost of distilling a 10-step schedule from the 200-step teacher with batch 256:
@@ -30,7 +30,8 @@ import schedules  # noqa: E402
 from experiments.sampling import versions  # noqa: E402
 from models import GaussianMixture  # noqa: E402
 
-SOLVERS = {"ddim": ("ddim", {}), "deis_tab3": ("deis_tab", {"order": 3}), "dpmpp_2m": ("dpmpp_2m", {})}
+SOLVERS = {"ddim": ("ddim", {}), "deis_tab3": ("deis_tab", {"order": 3}), "deis_tab4": ("deis_tab", {"order": 4}),
+           "dpmpp_2m": ("dpmpp_2m", {})}
 GRIDS = ("uniform", "quadratic", "logsnr", "edm")
 METHODS = ("oss", "bellman", "gits")
 
