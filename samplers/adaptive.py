@@ -53,6 +53,7 @@ class Adaptive(Solver):
 
     name = "adaptive"
     native = "eps"
+    static_nfe = False
     method: str = "tsit5"
     rtol: float = 1e-5
     atol: float = 1e-5

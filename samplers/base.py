@@ -37,6 +37,7 @@ class Solver:
     name = "solver"
     native = "eps"
     evaluates_end = False
+    static_nfe = True  # the model calls are known from the grid alone (False for adaptive step sizes)
 
     @property
     def order(self) -> int:
@@ -102,7 +103,26 @@ def _is_tracer(value):
     return isinstance(value, jax.core.Tracer)
 
 
-def _check_ts(ts, process, solver, prediction):
+def resolve_inputs(model_fn, solver, process, prediction, x_init):
+    """(solver, process, x_init as an array) from names or objects, checked before any compute is spent."""
+    from samplers.registry import get_solver
+
+    solver = get_solver(solver) if isinstance(solver, str) else solver
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be a samplers.Solver or a registered name, got {type(solver).__name__}")
+    process = get_process(process) if isinstance(process, str) else process
+    if not isinstance(process, Process):
+        raise TypeError(f"process must be a schedules.Process or a registered name, got {type(process).__name__}")
+    predictions.check_kind(prediction)
+    if not callable(model_fn):
+        raise TypeError("model_fn must be a callable (x, t) -> prediction")
+    x_init = jnp.asarray(x_init)
+    if not jnp.issubdtype(x_init.dtype, jnp.floating):
+        raise TypeError(f"x_init must be a floating-point array, got dtype {x_init.dtype}")
+    return solver, process, x_init
+
+
+def check_ts(ts, process, solver, prediction):
     """Validate a time grid before any compute is spent (only what can be seen on concrete values)."""
     if _is_tracer(ts):
         if ts.ndim != 1 or ts.shape[0] < 2:
@@ -166,27 +186,15 @@ def sample(model_fn, solver, process, x_init, ts, prediction="eps", key=None, ch
         >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=3)
         >>> x_init = process.prior(jax.random.PRNGKey(1), (16, 2))
         >>> ts = schedules.get_timesteps("logsnr", process, 10)
-        >>> x, info = samplers.sample(gm.model_fn(process), samplers.get_solver("deis_tab", order=3), process, x_init, ts)
+        >>> solver = samplers.get_solver("deis_tab", order=3)
+        >>> x, info = samplers.sample(gm.model_fn(process), solver, process, x_init, ts)
         >>> info["nfe"]
         10
     """
-    from samplers.registry import get_solver
-
-    solver = get_solver(solver) if isinstance(solver, str) else solver
-    if not isinstance(solver, Solver):
-        raise TypeError(f"solver must be a samplers.Solver or a registered name, got {type(solver).__name__}")
-    process = get_process(process) if isinstance(process, str) else process
-    if not isinstance(process, Process):
-        raise TypeError(f"process must be a schedules.Process or a registered name, got {type(process).__name__}")
-    predictions.check_kind(prediction)
-    if not callable(model_fn):
-        raise TypeError("model_fn must be a callable (x, t) -> prediction")
-    x_init = jnp.asarray(x_init)
-    if not jnp.issubdtype(x_init.dtype, jnp.floating):
-        raise TypeError(f"x_init must be a floating-point array, got dtype {x_init.dtype}")
+    solver, process, x_init = resolve_inputs(model_fn, solver, process, prediction, x_init)
     if not _is_tracer(ts):
         ts = np.asarray(ts)
-    _check_ts(ts, process, solver, prediction)
+    check_ts(ts, process, solver, prediction)
     ts = as_float(ts)
     args = (model_fn, solver, process, prediction, bool(save_trajectory))
     if _is_tracer(x_init) or _is_tracer(ts):  # already inside a trace (jit, grad, vmap): no cache of its own
@@ -198,6 +206,8 @@ def sample(model_fn, solver, process, x_init, ts, prediction="eps", key=None, ch
             f"sampling with {solver.name!r} produced {int(num_nonfinite)} non-finite values out of {x.size}; the "
             f"model returned NaN/Inf or the step sizes are unstable (pass check_finite=False to get them anyway)"
         )
+    if solver.static_nfe:  # a plain int, not the traced count
+        nfe = solver.nfe(ts.shape[0] - 1)
     info = {"nfe": nfe, "num_nonfinite": num_nonfinite}
     if save_trajectory:
         info["trajectory"] = trajectory

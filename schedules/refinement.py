@@ -60,7 +60,7 @@ import numpy as np
 import optax
 
 from schedules.grids import get_timesteps
-from schedules.processes import Process, as_float, get_process
+from schedules.processes import as_float
 
 
 def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=None, teacher_steps=200,
@@ -101,8 +101,7 @@ def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=No
     held-out error can end above the start grid's): use a few hundred samples or more.
     """
     # Late imports: samplers and models import schedules, so `import schedules` must not import them back.
-    from models import predictions
-    from samplers.base import Solver, _check_ts, sample
+    from samplers.base import Solver, check_ts, resolve_inputs, sample
     from samplers.registry import get_solver
 
     # ---- validation, before any compute ----------------------------------------------------------------------
@@ -120,19 +119,8 @@ def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=No
     if not (isinstance(learning_rate, (int, float, np.floating, np.integer)) and math.isfinite(learning_rate)
             and learning_rate > 0):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-    solver = get_solver(solver) if isinstance(solver, str) else solver
-    if not isinstance(solver, Solver):
-        raise TypeError(f"solver must be a samplers.Solver or a registered name, got {type(solver).__name__}")
-    process = get_process(process) if isinstance(process, str) else process
-    if not isinstance(process, Process):
-        raise TypeError(f"process must be a schedules.Process or a registered name, got {type(process).__name__}")
-    predictions.check_kind(prediction)
-    if not callable(model_fn):
-        raise TypeError("model_fn must be a callable (x, t) -> prediction")
-    x_init = jnp.asarray(x_init)
-    if not jnp.issubdtype(x_init.dtype, jnp.floating):
-        raise TypeError(f"x_init must be a floating-point array, got dtype {x_init.dtype}")
-    _check_ts(ts_np, process, solver, prediction)  # the sampler's own checks: domain, grid length, sigma = 0 end
+    solver, process, x_init = resolve_inputs(model_fn, solver, process, prediction, x_init)
+    check_ts(ts_np, process, solver, prediction)  # the sampler's own checks: domain, grid length, sigma = 0 end
     num_rows = x_init.shape[0] if x_init.ndim >= 1 else 0
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

@@ -5,11 +5,13 @@ Command (from the repository root):
     python scripts/benchmark_schedules.py --json outputs/bench/benchmark_schedules.json
 
 On an 8-dimensional, 6-component Gaussian-mixture oracle (vp_linear; --seed picks the mixture and the batches), for
-each solver (ddim, deis_tab order 3, deis_tab order 4 = the paper's tAB3, dpmpp_2m) and NFE (5, 10): the RMSE against the exact flow map on a held-out batch of every standard grid (uniform,
-quadratic, logsnr, edm), of the distilled schedules (OSS, Bellman, GITS: a DDIM student on a 200-step teacher,
-distilled on a separate batch of 256), and of schedules.refine (gradient descent towards the 200-step teacher's
-endpoint on the distillation batch) applied to the OSS schedule and to the best standard grid, for the actual solver. Also the cost of distilling a 10-step schedule from the 200-step teacher with batch 256:
-model calls and wall time. Writes the JSON, benchmark_schedules.md (printed too) and benchmark_schedules.png.
+each solver (ddim, deis_tab order 3, deis_tab order 4 = the paper's tAB3, dpmpp_2m) and NFE (5, 10): the RMSE
+against the exact flow map, on a held-out batch, of every standard grid (uniform, quadratic, logsnr, edm), of the
+distilled schedules (OSS, Bellman, GITS: a DDIM student on a 200-step teacher, distilled on a separate batch of 256),
+and of schedules.refine (gradient descent towards the 200-step teacher's endpoint on the distillation batch) applied
+to the OSS schedule and to the best standard grid, for the actual solver. Also the cost of distilling a 10-step
+schedule from the 200-step teacher with batch 256: model calls and wall time. Writes the JSON,
+benchmark_schedules.md (printed too) and benchmark_schedules.png.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def markdown(results):
     cost_lines += [f"| {c['method']} | {c['nfe']} | {c['teacher_steps']} | {c['batch']} | {c['model_calls']} | "
                    f"{c['seconds']:.1f} |" for c in results["distillation_cost"]]
     ts_lines = [f"- {r['solver']} NFE {r['nfe']} {r['schedule']}: " + ", ".join(f"{t:.4g}" for t in r["ts"])
-                for r in rows if not r["schedule"] in GRIDS]
+                for r in rows if r["schedule"] not in GRIDS]
     return "\n\n".join([
         "# Schedule benchmark (RMSE vs the exact flow map on a held-out batch; ratio to the best standard grid)",
         "\n".join(lines), "## Distillation cost", "\n".join(cost_lines), "## Distilled and refined schedules (t)",
