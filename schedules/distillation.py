@@ -39,8 +39,7 @@ def student_step_fn(solver, process):
     if solver.stages != 1 or solver.order != 1:
         raise ValueError(
             f"the student step of a schedule DP must be a single-step, single-evaluation solver (ddim, euler, or "
-            f"deis_tab / deis_rhoab / ipndm with order=1); got {solver.name} of order {solver.order}. For a "
-            f"multistep solver, distil with student='ddim' and refine the result with schedules.refine."
+            f"deis_tab / deis_rhoab / ipndm with order=1); got {solver.name} of order {solver.order}"
         )
 
     def step(x, pred, s, t):
@@ -50,6 +49,13 @@ def student_step_fn(solver, process):
         return y
 
     return step
+
+
+def default_student(solver):
+    """The first-order step of a solver's family, which prices its steps in the DP: Euler for velocity-space
+    solvers (euler, heun), DDIM (the first-order exponential integrator, every multistep solver's warm-up step) for
+    the others."""
+    return "euler" if solver.native == "velocity" else "ddim"
 
 
 def teacher_trajectory(model_fn, process, x_init, ts, solver, prediction="eps"):
@@ -192,8 +198,10 @@ def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction=
       method: "oss" (carried student state), "bellman" (BOSS: one step from teacher states) or "gits" (BOSS with
         the accumulation weight `coeff`, default 1.15).
       model_fn, process, x_init, prediction: as for `samplers.sample`; x_init is the noise at t_max.
-      solver: the student's step, a single-step solver (ddim, euler, first-order DEIS); or pass any solver and
-        name the student explicitly (student="ddim"), then refine for the real solver with `schedules.refine`.
+      solver: the solver the schedule is for. A single-step, first-order solver (ddim, euler, first-order DEIS) is
+        itself the student step; for any other the DP prices steps of `student` (default: `default_student`,
+        DDIM or Euler), and `schedules.refine` then tunes the schedule for the solver itself.
+      student: the single-step solver whose steps the DP prices (a name or a Solver), overriding the default.
       num_steps: M, the student's number of steps (1 <= M <= teacher_steps).
       teacher_steps, teacher_grid, teacher_solver: the fine grid (its points are the candidate times) and the
         solver that follows it (a name, or (name, options)).
@@ -222,8 +230,9 @@ def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction=
                          f"picks its times among the teacher's")
     process = get_process(process) if isinstance(process, str) else process
     solver = samplers.get_solver(solver) if isinstance(solver, str) else solver
-    student_solver = solver if student is None else (samplers.get_solver(student) if isinstance(student, str)
-                                                     else student)
+    if student is None:
+        student = solver if (solver.stages == 1 and solver.order == 1) else default_student(solver)
+    student_solver = samplers.get_solver(student) if isinstance(student, str) else student
     step = student_step_fn(student_solver, process)
     predictions.check_kind(prediction)
     x_init = jnp.asarray(x_init)

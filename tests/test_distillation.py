@@ -121,8 +121,8 @@ def test_euler_and_first_order_deis_students(small):
         (dict(num_steps=11), "more than the teacher"),
         (dict(num_steps=0), "num_steps"),
         (dict(teacher_steps=0), "non-empty teacher"),
-        (dict(solver="dpmpp_2m"), "student='ddim'"),
-        (dict(solver="heun"), "single-step"),
+        (dict(student="dpmpp_2m"), "single-step"),
+        (dict(student="heun"), "single-step"),
         (dict(aggregate="mode"), "aggregate"),
         (dict(method="bellman", aggregate="median"), "for 'oss'"),
         (dict(method="bellman", metric="l3"), "metric"),
@@ -139,10 +139,17 @@ def test_bad_input_is_a_clear_error(kwargs, match, small):
                           args.pop("x_init"), args.pop("num_steps"), **args)
 
 
-def test_multistep_solver_with_an_explicit_student(small):
+def test_other_solvers_are_priced_by_their_first_order_step(small):
+    """As in DESIGN's example, distill takes the solver the schedule is for: its DP prices DDIM (or Euler) steps."""
     p, gm, x0, ts, teacher = small
-    out = schedules.distill("oss", gm.model_fn(p), "dpmpp_2m", p, x0, M, teacher_steps=N, student="ddim")
-    assert out.shape == (M + 1,)
+    model = gm.model_fn(p)
+    for solver, student in ((samplers.get_solver("deis_tab", order=3), "ddim"), ("dpmpp_2m", "ddim"),
+                            ("heun", "euler")):
+        out, info = schedules.distill("oss", model, solver, p, x0, M, teacher_steps=N, return_info=True)
+        assert info["student"] == student and out.shape == (M + 1,)
+    explicit = schedules.distill("oss", model, "dpmpp_2m", p, x0, M, teacher_steps=N, student="ddim")
+    plain = schedules.distill("oss", model, "ddim", p, x0, M, teacher_steps=N)
+    np.testing.assert_array_equal(explicit, plain)
 
 
 def test_schedule_file_round_trip(tmp_path, small):
