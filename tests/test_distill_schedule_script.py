@@ -17,28 +17,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _refine_is_implemented():
-    try:
-        schedules.refine(None, None, None, None, None)
-    except NotImplementedError:
-        return False
-    except Exception:  # noqa: BLE001 (any other complaint about the dummy arguments means it exists)
-        return True
-    return True
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The smoke run, twice at once: the script in a subprocess (started first, it runs while this process works;
-    with a few iterations of gradient refinement where `schedules.refine` exists) and `run` in this process. Both
-    are compile-bound, so side by side they take about the time of one."""
+    """The smoke run, twice at once: the script in a subprocess (started first, it runs while this process works,
+    with a few iterations of gradient refinement) and `run` in this process (no refinement). Both are compile-bound,
+    so side by side they take about the time of one."""
     script_dir, run_dir = tmp_path_factory.mktemp("script"), tmp_path_factory.mktemp("run")
-    refine = _refine_is_implemented()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the script must find the packages itself
     proc = subprocess.Popen(
         [sys.executable, "scripts/distill_schedule.py", "--config", "experiments/configs/distill_oracle.py:smoke",
          "--workdir", str(script_dir)]
-        + (["--config.refine.enabled=True", "--config.refine.num_iters=5"] if refine else []),
+        + ["--config.refine.enabled=True", "--config.refine.num_iters=5"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -48,8 +37,7 @@ def smoke(tmp_path_factory):
         proc.kill()
         proc.communicate()
         raise
-    yield {"config": config, "results": results, "dir": run_dir, "proc": proc, "script_dir": script_dir,
-           "refine": refine}
+    yield {"config": config, "results": results, "dir": run_dir, "proc": proc, "script_dir": script_dir}
     if proc.poll() is None:
         proc.kill()
         proc.communicate()
@@ -121,8 +109,6 @@ def test_config_args():
 
 
 def test_refinement_is_saved_when_enabled(smoke):
-    if not smoke["refine"]:
-        pytest.skip("schedules.refine raises NotImplementedError (gradient refinement is not built yet)")
     smoke["proc"].communicate(timeout=300)  # the script's run refined its schedule
     assert smoke["proc"].returncode == 0
     with open(smoke["script_dir"] / "distill.json") as f:

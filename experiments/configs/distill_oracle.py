@@ -11,10 +11,10 @@ Launch (from the repository root):
     python scripts/distill_schedule.py --config experiments/configs/distill_oracle.py --workdir outputs/distill
 
 Variants (`distill_oracle.py:ARG`, comma-separated):
-  smoke        batch 32, eval_batch 64, a 40-step teacher and nfe 5, for tests (seconds on a CPU);
+  smoke        batch 32, eval_batch 64, a 40-step teacher, nfe 5 and no refinement, for tests (seconds on a CPU);
   method=NAME  oss | bellman | gits, e.g. `distill_oracle.py:method=gits`;
   nfe=N        another budget of model evaluations, e.g. `distill_oracle.py:nfe=6`.
-Any key can also be overridden by flag, e.g. `--config.refine.enabled=True --config.refine.num_iters=200`,
+Any key can also be overridden by flag, e.g. `--config.refine.enabled=False --config.refine.num_iters=200`,
 `--config.solver.name=ipndm --config.solver.options.order=4`, `--config.teacher.steps=400`.
 """
 
@@ -66,8 +66,10 @@ def get_config(arg=None):
 
     # Gradient refinement of the distilled schedule for config.solver (schedules.refine), on the distillation batch
     # with the teacher's endpoints as the target. None leaves refine's own default.
+    # On by default: a DP schedule priced with DDIM steps is worse than the quadratic grid for multistep solvers until
+    # it is refined for them (scripts/benchmark_schedules.py). Off in `smoke`, for speed.
     config.refine = ml_collections.ConfigDict()
-    config.refine.enabled = False
+    config.refine.enabled = not arg.smoke
     config.refine.num_iters = placeholder(int)
     config.refine.learning_rate = placeholder(float)
 
