@@ -108,19 +108,13 @@ def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=No
     if isinstance(ts, jax.core.Tracer):
         raise TypeError("refine runs its own compiled loop on the host: pass a concrete ts, not a traced value")
     ts_np = np.asarray(ts, np.float64)
-    if ts_np.ndim != 1 or ts_np.shape[0] < 2:
-        raise ValueError(f"ts must be 1-D with at least 2 entries (num_steps >= 1), got shape {ts_np.shape}")
-    if not np.all(np.isfinite(ts_np)):
-        raise ValueError(f"ts must be finite, got {ts_np}")
-    if not np.all(np.diff(ts_np) < 0):
-        raise ValueError(f"ts must be strictly decreasing (from noise t_max to data t_min), got {ts_np}")
     if isinstance(num_iters, bool) or not isinstance(num_iters, (int, np.integer)) or num_iters < 0:
         raise ValueError(f"num_iters must be an integer >= 0, got {num_iters!r}")
     if not (isinstance(learning_rate, (int, float, np.floating, np.integer)) and math.isfinite(learning_rate)
             and learning_rate > 0):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
     solver, process, x_init = resolve_inputs(model_fn, solver, process, prediction, x_init)
-    check_ts(ts_np, process, solver, prediction)  # the sampler's own checks: domain, grid length, sigma = 0 end
+    check_ts(ts_np, process, solver, prediction)  # the sampler's checks: shape, order, domain, sigma = 0 end
     num_rows = x_init.shape[0] if x_init.ndim >= 1 else 0
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
