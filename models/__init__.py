@@ -1,7 +1,10 @@
 """Networks, the analytic Gaussian-mixture oracle and exact prediction conversions."""
 
+from models.dit import DiT
 from models.mlp import MLP
+from models.networks import NETWORKS, get_network
 from models.oracle import GaussianMixture
 from models.predictions import KINDS, convert, converted
+from models.unet import UNet
 
-__all__ = ["MLP", "GaussianMixture", "KINDS", "convert", "converted"]
+__all__ = ["MLP", "UNet", "DiT", "NETWORKS", "get_network", "GaussianMixture", "KINDS", "convert", "converted"]

@@ -1,4 +1,4 @@
-"""A small MLP with a sinusoidal time embedding, for low-dimensional data (2D sets, the oracle's dimensions)."""
+"""A small MLP with a sinusoidal (or concatenated) time input, for low-dimensional data (2D sets, the oracle's dims)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import math
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+ACTIVATIONS = {"silu": nn.silu, "selu": nn.selu, "relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh}
+TIME_INPUTS = ("sinusoidal", "concat")
 
 
 def time_embedding(t, dim, max_period=10_000.0):
@@ -18,24 +21,64 @@ def time_embedding(t, dim, max_period=10_000.0):
     return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 2 * half)])
 
 
+def get_activation(name):
+    """The activation function called `name`; an unknown name raises ValueError listing the valid ones."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid names: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 class MLP(nn.Module):
     """x (..., d) and t (scalar or broadcastable to x.shape[:-1]) -> prediction (..., d).
 
-    `time_scale` multiplies t before the embedding (1000 for t in [0, 1], so that the embedding resolves small steps).
+    time_input="sinusoidal": t * `time_scale` (1000 for t in [0, 1], so that the embedding resolves small steps)
+    goes through a sinusoidal embedding of width `embed_dim` and a 2-layer MLP, and is added before each of the
+    `depth` hidden layers.
+
+    time_input="concat": exactly TorchCFM's `MLP(d, w=hidden, time_varying=True)` (Tong et al. 2024):
+    concat([x, t]) -> `depth` x [Dense(hidden) -> activation] -> Dense(d); `time_scale` and `embed_dim` are unused
+    (t enters as given). Use activation="selu", hidden=64, depth=3 for TorchCFM's defaults, and
+    zero_init_output=False for its (default, non-zero) initialisation of the last layer.
+
+    `zero_init_output` zero-initialises the last layer (an untrained net predicts 0), in both modes.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> net = MLP(hidden=8, depth=1, time_input="concat")
+        >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((3, 2)), 0.5)
+        >>> net.apply(params, jnp.ones((3, 2)), jnp.full((3,), 0.5)).shape
+        (3, 2)
     """
 
     hidden: int = 256
     depth: int = 3
     embed_dim: int = 64
     time_scale: float = 1000.0
+    activation: str = "silu"
+    time_input: str = "sinusoidal"
+    zero_init_output: bool = True
+
+    def __post_init__(self):
+        # Wrong names fail when the net is built, not at its first call inside a jitted training step.
+        get_activation(self.activation)
+        if self.time_input not in TIME_INPUTS:
+            raise ValueError(f"unknown time_input {self.time_input!r}; valid names: {list(TIME_INPUTS)}")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, t):
+        act = get_activation(self.activation)
+        out_init = nn.initializers.zeros if self.zero_init_output else nn.linear.default_kernel_init
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:-1])
+        if self.time_input == "concat":
+            h = jnp.concatenate([x, t[..., None].astype(x.dtype)], axis=-1)
+            for _ in range(self.depth):
+                h = act(nn.Dense(self.hidden)(h))
+            return nn.Dense(x.shape[-1], kernel_init=out_init)(h).astype(x.dtype)
         emb = time_embedding(self.time_scale * t, self.embed_dim)
-        emb = nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(emb)))
+        emb = nn.Dense(self.hidden)(act(nn.Dense(self.hidden)(emb)))
         h = nn.Dense(self.hidden)(x)
         for _ in range(self.depth):
-            h = nn.silu(h + emb)
+            h = act(h + emb)
             h = nn.Dense(self.hidden)(h)
-        return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(nn.silu(h)).astype(x.dtype)
+        return nn.Dense(x.shape[-1], kernel_init=out_init)(act(h)).astype(x.dtype)

@@ -1,0 +1,32 @@
+"""Denoising score matching (eps prediction) on the VP linear process for scikit-learn's digits, small UNet.
+
+Launch (from the repository root):
+
+    python scripts/train.py --config experiments/configs/digits_vp.py --workdir outputs/digits_vp
+
+Variants (`digits_vp.py:ARG`): `prediction=eps|x0|v` (default eps), `process=vp_linear|vp_cosine|edm`
+(EDM uses EDM's input scaling and log-normal times), `size=8|16|32` (default 8, the native size), `smoke` for tests.
+Overrides: `--config.sample.solver=deis_tab --config.sample.order=3 --config.sample.grid=quadratic`.
+"""
+
+from __future__ import annotations
+
+from experiments.configs import parse_arg
+from experiments.configs.train_base import digits_unet
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, prediction="eps", process="vp_linear", size=0, smoke=False)
+    c = digits_unet(arg.size or 8, arg.smoke)
+    c.process.name = arg.process
+    c.loss.prediction = arg.prediction
+    if arg.process == "edm":
+        c.model.input_scaling = "edm"
+        c.loss.time_sampling = "log_normal"
+        c.loss.time_mean, c.loss.time_std = -1.2, 1.2  # EDM's P_mean, P_std
+    c.sample.solver = "deis_tab"
+    c.sample.order = 3
+    c.sample.grid = "quadratic" if arg.process != "edm" else "edm"
+    c.sample.nfe = 5 if arg.smoke else 20
+    c.lock()
+    return c

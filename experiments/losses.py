@@ -1,0 +1,87 @@
+"""Training objectives: regression of one prediction kind on the affine Gaussian path of a process.
+
+With x_t = alpha(t) x0 + sigma(t) eps, a model of kind `prediction` regresses the exact target of that kind at
+(x0, eps, t) (`models.predictions.from_x0_eps`). One formula covers
+  - conditional flow matching on the OT path (Lipman et al. 2022; Tong et al. 2023): process "ot" (sigma_min
+    option), prediction "velocity", target d x_t / dt = sigma'(t) eps + alpha'(t) x0 = (1 - sigma_min) eps - x0;
+  - flow matching on the VP path: process "vp_linear" / "vp_cosine", prediction "velocity";
+  - denoising score matching (Ho et al. 2020; Salimans & Ho 2022; Karras et al. 2022) with eps, x0 or v prediction
+    on VP, cosine and EDM processes.
+The pairs (eps, x0) are the coupling's (`experiments.couplings`): independent, exact minibatch OT or Sinkhorn.
+
+Time sampling (`TIME_SAMPLINGS`):
+  "uniform"       t ~ U(t_min, t_max);
+  "logit_normal"  t = t_min + (t_max - t_min) sigmoid(m + s n), n ~ N(0, 1) (Esser et al. 2024, SD3);
+  "log_normal"    log(sigma / alpha) ~ N(m, s) (EDM's P_mean = -1.2, P_std = 1.2), mapped to t by the process and
+                  clipped to [t_min, t_max].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from models import predictions
+
+TIME_SAMPLINGS = ("uniform", "logit_normal", "log_normal")
+
+
+def sample_times(key, n, process, method="uniform", t_min=None, t_max=None, mean=0.0, std=1.0):
+    """n training times in [t_min, t_max] (defaults: the process's ends), float32.
+
+    Example:
+        >>> import jax, schedules
+        >>> t = sample_times(jax.random.PRNGKey(0), 5, schedules.get_process("ot"), t_min=0.0, t_max=1.0)
+        >>> bool(((t >= 0) & (t <= 1)).all())
+        True
+    """
+    if method not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time sampling {method!r}; valid: {list(TIME_SAMPLINGS)}")
+    t_min = process.t_min if t_min is None else t_min
+    t_max = process.t_max if t_max is None else t_max
+    if method == "uniform":
+        return jax.random.uniform(key, (n,), jnp.float32, t_min, t_max)
+    normal = mean + std * jax.random.normal(key, (n,), jnp.float32)
+    if method == "logit_normal":
+        return (t_min + (t_max - t_min) * jax.nn.sigmoid(normal)).astype(jnp.float32)
+    return jnp.clip(process.t_of_log_snr(-normal), t_min, t_max).astype(jnp.float32)
+
+
+def make_loss(model_fn, process, prediction, *, coupling=None, time_sampling="uniform", t_min=None, t_max=None,
+              time_mean=0.0, time_std=1.0, constrain=None):
+    """The mean squared error of `prediction` on the process's path, as `loss(params, key, x0) -> scalar`.
+
+    Args:
+      model_fn: fn(params, x, t) with t of shape (batch,) (`models.conditioning.network_fn`).
+      process: a `schedules.Process`.
+      prediction: what the model predicts: "eps", "x0", "v" or "velocity" ("score" is eps scaled by 1 / sigma,
+        a poorly conditioned regression target, and is refused).
+      coupling: (key, eps, x0) -> (eps, x0), how noise and data are paired (default: independent).
+      time_sampling, t_min, t_max, time_mean, time_std: see `sample_times`.
+      constrain: optional fn applied to every batch-shaped array (a sharding constraint for data parallelism).
+
+    Returns:
+      loss(params, key, x0): the batch mean over examples and dimensions, float32.
+    """
+    predictions.check_kind(prediction)
+    if prediction == "score":
+        raise ValueError("prediction 'score' is not a training target (it blows up as sigma -> 0); train 'eps' "
+                         "and convert with models.predictions.convert")
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time sampling {time_sampling!r}; valid: {list(TIME_SAMPLINGS)}")
+    constrain = constrain or (lambda x: x)
+
+    def loss(params, key, x0):
+        key_eps, key_t, key_pair = jax.random.split(key, 3)
+        eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
+        if coupling is not None:
+            eps, x0 = coupling(key_pair, eps, x0)
+        t = sample_times(key_t, x0.shape[0], process, time_sampling, t_min, t_max, time_mean, time_std)
+        eps, x0, t = constrain(eps), constrain(x0), constrain(t)
+        t_x = jnp.reshape(t, t.shape + (1,) * (x0.ndim - 1))
+        x_t = (process.alpha(t_x) * x0 + process.sigma(t_x) * eps).astype(x0.dtype)
+        target = predictions.from_x0_eps(prediction, x0, eps, t_x, process).astype(x0.dtype)
+        error = model_fn(params, x_t, t) - target
+        return jnp.mean(jnp.square(error.astype(jnp.float32)))
+
+    return loss

@@ -1,0 +1,503 @@
+"""The training loop: `train(config, workdir)`, what `scripts/train.py` runs (configs: `experiments/configs/*_fm.py`,
+`digits_vp.py`, `digits_dit.py`; every key is documented in `experiments/configs/train_base.py`).
+
+One run is a pure function of the config: the root key is `config.seed`; step s uses `fold_in(train_key, s)` and the
+data batch `dataset.batch(data_key, s, batch_size)`. The state (step, params, EMA params, optimizer state) is a plain
+pytree, checkpointed with orbax into `WORKDIR/checkpoints` (atomic: a step directory appears only when complete).
+Rerunning the same command restores the newest checkpoint and continues, and the steps run in the same compiled
+chunks as an uninterrupted run, so the final parameters are bitwise those of a run that was never killed.
+
+Data parallelism: a device mesh with one `data` axis over `config.train.num_devices` devices (0 = all, across all
+hosts after `jax.distributed.initialize`); the state is replicated and every batch-shaped array is sharded along
+its first axis, so the per-step arithmetic is the one-device arithmetic up to the order of the batch-mean reduction.
+
+Outputs in WORKDIR: `metrics.jsonl` (one line per `log_every` steps: step, loss, learning rate, steps/s; also
+TensorBoard event files when `tensorboardX` is installed), `samples/step_NNNNNNN[_RES].png` every `sample_every`
+steps, `config.json`, and at the end `eval.json` (EMA eval loss, and the exact W2 distance of `eval.num_samples`
+samples to as many data points).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import samplers
+from samplers.base import check_ts
+import schedules
+from experiments import couplings, data, figures, losses, metrics
+from models import conditioning
+from models.networks import get_network
+
+# Streams of the root key (fold_in(root, stream)): each random draw stays put when another is added.
+INIT_STREAM, TRAIN_STREAM, DATA_STREAM, SAMPLE_STREAM, EVAL_STREAM = range(5)
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: compiled functions are cached per experiment
+class Experiment:
+    """Everything a config names, built and checked before any compute."""
+
+    config: ml_collections.ConfigDict
+    process: Any
+    datasets: tuple  # one per training resolution
+    net: Any
+    model_fn: Any  # fn(params, x, t)
+    loss_fn: Any  # fn(params, key, x0)
+    optimizer: Any
+    lr_schedule: Any
+    mesh: Mesh
+    solver: Any
+    ts: np.ndarray
+
+    @property
+    def batch_sharding(self):
+        return NamedSharding(self.mesh, PartitionSpec("data"))
+
+    @property
+    def replicated(self):
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def constrain(self, x):
+        return batch_constraint(self.mesh)(x)
+
+
+def batch_constraint(mesh):
+    """Shard an array's first (batch) axis over the mesh's `data` axis, inside jit."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return lambda x: jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _set(section, *names):
+    """The keys of a config section whose value is set (not None), as keyword options."""
+    return {name: section[name] for name in names if section[name] is not None}
+
+
+def build(config):
+    """Build and check every component the config names; raises before any training compute."""
+    process = schedules.get_process(config.process.name, **_set(config.process, "sigma_min"))
+    data_options = _set(config.data, "path", "channels", "noise", "scale", "shift")
+    if config.data.npz_key is not None:
+        data_options["key"] = config.data.npz_key
+    sizes = tuple(config.data.image_sizes) or (None,)
+    datasets = tuple(
+        data.get_dataset(config.data.name, **data_options, **({} if size is None else {"image_size": size}))
+        for size in sizes
+    )
+    name = config.model.name
+    options = config.model[name] if name in config.model else None
+    net = get_network(name, **(options.to_dict() if isinstance(options, ml_collections.ConfigDict) else {}))
+    model_fn = conditioning.network_fn(net, process, config.model.input_scaling, config.model.sigma_data)
+
+    devices = np.array(jax.devices())
+    num_devices = config.train.num_devices or devices.size
+    if not 1 <= num_devices <= devices.size:
+        raise ValueError(f"train.num_devices={num_devices} but {devices.size} devices are visible")
+    mesh = Mesh(devices[:num_devices], ("data",))
+    for name in ("batch_size", "num_steps", "steps_per_call", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if config.train[name] < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
+    if config.train.batch_size % num_devices:
+        raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the {num_devices} devices")
+    if config.train.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown train.lr_schedule {config.train.lr_schedule!r}; valid: {list(LR_SCHEDULES)}")
+
+    loss = config.loss
+    coupling_options = _coupling_options(loss)
+    if loss.coupling == "ot" and num_devices > 1 and "solver" not in coupling_options:
+        # scipy's assignment is a host callback; inside a program over several CPU devices it can stall their
+        # collectives (seen with 4 simulated devices). The pure-JAX Hungarian has no callback.
+        coupling_options["solver"] = "optax"
+    coupling = couplings.get_coupling(loss.coupling, **coupling_options)
+    loss_fn = losses.make_loss(
+        model_fn, process, loss.prediction, coupling=coupling, time_sampling=loss.time_sampling,
+        t_min=loss.t_min, t_max=loss.t_max, time_mean=loss.time_mean, time_std=loss.time_std,
+        constrain=batch_constraint(mesh),
+    )
+    lr_schedule = _lr_schedule(config.train)
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(config.train.grad_clip) if config.train.grad_clip > 0 else optax.identity(),
+        optax.adamw(lr_schedule, b1=config.train.b1, b2=config.train.b2, weight_decay=config.train.weight_decay),
+    )
+    solver = samplers.get_solver(config.sample.solver, **_set(config.sample, "order"))
+    num_steps = solver.steps_for_nfe(config.sample.nfe)
+    solver.check_grid(num_steps)
+    ends = _set(config.sample, "t_min", "t_max")
+    ts = np.asarray(schedules.get_timesteps(config.sample.grid, process, num_steps, **ends))
+    check_ts(ts, process, solver, loss.prediction)
+    datasets = jax.device_put(datasets, NamedSharding(mesh, PartitionSpec()))  # replicated, jit arguments
+    experiment = Experiment(config=config, process=process, datasets=datasets, net=net, model_fn=model_fn, mesh=mesh,
+                            loss_fn=loss_fn, optimizer=optimizer, lr_schedule=lr_schedule,
+                            solver=solver, ts=ts)
+    for dataset in datasets:  # traces the network at every resolution: a size it cannot take fails here
+        jax.eval_shape(model_fn, abstract_state(experiment)["params"],
+                       jax.ShapeDtypeStruct((num_devices, *dataset.shape), jnp.float32),
+                       jax.ShapeDtypeStruct((num_devices,), jnp.float32))
+    return experiment
+
+
+def _coupling_options(loss):
+    options = {"ot": {"solver": loss.ot_solver}, "sinkhorn": {"epsilon": loss.sinkhorn_epsilon,
+                                                               "sampling": loss.sinkhorn_sampling}}
+    return {k: v for k, v in options.get(loss.coupling, {}).items() if v is not None}
+
+
+def _lr_schedule(train):
+    """Linear warm-up from 0 to lr over warmup_steps, then constant or cosine decay to 0 at num_steps."""
+    warmup = max(int(train.warmup_steps), 0)
+    if train.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, train.lr, max(warmup, 1) if warmup else 0,
+                                                  max(train.num_steps, warmup + 1), end_value=0.0)
+    if warmup == 0:
+        return optax.constant_schedule(train.lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, train.lr, warmup), optax.constant_schedule(train.lr)],
+                                [warmup])
+
+
+# ---------------------------------------------------------------------------------------------------------- state
+
+
+def _init_fn(experiment):
+    """A function () -> the state at step 0: params at the first resolution's shape, EMA = params, optimizer state."""
+    config = experiment.config
+    shape = experiment.datasets[0].shape
+
+    def init():
+        params = experiment.net.init(_init_key(config.seed), jnp.zeros((1, *shape), jnp.float32),
+                                     jnp.zeros((1,), jnp.float32))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
+                "opt_state": experiment.optimizer.init(params)}
+
+    return init
+
+
+def _init_key(seed):
+    """The parameter-initialisation key. It uses the "rbg" generator: with the default threefry, XLA's CPU compiler
+    spends about a second on every random draw, 10-20 s for a UNet's init; rbg compiles in a few seconds."""
+    return jax.random.fold_in(jax.random.key(seed, impl="rbg"), INIT_STREAM)
+
+
+def init_state(experiment):
+    """The initial state (step 0), created replicated on the mesh."""
+    return jax.jit(_init_fn(experiment), out_shardings=experiment.replicated)()
+
+
+def abstract_state(experiment):
+    """Shapes, dtypes and shardings of the state, without computing it (for restoring and checking)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=experiment.replicated),
+                        jax.eval_shape(_init_fn(experiment)))
+
+
+def make_train_chunk(experiment, num_steps):
+    """A compiled fn(state, datasets) -> (state, losses (num_steps,), params_finite) running num_steps steps."""
+    config = experiment.config
+    root = jax.random.PRNGKey(config.seed)
+    train_key, data_key = jax.random.fold_in(root, TRAIN_STREAM), jax.random.fold_in(root, DATA_STREAM)
+    batch_size, decay = config.train.batch_size, config.train.ema_decay
+
+    def objective(params, step, datasets):
+        key = jax.random.fold_in(train_key, step)
+        total = 0.0
+        for r, dataset in enumerate(datasets):  # multi-resolution: the mean of the per-size losses
+            x0 = experiment.constrain(dataset.batch(jax.random.fold_in(data_key, r), step, batch_size))
+            total = total + experiment.loss_fn(params, jax.random.fold_in(key, r), x0)
+        return total / len(datasets)
+
+    def one_step(state, datasets):
+        loss, grads = jax.value_and_grad(objective)(state["params"], state["step"], datasets)
+        updates, opt_state = experiment.optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params)
+        return {"step": state["step"] + 1, "params": params, "ema_params": ema, "opt_state": opt_state}, loss
+
+    def chunk(state, datasets):  # the datasets are arguments, not constants folded into the program
+        if num_steps == 1:  # no loop: XLA's CPU backend runs convolutions inside a while loop ~10x slower
+            state, loss = one_step(state, datasets)
+            chunk_losses = loss[None]
+        else:
+            state, chunk_losses = jax.lax.scan(lambda state, _: one_step(state, datasets), state, None,
+                                               length=num_steps)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state["params"])]))
+        return state, chunk_losses, finite
+
+    return jax.jit(chunk, out_shardings=experiment.replicated)
+
+
+@functools.lru_cache(maxsize=32)
+def make_sampler(experiment, num_samples, shape):
+    """A compiled fn(params, key) -> (samples, num_nonfinite): the configured solver on the configured grid."""
+    config = experiment.config
+    process, ts = experiment.process, experiment.ts
+    num_devices = experiment.mesh.devices.size
+    padded = -(-num_samples // num_devices) * num_devices  # the batch axis is split over the devices
+
+    def draw(params, key):
+        x_init = experiment.constrain(process.prior(key, (padded, *shape), t=ts[0], dtype=jnp.float32))
+        model = lambda x, t: experiment.model_fn(params, x, t)
+        x, info = samplers.sample(model, experiment.solver, process, x_init, ts, prediction=config.loss.prediction,
+                                  check_finite=False)
+        x = x[:num_samples]
+        return x, jnp.sum(~jnp.isfinite(x))
+
+    return jax.jit(draw, out_shardings=experiment.replicated)
+
+
+# ----------------------------------------------------------------------------------------------------- the loop
+
+
+def train(config, workdir):
+    """Train (or resume) the run of `config` in `workdir`; returns the final evaluation (also in eval.json).
+
+    Raises:
+      ValueError / FileNotFoundError: a config key, dataset, size or checkpoint that does not fit, before training.
+      FloatingPointError: a non-finite loss or parameters; the message names the step, and the checkpoints
+        written before it are left intact.
+    """
+    experiment = build(config)
+    train_cfg = config.train
+    is_main = jax.process_index() == 0
+    workdir = os.path.abspath(workdir)
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=train_cfg.keep_checkpoints, create=True,
+                                             enable_async_checkpointing=train_cfg.async_checkpointing,
+                                             cleanup_tmp_directories=True),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
+    abstract = abstract_state(experiment)
+    latest = manager.latest_step()
+    if latest is not None:
+        check_checkpoint(manager, latest, abstract)
+        state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    else:
+        state = init_state(experiment)
+    step = int(state["step"])
+    if step > train_cfg.num_steps:
+        raise ValueError(f"{workdir} holds a checkpoint at step {step}, past train.num_steps={train_cfg.num_steps}")
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+    writer = MetricsWriter(workdir, resume_step=step, enabled=is_main)
+    progress = _progress_bar(train_cfg, step, is_main)
+
+    chunks = {}
+    pending = []  # (first step, device array of losses) not yet checked
+    last_log_step, last_log_time = step, time.perf_counter()
+    try:
+        while step < train_cfg.num_steps:
+            n = min(train_cfg.steps_per_call, _next_boundary(train_cfg, step) - step)
+            if n not in chunks:
+                chunks[n] = make_train_chunk(experiment, n)
+            state, chunk_losses, finite = chunks[n](state, experiment.datasets)
+            pending.append((step, chunk_losses))
+            step += n
+            progress.update(n)
+            if not _at_boundary(train_cfg, step):
+                continue
+            values = _check_losses(pending, manager)
+            pending = []
+            if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
+                now = time.perf_counter()
+                record = {"step": step, "loss": float(np.mean(values[-(step - last_log_step):])),
+                          "lr": float(experiment.lr_schedule(step)),
+                          "steps_per_s": (step - last_log_step) / max(now - last_log_time, 1e-9)}
+                writer.write(record)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_s']:.1f}")
+                last_log_step, last_log_time = step, now
+            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.num_steps:
+                if not bool(finite):
+                    manager.wait_until_finished()
+                    raise FloatingPointError(
+                        f"the parameters became non-finite by step {step} (the losses were finite); stopping. The "
+                        f"last good checkpoint is step {manager.latest_step()} in {manager.directory}")
+                manager.save(step, args=ocp.args.StandardSave(state))
+            if train_cfg.sample_every and step % train_cfg.sample_every == 0:
+                save_samples(experiment, state, os.path.join(workdir, "samples"), step, write=is_main)
+        manager.wait_until_finished()
+    finally:
+        progress.close()
+        writer.close()
+        manager.close()
+    result = evaluate(experiment, state)
+    save_samples(experiment, state, os.path.join(workdir, "samples"), step, write=is_main)
+    if is_main:
+        _write_json(os.path.join(workdir, "eval.json"), result)
+    return result
+
+
+def _next_boundary(train_cfg, step):
+    """The next step > `step` at which the loop logs, checkpoints, samples or ends."""
+    periods = [p for p in (train_cfg.log_every, train_cfg.checkpoint_every, train_cfg.sample_every) if p > 0]
+    return min([train_cfg.num_steps] + [(step // p + 1) * p for p in periods])
+
+
+def _at_boundary(train_cfg, step):
+    periods = (train_cfg.log_every, train_cfg.checkpoint_every, train_cfg.sample_every)
+    return step == train_cfg.num_steps or any(p > 0 and step % p == 0 for p in periods)
+
+
+def _check_losses(pending, manager):
+    values = np.concatenate([np.asarray(chunk_losses) for _, chunk_losses in pending])
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        first_step = pending[0][0] + int(bad[0]) + 1  # the step that the loss was computed for, counted from 1
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f"non-finite loss ({values[bad[0]]}) at step {first_step}; stopping. The last good checkpoint is step "
+            f"{manager.latest_step()} in {manager.directory}; lower train.lr or set train.grad_clip")
+    return values
+
+
+def check_checkpoint(manager, step, abstract):
+    """Raise ValueError when the checkpoint at `step` does not have the shapes and dtypes of this config's state."""
+    stored = manager.item_metadata(step)
+    stored = getattr(stored, "tree", stored)
+    expected = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    found = [leaf for leaf in jax.tree.leaves(stored) if hasattr(leaf, "shape")]
+    where = os.path.join(str(manager.directory), str(step))
+    if len(found) != len(expected):
+        raise ValueError(f"the checkpoint {where} holds {len(found)} arrays but this config's model and optimizer "
+                         f"have {len(expected)}: it is a run of another config (use another --workdir)")
+    for (path, want), got in zip(expected, found):
+        if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
+            raise ValueError(
+                f"the checkpoint {where} does not fit this config: {jax.tree_util.keystr(path)} is "
+                f"{tuple(got.shape)} {np.dtype(got.dtype)} there, {tuple(want.shape)} {np.dtype(want.dtype)} here "
+                f"(another model size or data shape; use another --workdir)")
+
+
+# ------------------------------------------------------------------------------------------------ sample and eval
+
+
+def _params_for_sampling(experiment, state):
+    return state["ema_params"] if experiment.config.sample.use_ema else state["params"]
+
+
+def save_samples(experiment, state, directory, step, write=True):
+    """Write a PNG per resolution: an image grid, or a scatter plot for 2-D data. Every process computes the
+    samples (the program spans all hosts' devices); only those with `write` save the files."""
+    config = experiment.config
+    params = _params_for_sampling(experiment, state)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_STREAM)  # the same noise at every step
+    paths = []
+    for dataset in experiment.datasets:
+        x, num_nonfinite = make_sampler(experiment, config.sample.num_samples, dataset.shape)(params, key)
+        suffix = f"_{dataset.shape[0]}px" if len(experiment.datasets) > 1 else ""
+        path = os.path.join(directory, f"step_{step:07d}{suffix}.png")
+        if not write:
+            continue
+        if int(num_nonfinite):
+            print(f"warning: {int(num_nonfinite)} non-finite values in the samples at step {step}", file=sys.stderr)
+        title = f"step {step}, {experiment.solver.name} NFE {config.sample.nfe}"
+        figures.save_samples(np.asarray(x), path, title=title)
+        paths.append(path)
+    return paths
+
+
+def evaluate(experiment, state):
+    """The final evaluation: EMA (or raw) eval loss on fixed batches, and per resolution the exact W2 distance
+    between `eval.num_samples` samples and as many data points, with the sampler's NFE."""
+    config = experiment.config
+    params = _params_for_sampling(experiment, state)
+    root = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
+    loss_fn = jax.jit(lambda p, key, x0: experiment.loss_fn(p, key, experiment.constrain(x0)))
+    eval_losses = []
+    for r, dataset in enumerate(experiment.datasets):
+        for i in range(config.eval.loss_batches):
+            x0 = dataset.batch(jax.random.fold_in(root, 1000 + r), i, config.train.batch_size)
+            eval_losses.append(float(loss_fn(params, jax.random.fold_in(root, i), x0)))
+    result = {
+        "step": int(state["step"]),
+        "eval_loss": float(np.mean(eval_losses)),
+        "params": "ema" if config.sample.use_ema else "raw",
+        "sampler": {"solver": experiment.solver.name, "grid": config.sample.grid, "nfe": config.sample.nfe,
+                    "num_steps": int(experiment.ts.size - 1)},
+        "resolutions": {},
+    }
+    for r, dataset in enumerate(experiment.datasets):
+        n = config.eval.num_samples
+        if dataset.num_examples is not None:
+            n = min(n, dataset.num_examples)
+        x, num_nonfinite = make_sampler(experiment, n, dataset.shape)(params, jax.random.fold_in(root, 2000 + r))
+        if int(num_nonfinite):
+            raise FloatingPointError(f"the final samples have {int(num_nonfinite)} non-finite values (resolution "
+                                     f"{dataset.shape}); the model or the sampler diverged")
+        entry = {"shape": list(dataset.shape), "num_samples": n, "sample_mean": float(jnp.mean(x)),
+                 "sample_std": float(jnp.std(x))}
+        if config.eval.w2:
+            reference = dataset.sample(jax.random.fold_in(root, 3000 + r), n)
+            entry["w2"] = metrics.w2_exact(np.reshape(np.asarray(x), (n, -1)),
+                                           np.reshape(np.asarray(reference), (n, -1)))
+        # images are keyed by their size ("16"), other data by their shape ("2")
+        name = str(dataset.shape[0]) if len(dataset.shape) == 3 else "x".join(map(str, dataset.shape))
+        result["resolutions"][name] = entry
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ logging
+
+
+class MetricsWriter:
+    """Appends JSON lines to WORKDIR/metrics.jsonl (and TensorBoard scalars when tensorboardX is installed). On
+    resume, lines past the restored step (written after the last checkpoint of a killed run) are dropped."""
+
+    def __init__(self, workdir, resume_step=0, enabled=True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tensorboard = None
+        if not enabled:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            pass
+        else:
+            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, record):
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for name, value in record.items():
+                if name != "step":
+                    self.tensorboard.add_scalar(name, value, record["step"])
+
+    def close(self):
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _progress_bar(train_cfg, step, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=train_cfg.num_steps, initial=step, disable=not (enabled and train_cfg.progress),
+                unit="step", dynamic_ncols=True)
+
+
+def _write_json(path, value):
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+

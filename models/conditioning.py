@@ -1,0 +1,54 @@
+"""What a network sees: its inputs scaled for the process, so that one network class serves every process.
+
+`network_fn(net, process)` returns `fn(params, x, t) -> prediction`, the function that training differentiates and
+that samplers call (with params bound). Two choices, both from EDM (Karras et al. 2022, Table 1):
+  input_scaling "none": the network gets x_t as is (right for VP and OT paths, whose marginals have unit-order scale);
+                "edm":  it gets c_in(t) x_t, c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2), the inverse of x_t's
+                        standard deviation for data of standard deviation sigma_data (needed for VE / EDM, sigma to 80).
+  time input: t itself for processes on [0, 1]; 0.25 log sigma(t) (EDM's c_noise) for processes whose t runs past 1,
+              so that the embedding sees a unit-order number.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+INPUT_SCALINGS = ("none", "edm")
+
+
+def network_fn(net, process, input_scaling="none", sigma_data=0.5):
+    """The prediction function `fn(params, x, t)` of a Flax module `net` called as `net.apply(params, x, t)`.
+
+    Args:
+      net: a Flax Linen module taking (x, t) with x (batch, ...) and t a scalar or (batch,).
+      process: the `schedules.Process` the model is trained for.
+      input_scaling: "none" or "edm" (see the module docstring).
+      sigma_data: the data's standard deviation, for "edm" scaling.
+
+    Returns:
+      fn(params, x, t): t a scalar or a (batch,) array; the output has x's shape and dtype.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, schedules
+        >>> from models import MLP
+        >>> net = MLP(hidden=8, depth=1)
+        >>> fn = network_fn(net, schedules.get_process("ot"))
+        >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), 0.5)
+        >>> fn(params, jnp.ones((4, 2)), 0.5).shape
+        (4, 2)
+    """
+    if input_scaling not in INPUT_SCALINGS:
+        raise ValueError(f"unknown input_scaling {input_scaling!r}; valid: {list(INPUT_SCALINGS)}")
+    log_time = process.t_max > 1.0
+
+    def fn(params, x, t):
+        t = jnp.asarray(t, jnp.float32)
+        t_batch = jnp.broadcast_to(t, x.shape[:1])
+        t_x = jnp.reshape(t_batch, x.shape[:1] + (1,) * (x.ndim - 1))
+        if input_scaling == "edm":
+            alpha, sigma = process.alpha(t_x), process.sigma(t_x)
+            x = x * (1.0 / jnp.sqrt((alpha * sigma_data) ** 2 + sigma**2)).astype(x.dtype)
+        t_in = 0.25 * jnp.log(process.sigma(t_batch)) if log_time else t_batch
+        return net.apply(params, x, t_in.astype(jnp.float32)).astype(x.dtype)
+
+    return fn

@@ -1,0 +1,168 @@
+"""The training loop end to end: the real configs' smoke variants, resume after kill -9, clear failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments import training
+from experiments.configs import digits_dit, digits_fm, digits_vp, toy2d_fm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "scripts", "train.py")
+TOY = os.path.join(ROOT, "experiments", "configs", "toy2d_fm.py")
+
+
+def _override(config, **values):
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    for path, value in values.items():
+        *parents, leaf = path.split("__")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
+    config.lock()
+    return config
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _final_params(workdir, step):
+    state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "default"))
+    return state["params"]
+
+
+def test_toy_flow_matching_learns_and_resumes_finished_run(tmp_path):
+    config = _override(toy2d_fm.get_config("smoke"), eval__num_samples=400)
+    result = training.train(config, str(tmp_path))
+    lines = _metrics(tmp_path)
+    assert [line["step"] for line in lines] == [100, 200, 300]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    # W2 between N(0, I) and the moons is about 2.2; 300 steps of CFM already move the samples most of the way.
+    w2 = result["resolutions"]["2"]["w2"]
+    assert w2 < 1.0, result
+    assert json.load(open(tmp_path / "eval.json"))["resolutions"]["2"]["w2"] == w2
+    assert os.path.exists(tmp_path / "samples" / "step_0000300.png")
+    # Rerunning a finished run restores it and evaluates again, identically.
+    assert training.train(config, str(tmp_path)) == result
+    assert len(_metrics(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("module,arg", [(digits_fm, "smoke,coupling=ot"), (digits_dit, "smoke")])
+def test_image_configs_smoke(module, arg, tmp_path):
+    config = module.get_config(arg)
+    result = training.train(config, str(tmp_path))
+    assert result["step"] == config.train.num_steps and np.isfinite(result["eval_loss"])
+    sizes = sorted(result["resolutions"], key=int)
+    assert sizes == [str(s) for s in config.data.image_sizes]
+    for size in sizes:
+        assert np.isfinite(result["resolutions"][size]["w2"])
+    assert len(os.listdir(tmp_path / "samples")) == len(sizes)
+
+
+@pytest.mark.parametrize("arg", ["smoke", "smoke,prediction=v,process=vp_cosine", "smoke,process=edm,prediction=x0",
+                                 "smoke,size=16", ""])
+def test_vp_configs_build(arg):
+    # Everything the config names is built and checked (the loss targets are tested in test_losses.py).
+    experiment = training.build(digits_vp.get_config(arg))
+    assert experiment.datasets[0].shape[-1] == 1 and experiment.ts[0] > experiment.ts[-1]
+
+
+def _train_command(workdir, *overrides):
+    return [sys.executable, TRAIN, f"--config={TOY}:smoke", f"--workdir={workdir}", *overrides]
+
+
+RESUME_OVERRIDES = ("--config.train.num_steps=2000", "--config.train.steps_per_call=10",
+                    "--config.train.checkpoint_every=100", "--config.train.log_every=100",
+                    "--config.eval.num_samples=50", "--config.eval.loss_batches=1", "--config.sample.nfe=10",
+                    "--config.sample.num_samples=50")
+
+
+def test_kill_and_resume_gives_the_uninterrupted_parameters(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_train_command(whole, *RESUME_OVERRIDES), check=True, env=env, capture_output=True)
+
+    process = subprocess.Popen(_train_command(killed, *RESUME_OVERRIDES), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoints = killed / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        done = [int(name) for name in (os.listdir(checkpoints) if checkpoints.exists() else []) if name.isdigit()]
+        if done and max(done) >= 100:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed; make it longer"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stopped_at = max(int(name) for name in os.listdir(checkpoints) if name.isdigit())
+    assert stopped_at < 2000
+
+    subprocess.run(_train_command(killed, *RESUME_OVERRIDES), check=True, env=env, capture_output=True)
+    whole_params, killed_params = _final_params(whole, 2000), _final_params(killed, 2000)
+    flat_whole, flat_killed = (sorted(_flatten(p).items()) for p in (whole_params, killed_params))
+    for (name, x), (_, y) in zip(flat_whole, flat_killed):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)  # bitwise
+    steps = [line["step"] for line in _metrics(killed)]
+    assert steps == list(range(100, 2001, 100))  # no line lost or repeated across the kill
+    assert json.load(open(whole / "eval.json")) == json.load(open(killed / "eval.json"))
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}/{key}"))
+        return out
+    return {prefix: tree}
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+    config = _override(toy2d_fm.get_config("smoke"), train__num_steps=100, eval__num_samples=50)
+    training.train(config, str(tmp_path))
+    # Continue with an absurd learning rate: the parameters blow up, the loss goes non-finite.
+    blowup = _override(config, train__num_steps=300, train__lr=1e30, train__steps_per_call=1)
+    message = r"non-finite loss .* at step 1\d\d; .*last good checkpoint is step 100"
+    with pytest.raises(FloatingPointError, match=message):
+        training.train(blowup, str(tmp_path))
+    params = _final_params(tmp_path, 100)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in _flatten(params).values())
+    assert sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()) == [100]
+
+
+def test_checkpoint_of_another_shape_fails_before_training(tmp_path):
+    config = _override(toy2d_fm.get_config("smoke"), train__num_steps=100, eval__num_samples=50)
+    training.train(config, str(tmp_path))
+    wider = _override(config, model__mlp__hidden=32, train__num_steps=200)
+    with pytest.raises(ValueError, match=r"does not fit this config: .*\(64,\) float32 there, \(32,\) float32 here"):
+        training.train(wider, str(tmp_path))
+    assert [line["step"] for line in _metrics(tmp_path)] == [100]
+
+
+def test_bad_configs_fail_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.npz"):
+        training.build(_override(toy2d_fm.get_config("smoke"), data__name="npz",
+                                 data__path=str(tmp_path / "nowhere.npz"), data__noise=None))
+    with pytest.raises(ValueError, match="divisible"):
+        training.build(_override(digits_dit.get_config("smoke"), model__dit__patch_size=3))
+    with pytest.raises(ValueError, match="unknown network 'resnet'"):
+        training.build(_override(toy2d_fm.get_config("smoke"), model__name="resnet"))
+    with pytest.raises(ValueError, match="devices are visible"):
+        training.build(_override(toy2d_fm.get_config("smoke"), train__num_devices=64))
+    with pytest.raises(AttributeError):
+        toy2d_fm.get_config("smoke").train.num_step = 5  # locked: a misspelt key is an error
+    # The same through the script's flags, before any JAX work.
+    run = subprocess.run(_train_command(tmp_path / "x", "--config.train.num_stepz=5"), capture_output=True,
+                         text=True)
+    assert run.returncode != 0 and "num_stepz" in run.stderr
+    assert not (tmp_path / "x").exists()
