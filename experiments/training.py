@@ -159,8 +159,8 @@ def _lr_schedule(train):
     """Linear warm-up from 0 to lr over warmup_steps, then constant or cosine decay to 0 at num_steps."""
     warmup = max(int(train.warmup_steps), 0)
     if train.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, train.lr, max(warmup, 1) if warmup else 0,
-                                                  max(train.num_steps, warmup + 1), end_value=0.0)
+        return optax.warmup_cosine_decay_schedule(0.0, train.lr, warmup, max(train.num_steps, warmup + 1),
+                                                  end_value=0.0)
     if warmup == 0:
         return optax.constant_schedule(train.lr)
     return optax.join_schedules([optax.linear_schedule(0.0, train.lr, warmup), optax.constant_schedule(train.lr)],
