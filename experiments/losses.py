@@ -18,6 +18,8 @@ Time sampling (`TIME_SAMPLINGS`):
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -47,9 +49,25 @@ def sample_times(key, n, process, method="uniform", t_min=None, t_max=None, mean
     return jnp.clip(process.t_of_log_snr(-normal), t_min, t_max).astype(jnp.float32)
 
 
+class Loss(NamedTuple):
+    """A training objective split where the parameters enter: `draw` makes the training pairs, `regress` scores them.
+
+    `draw(key, x0) -> (eps, x0, t)` samples the noise, pairs it with the data through the coupling and samples the
+    times. It does not see the parameters, so a trainer can draw the pairs of many steps at once (one host round
+    trip for a callback coupling) and outside the gradient. `regress(params, eps, x0, t) -> scalar` is the mean
+    squared error of the model's prediction. `loss(params, key, x0)` is the two in turn.
+    """
+
+    draw: Callable
+    regress: Callable
+
+    def __call__(self, params, key, x0):
+        return self.regress(params, *self.draw(key, x0))
+
+
 def make_loss(model_fn, process, prediction, *, coupling=None, time_sampling="uniform", t_min=None, t_max=None,
               time_mean=0.0, time_std=1.0, constrain=None):
-    """The mean squared error of `prediction` on the process's path, as `loss(params, key, x0) -> scalar`.
+    """The mean squared error of `prediction` on the process's path, as a `Loss`: `loss(params, key, x0) -> scalar`.
 
     Args:
       model_fn: fn(params, x, t) with t of shape (batch,) (`models.conditioning.network_fn`).
@@ -61,7 +79,7 @@ def make_loss(model_fn, process, prediction, *, coupling=None, time_sampling="un
       constrain: optional fn applied to every batch-shaped array (a sharding constraint for data parallelism).
 
     Returns:
-      loss(params, key, x0): the batch mean over examples and dimensions, float32.
+      A `Loss`; calling it gives the batch mean over examples and dimensions, float32.
     """
     predictions.check_kind(prediction)
     if prediction == "score":
@@ -71,17 +89,20 @@ def make_loss(model_fn, process, prediction, *, coupling=None, time_sampling="un
         raise ValueError(f"unknown time sampling {time_sampling!r}; valid: {list(TIME_SAMPLINGS)}")
     constrain = constrain or (lambda x: x)
 
-    def loss(params, key, x0):
+    def draw(key, x0):
         key_eps, key_t, key_pair = jax.random.split(key, 3)
         eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
         if coupling is not None:
-            eps, x0 = coupling(key_pair, eps, x0)
+            # The pairing only chooses which examples meet: no gradient flows into it.
+            eps, x0 = jax.lax.stop_gradient(coupling(key_pair, eps, x0))
         t = sample_times(key_t, x0.shape[0], process, time_sampling, t_min, t_max, time_mean, time_std)
-        eps, x0, t = constrain(eps), constrain(x0), constrain(t)
+        return constrain(eps), constrain(x0), constrain(t)
+
+    def regress(params, eps, x0, t):
         t_x = jnp.reshape(t, t.shape + (1,) * (x0.ndim - 1))
         x_t = (process.alpha(t_x) * x0 + process.sigma(t_x) * eps).astype(x0.dtype)
         target = predictions.from_x0_eps(prediction, x0, eps, t_x, process).astype(x0.dtype)
         error = model_fn(params, x_t, t) - target
         return jnp.mean(jnp.square(error.astype(jnp.float32)))
 
-    return loss
+    return Loss(draw, regress)

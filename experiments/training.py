@@ -56,7 +56,7 @@ class Experiment:
     datasets: tuple  # one per training resolution
     net: Any
     model_fn: Any  # fn(params, x, t)
-    loss_fn: Any  # fn(params, key, x0)
+    loss_fn: Any  # losses.Loss: fn(params, key, x0), with .draw and .regress
     optimizer: Any
     lr_schedule: Any
     mesh: Mesh
@@ -150,8 +150,10 @@ def build(config):
 
 
 def _coupling_options(loss):
-    options = {"ot": {"solver": loss.ot_solver}, "sinkhorn": {"epsilon": loss.sinkhorn_epsilon,
-                                                               "sampling": loss.sinkhorn_sampling}}
+    options = {"ot": {"solver": loss.ot_solver, "warm_start": loss.ot_warm_start},
+               "sinkhorn": {"epsilon": loss.sinkhorn_epsilon, "sampling": loss.sinkhorn_sampling,
+                            "threshold": loss.sinkhorn_threshold, "max_iterations": loss.sinkhorn_max_iterations,
+                            "lse_mode": loss.sinkhorn_lse_mode}}
     return {k: v for k, v in options.get(loss.coupling, {}).items() if v is not None}
 
 
@@ -208,16 +210,20 @@ def make_train_chunk(experiment, num_steps):
     train_key, data_key = jax.random.fold_in(root, TRAIN_STREAM), jax.random.fold_in(root, DATA_STREAM)
     batch_size, decay = config.train.batch_size, config.train.ema_decay
 
-    def objective(params, step, datasets):
+    def draw(step, datasets):
+        """The step's training pairs (eps, x0, t), one triple per resolution. They do not depend on the parameters."""
         key = jax.random.fold_in(train_key, step)
-        total = 0.0
-        for r, dataset in enumerate(datasets):  # multi-resolution: the mean of the per-size losses
-            x0 = experiment.constrain(dataset.batch(jax.random.fold_in(data_key, r), step, batch_size))
-            total = total + experiment.loss_fn(params, jax.random.fold_in(key, r), x0)
-        return total / len(datasets)
+        return tuple(
+            experiment.loss_fn.draw(jax.random.fold_in(key, r), experiment.constrain(
+                dataset.batch(jax.random.fold_in(data_key, r), step, batch_size)))
+            for r, dataset in enumerate(datasets)
+        )
 
-    def one_step(state, datasets):
-        loss, grads = jax.value_and_grad(objective)(state["params"], state["step"], datasets)
+    def objective(params, pairs):  # multi-resolution: the mean of the per-size losses
+        return sum(experiment.loss_fn.regress(params, *triple) for triple in pairs) / len(pairs)
+
+    def one_step(state, pairs):
+        loss, grads = jax.value_and_grad(objective)(state["params"], pairs)
         updates, opt_state = experiment.optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params)
@@ -225,11 +231,14 @@ def make_train_chunk(experiment, num_steps):
 
     def chunk(state, datasets):  # the datasets are arguments, not constants folded into the program
         if num_steps == 1:  # no loop: XLA's CPU backend runs convolutions inside a while loop ~10x slower
-            state, loss = one_step(state, datasets)
+            state, loss = one_step(state, draw(state["step"], datasets))
             chunk_losses = loss[None]
         else:
-            state, chunk_losses = jax.lax.scan(lambda state, _: one_step(state, datasets), state, None,
-                                               length=num_steps)
+            # All the chunk's pairs first, as one batched computation: a host-side coupling (scipy's assignment)
+            # then gets every step's problem in one call and solves them on parallel threads.
+            steps = state["step"] + jnp.arange(num_steps, dtype=state["step"].dtype)
+            pairs = jax.vmap(draw, in_axes=(0, None))(steps, datasets)
+            state, chunk_losses = jax.lax.scan(one_step, state, pairs)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state["params"])]))
         return state, chunk_losses, finite
 
@@ -308,7 +317,7 @@ def train(config, workdir):
             progress.update(n)
             if not _at_boundary(train_cfg, step):
                 continue
-            values = _check_losses(pending, manager)
+            values = _check_losses(pending, manager, config.loss)
             pending = []
             if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
                 now = time.perf_counter()
@@ -350,15 +359,19 @@ def _at_boundary(train_cfg, step):
     return step == train_cfg.num_steps or any(p > 0 and step % p == 0 for p in periods)
 
 
-def _check_losses(pending, manager):
+def _check_losses(pending, manager, loss_cfg):
     values = np.concatenate([np.asarray(chunk_losses) for _, chunk_losses in pending])
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         first_step = pending[0][0] + int(bad[0]) + 1  # the step that the loss was computed for, counted from 1
         manager.wait_until_finished()
+        hint = "lower train.lr or set train.grad_clip"
+        if loss_cfg.coupling == "sinkhorn" and not loss_cfg.sinkhorn_lse_mode:
+            hint += (", or, if the Sinkhorn plan failed (its kernel updates underflow for small epsilon or far "
+                     "outliers), set loss.sinkhorn_lse_mode=True or raise loss.sinkhorn_epsilon")
         raise FloatingPointError(
             f"non-finite loss ({values[bad[0]]}) at step {first_step}; stopping. The last good checkpoint is step "
-            f"{manager.latest_step()} in {manager.directory}; lower train.lr or set train.grad_clip")
+            f"{manager.latest_step()} in {manager.directory}; {hint}")
     return values
 
 

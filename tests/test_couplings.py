@@ -61,6 +61,82 @@ def test_optax_and_scipy_solvers_agree():
             np.testing.assert_array_equal(np.sort(np.asarray(out), axis=0), np.sort(np.asarray(x_data), axis=0))
 
 
+@pytest.mark.parametrize("dim", [2, 16])
+def test_warm_started_assignment_is_exact_and_its_reduced_cost_is_tight(dim):
+    # The Sinkhorn warm start only shifts rows and columns: the same optimal cost as the plain solve, every time.
+    for seed in range(4):
+        x_noise, x_data = batches(seed, 96, (dim,))
+        cost = np.asarray(couplings.squared_distances(x_noise, x_data), np.float64)
+        plain = couplings._linear_sum_assignment(cost, 0)
+        for warm_start in (1, 30, 200):
+            warm = couplings._linear_sum_assignment(cost, warm_start)
+            assert cost[np.arange(96), warm].sum() == pytest.approx(cost[np.arange(96), plain].sum(), rel=1e-12)
+        # The potentials are what make the warm start fast: on the optimal assignment the reduced cost is within a
+        # few epsilon of 0 (entropic potentials, epsilon log n), against about 2 for an average entry.
+        reduced = couplings._sinkhorn_reduced_cost(cost, 200)
+        epsilon = couplings.WARM_START_EPSILON * cost.mean()
+        assert reduced[np.arange(96), plain].mean() < min(epsilon * np.log(96), 0.2 * reduced.mean())
+        np.testing.assert_allclose(reduced - cost, (reduced - cost)[:, :1] + (reduced - cost)[:1, :]
+                                   - (reduced - cost)[0, 0], atol=1e-8 * np.abs(cost).max())
+
+
+def test_ot_warm_start_options():
+    x_noise, x_data = batches(5, 24)
+    outs = [couplings.get_coupling("ot", warm_start=w)(KEY, x_noise, x_data)[1] for w in (0, 5)]
+    assert pair_cost(x_noise, outs[0]) == pytest.approx(pair_cost(x_noise, outs[1]), rel=1e-12)
+    with pytest.raises(ValueError, match="needs solver='scipy'"):
+        couplings.get_coupling("ot", solver="optax", warm_start=10)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        couplings.get_coupling("ot", warm_start=-1)
+    couplings.get_coupling("ot", solver="optax", warm_start=0)  # explicit "off" is fine for either solver
+
+
+def test_inverse_cdf_draw_frequencies():
+    logits = jnp.log(jnp.array([[0.5, 0.0, 0.3, 0.2], [0.1, 0.1, 0.0, 0.8]]))  # log 0 = -inf: never drawn
+    n = 200_000
+    many = np.asarray(couplings._inverse_cdf_draw(KEY, logits[0], (n,)))  # many draws from one row
+    per_row = np.asarray(couplings._inverse_cdf_draw(KEY, jnp.repeat(logits, n // 2, axis=0), (n,)))  # one a row
+    for draws, probs in ((many, np.exp(logits[0])), (per_row[: n // 2], np.exp(logits[0])),
+                         (per_row[n // 2:], np.exp(logits[1]))):
+        freq = np.bincount(draws, minlength=4) / draws.size
+        assert np.all(freq[probs == 0] == 0)
+        # 5 standard errors of a binomial proportion.
+        np.testing.assert_allclose(freq, probs, atol=5 * np.sqrt(0.25 / draws.size))
+
+
+@pytest.mark.parametrize("lse_mode", [False, True])
+def test_sinkhorn_plan_matches_otts_pointcloud_plan(lse_mode):
+    # The row/column shifts and the fixed-kernel geometry leave ott's plan unchanged (up to the tolerance).
+    from ott.geometry import pointcloud
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import sinkhorn as ott_sinkhorn
+
+    x_noise, x_data = batches(6, 48)
+    cost = couplings.squared_distances(x_noise, x_data)
+    epsilon = 0.05 * float(jnp.mean(cost))
+    ours = np.exp(np.asarray(couplings.sinkhorn_log_plan(cost, epsilon, threshold=1e-6, lse_mode=lse_mode)))
+    with jax.numpy_rank_promotion("allow"):
+        geom = pointcloud.PointCloud(x_noise, x_data, epsilon=epsilon)
+        reference = np.asarray(ott_sinkhorn.Sinkhorn(threshold=1e-6)(linear_problem.LinearProblem(geom)).matrix)
+    assert np.abs(ours - reference).sum() < 1e-4
+    np.testing.assert_allclose(ours.sum(axis=1), 1 / 48, rtol=1e-4)
+
+
+def test_sinkhorn_failure_gives_nan_pairs_not_wrong_ones():
+    # Two far clusters with unequal counts: 16 of the 64 noise draws near 0 must travel to data near 100. At a
+    # small epsilon the kernel updates underflow and stall: the pairs must be NaN, not a plan with wrong marginals.
+    rng = np.random.default_rng(0)
+    x_noise = np.concatenate([rng.normal(0, 1, (32, 2)), rng.normal(100, 1, (32, 2))]).astype(np.float32)
+    x_data = np.concatenate([rng.normal(0, 1, (48, 2)), rng.normal(100, 1, (16, 2))]).astype(np.float32)
+    stalled = couplings.sinkhorn(KEY, x_noise, x_data, epsilon=0.01, max_iterations=200)
+    assert np.all(np.isnan(np.asarray(stalled[1])))
+    robust = couplings.sinkhorn(KEY, x_noise, x_data, epsilon=0.01, max_iterations=200, lse_mode=True)
+    assert np.all(np.isfinite(np.asarray(robust[1])))
+    # Moving 16 / 64 of the mass a distance of about 100 * sqrt(2): mean pair cost about 5000, give or take the
+    # binomial spread of drawing 64 pairs (the stalled plan kept every pair local: a cost of about 4).
+    assert 2500 < pair_cost(*robust) < 9000
+
+
 @pytest.fixture(scope="module")
 def sinkhorn_draws():
     """For each sampling mode and epsilon: the inputs and 8 draws of pairs, as lists (noise draws, data draws)."""
@@ -156,6 +232,8 @@ def test_clear_errors():
         couplings.get_coupling("sinkhorn", sampling="rows")
     with pytest.raises(ValueError, match="epsilon"):
         couplings.get_coupling("sinkhorn", epsilon=0.0)
+    with pytest.raises(ValueError, match="lse_mode|option"):
+        couplings.get_coupling("sinkhorn", lse=True)
     with pytest.raises(ValueError, match="mean, std, None"):
         couplings.get_coupling("sinkhorn", relative_epsilon="max")
     with pytest.raises(ValueError, match="one shape"):

@@ -50,8 +50,12 @@ def base_config():
     c.loss.time_std = 1.0
     c.loss.coupling = "independent"  # experiments.couplings.COUPLINGS: "independent" | "ot" | "sinkhorn"
     c.loss.ot_solver = placeholder(str)  # "ot": "optax" | "scipy"
-    c.loss.sinkhorn_epsilon = placeholder(float)
+    c.loss.ot_warm_start = placeholder(int)  # "ot", scipy: Sinkhorn iterations before the exact solve; 0 = off
+    c.loss.sinkhorn_epsilon = placeholder(float)  # relative to the batch's mean squared distance
     c.loss.sinkhorn_sampling = placeholder(str)  # "joint" | "conditional"
+    c.loss.sinkhorn_threshold = placeholder(float)  # marginal-error tolerance
+    c.loss.sinkhorn_max_iterations = placeholder(int)
+    c.loss.sinkhorn_lse_mode = placeholder(bool)  # log-domain updates: robust to underflow, 4-5x slower
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 10_000
