@@ -1,0 +1,75 @@
+"""Sampler-by-schedule tables (the DEIS paper's layout): solvers x time grids x NFE, one metric per cell.
+
+Launch (from the repository root), after training the model it names:
+
+    python scripts/evaluate.py --config experiments/configs/evaluate.py:model=digits_vp --workdir outputs/eval_vp
+    python scripts/make_table.py --rows outputs/eval_vp/rows.json --out outputs/eval_vp
+
+Variants (`evaluate.py:ARG`, comma-separated):
+  model=digits_vp   the checkpoint of `digits_vp.py` in outputs/digits_vp (FD-digits; the default);
+  model=digits_fm   the checkpoint of `digits_fm.py` in outputs/digits_fm (velocity model on the OT process);
+  model=oracle      the Gaussian-mixture oracle on vp_linear, scored by the exact error (no training needed);
+  smoke             two solvers, two grids, NFE 4 and 6, 64 samples: for tests.
+Overrides: `--config.checkpoint_dir=...`, `--config.num_samples=2000`, `--config.nfes='(5, 10)'`,
+`--config.only='("DDIM", "DEIS tAB3")'`, `--config.grids='("logsnr",)'`, `--config.reference=False`,
+`--config.metric=fid --config.fid_weights=inception_fid.npz`. Grids may be "file:PATH" for distilled schedule files
+({nfe} and {num_steps} in PATH are filled in), e.g. "file:outputs/oss/vp_nfe{nfe}.json".
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import parse_arg
+
+# The table's solvers. The paper's tAB-r is deis_tab with order r + 1; DDIM = deis_tab order 1 on eps models.
+SOLVERS = [
+    dict(label="DDIM", name="ddim", options={}),
+    dict(label="Euler", name="euler", options={}),
+    dict(label="Heun", name="heun", options={}),
+    dict(label="DEIS tAB1", name="deis_tab", options=dict(order=2)),
+    dict(label="DEIS tAB2", name="deis_tab", options=dict(order=3)),
+    dict(label="DEIS tAB3", name="deis_tab", options=dict(order=4)),
+    dict(label="DEIS rhoRK3", name="deis_rhork", options=dict(method="3kutta")),
+    dict(label="iPNDM", name="ipndm", options=dict(order=4)),
+    dict(label="DPM-Solver++(2M)", name="dpmpp_2m", options={}),
+    dict(label="DPM-Solver++(3M)", name="dpmpp_3m", options={}),
+]
+MODELS = {
+    "digits_vp": ("experiments/configs/digits_vp.py", "outputs/digits_vp", "fd_digits", "vp_linear"),
+    "digits_fm": ("experiments/configs/digits_fm.py", "outputs/digits_fm", "fd_digits", "ot"),
+    "oracle": ("", "", "exact", "vp_linear"),
+}
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, model="digits_vp", smoke=False)
+    if arg.model not in MODELS:
+        raise ValueError(f"unknown model {arg.model!r}; valid: {sorted(MODELS)}")
+    train_config, checkpoint_dir, metric, process = MODELS[arg.model]
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.source = "oracle" if arg.model == "oracle" else "checkpoint"  # experiments.evaluation.SOURCES
+    c.train_config = train_config  # the training config of the checkpoint (file.py[:arg])
+    c.checkpoint_dir = checkpoint_dir  # that run's --workdir
+    c.use_ema = True
+    c.resolution = 0  # which of the run's resolutions (multi-resolution DiT runs)
+    c.oracle = ml_collections.ConfigDict(dict(process=process, dim=16, num_components=6, prediction="eps"))
+
+    c.metric = metric  # "fd_digits" | "fid" | "exact"
+    c.fd_reference = "all"  # fd_digits: the real digits it compares with ("all", "train", "test")
+    c.fid_weights = ""  # fid: the .npz of scripts/convert_inception_weights.py
+    c.fid_reference = ""  # fid: precomputed statistics (.npz of mu, sigma, count); "" = the training data's
+    c.num_samples = 64 if arg.smoke else 10_000
+    c.batch_size = 64 if arg.smoke else 2_000
+
+    c.solvers = SOLVERS[:: 5] if arg.smoke else SOLVERS
+    c.only = ()  # a subset of the solver labels to run, e.g. --config.only='("DDIM", "DEIS tAB3")'; () = all
+    c.grids = ("uniform", "logsnr") if arg.smoke else ("uniform", "quadratic", "logsnr", "edm")
+    c.nfes = (4, 6) if arg.smoke else (4, 6, 8, 10, 15, 20)
+    c.t_min = ml_collections.config_dict.placeholder(float)  # the grids' ends; None = the process's
+    c.t_max = ml_collections.config_dict.placeholder(float)
+    c.reference = not arg.smoke  # add the adaptive diffrax solver's row
+    c.reference_options = ml_collections.ConfigDict(dict(method="tsit5", rtol=1e-4, atol=1e-4))
+    c.lock()
+    return c

@@ -1,0 +1,257 @@
+"""Sampler-by-schedule evaluation: every solver x time grid x NFE cell sampled and scored, as in the DEIS tables.
+
+`run(config, workdir)` is what `scripts/evaluate.py` calls (configs: `experiments/configs/evaluate.py`). The model
+is either a trained checkpoint (`source = "checkpoint"`: the training config and its workdir; the EMA weights by
+default) or the Gaussian-mixture oracle (`source = "oracle"`), and the metric is one of `METRICS`:
+
+  "fd_digits"  Fréchet distance in the features of a digits classifier (`experiments.fd_digits`), against all
+               1797 digits at the model's resolution; the offline metric for the digits models.
+  "fid"        Fréchet distance in the FID Inception's pool3 features (`experiments.inception`, weights from
+               `fid_weights`), against `fid_reference` statistics (an .npz of mu / sigma / count) or, when that is
+               empty, the training data's statistics (computed once and cached in the workdir).
+  "exact"      oracle only: the RMSE between the sampler's x(t_min) and the exact probability-flow map of the same
+               x(t_max) (`samplers.exact_flow_map`), over the batch and the dimensions.
+
+Every cell starts from the same noise (one key for the whole table). Samples with a non-finite entry are counted
+(`num_nonfinite`) and left out of the metric, never averaged in; a cell with fewer than two finite samples has
+metric NaN. The rows go to `rows.json`; `scripts/make_table.py` (`experiments.tables`) turns them into markdown
+tables and a metric-versus-NFE plot. The adaptive diffrax solver, when `reference` is set, adds a row at its own
+NFE (the "adaptive reference").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import samplers
+import schedules
+from experiments import frechet, training
+from models import GaussianMixture, predictions
+
+METRICS = ("fd_digits", "fid", "exact")
+SOURCES = ("checkpoint", "oracle")
+NOISE_STREAM = 7  # fold_in(root, NOISE_STREAM): the starting noise shared by every cell
+
+
+def load_config(spec):
+    """An experiment config from "path/to/file.py" or "path/to/file.py:arg" (the training config of a run)."""
+    path, _, arg = str(spec).partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+class Target:
+    """What is sampled: process, prediction kind, example shape, model_fn(x, t); for the oracle also the oracle."""
+
+    def __init__(self, process, prediction, shape, model_fn, oracle=None, dataset=None, description=""):
+        self.process, self.prediction, self.shape = process, prediction, tuple(shape)
+        self.model_fn, self.oracle, self.dataset, self.description = model_fn, oracle, dataset, description
+
+
+def checkpoint_target(train_spec, checkpoint_dir, use_ema=True, resolution=0):
+    """The model of a training run: its config (file.py[:arg]) and workdir; the latest checkpoint's weights.
+
+    Raises FileNotFoundError when the workdir has no checkpoint, ValueError when the checkpoint does not fit the
+    config (another model size or data shape), before any sampling.
+    """
+    import orbax.checkpoint as ocp
+
+    config = load_config(train_spec)
+    directory = os.path.join(os.path.abspath(checkpoint_dir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {checkpoint_dir!r} (expected {directory}); train first: "
+                                f"python scripts/train.py --config {train_spec} --workdir {checkpoint_dir}")
+    experiment = training.build(config)
+    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler(),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+    abstract = training.abstract_state(experiment)
+    training.check_checkpoint(manager, step, abstract)
+    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    params = state["ema_params" if use_ema else "params"]
+    if not 0 <= resolution < len(experiment.datasets):
+        raise ValueError(f"resolution index {resolution} but the run has {len(experiment.datasets)} resolutions")
+    dataset = experiment.datasets[resolution]
+    model_fn = lambda x, t: experiment.model_fn(params, x, t)
+    return Target(experiment.process, config.loss.prediction, dataset.shape, model_fn, dataset=dataset,
+                  description=f"{train_spec} @ step {step} ({'EMA' if use_ema else 'raw'} weights)")
+
+
+def oracle_target(oracle_cfg, seed):
+    """The Gaussian-mixture oracle: exact predictions, so every sampler error is measurable."""
+    process = schedules.get_process(oracle_cfg.process)
+    predictions.check_kind(oracle_cfg.prediction)
+    oracle = GaussianMixture.random(jax.random.fold_in(jax.random.PRNGKey(seed), 0), dim=oracle_cfg.dim,
+                                    num_components=oracle_cfg.num_components)
+    return Target(process, oracle_cfg.prediction, (oracle_cfg.dim,), oracle.model_fn(process, oracle_cfg.prediction),
+                  oracle=oracle, description=f"oracle: {oracle_cfg.num_components}-component mixture in "
+                                             f"{oracle_cfg.dim}-d, {oracle_cfg.process}")
+
+
+def plan_cells(config, process):
+    """Every (solver entry, grid, nfe) cell, built and checked before any sampling: [(row, solver, ts)]."""
+    labels = [entry["label"] for entry in config.solvers]
+    unknown = sorted(set(config.only) - set(labels))
+    if unknown:
+        raise ValueError(f"`only` names unknown solver labels {unknown}; the config's labels: {labels}")
+    cells = []
+    for entry in config.solvers:
+        if config.only and entry["label"] not in config.only:
+            continue
+        solver = samplers.get_solver(entry["name"], **dict(entry.get("options", {})))
+        if not solver.static_nfe:
+            raise ValueError(f"{entry['label']}: the adaptive solver takes no NFE; set `reference` instead")
+        for grid in config.grids:
+            for nfe in config.nfes:
+                num_steps = solver.steps_for_nfe(nfe)
+                solver.check_grid(num_steps)
+                ts = np.asarray(_timesteps(grid, process, num_steps, nfe, config))
+                row = {"label": entry["label"], "solver": entry["name"], "options": dict(entry.get("options", {})),
+                       "grid": grid, "nfe_budget": int(nfe), "num_steps": num_steps}
+                cells.append((row, solver, ts))
+    if config.reference:
+        solver = samplers.get_solver("adaptive", **dict(config.reference_options))
+        ts = np.asarray(schedules.get_timesteps("uniform", process, 1, **_ends(config)))
+        cells.append(({"label": "adaptive reference", "solver": "adaptive",
+                       "options": dict(config.reference_options), "grid": "adaptive", "nfe_budget": None,
+                       "num_steps": None}, solver, ts))
+    return cells
+
+
+def _ends(config):
+    return {k: config[k] for k in ("t_min", "t_max") if config[k] is not None}
+
+
+def _timesteps(grid, process, num_steps, nfe, config):
+    """A grid name, or "file:PATH" for a distilled schedule file ({nfe} and {num_steps} in PATH are filled in)."""
+    if grid.startswith("file:"):
+        path = grid[len("file:"):].format(nfe=nfe, num_steps=num_steps)
+        return schedules.get_timesteps("file", process, num_steps, path=path)
+    return schedules.get_timesteps(grid, process, num_steps, **_ends(config))
+
+
+def sample_cell(target, solver, ts, x_init, batch_size):
+    """Samples of one cell from the given starting noise, in batches: (numpy samples, nfe per sample)."""
+    ts = jnp.asarray(ts)
+
+    @jax.jit
+    def draw(x):
+        x, info = samplers.sample(target.model_fn, solver, target.process, x, ts, prediction=target.prediction,
+                                  check_finite=False)
+        return x, info["nfe"]
+
+    outputs, nfe = [], 0
+    for start in range(0, x_init.shape[0], batch_size):
+        x, nfe = draw(x_init[start:start + batch_size])
+        outputs.append(np.asarray(x, np.float64))
+    return np.concatenate(outputs), int(nfe)
+
+
+class Metric:
+    """fn(samples (n, *shape) finite) -> float, with the data it compares against prepared once."""
+
+    def __init__(self, config, target, workdir):
+        self.name = config.metric
+        if self.name not in METRICS:
+            raise ValueError(f"unknown metric {self.name!r}; valid: {list(METRICS)}")
+        if self.name == "exact" and target.oracle is None:
+            raise ValueError("metric 'exact' needs source='oracle' (a trained model has no exact flow map)")
+        if self.name in ("fd_digits", "fid") and len(target.shape) != 3:
+            raise ValueError(f"metric {self.name!r} scores images (H, W, C); the samples have shape {target.shape}")
+        self.target, self.config, self.workdir = target, config, workdir
+        self._reference = None
+        if self.name == "fd_digits":
+            from experiments import fd_digits
+
+            size = target.shape[0]
+            self._features = lambda x: fd_digits.features(size, x)
+            self._reference = fd_digits.reference_stats(size, split=config.fd_reference)
+        elif self.name == "fid":
+            from experiments import inception
+
+            if not config.fid_weights:
+                raise ValueError("metric 'fid' needs fid_weights: the .npz from scripts/convert_inception_weights.py")
+            params = inception.load_params(config.fid_weights)
+            self._features = lambda x: inception.features(params, x)
+            self._reference = self._fid_reference()
+
+    def _fid_reference(self):
+        if self.config.fid_reference:
+            return frechet.FeatureStats.load(self.config.fid_reference)
+        path = os.path.join(self.workdir, "fid_reference_stats.npz")
+        if os.path.exists(path):
+            return frechet.FeatureStats.load(path)
+        dataset = self.target.dataset
+        if dataset is None or dataset.num_examples is None:
+            raise ValueError("metric 'fid' without fid_reference needs a checkpoint source with a finite dataset")
+        stats = frechet.FeatureStats.from_features(self._features(np.asarray(dataset.data)))
+        stats.save(path)
+        return stats
+
+    def __call__(self, samples, x_init=None, ts=None, exact=None):
+        if self.name == "exact":
+            return float(np.sqrt(np.mean((samples - exact) ** 2)))
+        if samples.shape[0] < 2:
+            return float("nan")
+        return frechet.frechet_distance(frechet.FeatureStats.from_features(self._features(samples)), self._reference)
+
+
+def run(config, workdir):
+    """Sample and score every cell; write WORKDIR/rows.json and return its content."""
+    start = time.perf_counter()
+    if config.source not in SOURCES:
+        raise ValueError(f"unknown source {config.source!r}; valid: {list(SOURCES)}")
+    if config.num_samples < 2 or config.batch_size < 1:
+        raise ValueError(f"num_samples must be >= 2 and batch_size >= 1, got {config.num_samples}, "
+                         f"{config.batch_size}")
+    target = (checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema, config.resolution)
+              if config.source == "checkpoint" else oracle_target(config.oracle, config.seed))
+    cells = plan_cells(config, target.process)  # every name, NFE and schedule file checked before sampling
+    os.makedirs(workdir, exist_ok=True)
+    metric = Metric(config, target, workdir)
+    t_start = float(cells[0][2][0])
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), NOISE_STREAM)
+    if target.oracle is not None:
+        x_init = target.oracle.marginal_sample(key, config.num_samples, t_start, target.process)
+    else:
+        x_init = target.process.prior(key, (config.num_samples, *target.shape), t=t_start, dtype=jnp.float32)
+    exact = {}
+    rows = []
+    for row, solver, ts in cells:
+        if float(ts[0]) != t_start:
+            raise ValueError(f"{row['label']} / {row['grid']}: the grid starts at t={float(ts[0])}, the others at "
+                             f"{t_start}; every cell must start from the same noise")
+        cell_start = time.perf_counter()
+        samples, nfe = sample_cell(target, solver, ts, x_init, config.batch_size)
+        finite = np.all(np.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
+        reference = None
+        if metric.name == "exact":
+            ends = (float(ts[0]), float(ts[-1]))
+            if ends not in exact:
+                exact[ends] = np.asarray(samplers.exact_flow_map(target.oracle, target.process, x_init, *ends))
+            reference = exact[ends][finite]
+        value = metric(samples[finite], exact=reference)
+        row.update({"nfe": nfe, "metric": metric.name, "value": value, "num_samples": int(samples.shape[0]),
+                    "num_nonfinite": int((~finite).sum()), "seconds": time.perf_counter() - cell_start})
+        rows.append(row)
+        print(f"{row['label']:>24} {row['grid']:>12} NFE {nfe:>4}: {metric.name} {value:.4f}"
+              + (f"  ({row['num_nonfinite']} non-finite samples left out)" if row["num_nonfinite"] else ""),
+              flush=True)
+    results = {"description": target.description, "metric": metric.name, "config": config.to_dict(),
+               "rows": rows, "runtime_s": time.perf_counter() - start}
+    with open(os.path.join(workdir, "rows.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results

@@ -1,0 +1,89 @@
+"""Tables and plots from evaluation rows (`experiments.evaluation`): one markdown table per time grid, solvers as
+rows and NFE as columns (the DEIS paper's layout), and a metric-versus-NFE plot with one panel per grid.
+
+A cell shows the metric to 2 decimals (4 for the exact error), with the number of non-finite samples left out in
+brackets when there were any, and "—" where the solver cannot reach that NFE budget exactly (the actual NFE of a
+row is in its header when it differs from the budget). The adaptive reference is a line under each table.
+
+>>> rows = [{"label": "DDIM", "grid": "uniform", "nfe_budget": 10, "nfe": 10, "value": 12.3456, "num_nonfinite": 0,
+...          "metric": "fd_digits"}]
+>>> print(markdown(rows).splitlines()[2])
+| DDIM | 12.35 |
+"""
+
+from __future__ import annotations
+
+import math
+
+METRIC_NAMES = {"fd_digits": "FD-digits", "fid": "FID", "exact": "RMSE vs exact"}
+
+
+def _format(row):
+    if row is None:
+        return "—"
+    value = row["value"]
+    text = "nan" if not math.isfinite(value) else (f"{value:.4f}" if row["metric"] == "exact" else f"{value:.2f}")
+    if row.get("num_nonfinite"):
+        text += f" ({row['num_nonfinite']} non-finite)"
+    if row["nfe"] != row["nfe_budget"]:
+        text += f" [NFE {row['nfe']}]"
+    return text
+
+
+def markdown(rows, title=None):
+    """Markdown text: a table per grid (solvers x NFE budgets), in the order the rows came."""
+    fixed = [row for row in rows if row["grid"] != "adaptive"]
+    lines = [f"## {title}", ""] if title else []
+    grids = list(dict.fromkeys(row["grid"] for row in fixed))
+    nfes = sorted({row["nfe_budget"] for row in fixed})
+    labels = list(dict.fromkeys(row["label"] for row in fixed))
+    for grid in grids:
+        if len(grids) > 1:
+            lines += [f"### grid: {grid}", ""]
+        cells = {(row["label"], row["nfe_budget"]): row for row in fixed if row["grid"] == grid}
+        lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+        lines.append("|---|" + "---|" * len(nfes))
+        for label in labels:
+            lines.append(f"| {label} | " + " | ".join(_format(cells.get((label, n))) for n in nfes) + " |")
+        lines.append("")
+    for row in rows:
+        if row["grid"] == "adaptive":
+            metric = METRIC_NAMES.get(row["metric"], row["metric"])
+            lines.append(f"Adaptive reference ({row['options'].get('method', '')}, rtol "
+                         f"{row['options'].get('rtol', '')}): {metric} {_format(dict(row, nfe_budget=row['nfe']))} "
+                         f"at NFE {row['nfe']}.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(rows, path, title=""):
+    """Metric versus NFE, a panel per grid, a line per solver (log-scale metric); saved to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fixed = [row for row in rows if row["grid"] != "adaptive"]
+    grids = list(dict.fromkeys(row["grid"] for row in fixed))
+    labels = list(dict.fromkeys(row["label"] for row in fixed))
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 3.6), sharey=True, squeeze=False)
+    metric = METRIC_NAMES.get(fixed[0]["metric"], fixed[0]["metric"]) if fixed else ""
+    for ax, grid in zip(axes[0], grids):
+        for label in labels:
+            points = sorted((row["nfe"], row["value"]) for row in fixed
+                            if row["grid"] == grid and row["label"] == label and math.isfinite(row["value"]))
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, label=label)
+        for row in rows:
+            if row["grid"] == "adaptive" and math.isfinite(row["value"]):
+                ax.axhline(row["value"], color="k", ls=":", lw=1, label=f"adaptive (NFE {row['nfe']})")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_title(grid)
+    axes[0][0].set_ylabel(metric)
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

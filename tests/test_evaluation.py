@@ -1,0 +1,137 @@
+"""Sampler-by-schedule evaluation: the oracle table, non-finite samples counted not averaged, checkpoint errors,
+the markdown table and the make_table script."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import evaluation, tables, training
+from experiments.configs import evaluate as evaluate_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config(**overrides):
+    config = evaluate_config.get_config("model=oracle,smoke")
+    config.unlock()
+    for key, value in overrides.items():
+        config[key] = value
+    config.lock()
+    return config
+
+
+@pytest.fixture(scope="module")
+def oracle_results(tmp_path_factory):
+    config = smoke_config(nfes=(4, 8), num_samples=256, batch_size=128)
+    return evaluation.run(config, str(tmp_path_factory.mktemp("oracle")))
+
+
+def test_oracle_table_has_every_cell_and_deis_beats_ddim(oracle_results):
+    rows = oracle_results["rows"]
+    assert len(rows) == 2 * 2 * 2  # solvers x grids x NFE budgets
+    assert {row["metric"] for row in rows} == {"exact"}
+    assert all(row["nfe"] == row["nfe_budget"] and row["num_nonfinite"] == 0 for row in rows)
+    value = {(row["label"], row["grid"], row["nfe"]): row["value"] for row in rows}
+    for grid in ("uniform", "logsnr"):
+        for label in ("DDIM", "DEIS tAB3"):
+            assert value[(label, grid, 8)] < value[(label, grid, 4)]  # more steps, less error
+        assert value[("DEIS tAB3", grid, 8)] < 0.7 * value[("DDIM", grid, 8)]
+
+
+def test_rows_json_and_table(oracle_results, tmp_path):
+    rows = oracle_results["rows"]
+    text = tables.markdown(rows, title="oracle")
+    assert "| solver | NFE 4 | NFE 8 |" in text and "### grid: logsnr" in text
+    ddim = next(r for r in rows if r["label"] == "DDIM" and r["grid"] == "uniform" and r["nfe"] == 4)
+    assert f"| DDIM | {ddim['value']:.4f} |" in text
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(oracle_results))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_table.py"), "--rows", str(path),
+                          "--out", str(tmp_path / "t")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t" / "table.md").read_text() == tables.markdown(rows, title=oracle_results["description"])
+    assert (tmp_path / "t" / "table.png").stat().st_size > 1000
+    mixed = dict(oracle_results, rows=rows + [dict(rows[0], metric="fd_digits")])
+    path.write_text(json.dumps(mixed))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_table.py"), "--rows", str(path),
+                          "--out", str(tmp_path / "t")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "mix metrics" in out.stderr
+
+
+def test_nonfinite_samples_are_counted_and_left_out(tmp_path, monkeypatch):
+    config = smoke_config(nfes=(4,), grids=("logsnr",), num_samples=64, batch_size=64)
+    real = evaluation.oracle_target(config.oracle, config.seed)
+
+    def broken(x, t):  # the first sample's prediction is NaN
+        out = real.model_fn(x, t)
+        return out.at[0].set(jnp.nan)
+
+    target = evaluation.Target(real.process, real.prediction, real.shape, broken, oracle=real.oracle)
+    monkeypatch.setattr(evaluation, "oracle_target", lambda *args: target)
+    rows = evaluation.run(config, str(tmp_path))["rows"]
+    for row in rows:
+        assert row["num_nonfinite"] == 1 and np.isfinite(row["value"])
+    assert "(1 non-finite)" in tables.markdown(rows)
+
+
+def test_clear_errors_before_sampling(tmp_path):
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluation.run(smoke_config(metric="psnr"), str(tmp_path))
+    with pytest.raises(ValueError, match="unknown solver"):
+        evaluation.run(smoke_config(solvers=[dict(label="x", name="ddpm", options={})]), str(tmp_path))
+    with pytest.raises(ValueError, match="unknown time grid"):
+        evaluation.run(smoke_config(grids=("cosine",)), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="train first"):
+        evaluation.checkpoint_target("experiments/configs/toy2d_fm.py:smoke", str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        evaluation.load_config("experiments/configs/nope.py")
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    from experiments.configs import toy2d_fm
+
+    config = toy2d_fm.get_config("smoke")
+    config.unlock()
+    config.train.num_steps = 2
+    config.train.progress = False
+    config.lock()
+    training.train(config, str(tmp_path))
+    target = evaluation.checkpoint_target(os.path.join(ROOT, "experiments/configs/toy2d_fm.py:smoke"), str(tmp_path))
+    assert target.shape == (2,) and "step 2" in target.description
+    x = target.model_fn(jnp.zeros((3, 2), jnp.float32), jnp.asarray(0.5, jnp.float32))
+    assert x.shape == (3, 2)
+    with pytest.raises(ValueError, match="does not fit|another config"):
+        evaluation.checkpoint_target(os.path.join(ROOT, "experiments/configs/digits_fm.py:smoke"), str(tmp_path))
+
+
+def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
+    # End to end on the smallest real case: a few steps of the digits_vp smoke run, FD-digits on 64 samples.
+    from experiments import fd_digits
+    from experiments.configs import digits_vp
+
+    monkeypatch.setenv("FASTSAMPLERS_CACHE", str(tmp_path / "cache"))
+    config = digits_vp.get_config("smoke")
+    config.unlock()
+    config.train.num_steps = 3
+    config.train.progress = False
+    config.lock()
+    training.train(config, str(tmp_path / "run"))
+    evaluation_config = evaluate_config.get_config("model=digits_vp,smoke")
+    evaluation_config.unlock()
+    evaluation_config.train_config = os.path.join(ROOT, "experiments/configs/digits_vp.py:smoke")
+    evaluation_config.checkpoint_dir = str(tmp_path / "run")
+    evaluation_config.nfes, evaluation_config.grids = (4,), ("quadratic",)
+    evaluation_config.lock()
+    rows = evaluation.run(evaluation_config, str(tmp_path / "eval"))["rows"]
+    assert [row["metric"] for row in rows] == ["fd_digits", "fd_digits"]
+    assert os.path.exists(fd_digits.weights_path(8))  # the classifier was trained into the test's cache
+    real = fd_digits.reference_stats(8)
+    data_floor = fd_digits.data_floor(8)["half_vs_half"]
+    for row in rows:  # 3 training steps: far from the data, and far above the data's own floor
+        assert row["num_samples"] == 64 and row["value"] > 5 * data_floor
+    assert real.count == 1797

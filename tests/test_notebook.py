@@ -1,0 +1,27 @@
+"""The research notebook runs headless on the smoke settings (nbclient), and shows the oracle table."""
+
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, "experiments", "notebooks", "compare_samplers.ipynb")
+
+
+def test_notebook_executes_on_smoke_settings(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("FASTSAMPLERS_SMOKE", "1")
+    monkeypatch.setenv("FASTSAMPLERS_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("FASTSAMPLERS_CHECKPOINT", str(tmp_path / "no_run"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()
+    text = "".join(output.get("text", "") + str(output.get("data", {}).get("text/markdown", ""))
+                   for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", []))
+    assert "| solver | NFE 4 | NFE 6 |" in text  # the oracle table
+    assert "lowest error: DEIS tAB3" in text
+    assert "no checkpoint in" in text
+    assert (tmp_path / "out" / "oracle" / "rows.json").exists()
+    assert (tmp_path / "out" / "oracle" / "table.png").stat().st_size > 1000
