@@ -202,7 +202,8 @@ def get_timesteps(name, process, num_steps, *, t_min=None, t_max=None, append_ze
     # Grids are host-side arithmetic: float64, evaluated now even inside an outer jit; returned in the default float.
     with jax.enable_x64(True), jax.ensure_compile_time_eval():
         ts = _compute(name, process, num_steps, t_min, t_max, append_zero, options)
-    out = as_float(ts)
+    with jax.ensure_compile_time_eval():  # a constant, also under an outer jit
+        out = as_float(ts)
     if out.shape != (num_steps + 1,) or not np.all(np.diff(np.asarray(out)) < 0):
         raise ValueError(
             f"grid {name!r} with {num_steps} steps on [{t_min}, {t_max}] is not strictly decreasing in "

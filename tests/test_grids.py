@@ -1,5 +1,6 @@
 import json
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -129,3 +130,11 @@ def test_float32_grid_that_cannot_be_separated_is_an_error():
     with jax.enable_x64(False):
         with pytest.raises(ValueError, match="not strictly decreasing"):
             schedules.get_timesteps("uniform", "vp_linear", 10, t_min=0.5, t_max=0.5 + 1e-7)
+
+
+def test_get_timesteps_inside_jit():
+    """A grid built inside an outer jit is a constant (the bottleneck sampler builds its stages' grids there)."""
+    process = schedules.get_process("ot")
+    ts = schedules.get_timesteps("flow_shift", process, 5, shift=2.0, t_min=0.0, t_max=1.0)
+    inside = jax.jit(lambda: schedules.get_timesteps("flow_shift", process, 5, shift=2.0, t_min=0.0, t_max=1.0))()
+    np.testing.assert_array_equal(inside, ts)
