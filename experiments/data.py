@@ -50,15 +50,17 @@ class ArrayDataset(struct.PyTreeNode):
     """
 
     data: jax.Array
+    labels: jax.Array | None = None  # (N,) int32 class labels 0..num_classes-1, when the set has them
     name: str = struct.field(pytree_node=False, default="array")
 
     @classmethod
-    def from_array(cls, array, name="array"):
+    def from_array(cls, array, name="array", labels=None):
         """Checks `array` ((N, *shape), N >= 1, finite) and stores it as float32 on the default device.
 
         Args:
           array: examples along the first axis.
           name: the dataset's name.
+          labels: optional (N,) non-negative integer class labels.
 
         Returns:
           An `ArrayDataset`.
@@ -68,7 +70,18 @@ class ArrayDataset(struct.PyTreeNode):
             raise ValueError(f"{name}: expected an array (N, *shape) with N >= 1, got shape {array.shape}")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{name}: the array holds NaN or Inf")
-        return cls(data=jnp.asarray(array.astype(np.float32)), name=name)
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != array.shape[:1] or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+                raise ValueError(f"{name}: labels must be {array.shape[0]} non-negative integers, got "
+                                 f"{labels.dtype} {labels.shape}")
+            labels = jnp.asarray(labels.astype(np.int32))
+        return cls(data=jnp.asarray(array.astype(np.float32)), labels=labels, name=name)
+
+    @property
+    def num_classes(self):
+        """1 + the largest label (0 for a set without labels)."""
+        return 0 if self.labels is None else int(self.labels.max()) + 1
 
     @property
     def shape(self):
@@ -103,6 +116,12 @@ class ArrayDataset(struct.PyTreeNode):
     def batch(self, key, step, batch_size):
         """Batch `step` of the shuffled stream: float32 (batch_size, *shape); see the module docstring."""
         return self.data[self.indices(key, step, batch_size)].astype(jnp.float32)
+
+    def batch_labels(self, key, step, batch_size):
+        """The labels of batch `step` (the same examples as `batch`): int32 (batch_size,)."""
+        if self.labels is None:
+            raise ValueError(f"{self.name}: this dataset has no labels (a class-conditional model needs them)")
+        return self.labels[self.indices(key, step, batch_size)]
 
     def sample(self, key, n):
         """`n` distinct examples drawn without replacement (n <= num_examples): float32 (n, *shape)."""
@@ -262,8 +281,10 @@ def load_digits(image_size=8, resize_method="bilinear"):
         raise ValueError(f"digits: image_size must be 8, 16 or 32, got {image_size!r}")
     from sklearn.datasets import load_digits as sklearn_digits
 
-    images = sklearn_digits().images.astype(np.float32)[..., None] / 8.0 - 1.0
-    return ArrayDataset.from_array(_resize(images, image_size, resize_method, "digits"), name="digits")
+    digits = sklearn_digits()
+    images = digits.images.astype(np.float32)[..., None] / 8.0 - 1.0
+    return ArrayDataset.from_array(_resize(images, image_size, resize_method, "digits"), name="digits",
+                                   labels=digits.target)
 
 
 def load_folder(path, channels=3, image_size=None, resize_method="bilinear"):

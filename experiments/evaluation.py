@@ -59,8 +59,9 @@ class Target:
         self.model_fn, self.oracle, self.dataset, self.description = model_fn, oracle, dataset, description
 
 
-def checkpoint_target(train_spec, checkpoint_dir, use_ema=True, resolution=0):
-    """The model of a training run: its config (file.py[:arg]) and workdir; the latest checkpoint's weights.
+def restore_run(train_spec, checkpoint_dir, use_ema=True):
+    """The latest weights of a training run: its config (file.py[:arg]) and workdir -> (config, experiment,
+    params, step), with `experiment` = `training.build(config)`.
 
     Raises FileNotFoundError when the workdir has no checkpoint, ValueError when the checkpoint does not fit the
     config (another model size or data shape), before any sampling.
@@ -81,7 +82,19 @@ def checkpoint_target(train_spec, checkpoint_dir, use_ema=True, resolution=0):
     abstract = training.abstract_state(experiment)
     training.check_checkpoint(manager, step, abstract)
     state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    params = state["ema_params" if use_ema else "params"]
+    return config, experiment, state["ema_params" if use_ema else "params"], step
+
+
+def checkpoint_target(train_spec, checkpoint_dir, use_ema=True, resolution=0):
+    """The model of a training run: its config (file.py[:arg]) and workdir; the latest checkpoint's weights.
+
+    Raises FileNotFoundError when the workdir has no checkpoint, ValueError when the checkpoint does not fit the
+    config (another model size or data shape), before any sampling.
+    """
+    config, experiment, params, step = restore_run(train_spec, checkpoint_dir, use_ema)
+    if experiment.is_flow:
+        raise ValueError(f"{train_spec} trains a normalizing flow; its samplers are samplers.causal "
+                         f"(scripts/benchmark_causal.py), not ODE solvers")
     if not 0 <= resolution < len(experiment.datasets):
         raise ValueError(f"resolution index {resolution} but the run has {len(experiment.datasets)} resolutions")
     dataset = experiment.datasets[resolution]

@@ -40,7 +40,8 @@ from samplers.base import check_ts
 import schedules
 from experiments import couplings, data, figures, losses, metrics
 from models import conditioning
-from models.networks import get_network
+from models.networks import FLOWS, get_network
+from samplers import causal
 
 # Streams of the root key (fold_in(root, stream)): each random draw stays put when another is added.
 INIT_STREAM, TRAIN_STREAM, DATA_STREAM, SAMPLE_STREAM, EVAL_STREAM = range(5)
@@ -55,13 +56,21 @@ class Experiment:
     process: Any
     datasets: tuple  # one per training resolution
     net: Any
-    model_fn: Any  # fn(params, x, t)
-    loss_fn: Any  # losses.Loss: fn(params, key, x0), with .draw and .regress
+    model_fn: Any  # fn(params, x, t); for a normalizing flow fn(params, x, labels) -> (z, logdet)
+    loss_fn: Any  # losses.Loss: fn(params, key, x0[, labels]), with .draw and .regress
     optimizer: Any
     lr_schedule: Any
     mesh: Mesh
-    solver: Any
-    ts: np.ndarray
+    solver: Any  # diffusion: the sampler's solver and time grid; None for a flow
+    ts: np.ndarray | None
+    generate: Any  # fn(params, key, n, shape) -> n samples
+    sampler_info: dict  # how `generate` samples, for titles and eval.json
+    conditional: bool = False  # the loss and the model take class labels
+
+    @property
+    def is_flow(self):
+        """A normalizing flow (sampled by inverting it), not an ODE model."""
+        return self.solver is None
 
     @property
     def batch_sharding(self):
@@ -99,8 +108,14 @@ def build(config):
     )
     name = config.model.name
     options = config.model[name] if name in config.model else None
-    net = get_network(name, **(options.to_dict() if isinstance(options, ml_collections.ConfigDict) else {}))
-    model_fn = conditioning.network_fn(net, process, config.model.input_scaling, config.model.sigma_data)
+    options = options.to_dict() if isinstance(options, ml_collections.ConfigDict) else {}
+    is_flow = name in FLOWS
+    if is_flow:
+        if len(datasets) != 1 or len(datasets[0].shape) != 3:
+            raise ValueError(f"model {name!r} is a normalizing flow of images at one size: set one "
+                             f"data.image_sizes entry (got data shapes {[d.shape for d in datasets]})")
+        options.update(image_size=datasets[0].shape[0], channels=datasets[0].shape[-1])
+    net = get_network(name, **options)
 
     devices = np.array(jax.devices())
     num_devices = config.train.num_devices or devices.size
@@ -115,6 +130,26 @@ def build(config):
     if config.train.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown train.lr_schedule {config.train.lr_schedule!r}; valid: {list(LR_SCHEDULES)}")
 
+    parts = (_flow_parts if is_flow else _diffusion_parts)(config, net, process, datasets, num_devices, mesh)
+    lr_schedule = _lr_schedule(config.train)
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(config.train.grad_clip) if config.train.grad_clip > 0 else optax.identity(),
+        optax.adamw(lr_schedule, b1=config.train.b1, b2=config.train.b2, weight_decay=config.train.weight_decay),
+    )
+    datasets = jax.device_put(datasets, NamedSharding(mesh, PartitionSpec()))  # replicated, jit arguments
+    experiment = Experiment(config=config, process=process, datasets=datasets, net=net, mesh=mesh,
+                            optimizer=optimizer, lr_schedule=lr_schedule, **parts)
+    second = jnp.int32 if is_flow else jnp.float32  # labels or times
+    for dataset in datasets:  # traces the network at every resolution: a size it cannot take fails here
+        jax.eval_shape(experiment.model_fn, abstract_state(experiment)["params"],
+                       jax.ShapeDtypeStruct((num_devices, *dataset.shape), jnp.float32),
+                       jax.ShapeDtypeStruct((num_devices,), second))
+    return experiment
+
+
+def _diffusion_parts(config, net, process, datasets, num_devices, mesh):
+    """A diffusion or flow-matching model: its prediction function, regression loss and ODE sampler."""
+    model_fn = conditioning.network_fn(net, process, config.model.input_scaling, config.model.sigma_data)
     loss = config.loss
     coupling_options = _coupling_options(loss)
     if loss.coupling == "ot" and num_devices > 1 and "solver" not in coupling_options:
@@ -122,15 +157,10 @@ def build(config):
         # collectives (seen with 4 simulated devices). The pure-JAX Hungarian has no callback.
         coupling_options["solver"] = "optax"
     coupling = couplings.get_coupling(loss.coupling, **coupling_options)
+    constrain = batch_constraint(mesh)
     loss_fn = losses.make_loss(
         model_fn, process, loss.prediction, coupling=coupling, time_sampling=loss.time_sampling,
-        t_min=loss.t_min, t_max=loss.t_max, time_mean=loss.time_mean, time_std=loss.time_std,
-        constrain=batch_constraint(mesh),
-    )
-    lr_schedule = _lr_schedule(config.train)
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(config.train.grad_clip) if config.train.grad_clip > 0 else optax.identity(),
-        optax.adamw(lr_schedule, b1=config.train.b1, b2=config.train.b2, weight_decay=config.train.weight_decay),
+        t_min=loss.t_min, t_max=loss.t_max, time_mean=loss.time_mean, time_std=loss.time_std, constrain=constrain,
     )
     solver = samplers.get_solver(config.sample.solver, **_set(config.sample, "order"))
     num_steps = solver.steps_for_nfe(config.sample.nfe)
@@ -138,15 +168,47 @@ def build(config):
     ends = _set(config.sample, "t_min", "t_max")
     ts = np.asarray(schedules.get_timesteps(config.sample.grid, process, num_steps, **ends))
     check_ts(ts, process, solver, loss.prediction)
-    datasets = jax.device_put(datasets, NamedSharding(mesh, PartitionSpec()))  # replicated, jit arguments
-    experiment = Experiment(config=config, process=process, datasets=datasets, net=net, model_fn=model_fn, mesh=mesh,
-                            loss_fn=loss_fn, optimizer=optimizer, lr_schedule=lr_schedule,
-                            solver=solver, ts=ts)
-    for dataset in datasets:  # traces the network at every resolution: a size it cannot take fails here
-        jax.eval_shape(model_fn, abstract_state(experiment)["params"],
-                       jax.ShapeDtypeStruct((num_devices, *dataset.shape), jnp.float32),
-                       jax.ShapeDtypeStruct((num_devices,), jnp.float32))
-    return experiment
+
+    def generate(params, key, n, shape):
+        x_init = constrain(process.prior(key, (n, *shape), t=ts[0], dtype=jnp.float32))
+        model = lambda x, t: model_fn(params, x, t)
+        x, _ = samplers.sample(model, solver, process, x_init, ts, prediction=loss.prediction, check_finite=False)
+        return x
+
+    info = {"solver": solver.name, "grid": config.sample.grid, "nfe": config.sample.nfe, "num_steps": int(ts.size - 1)}
+    return dict(model_fn=model_fn, loss_fn=loss_fn, solver=solver, ts=ts, generate=generate, sampler_info=info)
+
+
+def _flow_parts(config, net, process, datasets, num_devices, mesh):
+    """A normalizing flow (TarFlow): its NLL loss with noise augmentation and its block-inversion sampler."""
+    conditional = net.num_classes > 0
+    if conditional and datasets[0].num_classes == 0:
+        raise ValueError(f"model.{config.model.name}.num_classes={net.num_classes} but dataset "
+                         f"{config.data.name!r} has no labels")
+    if conditional and datasets[0].num_classes > net.num_classes:
+        raise ValueError(f"dataset {config.data.name!r} has {datasets[0].num_classes} classes but "
+                         f"model.{config.model.name}.num_classes={net.num_classes}")
+    constrain = batch_constraint(mesh)
+    loss_fn = losses.make_flow_loss(net, config.loss.noise_std, config.loss.label_dropout if conditional else 0.0,
+                                    constrain=constrain)
+    plan = causal.make_plan(causal.parse_plan(config.sample.plan), net.num_blocks)
+    for block_plan in plan:
+        block_plan.layout(net.num_tokens)
+    guidance = config.sample.guidance
+    if guidance and not conditional:
+        raise ValueError("sample.guidance needs a class-conditional flow (model.tarflow.num_classes > 0)")
+    denoise_sigma = config.loss.noise_std if config.sample.denoise else None
+
+    def generate(params, key, n, shape):
+        labels = jnp.arange(n, dtype=jnp.int32) % net.num_classes if conditional else None
+        x, _ = causal.sample(net, params, key, n, labels, plan, guidance, config.sample.annealed_guidance,
+                             denoise_sigma=denoise_sigma)
+        return constrain(x)
+
+    info = {"sampler": "causal", "plan": config.sample.plan, "guidance": guidance,
+            "denoise_sigma": denoise_sigma}
+    return dict(model_fn=lambda params, x, labels: net.apply(params, x, labels), loss_fn=loss_fn, solver=None,
+                ts=None, generate=generate, sampler_info=info, conditional=conditional)
 
 
 def _coupling_options(loss):
@@ -177,9 +239,10 @@ def _init_fn(experiment):
     config = experiment.config
     shape = experiment.datasets[0].shape
 
+    second = jnp.zeros((1,), jnp.int32 if experiment.is_flow else jnp.float32)  # labels or times
+
     def init():
-        params = experiment.net.init(_init_key(config.seed), jnp.zeros((1, *shape), jnp.float32),
-                                     jnp.zeros((1,), jnp.float32))
+        params = experiment.net.init(_init_key(config.seed), jnp.zeros((1, *shape), jnp.float32), second)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
                 "opt_state": experiment.optimizer.init(params)}
 
@@ -214,8 +277,8 @@ def make_train_chunk(experiment, num_steps):
         """The step's training pairs (eps, x0, t), one triple per resolution. They do not depend on the parameters."""
         key = jax.random.fold_in(train_key, step)
         return tuple(
-            experiment.loss_fn.draw(jax.random.fold_in(key, r), experiment.constrain(
-                dataset.batch(jax.random.fold_in(data_key, r), step, batch_size)))
+            experiment.loss_fn.draw(jax.random.fold_in(key, r),
+                                    *data_batch(experiment, dataset, jax.random.fold_in(data_key, r), step, batch_size))
             for r, dataset in enumerate(datasets)
         )
 
@@ -245,20 +308,22 @@ def make_train_chunk(experiment, num_steps):
     return jax.jit(chunk, out_shardings=experiment.replicated)
 
 
+def data_batch(experiment, dataset, key, step, batch_size):
+    """The arguments of the loss's `draw` for batch `step`: (x0,), or (x0, labels) for a conditional model."""
+    x0 = experiment.constrain(dataset.batch(key, step, batch_size))
+    if experiment.conditional:
+        return x0, experiment.constrain(dataset.batch_labels(key, step, batch_size))
+    return (x0,)
+
+
 @functools.lru_cache(maxsize=32)
 def make_sampler(experiment, num_samples, shape):
-    """A compiled fn(params, key) -> (samples, num_nonfinite): the configured solver on the configured grid."""
-    config = experiment.config
-    process, ts = experiment.process, experiment.ts
+    """A compiled fn(params, key) -> (samples, num_nonfinite): the configured sampler (`experiment.generate`)."""
     num_devices = experiment.mesh.devices.size
     padded = -(-num_samples // num_devices) * num_devices  # the batch axis is split over the devices
 
     def draw(params, key):
-        x_init = experiment.constrain(process.prior(key, (padded, *shape), t=ts[0], dtype=jnp.float32))
-        model = lambda x, t: experiment.model_fn(params, x, t)
-        x, info = samplers.sample(model, experiment.solver, process, x_init, ts, prediction=config.loss.prediction,
-                                  check_finite=False)
-        x = x[:num_samples]
+        x = experiment.generate(params, key, padded, shape)[:num_samples]
         return x, jnp.sum(~jnp.isfinite(x))
 
     return jax.jit(draw, out_shardings=experiment.replicated)
@@ -396,6 +461,13 @@ def check_checkpoint(manager, step, abstract):
 # ------------------------------------------------------------------------------------------------ sample and eval
 
 
+def _sampler_title(experiment):
+    info = experiment.sampler_info
+    if experiment.is_flow:
+        return f"{info['plan']} inversion" + (f", guidance {info['guidance']}" if info["guidance"] else "")
+    return f"{info['solver']} NFE {info['nfe']}"
+
+
 def _params_for_sampling(experiment, state):
     return state["ema_params"] if experiment.config.sample.use_ema else state["params"]
 
@@ -415,7 +487,7 @@ def save_samples(experiment, state, directory, step, write=True):
             continue
         if int(num_nonfinite):
             print(f"warning: {int(num_nonfinite)} non-finite values in the samples at step {step}", file=sys.stderr)
-        title = f"step {step}, {experiment.solver.name} NFE {config.sample.nfe}"
+        title = f"step {step}, " + _sampler_title(experiment)
         figures.save_samples(np.asarray(x), path, title=title)
         paths.append(path)
     return paths
@@ -427,18 +499,18 @@ def evaluate(experiment, state):
     config = experiment.config
     params = _params_for_sampling(experiment, state)
     root = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
-    loss_fn = jax.jit(lambda p, key, x0: experiment.loss_fn(p, key, experiment.constrain(x0)))
+    loss_fn = jax.jit(lambda p, key, dataset, data_key, i: experiment.loss_fn(
+        p, key, *data_batch(experiment, dataset, data_key, i, config.train.batch_size)))
     eval_losses = []
     for r, dataset in enumerate(experiment.datasets):
         for i in range(config.eval.loss_batches):
-            x0 = dataset.batch(jax.random.fold_in(root, 1000 + r), i, config.train.batch_size)
-            eval_losses.append(float(loss_fn(params, jax.random.fold_in(root, i), x0)))
+            eval_losses.append(float(loss_fn(params, jax.random.fold_in(root, i), dataset,
+                                             jax.random.fold_in(root, 1000 + r), i)))
     result = {
         "step": int(state["step"]),
         "eval_loss": float(np.mean(eval_losses)),
         "params": "ema" if config.sample.use_ema else "raw",
-        "sampler": {"solver": experiment.solver.name, "grid": config.sample.grid, "nfe": config.sample.nfe,
-                    "num_steps": int(experiment.ts.size - 1)},
+        "sampler": experiment.sampler_info,
         "resolutions": {},
     }
     for r, dataset in enumerate(experiment.datasets):

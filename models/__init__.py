@@ -2,9 +2,11 @@
 
 from models.dit import DiT
 from models.mlp import MLP
-from models.networks import NETWORKS, get_network
+from models.networks import FLOWS, NETWORKS, get_network
 from models.oracle import GaussianMixture
 from models.predictions import KINDS, convert, converted
+from models.tarflow import TarFlow
 from models.unet import UNet
 
-__all__ = ["MLP", "UNet", "DiT", "NETWORKS", "get_network", "GaussianMixture", "KINDS", "convert", "converted"]
+__all__ = ["MLP", "UNet", "DiT", "TarFlow", "FLOWS", "NETWORKS", "get_network", "GaussianMixture", "KINDS", "convert",
+           "converted"]

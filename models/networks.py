@@ -1,4 +1,5 @@
-"""The registry of networks: every one is called as `net.apply(params, x, t)` and returns x's shape and dtype."""
+"""The registry of networks. Those of `NETWORKS` are called as `net.apply(params, x, t)` and return x's shape and
+dtype (a prediction); those of `FLOWS` are normalizing flows, `net.apply(params, x, labels) -> (z, logdet)`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import dataclasses
 
 from models.dit import DiT
 from models.mlp import MLP
+from models.tarflow import TarFlow
 from models.unet import UNet
 
 NETWORKS = {"mlp": MLP, "unet": UNet, "dit": DiT}
+FLOWS = {"tarflow": TarFlow}
 
 
 def network_options(cls):
@@ -17,15 +20,16 @@ def network_options(cls):
 
 
 def get_network(name, **options):
-    """The network registered under `name` ("mlp", "unet", "dit"), built with keyword options.
+    """The network registered under `name` ("mlp", "unet", "dit", "tarflow"), built with keyword options.
 
     Example:
         >>> get_network("mlp", hidden=64, depth=3, time_input="concat", activation="selu").hidden
         64
     """
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; valid names: {sorted(NETWORKS)}")
-    cls = NETWORKS[name]
+    registry = {**NETWORKS, **FLOWS}
+    if name not in registry:
+        raise ValueError(f"unknown network {name!r}; valid names: {sorted(registry)}")
+    cls = registry[name]
     valid = network_options(cls)
     unknown = sorted(set(options) - set(valid))
     if unknown:

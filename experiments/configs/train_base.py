@@ -40,6 +40,9 @@ def base_config():
         dict(channels=32, channel_mult=(1, 2), num_res_blocks=2, attention_resolutions=(8,), num_heads=4,
              num_groups=8))
     c.model.dit = ml_collections.ConfigDict(dict(patch_size=2, hidden=128, depth=4, num_heads=4, mlp_ratio=4.0))
+    # a normalizing flow (models/tarflow.py); image_size and channels come from the data
+    c.model.tarflow = ml_collections.ConfigDict(
+        dict(patch_size=2, num_blocks=4, layers_per_block=2, hidden=128, num_heads=4, mlp_ratio=4.0, num_classes=0))
 
     c.loss = ml_collections.ConfigDict()
     c.loss.prediction = "velocity"  # "eps" | "x0" | "v" | "velocity"
@@ -56,6 +59,8 @@ def base_config():
     c.loss.sinkhorn_threshold = placeholder(float)  # marginal-error tolerance
     c.loss.sinkhorn_max_iterations = placeholder(int)
     c.loss.sinkhorn_lse_mode = placeholder(bool)  # log-domain updates: robust to underflow, 4-5x slower
+    c.loss.noise_std = 0.05  # flows: Gaussian noise augmentation of the data (and the denoising step's sigma)
+    c.loss.label_dropout = 0.1  # class-conditional flows: P(label -> "no label"), for guidance
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 10_000
@@ -88,6 +93,11 @@ def base_config():
     c.sample.t_max = placeholder(float)
     c.sample.num_samples = 64  # per sample grid
     c.sample.use_ema = True
+    # flows (samplers/causal.py): the inversion plan, a mode name or JSON ('[{"mode": "jacobi", ...}, ...]')
+    c.sample.plan = "sequential"
+    c.sample.guidance = 0.0  # class-conditional flows: classifier-free guidance weight
+    c.sample.annealed_guidance = False
+    c.sample.denoise = True  # flows: the Tweedie step x + sigma^2 grad log p(x), sigma = loss.noise_std
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_samples = 1000
