@@ -46,7 +46,7 @@ def _chunks(n, batch_size):
     return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-def benchmark(flow, params, plans, num_samples=10000, batch_size=2500, latency_batch=16, seed=0, guidance=0.0,
+def benchmark(flow, params, plans, num_samples=10000, batch_size=2500, latency_batch=1, seed=0, guidance=0.0,
               annealed_guidance=False, clamp=None, denoise_sigma=None, fd=True, repeats=3, log=print):
     """Rows of the comparison of `plans` ({name: plan}, the first one the reference); see the module docstring."""
     key = jax.random.PRNGKey(seed)

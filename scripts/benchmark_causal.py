@@ -9,7 +9,7 @@ Plans compared (the same latents for all): sequential (the reference); Jacobi on
 --segments equal segments on every block; the CRM / IGM plan of --plan-file when given. Every Jacobi loop stops at
 --tol (max |x_new - x|) or at its iteration cap. Columns: see `experiments/causal.py`. Wall time is measured
 twice: all --num-samples in batches of --batch-size (throughput, where a CPU is compute-bound and Jacobi's extra
-work shows), and one batch of --latency-batch (where the dependent passes dominate).
+work shows), and one batch of --latency-batch samples (default 1: where the dependent passes dominate).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--plan-file", default=None, help="a plan written by scripts/causal_metrics.py")
     parser.add_argument("--num-samples", type=int, default=10000)
     parser.add_argument("--batch-size", type=int, default=2500)
-    parser.add_argument("--latency-batch", type=int, default=16)
+    parser.add_argument("--latency-batch", type=int, default=1)
     parser.add_argument("--segments", type=int, default=8)
     parser.add_argument("--jacobi-iterations", type=int, default=0, help="cap per block; 0 = T (exact)")
     parser.add_argument("--tol", type=float, default=1e-4)

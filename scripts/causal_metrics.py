@@ -29,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--segments", type=int, default=8, help="GS-Jacobi segments of the tough blocks")
     parser.add_argument("--tough-share", type=float, default=None, help="CRM share that makes a block tough")
     parser.add_argument("--tough-iterations", type=int, default=0, help="per segment; 0 = the segment length")
-    parser.add_argument("--other-iterations", type=int, default=10)
+    parser.add_argument("--other-iterations", type=int, default=0, help="cap of the other blocks; 0 = T (exact)")
     parser.add_argument("--tol", type=float, default=1e-4)
     args = parser.parse_args(argv)
     _, flow, params, dataset, step = causal.load_flow(args.config, args.workdir)

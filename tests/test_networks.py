@@ -192,7 +192,7 @@ def test_bad_image_sizes_raise_before_compute():
 
 
 def test_unknown_names_raise():
-    with pytest.raises(ValueError, match=r"unknown network 'resnet'; valid names: \['dit', 'mlp', 'unet'\]"):
+    with pytest.raises(ValueError, match=r"unknown network 'resnet'; valid names: \['dit', 'mlp', 'tarflow', 'unet'\]"):
         get_network("resnet")
     with pytest.raises(ValueError, match=r"no option\(s\) \['chanels'\].*'channel_mult', 'channels'"):
         get_network("unet", chanels=16)
