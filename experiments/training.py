@@ -65,12 +65,16 @@ class Experiment:
     ts: np.ndarray | None
     generate: Any  # fn(params, key, n, shape) -> n samples
     sampler_info: dict  # how `generate` samples, for titles and eval.json
-    conditional: bool = False  # the loss and the model take class labels
 
     @property
     def is_flow(self):
         """A normalizing flow (sampled by inverting it), not an ODE model."""
         return self.solver is None
+
+    @property
+    def conditional(self):
+        """The loss and the model take class labels (a class-conditional flow)."""
+        return self.is_flow and self.net.num_classes > 0
 
     @property
     def batch_sharding(self):
@@ -208,7 +212,7 @@ def _flow_parts(config, net, process, datasets, num_devices, mesh):
     info = {"sampler": "causal", "plan": config.sample.plan, "guidance": guidance,
             "denoise_sigma": denoise_sigma}
     return dict(model_fn=lambda params, x, labels: net.apply(params, x, labels), loss_fn=loss_fn, solver=None,
-                ts=None, generate=generate, sampler_info=info, conditional=conditional)
+                ts=None, generate=generate, sampler_info=info)
 
 
 def _coupling_options(loss):

@@ -35,7 +35,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from models.tarflow import TarFlow, block_order, denoise, empty_cache
 
@@ -222,8 +221,3 @@ def sample(flow: TarFlow, params, key, num_samples, y=None, plan="sequential", g
     if denoise_sigma:
         x = denoise(flow, params, x, denoise_sigma, y)
     return x, info
-
-
-def sequential_passes(flow):
-    """The dependent network passes of the sequential inverse: T per block."""
-    return np.full(flow.num_blocks, flow.num_tokens)
