@@ -198,10 +198,8 @@ def build_row(target, process, label, stages, trained_sizes=None):
 def sample_row(target, process, stages, x_init, key, config, batch_size):
     """Samples of one row from x_init (numpy (n, H, W, C)), timed: (samples, timing and NFE dict).
 
-    `bottleneck_sample` runs as a host loop over its stages, each stage one compiled `samplers.sample` program
-    (cached per stage and batch shape) with the resizing and re-noising between them; the first batch is the
-    warm-up that compiles them all (its time, compilation included, is `warmup_seconds`). The row is not wrapped
-    in one outer `jax.jit`: `schedules.get_timesteps`, which `bottleneck.plan` calls, fails under an outer trace.
+    The whole row (every stage, resize and re-noise) is one compiled program per batch shape; the first batch is
+    the warm-up that compiles it (its time, compilation included, is `warmup_seconds`).
     """
     n = x_init.shape[0]
     batch_size = min(batch_size, n)
@@ -210,6 +208,7 @@ def sample_row(target, process, stages, x_init, key, config, batch_size):
     batches = [jnp.asarray(x_all[i:i + batch_size]) for i in range(0, padded, batch_size)]
     keys = [jax.random.fold_in(key, i) for i in range(len(batches))]
 
+    @jax.jit
     def draw(x, k):
         return bottleneck.bottleneck_sample(target.model_fn, stages, process, x, k, target.prediction,
                                             config.resize_method, config.renoise_mode)
