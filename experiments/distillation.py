@@ -1,24 +1,41 @@
-"""Distil a step schedule for one solver on the Gaussian-mixture oracle, save it, and score it against the exact map.
+"""Distil a step schedule (or one per step count) for a solver, save it, and score it against a reference.
 
-`run(config, workdir)` is what `scripts/distill_schedule.py` calls (config: `experiments/configs/distill_oracle.py`).
-The dynamic program of `config.method` (`schedules.distill`: OSS, Bellman/BOSS or GITS) picks the steps among the
-points of a fine teacher trajectory, from exact draws of x_{t_max} (the distillation batch); the schedule may then be
-refined by gradients for the solver it is meant for (`schedules.refine`). The schedule and every standard grid of
+`run(config, workdir)` is what `scripts/distill_schedule.py` calls (configs: `experiments/configs/distill_oracle.py`
+for the Gaussian-mixture oracle, `experiments/configs/distill_checkpoint.py` for a trained checkpoint). The dynamic
+program of `config.method` (`schedules.distill`: OSS, Bellman/BOSS or GITS) picks the steps among the points of a
+fine teacher trajectory, from draws of x_{t_max} (the distillation batch); the schedule may then be refined by
+gradients for the solver it is meant for (`schedules.refine`). The schedule and every standard grid of
 `config.compare_grids`, all with the same number of steps, are scored on a held-out batch (another key) by the RMSE
-between `config.solver`'s samples at t_min and the probability-flow ODE's exact solution from the same start
-(`samplers.exact_flow_map`, float64). Outputs: the schedule file (`schedules.save_schedule`, with its provenance), a
-printed table, a JSON file (config, rows, grids, distillation info, versions) and a plot of the chosen steps in
-log-SNR against the standard grids.
+between `config.solver`'s samples at t_min and a reference solution from the same start.
+
+`config.source` (absent = "oracle"):
+  "oracle"      the Gaussian-mixture oracle of `config.oracle`; exact draws of x_{t_max}; the reference is the
+                probability-flow ODE's exact solution (`samplers.exact_flow_map`, float64).
+  "checkpoint"  the latest weights of a training run (`config.train_config`, `config.checkpoint_dir`, `use_ema`,
+                `resolution`: `experiments.evaluation.checkpoint_target`), which also gives the process and the
+                prediction kind; x_{t_max} is the process's prior noise; the reference is the teacher solver on the
+                teacher grid with `config.reference_steps` steps (None: twice the teacher's), from the same noise.
+
+`config.step_counts` (absent or () = one schedule for `config.nfe` evaluations of `config.solver`): a tuple of step
+counts, distilled together by `schedules.distill_many` (one teacher, one dynamic program) and saved one file per count
+(`config.outputs.schedule` with {num_steps} in it), each scored against the standard grids with as many steps; these
+files are what `scripts/evaluate.py` reads as the grid "file:DIR/oss_s{num_steps}.json". Refinement tunes one
+schedule for one solver, so it is not offered with step_counts.
+
+Outputs: the schedule file(s) (`schedules.save_schedule`, with their provenance), a printed table, a JSON file
+(config, rows, schedules, distillation info, versions) and a plot of the chosen steps in log-SNR.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import samplers
@@ -32,32 +49,30 @@ from schedules import distillation
 ORACLE_STREAM = 0
 DISTILL_STREAM = 1  # the batch the dynamic program (and refinement) fits on
 HELDOUT_STREAM = 2  # the batch every schedule is scored on
+SOURCES = ("oracle", "checkpoint")
 
 
 def run(config, workdir):
-    """Distil a schedule with `config.method` for `config.solver` at `config.nfe` evaluations, save and score it.
+    """Distil a schedule with `config.method` for `config.solver` at `config.nfe` evaluations (or one per entry of
+    `config.step_counts`), save and score it.
 
     Args:
-      config: a ConfigDict with the keys of `experiments/configs/distill_oracle.py`.
+      config: a ConfigDict with the keys of `experiments/configs/distill_oracle.py` or `distill_checkpoint.py`.
       workdir: a directory (created if missing) for `config.outputs.schedule`, `.json` and `.png`.
 
     Returns:
       A dict: "config" (plain dict), "rows" (one per schedule: label, kind, solver, num_steps, nfe, rmse,
       ratio_to_best_grid), "ts" (each schedule's times), "distill" (indices, cost, model calls, seconds, teacher),
-      "refine" (its info, or None), "versions", "runtime_s" and "files" (paths written).
+      "refine" (its info, or None), "versions", "runtime_s" and "files" (paths written); with a checkpoint source
+      also "source", "model" and "reference" (what the RMSE is measured against). With step_counts see `run_many`.
     """
     start = time.perf_counter()
     plan = _validate(config)
+    if plan["step_counts"]:
+        return run_many(config, plan, workdir, start)
     process, solver, num_steps = plan["process"], plan["solver"], plan["num_steps"]
-    root = jax.random.PRNGKey(config.seed)
-    oracle = GaussianMixture.random(
-        jax.random.fold_in(root, ORACLE_STREAM), dim=config.oracle.dim, num_components=config.oracle.num_components
-    )
-    # One compiled draw instead of a dispatch (and, on first use, a compile) per operation.
-    draw = jax.jit(lambda gm, key, num: gm.marginal_sample(key, num, process.t_max, process), static_argnums=2)
-    x_distill = draw(oracle, jax.random.fold_in(root, DISTILL_STREAM), config.batch)
-    x_heldout = draw(oracle, jax.random.fold_in(root, HELDOUT_STREAM), config.eval_batch)
-    model_fn = oracle.model_fn(process, config.prediction)
+    setup = _setup(config, plan)
+    model_fn, x_distill, x_heldout = setup["model_fn"], setup["x_distill"], setup["x_heldout"]
 
     tic = time.perf_counter()
     ts_distilled, info = schedules.distill(
@@ -75,11 +90,8 @@ def run(config, workdir):
         schedules_.append((f"{config.method} + refined", "refined", ts_refined))
     schedules_ += [(name, "grid", plan["grids"][name]) for name in config.compare_grids]
 
-    rows = _score(config, plan, oracle, model_fn, x_heldout, schedules_)
-    grid_rmses = [row["rmse"] for row in rows if row["kind"] == "grid"]
-    best_grid = min(grid_rmses) if grid_rmses else None
-    for row in rows:
-        row["ratio_to_best_grid"] = row["rmse"] / best_grid if best_grid else None
+    rows = _score(plan, setup["reference"], solver, model_fn, x_heldout, schedules_)
+    _add_ratios(rows)
     final = rows[1] if config.refine.enabled else rows[0]  # the schedule that is saved: refined when refined
 
     distill_record = {
@@ -94,30 +106,21 @@ def run(config, workdir):
         "teacher_ts": np.asarray(info["teacher_ts"], np.float64).tolist(),
     }
     print(format_summary(config, plan, distill_record, refine_info))
-    print(format_table(rows))
+    print(format_table(rows, reference=plan["reference_kind"]))
 
     os.makedirs(workdir, exist_ok=True)
     paths = {key: os.path.join(workdir, config.outputs[key]) for key in ("schedule", "json", "png")}
-    provenance = dict(
-        model=_model_name(config),
-        solver_options=_options(config.solver.options),
-        student=config.student,
-        prediction=config.prediction,
-        teacher=distill_record["teacher"],
-        cost=distill_record["cost"],
-        indices=distill_record["indices"],
-        model_calls=distill_record["model_calls"],
-        distill_seconds=distill_seconds,
-        rmse_heldout=final["rmse"],
-        refined=bool(config.refine.enabled),
-        config=config.to_dict(),
-    )
+    provenance = _provenance(config, plan, teacher=distill_record["teacher"], cost=distill_record["cost"],
+                             indices=distill_record["indices"], model_calls=distill_record["model_calls"],
+                             distill_seconds=distill_seconds, rmse_heldout=final["rmse"],
+                             refined=bool(config.refine.enabled))
     if config.refine.enabled:
         provenance.update(distilled_ts=ts_distilled.astype(np.float64).tolist(), refine=refine_info,
                           rmse_heldout_distilled=rows[0]["rmse"])
     schedules.save_schedule(paths["schedule"], final["ts"], process=process.name, solver=solver.name,
                             nfe=final["nfe"], method=config.method, **provenance)
-    plot_schedules(rows, process, paths["png"], teacher_ts=info["teacher_ts"], title=_plot_title(config, plan))
+    plot_schedules(rows, process, paths["png"], teacher_ts=info["teacher_ts"], title=_plot_title(config, plan),
+                   reference=plan["reference_kind"])
     results = {
         "config": config.to_dict(),
         "rows": [{k: v for k, v in row.items() if k != "ts"} for row in rows],
@@ -128,39 +131,152 @@ def run(config, workdir):
         "runtime_s": time.perf_counter() - start,
         "files": paths,
     }
+    if plan["source"] == "checkpoint":
+        results.update(source=plan["source"], model=plan["model_name"], reference=plan["reference_record"])
     with open(paths["json"], "w") as f:
         json.dump(results, f, indent=2)
     return results
 
 
+def run_many(config, plan, workdir, start=None):
+    """The step_counts path of `run` (`plan` from its validation): one `schedules.distill_many` for every count, one
+    schedule file per count, every count scored against the standard grids with as many steps, in one table.
+
+    Returns a dict: "config", "source", "model", "reference", "step_counts", "rows" (label, kind, solver,
+    num_steps, nfe, rmse, ratio_to_best_grid: the best grid of the same count), "ts" ({str(k): {label: times}}),
+    "distill" (method, student, teacher, teacher_ts, model calls and seconds of the shared run, and per count
+    "schedules": {str(k): indices, cost, num_steps}), "versions", "runtime_s" and "files" ("schedules":
+    {str(k): path}, "json", "png").
+    """
+    start = time.perf_counter() if start is None else start
+    process, solver, counts = plan["process"], plan["solver"], plan["step_counts"]
+    setup = _setup(config, plan)
+    model_fn, x_distill, x_heldout = setup["model_fn"], setup["x_distill"], setup["x_heldout"]
+
+    tic = time.perf_counter()
+    distilled = schedules.distill_many(config.method, model_fn, solver, process, x_distill, counts,
+                                       **plan["distill_options"], return_info=True)
+    distilled = {k: (np.asarray(ts), info) for k, (ts, info) in distilled.items()}  # waits for the results
+    distill_seconds = time.perf_counter() - tic
+    for k, (_, info) in distilled.items():
+        if not math.isfinite(info["cost"]):
+            raise FloatingPointError(f"{config.method}: the {k}-step distillation cost is {info['cost']}; stopping")
+
+    rows = []
+    for k in counts:
+        named = [(f"{config.method} distilled", "distilled", distilled[k][0])]
+        named += [(name, "grid", plan["grids"][k][name]) for name in config.compare_grids]
+        count_rows = _score(plan, setup["reference"], plan["score_solvers"][k], model_fn, x_heldout, named)
+        _add_ratios(count_rows)
+        rows += count_rows
+
+    info0 = distilled[counts[0]][1]
+    record = {
+        "method": config.method,
+        "student": info0["student"],
+        "model_calls": int(info0["model_calls"]),
+        "seconds": distill_seconds,
+        "step_counts": list(counts),
+        "teacher": _teacher_record(config),
+        "teacher_ts": np.asarray(info0["teacher_ts"], np.float64).tolist(),
+        "schedules": {str(k): {"indices": np.asarray(info["indices"]).tolist(), "cost": float(info["cost"]),
+                               "num_steps": int(info["num_steps"])} for k, (_, info) in distilled.items()},
+    }
+    print(format_many_summary(config, plan, record))
+    print(format_table(rows, reference=plan["reference_kind"]))
+
+    os.makedirs(workdir, exist_ok=True)
+    paths = {"schedules": {str(k): os.path.join(workdir, config.outputs.schedule.format(num_steps=k))
+                           for k in counts},
+             "json": os.path.join(workdir, config.outputs.json), "png": os.path.join(workdir, config.outputs.png)}
+    for row in rows:
+        if row["kind"] != "distilled":
+            continue
+        k = row["num_steps"]
+        entry = record["schedules"][str(k)]
+        provenance = _provenance(config, plan, teacher=record["teacher"], cost=entry["cost"],
+                                 indices=entry["indices"], model_calls=record["model_calls"],
+                                 distill_seconds=distill_seconds, step_counts=record["step_counts"],
+                                 rmse_heldout=row["rmse"], scored_with=row["solver_label"],
+                                 reference=plan["reference_record"], refined=False)
+        schedules.save_schedule(paths["schedules"][str(k)], row["ts"], process=process.name, solver=solver.name,
+                                nfe=row["nfe"], method=config.method, **provenance)
+    plot_rows = [dict(row, label=f"{config.method}, {row['num_steps']} steps") for row in rows
+                 if row["kind"] == "distilled"]
+    plot_schedules(plot_rows, process, paths["png"], teacher_ts=info0["teacher_ts"],
+                   title=_plot_title_many(config, plan), reference=plan["reference_kind"])
+    results = {
+        "config": config.to_dict(),
+        "source": plan["source"],
+        "model": plan["model_name"],
+        "reference": plan["reference_record"],
+        "step_counts": list(counts),
+        "rows": [{k: v for k, v in row.items() if k != "ts"} for row in rows],
+        "ts": {str(k): {row["label"]: np.asarray(row["ts"], np.float64).tolist() for row in rows
+                        if row["num_steps"] == k} for k in counts},
+        "distill": record,
+        "refine": None,
+        "versions": versions(),
+        "runtime_s": time.perf_counter() - start,
+        "files": paths,
+    }
+    with open(paths["json"], "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def _add_ratios(rows):
+    """Each row's RMSE over the best standard grid's among `rows` (None without grids)."""
+    grid_rmses = [row["rmse"] for row in rows if row["kind"] == "grid"]
+    best_grid = min(grid_rmses) if grid_rmses else None
+    for row in rows:
+        row["ratio_to_best_grid"] = row["rmse"] / best_grid if best_grid else None
+
+
 def _validate(config):
-    """Build everything named in the config before any distillation, so a wrong name or size fails at once."""
+    """Build everything named in the config before any distillation, so a wrong name or size fails at once. A
+    checkpoint source is loaded here (it gives the process the grids are checked on), after every name that does not
+    need it."""
+    source = config.get("source", "oracle")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; valid: {list(SOURCES)}")
     if config.method not in distillation.METHODS:
         raise ValueError(f"unknown distillation method {config.method!r}; valid names: {sorted(distillation.METHODS)}")
     for key in ("nfe", "batch", "eval_batch"):
         if config[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    predictions.check_kind(config.prediction)
-    process = schedules.get_process(config.process)
+    step_counts = _step_counts(config)
+    if step_counts:
+        if config.refine.enabled:
+            raise ValueError(f"refine.enabled=True is not supported with step_counts {list(step_counts)}: refinement "
+                             f"tunes one schedule for one solver and step count. Distil the step counts with "
+                             f"--config.refine.enabled=False, or set --config.step_counts='()' to distil and refine "
+                             f"the schedule of config.nfe")
+        _check_schedule_template(config.outputs.schedule)
+    if source == "oracle":
+        predictions.check_kind(config.prediction)
     solver = samplers.get_solver(config.solver.name, **_options(config.solver.options))
-    num_steps = solver.steps_for_nfe(config.nfe)
-    solver.check_grid(num_steps)
+    num_steps = None
+    if not step_counts:
+        num_steps = solver.steps_for_nfe(config.nfe)
+        solver.check_grid(num_steps)
     # The DP's student must be a single-step, first-order solver; this raises the library's message otherwise.
-    distillation.student_step_fn(samplers.get_solver(config.student), process)
+    student = samplers.get_solver(config.student)
     samplers.get_solver(config.teacher.solver, **_options(config.teacher.options))
-    if not num_steps <= config.teacher.steps:
-        raise ValueError(f"teacher.steps = {config.teacher.steps} must be at least the schedule's {num_steps} steps: "
+    largest = max(step_counts) if step_counts else num_steps
+    if not largest <= config.teacher.steps:
+        raise ValueError(f"teacher.steps = {config.teacher.steps} must be at least the schedule's {largest} steps: "
                          f"the schedule picks its times among the teacher's")
-    schedules.get_timesteps(config.teacher.grid, process, config.teacher.steps)
     if len(set(config.compare_grids)) != len(config.compare_grids):
         raise ValueError(f"compare_grids has repeated names: {list(config.compare_grids)}")
-    grids = {name: np.asarray(schedules.get_timesteps(name, process, num_steps)) for name in config.compare_grids}
-
-    options = dict(prediction=config.prediction, teacher_steps=config.teacher.steps, teacher_grid=config.teacher.grid,
+    options = dict(teacher_steps=config.teacher.steps, teacher_grid=config.teacher.grid,
                    teacher_solver=(config.teacher.solver, _options(config.teacher.options)), student=config.student)
     if config.method == "oss":
         if config.oss.aggregate not in ("mean", "median"):
             raise ValueError(f"oss.aggregate must be 'mean' or 'median', got {config.oss.aggregate!r}")
+        if step_counts and not config.oss.exact_steps and len(step_counts) > 1:
+            raise ValueError(f"oss.exact_steps=False (the best of at most k steps) is for a single step count; with "
+                             f"step_counts {list(step_counts)} every schedule has exactly its count of steps")
         options.update(exact_steps=config.oss.exact_steps, start_at_t_max=config.oss.start_at_t_max,
                        aggregate=config.oss.aggregate)
     else:
@@ -172,7 +288,143 @@ def _validate(config):
             raise ValueError(f"refine.num_iters must be >= 1, got {config.refine.num_iters}")
         if config.refine.learning_rate is not None and not config.refine.learning_rate > 0:
             raise ValueError(f"refine.learning_rate must be > 0, got {config.refine.learning_rate}")
-    return {"process": process, "solver": solver, "num_steps": num_steps, "grids": grids, "distill_options": options}
+    score_solvers = {k: _solver_for_steps(solver, k) for k in step_counts} if step_counts else {num_steps: solver}
+
+    if source == "checkpoint":
+        reference_steps = config.get("reference_steps")
+        if reference_steps is not None and reference_steps < 1:
+            raise ValueError(f"reference_steps must be >= 1 (or None: twice teacher.steps), got {reference_steps}")
+        for key in ("train_config", "checkpoint_dir"):
+            if not config[key]:
+                raise ValueError(f"source 'checkpoint' needs {key} (the training config file.py[:arg] and its "
+                                 f"--workdir)")
+        from experiments import evaluation  # late: it imports the training stack, which the oracle does not need
+
+        target = evaluation.checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema,
+                                              config.resolution)
+        process, prediction = target.process, target.prediction
+        model = {"target": target, "model_name": target.description, "process_label": process.name,
+                 "reference_kind": "teacher",
+                 "reference_record": {"kind": "teacher", "steps": reference_steps or 2 * config.teacher.steps,
+                                      "grid": config.teacher.grid, "solver": config.teacher.solver,
+                                      "options": _options(config.teacher.options)}}
+    else:
+        process, prediction = schedules.get_process(config.process), config.prediction
+        model = {"target": None, "model_name": _model_name(config), "process_label": config.process,
+                 "reference_kind": "exact",
+                 "reference_record": {"kind": "exact", "map": "samplers.exact_flow_map"}}
+    distillation.student_step_fn(student, process)
+    schedules.get_timesteps(config.teacher.grid, process, config.teacher.steps)
+    if step_counts:
+        grids = {k: {name: np.asarray(schedules.get_timesteps(name, process, k)) for name in config.compare_grids}
+                 for k in step_counts}
+    else:
+        grids = {name: np.asarray(schedules.get_timesteps(name, process, num_steps)) for name in config.compare_grids}
+    options["prediction"] = prediction
+
+    return {"source": source, "process": process, "prediction": prediction, "solver": solver, "num_steps": num_steps,
+            "step_counts": step_counts, "score_solvers": score_solvers, "grids": grids, "distill_options": options,
+            **model}
+
+
+def _step_counts(config):
+    """config.step_counts as a sorted tuple of distinct counts (() when absent or empty), each checked."""
+    value = config.get("step_counts", ())
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"step_counts must be a tuple of step counts such as (4, 8), got {value!r}")
+    counts = tuple(value)
+    for k in counts:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"step_counts must hold integers >= 1, got {list(counts)}")
+    return tuple(sorted({int(k) for k in counts}))
+
+
+def _check_schedule_template(template):
+    """With step_counts each count gets its own file: the name must hold {num_steps} (and no other field)."""
+    try:
+        names = {template.format(num_steps=k) for k in (1, 2)}
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"outputs.schedule {template!r} may only use the field {{num_steps}}: {err!r}") from err
+    if len(names) != 2:
+        raise ValueError(f"with step_counts, outputs.schedule must name one file per count with {{num_steps}}, e.g. "
+                         f"'oss_s{{num_steps}}.json'; got {template!r}")
+
+
+def _solver_for_steps(solver, num_steps):
+    """The solver that scores a num_steps schedule: `solver` itself, or, for a multistep solver whose order is more
+    than num_steps (`check_grid` refuses it), the same solver at order num_steps, which takes exactly the steps of
+    its warm-up (step i has order min(i + 1, order)) on so short a grid."""
+    try:
+        solver.check_grid(num_steps)
+        return solver
+    except ValueError:
+        order = getattr(solver, "order", None)
+        if not (dataclasses.is_dataclass(solver) and hasattr(solver, "step_orders") and order and order > num_steps):
+            raise
+    lowered = dataclasses.replace(solver, order=num_steps)
+    lowered.check_grid(num_steps)
+    return lowered
+
+
+def _setup(config, plan):
+    """The model, the distillation and held-out batches at t_max and the scoring reference of the config's source:
+    {"model_fn", "x_distill", "x_heldout", "reference": fn(x_heldout, t_end) -> float64 array}."""
+    process = plan["process"]
+    root = jax.random.PRNGKey(config.seed)
+    if plan["source"] == "oracle":
+        oracle = GaussianMixture.random(
+            jax.random.fold_in(root, ORACLE_STREAM), dim=config.oracle.dim,
+            num_components=config.oracle.num_components
+        )
+        # One compiled draw instead of a dispatch (and, on first use, a compile) per operation.
+        draw = jax.jit(lambda gm, key, num: gm.marginal_sample(key, num, process.t_max, process), static_argnums=2)
+        x_distill = draw(oracle, jax.random.fold_in(root, DISTILL_STREAM), config.batch)
+        x_heldout = draw(oracle, jax.random.fold_in(root, HELDOUT_STREAM), config.eval_batch)
+        model_fn = oracle.model_fn(process, config.prediction)
+
+        def reference(x, t_end):
+            return samplers.exact_flow_map(oracle, process, x, process.t_max, t_end)
+
+        return {"model_fn": model_fn, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
+
+    target = plan["target"]
+
+    @jax.jit
+    def draw_noise(root):  # both batches in one compiled program: each random draw costs a compile on the CPU
+        def prior(stream, num):
+            key = jax.random.fold_in(root, stream)
+            return process.prior(key, (num, *target.shape), t=process.t_max, dtype=jnp.float32)
+
+        return prior(DISTILL_STREAM, config.batch), prior(HELDOUT_STREAM, config.eval_batch)
+
+    x_distill, x_heldout = draw_noise(root)
+    record = plan["reference_record"]
+    teacher = samplers.get_solver(record["solver"], **record["options"])
+
+    def reference(x, t_end):
+        ts = schedules.get_timesteps(record["grid"], process, record["steps"], t_min=t_end, t_max=process.t_max)
+        y, _ = samplers.sample(target.model_fn, teacher, process, x, ts, prediction=target.prediction)
+        return np.asarray(y, np.float64)
+
+    return {"model_fn": target.model_fn, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
+
+
+def _provenance(config, plan, **fields):
+    """What a saved schedule file records about how it was made: the model, the solver and student, the config,
+    the checkpoint for that source, and `fields` (teacher, cost, indices, timings, held-out RMSE, ...)."""
+    record = dict(model=plan["model_name"], solver_options=_options(config.solver.options), student=config.student,
+                  prediction=plan["prediction"], **fields, config=config.to_dict())
+    if plan["source"] == "checkpoint":
+        record.update(_checkpoint_provenance(config, plan))
+    return record
+
+
+def _checkpoint_provenance(config, plan):
+    return {"source": "checkpoint", "train_config": config.train_config, "checkpoint_dir": config.checkpoint_dir,
+            "use_ema": bool(config.use_ema), "resolution": int(config.resolution),
+            "reference": plan["reference_record"]}
 
 
 def _options(value):
@@ -193,12 +445,12 @@ def _refine(config, plan, model_fn, x_distill, ts, teacher_ts):
     distillation used: no use of the oracle's exactness, which is kept for scoring)."""
     process, solver = plan["process"], plan["solver"]
     teacher = samplers.get_solver(config.teacher.solver, **_options(config.teacher.options))
-    target, _ = samplers.sample(model_fn, teacher, process, x_distill, teacher_ts, prediction=config.prediction)
+    target, _ = samplers.sample(model_fn, teacher, process, x_distill, teacher_ts, prediction=plan["prediction"])
     kwargs = {key: config.refine[key] for key in ("num_iters", "learning_rate") if config.refine[key] is not None}
     tic = time.perf_counter()
     ts_refined, info = schedules.refine(
         ts, model_fn, solver, process, _start_state(process, x_distill, process.t_max, ts),
-        prediction=config.prediction, target=target, return_info=True, **kwargs,
+        prediction=plan["prediction"], target=target, return_info=True, **kwargs,
     )
     ts_refined = np.asarray(ts_refined)
     record = {key: _plain(value) for key, value in dict(info).items() if _plain(value) is not None}
@@ -216,23 +468,34 @@ def _plain(value):
     return None
 
 
-def _score(config, plan, oracle, model_fn, x, named_schedules):
-    """The RMSE against the exact flow map of config.solver on each schedule, from the held-out batch x at t_max."""
-    process, solver = plan["process"], plan["solver"]
-    exact = {}  # end time -> exact samples: every schedule here shares its ends, so this is computed once
+def _score(plan, reference, solver, model_fn, x, named_schedules):
+    """The RMSE of `solver` on each schedule against reference(x, t_end) (the exact flow map, or the fine teacher),
+    from the held-out batch x at t_max."""
+    process = plan["process"]
+    targets = {}  # end time -> reference samples: every schedule here shares its ends, so this is computed once
     rows = []
     for label, kind, ts in named_schedules:
         t_end = float(ts[-1])
-        if t_end not in exact:
-            exact[t_end] = samplers.exact_flow_map(oracle, process, x, process.t_max, t_end)
+        if t_end not in targets:
+            targets[t_end] = reference(x, t_end)
         y, info = samplers.sample(model_fn, solver, process, _start_state(process, x, process.t_max, ts), ts,
-                                  prediction=config.prediction)
-        rmse = float(np.sqrt(np.mean((np.asarray(y, np.float64) - exact[t_end]) ** 2)))
+                                  prediction=plan["prediction"])
+        rmse = float(np.sqrt(np.mean((np.asarray(y, np.float64) - targets[t_end]) ** 2)))
         if not math.isfinite(rmse):
-            raise FloatingPointError(f"{label}: the RMSE against the exact map is {rmse}; stopping")
-        rows.append({"label": label, "kind": kind, "solver": solver.name, "num_steps": int(len(ts) - 1),
-                     "nfe": int(info["nfe"]), "rmse": rmse, "ts": np.asarray(ts)})
+            raise FloatingPointError(f"{label}: the RMSE against the {plan['reference_kind']} reference is {rmse}; "
+                                     f"stopping")
+        row = {"label": label, "kind": kind, "solver": solver.name, "num_steps": int(len(ts) - 1),
+               "nfe": int(info["nfe"]), "rmse": rmse, "ts": np.asarray(ts)}
+        if plan["step_counts"]:
+            row["solver_label"] = _solver_text(solver)
+        rows.append(row)
     return rows
+
+
+def _solver_text(solver):
+    """A solver's name and its order option, where it has one: "deis_tab order=3"."""
+    has_order = dataclasses.is_dataclass(solver) and "order" in {f.name for f in dataclasses.fields(solver)}
+    return solver.name + (f" order={solver.order}" if has_order else "")
 
 
 def _teacher_record(config):
@@ -249,12 +512,20 @@ def _solver_label(config):
     return config.solver.name + "".join(f" {k}={v}" for k, v in _options(config.solver.options).items())
 
 
+def _reference_text(plan):
+    record = plan["reference_record"]
+    if record["kind"] == "exact":
+        return "the exact probability-flow map (samplers.exact_flow_map)"
+    return (f"the teacher: {record['steps']} steps of {record['solver']} on the {record['grid']} grid, from the same "
+            f"held-out noise")
+
+
 def format_summary(config, plan, record, refine_info):
     """What was distilled, from what, at what cost, in a few lines."""
     teacher = record["teacher"]
     lines = [
         f"{record['method']} schedule for {_solver_label(config)}: {plan['num_steps']} steps "
-        f"({config.nfe} NFE budget) on {config.process}, {_model_name(config)}",
+        f"({config.nfe} NFE budget) on {plan['process_label']}, {plan['model_name']}",
         f"  teacher: {teacher['steps']} steps of {teacher['solver']} on the {teacher['grid']} grid; student step: "
         f"{record['student']}; distillation batch {config.batch}, held-out batch {config.eval_batch}",
         f"  distilled in {record['seconds']:.2f} s, {record['model_calls']} model calls per sample, "
@@ -263,16 +534,36 @@ def format_summary(config, plan, record, refine_info):
     if refine_info is not None:
         lines.append("  refined: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in refine_info.items() if not isinstance(v, list)))
+    if plan["source"] != "oracle":
+        lines.append(f"  RMSE against {_reference_text(plan)}")
     return "\n".join(lines)
 
 
-def format_table(rows):
-    """The rows as an aligned text table."""
-    header = ("schedule", "solver", "steps", "NFE", "RMSE vs exact (held-out)", "ratio to best grid")
+def format_many_summary(config, plan, record):
+    """What was distilled for every step count, from what, at what cost, in a few lines."""
+    teacher = record["teacher"]
+    lines = [
+        f"{record['method']} schedules at {len(record['step_counts'])} step counts {record['step_counts']} for "
+        f"{_solver_label(config)} on {plan['process_label']}, {plan['model_name']}",
+        f"  teacher: {teacher['steps']} steps of {teacher['solver']} on the {teacher['grid']} grid; student step: "
+        f"{record['student']}; distillation batch {config.batch}, held-out batch {config.eval_batch}",
+        f"  distilled in {record['seconds']:.2f} s (one teacher, one DP of {max(record['step_counts'])} stages), "
+        f"{record['model_calls']} model calls per sample",
+        f"  RMSE against {_reference_text(plan)}; a count below the solver's order is scored at that order (its "
+        f"warm-up)",
+    ]
+    lines += [f"  {k:>3} steps: DP cost {entry['cost']:.3e}, teacher indices {entry['indices']}"
+              for k, entry in record["schedules"].items()]
+    return "\n".join(lines)
+
+
+def format_table(rows, reference="exact"):
+    """The rows as an aligned text table; `reference` names what the RMSE is measured against."""
+    header = ("schedule", "solver", "steps", "NFE", f"RMSE vs {reference} (held-out)", "ratio to best grid")
     lines = [
         (
             row["label"],
-            row["solver"],
+            row.get("solver_label", row["solver"]),
             str(row["num_steps"]),
             str(row["nfe"]),
             f"{row['rmse']:.3e}",
@@ -290,14 +581,27 @@ def format_table(rows):
 
 
 def _plot_title(config, plan):
+    if plan["source"] == "oracle":
+        return (f"{config.method} schedule for {_solver_label(config)}, {plan['num_steps']} steps ({config.nfe} NFE), "
+                f"{config.process}\n{config.oracle.dim}-d Gaussian mixture ({config.oracle.num_components} "
+                f"components); RMSE vs the exact flow map on {config.eval_batch} held-out samples")
     return (f"{config.method} schedule for {_solver_label(config)}, {plan['num_steps']} steps ({config.nfe} NFE), "
-            f"{config.process}\n{config.oracle.dim}-d Gaussian mixture ({config.oracle.num_components} components); "
-            f"RMSE vs the exact flow map on {config.eval_batch} held-out samples")
+            f"{plan['process_label']}\n{plan['model_name']}; RMSE vs the teacher "
+            f"({plan['reference_record']['steps']} steps) on {config.eval_batch} held-out samples")
 
 
-def plot_schedules(rows, process, path, teacher_ts=None, title=""):
+def _plot_title_many(config, plan):
+    reference = ("the exact flow map" if plan["reference_kind"] == "exact"
+                 else f"the teacher ({plan['reference_record']['steps']} steps)")
+    return (f"{config.method} schedules for {_solver_label(config)} at {list(plan['step_counts'])} steps, "
+            f"{plan['process_label']}\n{plan['model_name']}; RMSE vs {reference} on {config.eval_batch} held-out "
+            f"samples")
+
+
+def plot_schedules(rows, process, path, teacher_ts=None, title="", reference="exact"):
     """One row of markers per schedule at its log-SNR values (noise on the left, data on the right), the legend
-    giving each one's held-out RMSE; the teacher's candidate times, when given, as a faint bottom row."""
+    giving each one's held-out RMSE (against `reference`); the teacher's candidate times, when given, as a faint
+    bottom row."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and touches no global pyplot state
 
     def log_snr(ts):
@@ -324,7 +628,7 @@ def plot_schedules(rows, process, path, teacher_ts=None, title=""):
     ax.set_ylim(-len(labels) + 0.4, 0.6)
     ax.set_xlabel("log-SNR  log(alpha / sigma)    (noise at the left, data at the right)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="held-out RMSE vs exact",
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title=f"held-out RMSE vs {reference}",
               title_fontsize=9)
     ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=110)

@@ -156,19 +156,30 @@ def _timesteps(grid, process, num_steps, nfe, config):
     return schedules.get_timesteps(grid, process, num_steps, **_ends(config))
 
 
-def sample_cell(target, solver, ts, x_init, batch_size):
-    """Samples of one cell from the given starting noise, in batches: (numpy samples, nfe per sample)."""
-    ts = jnp.asarray(ts)
+def cell_sampler(target, solver):
+    """The compiled sampler of one solver, the time grid an argument: (x, ts) -> (samples, nfe).
+
+    One per solver, so every cell of that solver with the same number of steps (other grids, distilled files) reuses
+    one compiled program: jit caches by the shapes of x and ts. A table compiles solvers x step counts programs
+    instead of one per cell.
+    """
 
     @jax.jit
-    def draw(x):
+    def draw(x, ts):
         x, info = samplers.sample(target.model_fn, solver, target.process, x, ts, prediction=target.prediction,
                                   check_finite=False)
         return x, info["nfe"]
 
+    return draw
+
+
+def sample_cell(draw, ts, x_init, batch_size):
+    """Samples of one cell from the given starting noise, in batches of `draw` (`cell_sampler`): (numpy samples,
+    nfe per sample)."""
+    ts = jnp.asarray(ts)
     outputs, nfe = [], 0
     for start in range(0, x_init.shape[0], batch_size):
-        x, nfe = draw(x_init[start:start + batch_size])
+        x, nfe = draw(x_init[start:start + batch_size], ts)
         outputs.append(np.asarray(x, np.float64))
     return np.concatenate(outputs), int(nfe)
 
@@ -243,12 +254,16 @@ def run(config, workdir):
         x_init = target.process.prior(key, (config.num_samples, *target.shape), t=t_start, dtype=jnp.float32)
     exact = {}
     rows = []
+    draws = {}  # id(solver) -> its compiled sampler (plan_cells makes one solver object per table row)
     for row, solver, ts in cells:
         if float(ts[0]) != t_start:
             raise ValueError(f"{row['label']} / {row['grid']}: the grid starts at t={float(ts[0])}, the others at "
                              f"{t_start}; every cell must start from the same noise")
         cell_start = time.perf_counter()
-        samples, nfe = sample_cell(target, solver, ts, x_init, config.batch_size)
+        if id(solver) not in draws:
+            draws[id(solver)] = cell_sampler(target, solver)
+        draw = draws[id(solver)]
+        samples, nfe = sample_cell(draw, ts, x_init, config.batch_size)
         finite = np.all(np.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
         reference = None
         if metric.name == "exact":
@@ -263,8 +278,16 @@ def run(config, workdir):
         print(f"{row['label']:>24} {row['grid']:>12} NFE {nfe:>4}: {metric.name} {value:.4f}"
               + (f"  ({row['num_nonfinite']} non-finite samples left out)" if row["num_nonfinite"] else ""),
               flush=True)
+        _write_rows(workdir, target, metric, config, rows, start, complete=False)  # a stopped run keeps its cells
+    return _write_rows(workdir, target, metric, config, rows, start, complete=True)
+
+
+def _write_rows(workdir, target, metric, config, rows, start, complete):
+    """WORKDIR/rows.json, replaced atomically; `complete` is False while cells are still to come."""
     results = {"description": target.description, "metric": metric.name, "config": config.to_dict(),
-               "rows": rows, "runtime_s": time.perf_counter() - start}
-    with open(os.path.join(workdir, "rows.json"), "w") as f:
+               "rows": rows, "runtime_s": time.perf_counter() - start, "complete": complete}
+    path = os.path.join(workdir, "rows.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
     return results

@@ -12,6 +12,14 @@ def distill(method, model_fn, solver, process, x_init, num_steps, **options):
     return distillation.distill(method, model_fn, solver, process, x_init, num_steps, **options)
 
 
+def distill_many(method, model_fn, solver, process, x_init, step_counts, **options):
+    """Distil schedules for several step counts from one teacher and one dynamic program: {k: ts}
+    (`schedules.distillation.distill_many`)."""
+    from schedules import distillation  # late, like distill
+
+    return distillation.distill_many(method, model_fn, solver, process, x_init, step_counts, **options)
+
+
 def refine(ts, model_fn, solver, process, x_init, **options):
     """Refine a schedule for the actual solver by gradients through the sampler (`schedules.refinement.refine`)."""
     from schedules import refinement  # late, like distill
@@ -19,5 +27,5 @@ def refine(ts, model_fn, solver, process, x_init, **options):
     return refinement.refine(ts, model_fn, solver, process, x_init, **options)
 
 
-__all__ = ["GRIDS", "PROCESSES", "Process", "distill", "get_process", "get_timesteps", "interpolate_log_linear",
-           "load_schedule", "refine", "save_schedule"]
+__all__ = ["GRIDS", "PROCESSES", "Process", "distill", "distill_many", "get_process", "get_timesteps",
+           "interpolate_log_linear", "load_schedule", "refine", "save_schedule"]

@@ -15,7 +15,8 @@ solver (ddim, euler, or any first-order exponential integrator) from (x, t_i) to
   steps weigh more. (Which direction GITS's own code accumulates in is unverified.)
 
 The DP tables are `lax.scan`s over the number of steps with vectorised minima over the grid; only the final
-back-tracking of M indices runs on the host.
+back-tracking of M indices runs on the host. Stage k of every table is the same whatever the number of stages after
+it, so `distill_many` serves several step counts from one teacher and one DP of the largest count.
 """
 
 from __future__ import annotations
@@ -188,6 +189,15 @@ METHODS = ("oss", "bellman", "gits")
 DEFAULT_COEFF = {"bellman": 1.0, "gits": 1.15}
 
 
+def _check_step_count(value, teacher_steps, name="num_steps"):
+    """Raise ValueError unless `value` is an integer in [1, teacher_steps]; `name` is what the message calls it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if value > teacher_steps:
+        raise ValueError(f"{name} = {value} is more than the teacher's {teacher_steps} steps: the student "
+                         f"picks its times among the teacher's")
+
+
 def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction="eps", teacher_steps=200,
             teacher_grid="logsnr", teacher_solver=("deis_tab", {"order": 3}), student=None, exact_steps=True,
             start_at_t_max=True, aggregate="mean", metric="l2", coeff=None, t_min=None, t_max=None,
@@ -215,19 +225,90 @@ def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction=
 
     Returns:
       ts of shape (M + 1,): teacher times, strictly decreasing from t_max to t_min (and info, if asked).
+
+    See `distill_many` for several step counts from one teacher and one dynamic program.
     """
-    samplers = _solvers()
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; valid names: {sorted(METHODS)}")
     if aggregate not in ("mean", "median"):
         raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
+    _check_teacher_steps(teacher_steps)
+    _check_step_count(num_steps, teacher_steps)
+    ts_out, info = _distill_counts(
+        method, model_fn, solver, process, x_init, (int(num_steps),), prediction=prediction,
+        teacher_steps=teacher_steps, teacher_grid=teacher_grid, teacher_solver=teacher_solver, student=student,
+        exact_steps=exact_steps, start_at_t_max=start_at_t_max, aggregate=aggregate, metric=metric, coeff=coeff,
+        t_min=t_min, t_max=t_max,
+    )[int(num_steps)]
+    return (ts_out, info) if return_info else ts_out
+
+
+def distill_many(method, model_fn, solver, process, x_init, step_counts, *, prediction="eps", teacher_steps=200,
+                 teacher_grid="logsnr", teacher_solver=("deis_tab", {"order": 3}), student=None, exact_steps=True,
+                 start_at_t_max=True, aggregate="mean", metric="l2", coeff=None, t_min=None, t_max=None,
+                 return_info=False):
+    """Distil schedules for several step counts at once: one teacher trajectory, one dynamic program.
+
+    The DP tables of every method are built stage by stage, and stage k (OSS: the best state after k student steps
+    at every landing index; Bellman / GITS: V_k, the best k-step cost from every index) does not depend on how many
+    stages follow. So one DP of max(step_counts) stages holds the exact optimum for every smaller count, and each is
+    read off by its own back-tracking: distill_many(..., step_counts)[k] equals distill(..., k) index for index,
+    for the price of the teacher plus the longest DP (not one of each per count).
+
+    Args:
+      step_counts: a non-empty sequence of step counts, each an integer in [1, teacher_steps]; repeats are merged.
+      method, model_fn, solver, process, x_init and every keyword: as for `distill`. exact_steps=False (the best of
+        at most k steps) is allowed only with a single count, where it is `distill`'s option; with several counts
+        each schedule has exactly its count of steps.
+
+    Returns:
+      A dict {k: ts} in increasing k, ts of shape (k + 1,) as `distill` returns it; with return_info=True,
+      {k: (ts, info)}, info as `distill`'s ("model_calls" counts the shared run: the teacher and the longest DP).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; valid names: {sorted(METHODS)}")
+    if aggregate not in ("mean", "median"):
+        raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
+    _check_teacher_steps(teacher_steps)
+    if isinstance(step_counts, (str, bytes)) or not hasattr(step_counts, "__iter__"):
+        raise ValueError(f"step_counts must be a sequence of integers such as (4, 8), got {step_counts!r}; for a "
+                         f"single count use distill(..., num_steps)")
+    step_counts = tuple(step_counts)
+    if not step_counts:
+        raise ValueError("step_counts is empty: give at least one number of steps")
+    for i, k in enumerate(step_counts):
+        _check_step_count(k, teacher_steps, name=f"step_counts[{i}]")
+    counts = tuple(sorted({int(k) for k in step_counts}))
+    if not exact_steps and len(counts) > 1:
+        raise ValueError(f"exact_steps=False picks the best of at most k steps for a single k; with several "
+                         f"step_counts {list(counts)} every schedule has exactly its count (set exact_steps=True, or "
+                         f"call distill for one count)")
+    results = _distill_counts(
+        method, model_fn, solver, process, x_init, counts, prediction=prediction, teacher_steps=teacher_steps,
+        teacher_grid=teacher_grid, teacher_solver=teacher_solver, student=student, exact_steps=exact_steps,
+        start_at_t_max=start_at_t_max, aggregate=aggregate, metric=metric, coeff=coeff, t_min=t_min, t_max=t_max,
+    )
+    return results if return_info else {k: ts for k, (ts, _) in results.items()}
+
+
+def _check_teacher_steps(teacher_steps):
     if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, (int, np.integer)) or teacher_steps < 1:
         raise ValueError(f"teacher_steps must be an integer >= 1 (a non-empty teacher), got {teacher_steps!r}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    if num_steps > teacher_steps:
-        raise ValueError(f"num_steps = {num_steps} is more than the teacher's {teacher_steps} steps: the student "
-                         f"picks its times among the teacher's")
+
+
+def _distill_counts(method, model_fn, solver, process, x_init, counts, *, prediction, teacher_steps, teacher_grid,
+                    teacher_solver, student, exact_steps, start_at_t_max, aggregate, metric, coeff, t_min, t_max):
+    """The shared core of `distill` and `distill_many`: counts is a sorted tuple of validated step counts (method,
+    aggregate and teacher_steps checked too). Builds the teacher once, runs one DP of max(counts) stages and
+    back-tracks each count. Returns {k: (ts, info)}; with exact_steps=False (one count) the entry for k holds the
+    best schedule of at most k steps."""
+    samplers = _solvers()
+    if method != "oss":
+        if aggregate != "mean" or not exact_steps or not start_at_t_max:
+            raise ValueError(f"{method} takes exactly num_steps steps from t_max on the batch-mean cost; the "
+                             f"options aggregate / exact_steps / start_at_t_max are for 'oss'")
+        if metric not in ("l2", "l1"):
+            raise ValueError(f"metric must be 'l2' or 'l1', got {metric!r}")
     process = get_process(process) if isinstance(process, str) else process
     solver = samplers.get_solver(solver) if isinstance(solver, str) else solver
     if student is None:
@@ -249,8 +330,10 @@ def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction=
         raise ValueError(f"teacher trajectory of shape {trajectory.shape} does not match x_init {x_init.shape}")
     model = predictions.converted(model_fn, prediction, student_solver.native, process)
     n = teacher_steps
-    info = {"method": method, "teacher_ts": np.asarray(ts), "teacher_solver": teacher.name,
+    stages = max(counts)  # one DP this long serves every count: stage k's table ignores the stages after it
+    base = {"method": method, "teacher_ts": np.asarray(ts), "teacher_solver": teacher.name,
             "student": student_solver.name}
+    chosen = {}  # requested count -> (teacher indices, info entries)
 
     if method == "oss":
         if start_at_t_max:
@@ -261,25 +344,31 @@ def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction=
             scale = process.sigma(ts) / process.sigma(ts[0])
             x_start = scale.reshape((-1,) + (1,) * x_init.ndim) * x_init[None]
         costs, pointers = jax.jit(oss_tables, static_argnums=(0, 1, 5, 7))(
-            model, step, ts, trajectory, x_start, num_steps, valid, aggregate)
+            model, step, ts, trajectory, x_start, stages, valid, aggregate)
         final = np.asarray(jnp.mean(costs[:, n, :], axis=-1))  # (M,) batch-mean deviation at the end
-        k = num_steps if exact_steps else int(np.nanargmin(np.where(np.isfinite(final), final, np.nan))) + 1
-        if not np.isfinite(final[k - 1]):
-            raise ValueError(f"no {k}-step student path reaches t_min on this teacher grid")
-        paths = backtrack_oss(pointers, n, k)
-        indices = median_path(paths, n) if aggregate == "median" else paths[0]
-        info.update(cost=float(final[k - 1]), model_calls=n * teacher.stages + num_steps * (n + 1), num_steps=k)
+        pointers = np.asarray(pointers)
+        for m in counts:
+            k = m if exact_steps else int(np.nanargmin(np.where(np.isfinite(final[:m]), final[:m], np.nan))) + 1
+            if not np.isfinite(final[k - 1]):
+                raise ValueError(f"no {k}-step student path reaches t_min on this teacher grid")
+            paths = backtrack_oss(pointers, n, k)
+            indices = median_path(paths, n) if aggregate == "median" else paths[0]
+            chosen[m] = (indices, dict(cost=float(final[k - 1]), model_calls=n * teacher.stages + stages * (n + 1),
+                                       num_steps=k))
     else:
-        if aggregate != "mean" or not exact_steps or not start_at_t_max:
-            raise ValueError(f"{method} takes exactly num_steps steps from t_max on the batch-mean cost; the "
-                             f"options aggregate / exact_steps / start_at_t_max are for 'oss'")
         cost = jax.jit(cost_matrix, static_argnums=(0, 1, 4))(model, step, ts, trajectory, metric)
         coeff = DEFAULT_COEFF[method] if coeff is None else float(coeff)
-        values, pointers = jax.jit(bellman_tables, static_argnums=1)(cost, num_steps, coeff)
-        indices = np.asarray(backtrack_forward(pointers, 0, num_steps))
-        info.update(cost=float(values[num_steps - 1, 0]), model_calls=n * teacher.stages + (n + 1),
-                    num_steps=num_steps, coeff=coeff, metric=metric)
-    indices = np.asarray(indices)
-    info["indices"] = indices
-    ts_out = as_float(np.asarray(ts)[indices])
-    return (ts_out, info) if return_info else ts_out
+        # Row k-1 of the tables is V_k, the exact k-step optimum from every index: back-tracking from index 0 with
+        # rows k-1 .. 0 gives the best k-step path whatever the number of rows.
+        values, pointers = jax.jit(bellman_tables, static_argnums=1)(cost, stages, coeff)
+        values, pointers = np.asarray(values), np.asarray(pointers)
+        for m in counts:
+            chosen[m] = (backtrack_forward(pointers, 0, m),
+                         dict(cost=float(values[m - 1, 0]), model_calls=n * teacher.stages + (n + 1), num_steps=m,
+                              coeff=coeff, metric=metric))
+    results = {}
+    for m, (indices, entries) in chosen.items():
+        indices = np.asarray(indices)
+        info = dict(base, **entries, indices=indices)
+        results[m] = (as_float(np.asarray(ts)[indices]), info)
+    return results

@@ -170,3 +170,59 @@ def test_schedule_file_round_trip(tmp_path, small):
     (tmp_path / "bad.json").write_text(json.dumps({"ts": [0.5, 0.7]}))
     with pytest.raises(ValueError, match="strictly decreasing"):
         schedules.load_schedule(str(tmp_path / "bad.json"))
+
+
+@pytest.mark.parametrize("method, options", [("oss", {}), ("oss", dict(aggregate="median", start_at_t_max=False)),
+                                             ("bellman", {}), ("gits", {})])
+def test_distill_many_is_distill_for_every_count(method, options, small):
+    """One DP of max(counts) stages holds every smaller count's optimum: the same indices as separate runs (on a
+    30-step teacher from the small problem's noise)."""
+    p, gm, x0, _, _ = small
+    model = gm.model_fn(p)
+    many = schedules.distill_many(method, model, "ddim", p, x0, (6, 2), teacher_steps=30, return_info=True,
+                                  **options)
+    assert list(many) == [2, 6]
+    for k, (ts, info) in many.items():
+        alone, info_alone = schedules.distill(method, model, "ddim", p, x0, k, teacher_steps=30, return_info=True,
+                                              **options)
+        np.testing.assert_array_equal(info["indices"], info_alone["indices"])
+        np.testing.assert_array_equal(np.asarray(ts), np.asarray(alone))
+        assert ts.shape == (k + 1,) and info["num_steps"] == k
+        assert info["cost"] == pytest.approx(info_alone["cost"], rel=1e-12, abs=1e-300)
+    if method == "bellman":  # (cheap to run again) repeats merged; without return_info just the times
+        plain = schedules.distill_many(method, model, "ddim", p, x0, [6, 1, 6], teacher_steps=30)
+        assert list(plain) == [1, 6] and plain[1].shape == (2,)
+        np.testing.assert_array_equal(np.asarray(plain[6]), np.asarray(many[6][0]))
+
+
+def test_distill_many_with_one_count_keeps_the_at_most_option(small):
+    p, gm, x0, _, _ = small
+    model = gm.model_fn(p)
+    ts, info = schedules.distill_many("oss", model, "ddim", p, x0, (6,), teacher_steps=30, exact_steps=False,
+                                      return_info=True)[6]
+    alone, info_alone = schedules.distill("oss", model, "ddim", p, x0, 6, teacher_steps=30, exact_steps=False,
+                                          return_info=True)
+    np.testing.assert_array_equal(info["indices"], info_alone["indices"])
+    assert info["num_steps"] == info_alone["num_steps"] <= 6
+
+
+@pytest.mark.parametrize("step_counts, kwargs, match", [
+    ((), {}, "step_counts is empty"),
+    (4, {}, "sequence of integers"),
+    ("34", {}, "sequence of integers"),
+    ((2, 0), {}, r"step_counts\[1\] must be an integer >= 1, got 0"),
+    ((2, 2.5), {}, r"step_counts\[1\] must be an integer >= 1, got 2.5"),
+    ((True,), {}, r"step_counts\[0\] must be an integer"),
+    ((3, 11), {}, r"step_counts\[1\] = 11 is more than the teacher's 10 steps"),
+    ((2, 3), dict(exact_steps=False), "exact_steps=False .* single k"),
+    ((2, 3), dict(method="gits", aggregate="median"), "for 'oss'"),
+    ((2, 3), dict(method="boss"), "valid names"),
+    ((2, 3), dict(teacher_steps=0), "non-empty teacher"),
+])
+def test_distill_many_bad_step_counts_are_clear_errors(step_counts, kwargs, match, small, monkeypatch):
+    p, gm, x0, ts, teacher = small
+    monkeypatch.setattr(distillation, "teacher_trajectory", lambda *a, **k: pytest.fail("the teacher was computed"))
+    args = dict(method="oss", teacher_steps=N)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        schedules.distill_many(args.pop("method"), gm.model_fn(p), "ddim", p, x0, step_counts, **args)

@@ -26,6 +26,19 @@ from ml_collections.config_dict import placeholder
 from experiments.configs import parse_arg
 
 
+def add_method_options(config):
+    """The options of the dynamic programs (`schedules.distill`), shared with `distill_checkpoint.py`."""
+    config.oss = ml_collections.ConfigDict()  # used by method "oss" only
+    # exactly the budget's steps (False: the best of at most that many; only with a single step count)
+    config.oss.exact_steps = True
+    config.oss.start_at_t_max = True  # False lets the first step start lower, from rescaled noise
+    config.oss.aggregate = "mean"  # "mean": one DP on the batch-mean cost; "median": OSS-ave
+
+    config.bellman = ml_collections.ConfigDict()  # used by methods "bellman" and "gits"
+    config.bellman.metric = "l2"  # "l2" | "l1"
+    config.bellman.coeff = placeholder(float)  # None: the method's default (bellman 1.0, gits 1.15)
+
+
 def get_config(arg=None):
     arg = parse_arg(arg, smoke=False, method="oss", nfe=10)
     config = ml_collections.ConfigDict()
@@ -55,14 +68,7 @@ def get_config(arg=None):
     config.teacher.solver = "deis_tab"
     config.teacher.options = dict(order=3)
 
-    config.oss = ml_collections.ConfigDict()  # used by method "oss" only
-    config.oss.exact_steps = True  # exactly the budget's steps (False: the best of at most that many)
-    config.oss.start_at_t_max = True  # False lets the first step start lower, from rescaled noise
-    config.oss.aggregate = "mean"  # "mean": one DP on the batch-mean cost; "median": OSS-ave
-
-    config.bellman = ml_collections.ConfigDict()  # used by methods "bellman" and "gits"
-    config.bellman.metric = "l2"  # "l2" | "l1"
-    config.bellman.coeff = placeholder(float)  # None: the method's default (bellman 1.0, gits 1.15)
+    add_method_options(config)
 
     # Gradient refinement of the distilled schedule for config.solver (schedules.refine), on the distillation batch
     # with the teacher's endpoints as the target. None leaves refine's own default.
