@@ -11,8 +11,8 @@ A row is a list of `samplers.bottleneck.Stage`s: the full-resolution baseline is
 steps whose model FLOPs come closest to a plan's. For each row:
 
   - model FLOPs per sample: sum over stages of (model calls in the stage) x (FLOPs of one call at the stage's
-    resolution), the latter counted by XLA on the compiled model call (`model_flops`), per sample of a batch;
-    resizing and re-noising are not model FLOPs (they are in the wall time);
+    resolution), the latter counted from the model's jaxpr (`model_flops`: its matrix products and convolutions),
+    per sample of a batch; resizing and re-noising are not model FLOPs (they are in the wall time);
   - wall time: one warm-up batch (it compiles every stage; its time is reported apart), then `timing_repeats`
     timed passes over all samples (`block_until_ready`), the median;
   - FD-digits (`experiments.fd_digits`) of the samples at the baseline's resolution, non-finite samples counted and
@@ -37,6 +37,7 @@ import numpy as np
 
 import samplers
 from experiments import evaluation, figures
+from experiments.flops import count_flops
 from samplers import bottleneck
 from samplers.bottleneck import Stage
 
@@ -50,7 +51,8 @@ NO_FD_64 = ("not evaluated: the model was trained at 16 and 32 px only, the digi
 
 
 def model_flops(model_fn, shape, dtype=jnp.float32):
-    """FLOPs of one call model_fn(x, t) with x of `shape` and a scalar t, as XLA counts them in the compiled program.
+    """FLOPs of one call model_fn(x, t) with x of `shape` and a scalar t: `experiments.flops.count_flops`, 2 x the
+    multiply-adds of its matrix products and convolutions, read off the jaxpr (the same number on every backend).
 
     Args:
       model_fn: a pure (x, t) -> prediction.
@@ -58,21 +60,16 @@ def model_flops(model_fn, shape, dtype=jnp.float32):
       dtype: the input's dtype.
 
     Returns:
-      A positive float: the "flops" entry of `jax.jit(model_fn).lower(...).compile().cost_analysis()`.
+      A positive float.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> model_flops(lambda x, t: x @ jnp.ones((4, 3), x.dtype) * t, (2, 4)) >= 2 * 2 * 4 * 3
-        True
+        >>> model_flops(lambda x, t: x @ jnp.ones((4, 3), x.dtype) * t, (2, 4))
+        48.0
     """
-    x = jax.ShapeDtypeStruct(tuple(shape), dtype)
-    t = jax.ShapeDtypeStruct((), dtype)
-    cost = jax.jit(model_fn).lower(x, t).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-        cost = cost[0] if cost else None
-    flops = None if not cost else cost.get("flops")
-    if flops is None or not np.isfinite(flops) or flops <= 0:
-        raise RuntimeError(f"XLA's cost analysis gave no FLOP count for the model at {tuple(shape)}: {cost!r}")
+    flops = count_flops(model_fn, jax.ShapeDtypeStruct(tuple(shape), dtype), jax.ShapeDtypeStruct((), dtype))
+    if flops <= 0:
+        raise RuntimeError(f"the model at {tuple(shape)} has no matrix product or convolution to count")
     return float(flops)
 
 

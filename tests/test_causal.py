@@ -220,8 +220,19 @@ def test_plan_errors(setup):
         causal.invert(unconditional, _params(unconditional), z, None, "sequential", guidance=1.0)
     with pytest.raises(ValueError, match="expects images"):
         causal.invert(flow, params, z[..., :4, :], y, "sequential")
+    with pytest.raises(ValueError, match="unknown matmul precision 'fp8'"):
+        causal.invert(flow, params, z, y, "sequential", precision="fp8")
     assert causal.parse_plan(' [{"mode": "jacobi"}] ') == [{"mode": "jacobi"}]
     assert causal.parse_plan("gs_jacobi") == "gs_jacobi"
+
+
+def test_passes_run_at_the_requested_matmul_precision(setup):
+    """Full float32 products by default (TF32, the GPU default, keeps Jacobi from meeting its tolerance)."""
+    flow, params, _, y, z, _ = setup
+    program = lambda precision: str(jax.make_jaxpr(
+        lambda z: causal.invert(flow, params, z, y, "jacobi", precision=precision)[0])(z))
+    assert "HIGHEST" in program("highest")
+    assert "HIGHEST" not in program(None)
 
 
 def test_sampling_is_deterministic_and_denoise_is_tweedie(setup):
