@@ -55,6 +55,17 @@ def markdown(rows, title=None):
     return "\n".join(lines).rstrip() + "\n"
 
 
+def grid_title(grid):
+    """A short panel title: a schedule file "file:DIR/NAME" becomes "file: PARENT/NAME" (its folder and name).
+
+    >>> grid_title("file:experiments/results/oss_vp/oss_s{num_steps}.json")
+    'file: oss_vp/oss_s{num_steps}.json'
+    """
+    if not grid.startswith("file:"):
+        return grid
+    return "file: " + "/".join(grid[len("file:"):].split("/")[-2:])
+
+
 def plot(rows, path, title=""):
     """Metric versus NFE, a panel per grid, a line per solver (log-scale metric); saved to `path`."""
     import matplotlib
@@ -78,7 +89,7 @@ def plot(rows, path, title=""):
                 ax.axhline(row["value"], color="k", ls=":", lw=1, label=f"adaptive (NFE {row['nfe']})")
         ax.set_yscale("log")
         ax.set_xlabel("NFE")
-        ax.set_title(grid)
+        ax.set_title(grid_title(grid))
     axes[0][0].set_ylabel(metric)
     axes[0][-1].legend(fontsize=7, loc="upper right")
     if title:

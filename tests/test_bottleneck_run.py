@@ -117,21 +117,32 @@ def test_benchmark_script_writes_every_row(run_dir, tmp_path, monkeypatch):
 
 
 def test_fd_scores_the_finite_samples(monkeypatch, run_dir):
-    from experiments import fd_digits
+    from experiments import fd_digits, frechet
 
     seen = {}
 
-    def fake_fd(samples, reference="all", **kwargs):
-        seen.update(shape=samples.shape, reference=reference)
-        return 1.5
+    def fake_features(size, images, **kwargs):
+        seen.update(size=size, shape=images.shape)
+        return np.random.default_rng(0).standard_normal((images.shape[0], 3))
 
-    monkeypatch.setattr(fd_digits, "fd_digits", fake_fd)
+    def fake_reference(size, split="all", **kwargs):
+        seen["reference"] = split
+        return frechet.FeatureStats.from_features(np.random.default_rng(1).standard_normal((50, 3)))
+
+    monkeypatch.setattr(fd_digits, "features", fake_features)
+    monkeypatch.setattr(fd_digits, "reference_stats", fake_reference)
     scorer = bottleneck_run.Scorer(smoke_config(run_dir, metric="fd_digits", fd_reference="test"))
     samples = np.zeros((5, 32, 32, 1), np.float32)
     samples[2, 0, 0, 0] = np.nan
-    assert scorer(samples) == (1.5, 1)
-    assert seen == {"shape": (4, 32, 32, 1), "reference": "test"}
-    assert bottleneck_run.Scorer(smoke_config(run_dir))(samples) == (None, 1)
+    score = scorer(samples)
+    assert seen == {"size": 32, "shape": (4, 32, 32, 1), "reference": "test"}
+    expected = frechet.frechet_distance(frechet.FeatureStats.from_features(fake_features(32, samples[:4])),
+                                        fake_reference(32))
+    assert score["fd_digits"] == pytest.approx(expected) and score["num_nonfinite"] == 1
+    # 4 samples: below every subset size, so no extrapolation
+    assert score["fd_digits_by_n"] == {"4": pytest.approx(expected)} and score["fd_digits_inf"] is None
+    assert bottleneck_run.Scorer(smoke_config(run_dir))(samples) == {
+        "fd_digits": None, "fd_digits_inf": None, "fd_digits_by_n": None, "num_nonfinite": 1}
 
 
 def test_clear_errors(run_dir, tmp_path):
