@@ -228,17 +228,13 @@ def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction=
 
     See `distill_many` for several step counts from one teacher and one dynamic program.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown distillation method {method!r}; valid names: {sorted(METHODS)}")
-    if aggregate not in ("mean", "median"):
-        raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
     _check_teacher_steps(teacher_steps)
-    _check_step_count(num_steps, teacher_steps)
-    ts_out, info = _distill_counts(
+    _check_step_count(num_steps, teacher_steps)  # named num_steps in the message; distill_many checks the rest
+    ts_out, info = distill_many(
         method, model_fn, solver, process, x_init, (int(num_steps),), prediction=prediction,
         teacher_steps=teacher_steps, teacher_grid=teacher_grid, teacher_solver=teacher_solver, student=student,
         exact_steps=exact_steps, start_at_t_max=start_at_t_max, aggregate=aggregate, metric=metric, coeff=coeff,
-        t_min=t_min, t_max=t_max,
+        t_min=t_min, t_max=t_max, return_info=True,
     )[int(num_steps)]
     return (ts_out, info) if return_info else ts_out
 
