@@ -1,2 +1,3 @@
-"""Experiments: configs (`experiments/configs/*.py`, `get_config(arg)`) and the `run(config, workdir)` functions
-that the thin scripts in `scripts/` call."""
+"""Experiments, one layer a subpackage: `configs` (one `get_config(arg)` file per experiment), `train` (the training
+loop, checkpoints, losses, couplings, data), `metrics` (FID, FD-digits, exact W2, FLOPs), `report` (tables, figures,
+provenance) and `runs` (the `run(config, workdir)` behind each script in `scripts/`)."""

@@ -7,7 +7,10 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-ACTIVATIONS = {"silu": nn.silu, "selu": nn.selu, "relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh}
+from core import Registry
+
+ACTIVATIONS = Registry("activation", {"silu": nn.silu, "selu": nn.selu, "relu": nn.relu, "gelu": nn.gelu,
+                                      "tanh": jnp.tanh})
 TIME_INPUTS = ("sinusoidal", "concat")
 
 
@@ -21,11 +24,9 @@ def time_embedding(t, dim, max_period=10_000.0):
     return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 2 * half)])
 
 
-def get_activation(name):
+def get_activation(name: str):
     """The activation function called `name`; an unknown name raises ValueError listing the valid ones."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid names: {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    return ACTIVATIONS.lookup(name)
 
 
 class MLP(nn.Module):

@@ -3,35 +3,31 @@ dtype (a prediction); those of `FLOWS` are normalizing flows, `net.apply(params,
 
 from __future__ import annotations
 
-import dataclasses
+import flax.linen as nn
 
+from core import Registry
 from models.dit import DiT
 from models.mlp import MLP
 from models.tarflow import TarFlow
 from models.unet import UNet
 
-NETWORKS = {"mlp": MLP, "unet": UNet, "dit": DiT}
-FLOWS = {"tarflow": TarFlow}
+NETWORKS = Registry("network", {"mlp": MLP, "unet": UNet, "dit": DiT})
+FLOWS = Registry("network", {"tarflow": TarFlow})
+_ALL = Registry("network", {**NETWORKS, **FLOWS})
 
 
-def network_options(cls):
-    """The keyword options (dataclass fields) of a network class, without flax's `parent` and `name`."""
-    return sorted(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
-
-
-def get_network(name, **options):
+def get_network(name: str, **options) -> nn.Module:
     """The network registered under `name` ("mlp", "unet", "dit", "tarflow"), built with keyword options.
+
+    Args:
+      name: a key of `NETWORKS` (prediction networks) or `FLOWS` (normalizing flows).
+      **options: the module's dataclass fields.
+
+    Returns:
+      The flax module (unbound; `init` / `apply` it).
 
     Example:
         >>> get_network("mlp", hidden=64, depth=3, time_input="concat", activation="selu").hidden
         64
     """
-    registry = {**NETWORKS, **FLOWS}
-    if name not in registry:
-        raise ValueError(f"unknown network {name!r}; valid names: {sorted(registry)}")
-    cls = registry[name]
-    valid = network_options(cls)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"network {name!r} has no option(s) {unknown}; valid options: {valid}")
-    return cls(**options)
+    return _ALL.build(name, **options)

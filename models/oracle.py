@@ -15,6 +15,7 @@ oracle is computed to float64 precision by `samplers.reference.exact_flow_map`.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import flax.struct
 import jax
@@ -33,7 +34,7 @@ class GaussianMixture:
     stds: jax.Array
 
     @classmethod
-    def create(cls, weights, means, stds):
+    def create(cls, weights, means, stds) -> GaussianMixture:
         """Validating constructor. `stds` may be a scalar, (K,) (isotropic) or (K, d) (diagonal)."""
         means = as_float(means)
         if means.ndim != 2:
@@ -52,7 +53,8 @@ class GaussianMixture:
         return cls(weights=weights / jnp.sum(weights), means=means, stds=stds)
 
     @classmethod
-    def random(cls, key, dim=8, num_components=6, spread=2.0, std_range=(0.1, 0.5), diagonal=True):
+    def random(cls, key: jax.Array, dim: int = 8, num_components: int = 6, spread: float = 2.0,
+               std_range: tuple[float, float] = (0.1, 0.5), diagonal: bool = True) -> GaussianMixture:
         """A random mixture: means ~ N(0, spread^2 / d), stds uniform in std_range, weights Dirichlet(5)."""
         k_mean, k_std, k_w = jax.random.split(key, 3)
         means = spread * jax.random.normal(k_mean, (num_components, dim)) / math.sqrt(dim)
@@ -62,10 +64,11 @@ class GaussianMixture:
         return cls.create(weights, means, stds)
 
     @property
-    def dim(self):
+    def dim(self) -> int:
+        """The data dimension d."""
         return self.means.shape[-1]
 
-    def sample(self, key, num):
+    def sample(self, key: jax.Array, num: int) -> jax.Array:
         """`num` draws of clean data, shape (num, d)."""
         k_c, k_n = jax.random.split(key)
         comp = jax.random.categorical(k_c, jnp.log(self.weights), shape=(num,))
@@ -80,7 +83,7 @@ class GaussianMixture:
         resp = jax.nn.softmax(jnp.reshape(jnp.log(self.weights), lead + self.weights.shape) + log_prob, axis=-1)
         return resp, diff, var
 
-    def x0_eps(self, x, t, process):
+    def x0_eps(self, x: jax.Array, t, process) -> tuple[jax.Array, jax.Array]:
         """The exact E[x0 | x_t = x] and E[eps | x_t = x] under `process`."""
         self._check(x)
         t = as_float(t)
@@ -94,23 +97,23 @@ class GaussianMixture:
         eps = jnp.einsum("...k,...kd->...d", resp, sigma / var * diff)
         return x0.astype(x.dtype), eps.astype(x.dtype)
 
-    def predict(self, x, t, process, kind="eps"):
+    def predict(self, x: jax.Array, t, process, kind: str = "eps") -> jax.Array:
         """The exact prediction of the given kind ("eps", "x0", "v", "velocity", "score") at (x, t)."""
         predictions.check_kind(kind)
         x0, eps = self.x0_eps(x, t, process)
         return predictions.from_x0_eps(kind, x0, eps, t, process).astype(x.dtype)
 
-    def model_fn(self, process, kind="eps"):
+    def model_fn(self, process, kind: str = "eps") -> Callable[[jax.Array, jax.Array], jax.Array]:
         """A `model_fn(x, t)` for `samplers.sample`, predicting `kind` exactly."""
         predictions.check_kind(kind)
         return lambda x, t: self.predict(x, t, process, kind)
 
-    def eps_y(self, y, gamma):
+    def eps_y(self, y: jax.Array, gamma) -> jax.Array:
         """E[eps | y] in the process-free form y = x0 + gamma eps: the right side of dy/dgamma = E[eps | y]."""
         resp, diff, var = self._posterior(y, 1.0, gamma)
         return jnp.einsum("...k,...kd->...d", resp, gamma / var * diff)
 
-    def log_prob(self, x, t, process):
+    def log_prob(self, x: jax.Array, t, process) -> jax.Array:
         """log p_t(x) of the marginal at time t."""
         self._check(x)
         t = as_float(t)
@@ -121,7 +124,7 @@ class GaussianMixture:
         return jax.scipy.special.logsumexp(jnp.reshape(jnp.log(self.weights), lead + self.weights.shape) + log_prob,
                                            axis=-1)
 
-    def marginal_sample(self, key, num, t, process):
+    def marginal_sample(self, key: jax.Array, num: int, t, process) -> jax.Array:
         """`num` exact draws of x_t."""
         k_data, k_noise = jax.random.split(key)
         return process.marginal(k_noise, self.sample(k_data, num), t)

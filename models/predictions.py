@@ -11,6 +11,9 @@ Each kind, together with x, determines the pair (x0, eps) by a 2x2 linear solve;
 
 from __future__ import annotations
 
+from typing import Callable
+
+import jax
 import jax.numpy as jnp
 
 from schedules.processes import as_float
@@ -18,7 +21,8 @@ from schedules.processes import as_float
 KINDS = ("eps", "x0", "v", "velocity", "score")
 
 
-def check_kind(kind):
+def check_kind(kind: str) -> str:
+    """`kind` if it is one of `KINDS`; ValueError listing them otherwise."""
     if kind not in KINDS:
         raise ValueError(f"unknown prediction {kind!r}; valid predictions: {list(KINDS)}")
     return kind
@@ -64,8 +68,18 @@ def from_x0_eps(kind, x0, eps, t, process):
     return process.d_alpha(t) * x0 + process.d_sigma(t) * eps
 
 
-def convert(pred, from_kind, to_kind, x, t, process):
+def convert(pred: jax.Array, from_kind: str, to_kind: str, x: jax.Array, t, process) -> jax.Array:
     """Convert `pred` (of kind `from_kind`, at state x and time t) to `to_kind`. Identity when the kinds agree.
+
+    Args:
+      pred: the prediction, x's shape.
+      from_kind, to_kind: kinds of `KINDS`.
+      x: the state the prediction was made at.
+      t: its time (scalar or broadcastable to x).
+      process: the `schedules.Process` that relates x, x0 and eps.
+
+    Returns:
+      The prediction of kind `to_kind`, in pred's dtype.
 
     Example:
         >>> import jax.numpy as jnp, schedules
@@ -82,8 +96,8 @@ def convert(pred, from_kind, to_kind, x, t, process):
     return out.astype(jnp.result_type(pred))
 
 
-def converted(model_fn, from_kind, to_kind, process):
-    """`model_fn` (predicting `from_kind`) wrapped to predict `to_kind`."""
+def converted(model_fn: Callable, from_kind: str, to_kind: str, process) -> Callable:
+    """`model_fn(x, t)` (predicting `from_kind`) wrapped to predict `to_kind`; model_fn itself when they agree."""
     check_kind(from_kind)
     check_kind(to_kind)
     if from_kind == to_kind:

@@ -29,10 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import schedules
 from models import predictions
-from samplers.base import sample
-from samplers.registry import get_solver
+from samplers.driver import sample
+from samplers.solvers import get_solver
+from schedules.grids import get_timesteps
+from schedules.processes import get_process
 
 RESIZE_METHODS = {"lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5", "bilinear": "linear",
                   "bicubic": "cubic", "nearest": "nearest"}
@@ -73,7 +74,7 @@ def plan(stages, process, total_steps=None):
     Returns:
       A list of (stage, solver, ts) with ts a numpy array of num_steps + 1 decreasing times.
     """
-    process = schedules.get_process(process) if isinstance(process, str) else process
+    process = get_process(process) if isinstance(process, str) else process
     stages = list(stages)
     if not stages:
         raise ValueError("a bottleneck plan needs at least one stage")
@@ -93,7 +94,7 @@ def plan(stages, process, total_steps=None):
             raise ValueError(f"stage {k}: end={stage.end} must lie in [0, strength={stage.strength})")
         solver = get_solver(stage.solver, **_options(stage.solver_options))
         solver.check_grid(stage.num_steps)
-        ts = np.asarray(schedules.get_timesteps(stage.grid, process, stage.num_steps, t_min=max(t_end,
+        ts = np.asarray(get_timesteps(stage.grid, process, stage.num_steps, t_min=max(t_end,
                         process.t_min), t_max=t_start, **_options(stage.grid_options)))
         built.append((stage, solver, ts))
     return built
@@ -148,7 +149,7 @@ def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", 
       (x, info): x (n, H_last, W_last, C); info["nfe"] the model calls made (solver calls plus the x0 estimates at
       stage ends above t_min), info["stage_nfe"] per stage.
     """
-    process = schedules.get_process(process) if isinstance(process, str) else process
+    process = get_process(process) if isinstance(process, str) else process
     predictions.check_kind(prediction)
     if resize_method not in RESIZE_METHODS:
         raise ValueError(f"unknown resize method {resize_method!r}; valid: {sorted(RESIZE_METHODS)}")

@@ -26,13 +26,22 @@ exactly); the eps-based solvers integrate to gamma = 0 with their usual weights.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from samplers.base import Solver, cast_like
 
 LOWER_ORDER_FINAL_BELOW = 15
+
+
+class MultistepCoefficients(NamedTuple):
+    """x_{i+1} = a_i x_i + sum_j b_ij p_{i-j}: a (num_steps,), b (num_steps, order)."""
+
+    a: jax.Array
+    b: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +53,10 @@ class LinearMultistep(Solver):
     def __post_init__(self):
         if self.order not in self.allowed_orders:
             raise ValueError(f"{self.name} supports order in {list(self.allowed_orders)}, got {self.order!r}")
+
+    @classmethod
+    def variants(cls):
+        return tuple(dict(order=k) for k in cls.allowed_orders)
 
     def check_grid(self, num_steps):
         if num_steps < self.order:
@@ -60,8 +73,7 @@ class LinearMultistep(Solver):
         return orders
 
     def coefficients(self, process, ts):
-        a, b = self.table(process, ts, self.step_orders(ts.shape[0] - 1))
-        return {"a": a, "b": b}
+        return MultistepCoefficients(*self.table(process, ts, self.step_orders(ts.shape[0] - 1)))
 
     def table(self, process, ts, orders):
         """(a (N,), b (N, order)) for the grid ts."""
@@ -71,10 +83,9 @@ class LinearMultistep(Solver):
         return jnp.zeros((self.order,) + x.shape, x.dtype)
 
     def step(self, model, process, x, history, inp):
-        pred = model(x, inp["s"]).astype(x.dtype)
+        pred = model(x, inp.s).astype(x.dtype)
         history = jnp.concatenate([pred[None], history[:-1]], axis=0)
-        coef = inp["coef"]
-        x_next = coef["a"] * x + jnp.tensordot(coef["b"], history, axes=1)
+        x_next = inp.coef.a * x + jnp.tensordot(inp.coef.b, history, axes=1)
         return cast_like(x_next, x), history
 
 
@@ -211,6 +222,11 @@ class _DPMSolverPP(LinearMultistep):
             raise ValueError(f"{self.name} variant must be 'published' or 'third_order', got {self.variant!r}")
         if self.variant == "third_order" and self.order < 3:
             raise ValueError("variant='third_order' changes only the 3M update; use it with dpmpp_3m")
+
+    @classmethod
+    def variants(cls):
+        orders = super().variants()
+        return orders + tuple(dict(o, variant="third_order") for o in orders if o["order"] == 3)
 
     @property
     def convergence_order(self):

@@ -16,8 +16,20 @@ import numpy as np
 from samplers.adaptive import solve_log_gamma
 
 
-def exact_flow_map(oracle, process, x, t_start, t_end, rtol=1e-11, atol=1e-11, max_steps=100_000):
-    """Map x at time t_start to the probability-flow ODE solution at t_end (a float64 numpy array)."""
+def exact_flow_map(oracle, process, x, t_start: float, t_end: float, rtol: float = 1e-11, atol: float = 1e-11,
+                   max_steps: int = 100_000) -> np.ndarray:
+    """Map x at time t_start to the probability-flow ODE solution at t_end, to float64 precision.
+
+    Args:
+      oracle: a `models.GaussianMixture` (its E[eps | y] is exact).
+      process: the `schedules.Process` of the ODE.
+      x: states at t_start, (..., dim).
+      t_start, t_end: the times to map between (either direction).
+      rtol, atol, max_steps: the float64 dopri8 solver's tolerances and step budget.
+
+    Returns:
+      The states at t_end, a float64 numpy array of x's shape.
+    """
     with jax.enable_x64(True):
         t0, t1 = jnp.float64(t_start), jnp.float64(t_end)
         oracle = jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), oracle)

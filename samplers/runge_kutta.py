@@ -12,6 +12,7 @@ Stage times are computed once per grid, outside the loop; the stage loop inside 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,18 @@ TABLEAUS = {
     "3kutta": ((0.0, 0.5, 1.0), ((), (0.5,), (-1.0, 2.0)), (1 / 6, 4 / 6, 1 / 6), 3),
     "4rk": ((0.0, 0.5, 0.5, 1.0), ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6), 4),
 }
+
+
+class RKCoefficients(NamedTuple):
+    """Per step: h (the step in the solve's variable), tau (num_steps, stages) the stage times, scale (num_steps,
+    stages) the factor from the solve's variable z back to x at each stage, z_in / z_out the maps x -> z at the start
+    and z -> x at the end (z = x in space "t"; z = x / alpha in space "gamma")."""
+
+    h: jax.Array
+    tau: jax.Array
+    scale: jax.Array
+    z_in: jax.Array
+    z_out: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,20 +68,20 @@ class ExplicitRK(Solver):
         if self.space == "t":
             tau = jnp.where(at_end, t, s + c * (t - s))
             ones = jnp.ones_like(ts[:-1])
-            return {"h": ts[1:] - ts[:-1], "tau": tau, "scale": jnp.ones_like(tau), "z_in": ones, "z_out": ones}
+            return RKCoefficients(h=ts[1:] - ts[:-1], tau=tau, scale=jnp.ones_like(tau), z_in=ones, z_out=ones)
         gamma, alpha = process.gamma(ts), process.alpha(ts)
         h = gamma[1:] - gamma[:-1]
         tau = process.t_of_gamma(gamma[:-1, None] + c * h[:, None])
         tau = jnp.where(at_start, s, jnp.where(at_end, t, tau))  # exact grid times, not round trips
-        return {"h": h, "tau": tau, "scale": process.alpha(tau), "z_in": 1.0 / alpha[:-1], "z_out": alpha[1:]}
+        return RKCoefficients(h=h, tau=tau, scale=process.alpha(tau), z_in=1.0 / alpha[:-1], z_out=alpha[1:])
 
     def step(self, model, process, x, state, inp):
         c, a, b, _ = TABLEAUS[self.tableau]
-        co = inp["coef"]
-        z, h = x * co["z_in"], co["h"]
+        co = inp.coef
+        z, h = x * co.z_in, co.h
 
         def derivative(k, z_k):
-            return model(cast_like(z_k * co["scale"][k], x), co["tau"][k])
+            return model(cast_like(z_k * co.scale[k], x), co.tau[k])
 
         k1 = derivative(0, z)
 
@@ -80,10 +93,10 @@ class ExplicitRK(Solver):
             return z + h * sum(b_k * k_k for b_k, k_k in zip(b, ks))
 
         if self.final_euler:
-            z_next = jax.lax.cond(inp["last"], lambda _: z + h * k1, full, None)
+            z_next = jax.lax.cond(inp.last, lambda _: z + h * k1, full, None)
         else:
             z_next = full(None)
-        return cast_like(z_next * co["z_out"], x), state
+        return cast_like(z_next * co.z_out, x), state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +119,15 @@ class DEISRhoRK(ExplicitRK):
     native = "eps"
     space = "gamma"
     method: str = "3kutta"
+    methods = ("2heun", "3kutta", "4rk")
 
     def __post_init__(self):
-        valid = ("2heun", "3kutta", "4rk")
-        if self.method not in valid:
-            raise ValueError(f"deis_rhork method must be one of {list(valid)}, got {self.method!r}")
+        if self.method not in self.methods:
+            raise ValueError(f"deis_rhork method must be one of {list(self.methods)}, got {self.method!r}")
+
+    @classmethod
+    def variants(cls):
+        return tuple(dict(method=m) for m in cls.methods)
 
     @property
     def tableau(self):

@@ -1,30 +1,29 @@
-"""Noise processes and time grids (which t's a sampler visits). t = 0 is data, t = t_max is noise."""
+"""Noise processes and time grids (which t's a sampler visits; t = 0 is data, t = t_max is noise), and the optimal
+schedules distilled from a model.
+
+Layers: `processes`, `grids`, `files` and `published` are the bottom of the project and import nothing above them.
+`schedules.optimal` (distill, distill_many, refine) sits above the samplers, which it runs. So that `import
+schedules` stays cheap and acyclic while `schedules.distill` still works, the three are lazy attributes: this
+module's `__getattr__` is the one place in the project that imports upwards, on first use.
+"""
 
 from schedules.files import load_schedule, save_schedule
 from schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
 from schedules.processes import PROCESSES, Process, get_process
 
-
-def distill(method, model_fn, solver, process, x_init, num_steps, **options):
-    """Distil an optimal step schedule: "oss", "bellman" or "gits" (`schedules.distillation.distill`)."""
-    from schedules import distillation  # late: the DPs call samplers, which import schedules
-
-    return distillation.distill(method, model_fn, solver, process, x_init, num_steps, **options)
+_OPTIMAL = ("distill", "distill_many", "refine")
 
 
-def distill_many(method, model_fn, solver, process, x_init, step_counts, **options):
-    """Distil schedules for several step counts from one teacher and one dynamic program: {k: ts}
-    (`schedules.distillation.distill_many`)."""
-    from schedules import distillation  # late, like distill
+def __getattr__(name):
+    if name in _OPTIMAL:
+        from schedules import optimal  # the documented upward import (see the module docstring)
 
-    return distillation.distill_many(method, model_fn, solver, process, x_init, step_counts, **options)
+        return getattr(optimal, name)
+    raise AttributeError(f"module 'schedules' has no attribute {name!r}")
 
 
-def refine(ts, model_fn, solver, process, x_init, **options):
-    """Refine a schedule for the actual solver by gradients through the sampler (`schedules.refinement.refine`)."""
-    from schedules import refinement  # late, like distill
-
-    return refinement.refine(ts, model_fn, solver, process, x_init, **options)
+def __dir__():
+    return sorted(list(globals()) + list(_OPTIMAL))
 
 
 __all__ = ["GRIDS", "PROCESSES", "Process", "distill", "distill_many", "get_process", "get_timesteps",

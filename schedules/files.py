@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 
 import numpy as np
+
+from core import write_json
 
 FORMAT = "fastsamplers.schedule"
 
 
-def save_schedule(path, ts, *, process, solver, nfe, method, **provenance):
+def save_schedule(path: str, ts, *, process, solver, nfe: int, method: str, **provenance) -> str:
     """Write `ts` and its provenance (process, solver, NFE, method, and any JSON-serialisable extras such as teacher,
     cost, model or config) to `path` atomically. Returns the path."""
     ts = np.asarray(ts, np.float64)
@@ -36,16 +37,10 @@ def save_schedule(path, ts, *, process, solver, nfe, method, **provenance):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **provenance,
     }
-    text = json.dumps(record, indent=1, default=_jsonable)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
-    return path
+    return write_json(path, record, indent=1)
 
 
-def load_schedule(path):
+def load_schedule(path: str) -> tuple[np.ndarray, dict]:
     """(ts as a float64 numpy array, the whole record) from a schedule file, validated."""
     with open(path) as f:
         try:
@@ -65,10 +60,3 @@ def _check(ts, path):
         raise ValueError(f"schedule {path}: ts must be a finite, strictly decreasing list of >= 2 times >= 0, "
                          f"got {ts.tolist()}")
 
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray) or hasattr(value, "tolist"):
-        return np.asarray(value).tolist()
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    return str(value)

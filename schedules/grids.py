@@ -13,19 +13,13 @@ import math
 import jax
 import numpy as np
 
+from core import Registry
 from schedules import published
 from schedules.files import load_schedule
 from schedules.processes import Process, as_float, get_process
 
-GRIDS = {}
-
-
-def _grid(name):
-    def register(fn):
-        GRIDS[name] = fn
-        return fn
-
-    return register
+GRIDS = Registry("time grid", reserved=("process", "num_steps", "t_min", "t_max"))
+_grid = GRIDS.register
 
 
 def _gamma(process, t):
@@ -99,9 +93,17 @@ def _flow_time(process, t):
     return 1.0 if math.isinf(gamma) else gamma / (1.0 + gamma)
 
 
-def interpolate_log_linear(values, num_points):
+def interpolate_log_linear(values, num_points: int) -> np.ndarray:
     """Resample a decreasing list of noise levels to `num_points` entries, log-linearly against the normalised
-    index (the rule of Align Your Steps and OSS). A final exact 0 is kept as the final entry."""
+    index (the rule of Align Your Steps and OSS). A final exact 0 is kept as the final entry.
+
+    Args:
+      values: decreasing noise levels (gamma, EDM sigma or flow sigma), optionally ending at exactly 0.
+      num_points: the length wanted.
+
+    Returns:
+      A float64 array of num_points levels with the same first (and zero last) entry.
+    """
     values = np.asarray(values, np.float64)
     if len(values) == num_points:
         return values
@@ -165,7 +167,8 @@ def from_file(process, num_steps, t_min, t_max, path=None):
 _OWN_ENDPOINTS = {"list", "published", "file"}
 
 
-def get_timesteps(name, process, num_steps, *, t_min=None, t_max=None, append_zero=False, **options):
+def get_timesteps(name: str, process: Process | str, num_steps: int, *, t_min: float | None = None,
+                  t_max: float | None = None, append_zero: bool = False, **options) -> jax.Array:
     """The time grid `name` for `process`: an array of num_steps + 1 strictly decreasing t's, t_max .. t_min.
 
     Args:
@@ -189,8 +192,7 @@ def get_timesteps(name, process, num_steps, *, t_min=None, t_max=None, append_ze
     process = get_process(process) if isinstance(process, str) else process
     if not isinstance(process, Process):
         raise TypeError(f"process must be a Process or a registered name, got {type(process).__name__}")
-    if name not in GRIDS:
-        raise ValueError(f"unknown time grid {name!r}; valid names: {sorted(GRIDS)}")
+    GRIDS.check_options(name, options)
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
     t_min = process.t_min if t_min is None else float(t_min)

@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core import Registry
 
-def as_float(t):
+
+def as_float(t) -> jax.Array:
     """`t` as an array of JAX's default float type (float64 under x64, float32 otherwise)."""
     return jnp.asarray(t, dtype=jnp.result_type(float))
 
@@ -32,47 +34,52 @@ class Process:
     t_min: float = 1e-3
     t_max: float = 1.0
 
-    def alpha(self, t):
-        raise NotImplementedError
+    def alpha(self, t) -> jax.Array:
+        """The signal scale alpha(t), elementwise (1 at t = 0 for every process here)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define alpha")
 
-    def sigma(self, t):
-        raise NotImplementedError
+    def sigma(self, t) -> jax.Array:
+        """The noise scale sigma(t), elementwise (0 at clean data)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define sigma")
 
-    def log_snr(self, t):
-        raise NotImplementedError
+    def log_snr(self, t) -> jax.Array:
+        """lambda(t) = log(alpha / sigma), strictly decreasing in t."""
+        raise NotImplementedError(f"{type(self).__name__} does not define log_snr")
 
-    def t_of_log_snr(self, lam):
-        raise NotImplementedError
+    def t_of_log_snr(self, lam) -> jax.Array:
+        """The inverse of `log_snr`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define t_of_log_snr")
 
     @property
     def t_zero(self) -> float | None:
         """The time where sigma = 0 (clean data), or None when the process never reaches it."""
         return 0.0
 
-    def gamma(self, t):
+    def gamma(self, t) -> jax.Array:
         """gamma = sigma / alpha, the noise level of y = x / alpha (0 at clean data, inf where alpha = 0)."""
         return jnp.exp(-self.log_snr(t))
 
-    def t_of_gamma(self, gamma):
+    def t_of_gamma(self, gamma) -> jax.Array:
+        """The inverse of `gamma`."""
         return self.t_of_log_snr(-jnp.log(as_float(gamma)))
 
-    def d_alpha(self, t):
+    def d_alpha(self, t) -> jax.Array:
         """d alpha / dt, elementwise."""
         t = as_float(t)
         return jax.jvp(self.alpha, (t,), (jnp.ones_like(t),))[1]
 
-    def d_sigma(self, t):
+    def d_sigma(self, t) -> jax.Array:
         """d sigma / dt, elementwise."""
         t = as_float(t)
         return jax.jvp(self.sigma, (t,), (jnp.ones_like(t),))[1]
 
-    def marginal(self, key, x0, t):
+    def marginal(self, key: jax.Array, x0: jax.Array, t) -> jax.Array:
         """A draw of x_t given clean data x0 (same shape); t broadcasts against x0."""
         t = as_float(t)
         eps = jax.random.normal(key, x0.shape, dtype=x0.dtype)
         return self.alpha(t) * x0 + self.sigma(t) * eps
 
-    def prior(self, key, shape, t=None, dtype=None):
+    def prior(self, key: jax.Array, shape: tuple[int, ...], t: float | None = None, dtype=None) -> jax.Array:
         """Pure noise at time t (default t_max): sigma(t) * N(0, I), the usual sampler start."""
         t = self.t_max if t is None else t
         dtype = dtype or jnp.result_type(float)
@@ -266,12 +273,19 @@ class OT(Process):
         return (gamma - self.sigma_min) / (gamma + 1.0 - self.sigma_min)
 
 
-PROCESSES = {cls.name: cls for cls in (VPLinear, VPCosine, VPDiscrete, VE, EDM, OT)}
+PROCESSES = Registry("process", {cls.name: cls for cls in (VPLinear, VPCosine, VPDiscrete, VE, EDM, OT)})
 PROCESSES["rectified_flow"] = OT
 
 
-def get_process(name: str, **options) -> Process:
+def get_process(name: str | Process, **options) -> Process:
     """The process registered under `name`, with keyword options (e.g. `beta_max`, `sigma_min`, `t_min`).
+
+    Args:
+      name: a key of `PROCESSES`, or a `Process` (returned as it is).
+      **options: the process's dataclass fields.
+
+    Returns:
+      The process, an immutable hashable `Process`.
 
     Example:
         >>> process = get_process("vp_linear")
@@ -280,14 +294,7 @@ def get_process(name: str, **options) -> Process:
     """
     if isinstance(name, Process):
         return name
-    if name not in PROCESSES:
-        raise ValueError(f"unknown process {name!r}; valid names: {sorted(PROCESSES)}")
-    cls = PROCESSES[name]
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(options) - valid
-    if unknown:
-        raise ValueError(f"process {name!r} has no option(s) {sorted(unknown)}; valid options: {sorted(valid)}")
-    process = cls(**options)
+    process = PROCESSES.build(name, **options)
     if not 0.0 <= process.t_min < process.t_max:
         raise ValueError(f"need 0 <= t_min < t_max, got t_min={process.t_min}, t_max={process.t_max}")
     return process

@@ -22,12 +22,10 @@ Options: --config FILE.py[:ARG] (default the digits config; e.g. `:checkpoint_di
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments import bottleneck_run, evaluation  # noqa: E402
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+from experiments.runs import bottleneck_benchmark
+from experiments.train import load_config
 
 
 def main(argv=None):
@@ -38,13 +36,14 @@ def main(argv=None):
     parser.add_argument("--checkpoint-dir", help="the training run's workdir (overrides the config's)")
     parser.add_argument("--num-samples", type=int, help="samples per 32 px row (default: the config's, 10000)")
     parser.add_argument("--batch-size", type=int, help="samples per compiled call (default: the config's)")
-    parser.add_argument("--metric", choices=bottleneck_run.METRICS, help="fd_digits, or none: time and FLOPs only")
+    parser.add_argument("--metric", choices=bottleneck_benchmark.METRICS,
+                        help="fd_digits, or none: time and FLOPs only")
     parser.add_argument("--repeats", type=int, help="timed passes per row; the median is reported")
     parser.add_argument("--no-64", action="store_true", help="leave out the 64 px cost rows")
     parser.add_argument("--num-samples-64", type=int, help="samples per 64 px row (default: the config's res64)")
     parser.add_argument("--batch-size-64", type=int, help="samples per compiled call at 64 px (default: res64's)")
     args = parser.parse_args(argv)
-    config = evaluation.load_config(args.config)
+    config = load_config(args.config)
     config.unlock()
     for key, value in (("checkpoint_dir", args.checkpoint_dir), ("num_samples", args.num_samples),
                        ("batch_size", args.batch_size), ("metric", args.metric), ("timing_repeats", args.repeats)):
@@ -57,7 +56,7 @@ def main(argv=None):
     if args.batch_size_64 is not None:
         config.res64.batch_size = args.batch_size_64
     config.lock()
-    bottleneck_run.benchmark(config, args.json)
+    bottleneck_benchmark.benchmark(config, args.json)
 
 
 if __name__ == "__main__":

@@ -7,24 +7,22 @@
 
 Plans compared (the same latents for all): sequential (the reference); Jacobi on every block; GS-Jacobi with
 --segments equal segments on every block; the CRM / IGM plan of --plan-file when given. Every Jacobi loop stops at
---tol (max |x_new - x|) or at its iteration cap. Columns: see `experiments/causal.py`. Wall time is measured
-twice: all --num-samples in batches of --batch-size (throughput, where a CPU is compute-bound and Jacobi's extra
-work shows), and one batch of --latency-batch samples (default 1: where the dependent passes dominate).
+--tol (max |x_new - x|) or at its iteration cap. Columns: see `experiments/runs/causal_inversion.py`. Wall time is
+measured twice: all --num-samples in batches of --batch-size (throughput, where a CPU is compute-bound and Jacobi's
+extra work shows), and one batch of --latency-batch samples (default 1: where the dependent passes dominate).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import jax
 
-import jax  # noqa: E402
-
-from experiments import causal  # noqa: E402
+import core
+from experiments.runs import causal_inversion
 
 
 def main(argv=None):
@@ -44,7 +42,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    config, flow, params, _, step = causal.load_flow(args.config, args.workdir)
+    config, flow, params, _, step = causal_inversion.load_flow(args.config, args.workdir)
     plans = {
         "sequential": "sequential",
         "jacobi": {"mode": "jacobi", "max_iterations": args.jacobi_iterations, "tol": args.tol},
@@ -55,16 +53,15 @@ def main(argv=None):
             plans["CRM/IGM plan"] = json.load(f)["plan"]
     guidance = config.sample.guidance if args.guidance is None else args.guidance
     denoise_sigma = config.loss.noise_std if config.sample.denoise else None
-    rows = causal.benchmark(flow, params, plans, args.num_samples, args.batch_size, args.latency_batch, args.seed,
-                            guidance, config.sample.annealed_guidance, None, denoise_sigma, fd=not args.no_fd)
-    table = causal.format_rows(rows)
+    rows = causal_inversion.benchmark(flow, params, plans, args.num_samples, args.batch_size, args.latency_batch,
+                                      args.seed, guidance, config.sample.annealed_guidance, None, denoise_sigma,
+                                      fd=not args.no_fd)
+    table = causal_inversion.format_rows(rows)
     print(f"\n{args.config} @ step {step}; {args.num_samples} samples; {jax.devices()[0].device_kind}\n")
     print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"config": args.config, "step": step, "num_samples": args.num_samples, "tol": args.tol,
-                   "guidance": guidance, "device": jax.devices()[0].device_kind, "host": platform.node(),
-                   "rows": rows, "table": table}, f, indent=2)
+    core.write_json(args.json, {"config": args.config, "step": step, "num_samples": args.num_samples, "tol": args.tol,
+                                "guidance": guidance, "device": jax.devices()[0].device_kind, "host": platform.node(),
+                                "rows": rows, "table": table}, indent=2)
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Benchmark the exact minibatch-OT solvers of experiments/couplings.py: scipy (host callback) against optax (JAX).
+"""Benchmark the exact minibatch-OT solvers of experiments/train/couplings.py: scipy (host callback) against optax.
 
 Command (from the repository root):
 
@@ -17,20 +17,19 @@ benchmark. Prints a table and writes the JSON (rows, settings, versions).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import couplings, data  # noqa: E402
+import core
+from experiments.report.tables import render_table
+from experiments.train import couplings, data
 
 SOLVERS = {"scipy": {"solver": "scipy"}, "scipy_cold": {"solver": "scipy", "warm_start": 0},
            "optax": {"solver": "optax"}}
@@ -79,24 +78,23 @@ def run(args):
                                           for solver in SOLVERS))
             row["speedup_scipy_over_optax"] = row["optax_ms"] / row["scipy_ms"]
             rows.append(row)
-            print(format_row(row), flush=True)
+            print(format_table([row], header=False), flush=True)
     return rows
 
 
-HEADER = (f"{'dim':>4} {'batch':>6} {'scipy ms':>9} {'cold ms':>8} {'stacked ms':>11} {'optax ms':>9} "
-          f"{'optax/scipy':>12} {'sinkhorn ms':>12} {'OT cost':>9} {'agree':>6} {'sinkhorn cost':>14} "
-          f"{'indep. cost':>12}")
+# The table is printed a row at a time, as the rows are measured: fixed widths keep its columns.
+COLUMNS = ("dim", "batch", "scipy ms", "cold ms", "stacked ms", "optax ms", "optax/scipy", "sinkhorn ms", "OT cost",
+           "agree", "sinkhorn cost", "indep. cost")
+WIDTHS = (4, 6, 9, 8, 11, 9, 12, 12, 9, 6, 14, 12)
 
 
-def format_row(row):
-    return (f"{row['dim']:>4} {row['batch']:>6} {row['scipy_ms']:>9.2f} {row['scipy_cold_ms']:>8.2f} "
-            f"{row['scipy_stacked_ms']:>11.2f} {row['optax_ms']:>9.2f} "
-            f"{row['speedup_scipy_over_optax']:>12.1f} {row['sinkhorn_ms']:>12.2f} {row['scipy_cost']:>9.4f} "
-            f"{str(row['costs_agree']):>6} {row['sinkhorn_cost']:>14.4f} {row['independent_cost']:>12.4f}")
-
-
-def format_table(rows):
-    return "\n".join([HEADER] + [format_row(row) for row in rows])
+def format_table(rows, header=True):
+    cells = [(row["dim"], row["batch"], f"{row['scipy_ms']:.2f}", f"{row['scipy_cold_ms']:.2f}",
+              f"{row['scipy_stacked_ms']:.2f}", f"{row['optax_ms']:.2f}", f"{row['speedup_scipy_over_optax']:.1f}",
+              f"{row['sinkhorn_ms']:.2f}", f"{row['scipy_cost']:.4f}", row["costs_agree"],
+              f"{row['sinkhorn_cost']:.4f}", f"{row['independent_cost']:.4f}") for row in rows]
+    return render_table(COLUMNS, cells, style="text", align="r" * len(COLUMNS), widths=WIDTHS, sep=" ", rule=False,
+                        header=header)
 
 
 def main(argv=None):
@@ -116,20 +114,18 @@ def main(argv=None):
     jax.config.update("jax_platforms", args.platform)
 
     print(f"exact minibatch OT inside jit on {jax.devices()[0].platform} ({os.cpu_count()} CPU cores), float32")
-    print(HEADER, flush=True)
+    print(format_table([]), flush=True)
     rows = run(args)
     if not all(row["costs_agree"] for row in rows):
         print("WARNING: the two solvers disagree on the optimal cost somewhere (see costs_agree)")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({
-                "rows": rows,
-                "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                "default_solver": couplings.DEFAULT_OT_SOLVER,
-                "versions": {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__,
-                             "machine": platform.machine(), "cpu_count": os.cpu_count()},
-            }, f, indent=2)
+        core.write_json(args.json, {
+            "rows": rows,
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "default_solver": couplings.DEFAULT_OT_SOLVER,
+            "versions": {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__,
+                         "machine": platform.machine(), "cpu_count": os.cpu_count()},
+        }, indent=2)
         print(f"wrote {args.json}")
     return rows
 

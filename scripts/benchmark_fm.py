@@ -21,21 +21,20 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import samplers  # noqa: E402
-import schedules  # noqa: E402
-from experiments import metrics, training  # noqa: E402
-from experiments.configs import toy2d_fm  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import core
+import samplers
+import schedules
+from cli import ROOT
+from experiments import metrics, train
+from experiments.configs import toy2d_fm
+from experiments.report.tables import render_table
 
 
 def ours(coupling, steps, num_eval, eval_steps, target, seed):
@@ -43,10 +42,10 @@ def ours(coupling, steps, num_eval, eval_steps, target, seed):
     config.unlock()
     config.train.num_steps, config.seed = steps, seed
     config.lock()
-    experiment = training.build(config)
-    state = training.init_state(experiment)
+    experiment = train.build(config)
+    state = train.init_state(experiment)
     per_call = config.train.steps_per_call
-    chunk = training.make_train_chunk(experiment, per_call)
+    chunk = train.make_train_chunk(experiment, per_call)
     chunk = chunk.lower(state, experiment.datasets).compile()  # compile outside the timed loop
     losses = []
     start = time.perf_counter()
@@ -121,17 +120,14 @@ def main():
             results["rows"].append({"framework": "torchcfm", "coupling": coupling, **theirs[coupling]})
             row["speedup_vs_torchcfm"] = row["steps_per_s"] / theirs[coupling]["steps_per_s"]
 
-    header = f"{'framework':10} {'coupling':12} {'steps/s':>9} {'speedup':>8} {'loss':>7} " + " ".join(
-        f"{'W2 E' + str(n):>8}" for n in eval_steps) + f" {'straight':>9}"
-    print(header)
-    for row in results["rows"]:
-        speed = f"{row['speedup_vs_torchcfm']:.2f}x" if "speedup_vs_torchcfm" in row else ""
-        print(f"{row['framework']:10} {row['coupling']:12} {row['steps_per_s']:9.1f} {speed:>8} "
-              f"{row['final_loss']:7.3f} " + " ".join(f"{row[f'w2_euler{n}']:8.3f}" for n in eval_steps)
-              + f" {row['straightness']:9.3f}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
+    headers = ["framework", "coupling", "steps/s", "speedup", "loss", *(f"W2 E{n}" for n in eval_steps), "straight"]
+    cells = [[row["framework"], row["coupling"], f"{row['steps_per_s']:.1f}",
+              f"{row['speedup_vs_torchcfm']:.2f}x" if "speedup_vs_torchcfm" in row else "",
+              f"{row['final_loss']:.3f}", *(f"{row[f'w2_euler{n}']:.3f}" for n in eval_steps),
+              f"{row['straightness']:.3f}"] for row in results["rows"]]
+    print(render_table(headers, cells, style="text", align="ll" + "r" * (len(headers) - 2),
+                       widths=[10, 12, 9, 8, 7, *(8 for _ in eval_steps), 9], sep=" ", rule=False))
+    core.write_json(args.json, results, indent=2)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,19 @@ benchmark_schedules.md (printed too) and benchmark_schedules.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import samplers  # noqa: E402
-import schedules  # noqa: E402
-from experiments.sampling import versions  # noqa: E402
-from models import GaussianMixture  # noqa: E402
+import core
+import samplers
+import schedules
+from experiments.report import render_table, versions
+from models import GaussianMixture
 
 SOLVERS = {"ddim": ("ddim", {}), "deis_tab3": ("deis_tab", {"order": 3}), "deis_tab4": ("deis_tab", {"order": 4}),
            "dpmpp_2m": ("dpmpp_2m", {})}
@@ -102,23 +101,21 @@ def markdown(results):
     rows, nfes = results["rows"], sorted({r["nfe"] for r in results["rows"]})
     schedules_order = list(dict.fromkeys(r["schedule"] for r in rows))
     by = {(r["solver"], r["nfe"], r["schedule"]): r for r in rows}
-    header = "| solver | schedule | " + " | ".join(f"NFE {n}: RMSE (x best grid)" for n in nfes) + " |"
-    lines = [header, "|" + "---|" * (2 + len(nfes))]
-    for solver in SOLVERS:
-        for sched in schedules_order:
-            cells = []
-            for n in nfes:
-                r = by.get((solver, n, sched))
-                cells.append("-" if r is None else f"{r['rmse']:.3e} ({r['ratio_to_best_grid']:.2f})")
-            lines.append(f"| {solver} | {sched} | " + " | ".join(cells) + " |")
-    cost_lines = ["| method | NFE | teacher steps | batch | model calls | wall time (s) |", "|---|---|---|---|---|---|"]
-    cost_lines += [f"| {c['method']} | {c['nfe']} | {c['teacher_steps']} | {c['batch']} | {c['model_calls']} | "
-                   f"{c['seconds']:.1f} |" for c in results["distillation_cost"]]
+
+    def cell(r):
+        return "-" if r is None else f"{r['rmse']:.3e} ({r['ratio_to_best_grid']:.2f})"
+
+    table = render_table(["solver", "schedule", *(f"NFE {n}: RMSE (x best grid)" for n in nfes)],
+                         [[solver, sched, *(cell(by.get((solver, n, sched))) for n in nfes)]
+                          for solver in SOLVERS for sched in schedules_order])
+    cost_table = render_table(["method", "NFE", "teacher steps", "batch", "model calls", "wall time (s)"],
+                              [[c["method"], c["nfe"], c["teacher_steps"], c["batch"], c["model_calls"],
+                                f"{c['seconds']:.1f}"] for c in results["distillation_cost"]])
     ts_lines = [f"- {r['solver']} NFE {r['nfe']} {r['schedule']}: " + ", ".join(f"{t:.4g}" for t in r["ts"])
                 for r in rows if r["schedule"] not in GRIDS]
     return "\n\n".join([
         "# Schedule benchmark (RMSE vs the exact flow map on a held-out batch; ratio to the best standard grid)",
-        "\n".join(lines), "## Distillation cost", "\n".join(cost_lines), "## Distilled and refined schedules (t)",
+        table, "## Distillation cost", cost_table, "## Distilled and refined schedules (t)",
         "\n".join(ts_lines)]) + "\n"
 
 
@@ -156,10 +153,8 @@ def main(argv=None):
     results = run(args)
     results["runtime_s"] = time.perf_counter() - start
     text = markdown(results)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(out_dir, "benchmark_schedules.md"), "w") as f:
-        f.write(text)
+    core.write_json(args.json, results, indent=1)
+    core.write_atomic(os.path.join(out_dir, "benchmark_schedules.md"), text)
     plot(results, os.path.join(out_dir, "benchmark_schedules.png"))
     print(text)
 

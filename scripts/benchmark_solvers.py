@@ -2,11 +2,11 @@
 
 Command (the full run, from the repository root):
 
-    /work/venv/bin/python scripts/benchmark_solvers.py --json /work/bench/benchmark_solvers.json
+    python scripts/benchmark_solvers.py --json outputs/bench/benchmark_solvers.json
 
 Smoke test (a tiny subset, under a minute):
 
-    /work/venv/bin/python scripts/benchmark_solvers.py --json /tmp/bench/benchmark_solvers.json --quick
+    python scripts/benchmark_solvers.py --json outputs/bench/benchmark_solvers.json --quick
 
 1. Accuracy. An 8-dimensional, 6-component `GaussianMixture` oracle (exact eps prediction); x_init is an exact draw
    of the marginal at t_max; the ground truth is `samplers.exact_flow_map` (float64, computed once). Every solver
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
@@ -34,6 +33,7 @@ import shlex
 import sys
 import time
 
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 import matplotlib
 
 matplotlib.use("Agg")
@@ -43,10 +43,10 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import core  # noqa: E402
 import samplers  # noqa: E402
 import schedules  # noqa: E402
+from experiments.report.tables import render_table  # noqa: E402
 from models import MLP, GaussianMixture  # noqa: E402
 
 ORACLE_DIM, ORACLE_COMPONENTS = 8, 6
@@ -303,16 +303,11 @@ def fmt_cell(row):
     return text if row["nfe"] == row["nfe_target"] else f"{text} ({row['nfe']})"
 
 
-def md_table(header, body):
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in body])
-
-
 def accuracy_markdown(rows, plan):
     by_cell = {(r["config"], r["grid"], r["nfe_target"]): r for r in rows}
     body = [[c.label, g, *(fmt_cell(by_cell[(c.label, g, n)]) for n in plan.nfe_targets)]
             for c in plan.configs for g in plan.grids]
-    return md_table(["solver", "grid", *(f"NFE {n}" for n in plan.nfe_targets)], body)
+    return render_table(["solver", "grid", *(f"NFE {n}" for n in plan.nfe_targets)], body)
 
 
 def best_per_family_markdown(rows, plan):
@@ -328,19 +323,19 @@ def best_per_family_markdown(rows, plan):
             cells.append("-" if best is None else f"{best['rmse']:.2e} ({best['config']}, {best['grid']}, "
                                                   f"NFE {best['nfe']})")
         body.append([family, *cells])
-    return md_table(["family", *(f"best at NFE <= {n}" for n in targets)], body)
+    return render_table(["family", *(f"best at NFE <= {n}" for n in targets)], body)
 
 
 def adaptive_markdown(rows):
     body = [[r["config"], r.get("nfe", "-"), fmt_rmse(r), fmt_ms(r.get("time_s"))] for r in rows]
-    return md_table(["solver", "NFE (reported)", "RMSE", "time (ms)"], body)
+    return render_table(["solver", "NFE (reported)", "RMSE", "time (ms)"], body)
 
 
 def overhead_markdown(rows):
     body = [[r["config"], r["nfe"], fmt_ms(r["sample_s"]), fmt_ms(r["program_s"]), fmt_ms(r["model_call_s"]),
              fmt_ms(r["model_total_s"]), f"{100 * r['model_fraction']:.0f}%", f"{r['compile_s']:.2f}"]
             for r in rows]
-    return md_table(["solver", "NFE", "sample (ms)", "jit program (ms)", "1 model call (ms)", "NFE x model (ms)",
+    return render_table(["solver", "NFE", "sample (ms)", "jit program (ms)", "1 model call (ms)", "NFE x model (ms)",
                      "model fraction", "compile (s)"], body)
 
 
@@ -490,10 +485,8 @@ def main(argv=None):
     meta["plan"] = plan.record()
 
     markdown = render_markdown(meta, plan, accuracy, adaptive, overhead)
-    with open(args.json, "w") as f:
-        json.dump({"metadata": meta, "rows": accuracy + adaptive + overhead}, f, indent=1)
-    with open(os.path.join(out_dir, "benchmark_solvers.md"), "w") as f:
-        f.write(markdown)
+    core.write_json(args.json, {"metadata": meta, "rows": accuracy + adaptive + overhead}, indent=1)
+    core.write_atomic(os.path.join(out_dir, "benchmark_solvers.md"), markdown)
     plot(accuracy, adaptive, plan, os.path.join(out_dir, "benchmark_solvers.png"))
     print(markdown)
 

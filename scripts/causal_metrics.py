@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments import causal  # noqa: E402
-from samplers import causal_metrics  # noqa: E402
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import core
+from experiments.runs import causal_inversion
+from samplers import causal_metrics
 
 
 def main(argv=None):
@@ -32,16 +30,14 @@ def main(argv=None):
     parser.add_argument("--other-iterations", type=int, default=0, help="cap of the other blocks; 0 = T (exact)")
     parser.add_argument("--tol", type=float, default=1e-4)
     args = parser.parse_args(argv)
-    _, flow, params, dataset, step = causal.load_flow(args.config, args.workdir)
-    metrics = causal.data_metrics(flow, params, dataset, args.num_examples)
+    _, flow, params, dataset, step = causal_inversion.load_flow(args.config, args.workdir)
+    metrics = causal_inversion.data_metrics(flow, params, dataset, args.num_examples)
     plan = causal_metrics.recommend_plan(metrics, flow.num_tokens, args.tough_share, args.segments,
                                          args.tough_iterations, args.other_iterations, args.tol)
     print(f"{args.config} @ step {step}, {args.num_examples} data images\n")
     print(causal_metrics.format_metrics(metrics))
     print("\nrecommended plan:\n" + json.dumps(plan, indent=1))
-    os.makedirs(os.path.dirname(os.path.abspath(args.plan)), exist_ok=True)
-    with open(args.plan, "w") as f:
-        json.dump({"plan": plan, "metrics": metrics, "config": args.config, "step": step}, f, indent=2)
+    core.write_json(args.plan, {"plan": plan, "metrics": metrics, "config": args.config, "step": step}, indent=2)
     return plan, metrics
 
 

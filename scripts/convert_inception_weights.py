@@ -1,4 +1,4 @@
-"""Converts pytorch-fid's FID Inception-v3 weights (.pth) into our .npz for `experiments.inception.load_params`.
+"""Converts pytorch-fid's FID Inception-v3 weights (.pth) into our .npz for `experiments.metrics.inception.load_params`.
 
     python scripts/convert_inception_weights.py --pth pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
@@ -16,9 +16,8 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments import inception  # noqa: E402
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+from experiments.metrics import inception
 
 
 def main(argv=None):

@@ -6,30 +6,9 @@ Config variants and overrides: `--config experiments/configs/distill_oracle.py:s
 `--config.refine.enabled=True`.
 """
 
-import os
-import sys
-
-# Runnable as `python scripts/distill_schedule.py` from a checkout without `pip install -e .`: put the repository
-# root first.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from experiments import distillation  # noqa: E402
-
-config_flags.DEFINE_config_file("config", None, "Path to an experiment config file (file.py or file.py:arg).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", "outputs/distill", "Directory for the schedule file, the results JSON and the plot.")
-flags.mark_flags_as_required(["config"])
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    distillation.run(FLAGS.config, FLAGS.workdir)
-
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+from experiments.runs import schedule_distillation
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(schedule_distillation.run, workdir="outputs/distill",
+             workdir_help="Directory for the schedule file, the results JSON and the plot.")

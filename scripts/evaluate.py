@@ -6,33 +6,21 @@ Writes WORKDIR/rows.json, then the markdown table (WORKDIR/table.md) and the plo
 """
 
 import os
-import sys
 
-# Runnable as `python scripts/evaluate.py` from a checkout without `pip install -e .`: put the repository root first.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from experiments import evaluation, tables  # noqa: E402
-
-config_flags.DEFINE_config_file("config", None, "Path to an evaluation config (file.py or file.py:arg).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for rows.json, table.md and table.png.")
-flags.mark_flags_as_required(["config", "workdir"])
-FLAGS = flags.FLAGS
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import core
+from experiments.report import tables
+from experiments.runs import sampler_tables
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    results = evaluation.run(FLAGS.config, FLAGS.workdir)
+def evaluate(config, workdir):
+    results = sampler_tables.run(config, workdir)
     text = tables.markdown(results["rows"], title=results["description"])
-    with open(os.path.join(FLAGS.workdir, "table.md"), "w") as f:
-        f.write(text)
-    tables.plot(results["rows"], os.path.join(FLAGS.workdir, "table.png"), title=results["description"])
+    core.write_atomic(os.path.join(workdir, "table.md"), text)
+    tables.plot(results["rows"], os.path.join(workdir, "table.png"), title=results["description"])
     print(text)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(evaluate, workdir_help="Directory for rows.json, table.md and table.png.",
+             config_help="Path to an evaluation config (file.py or file.py:arg).")

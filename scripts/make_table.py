@@ -8,11 +8,10 @@ Several --rows files (e.g. one per schedule family run separately) are concatena
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments import tables  # noqa: E402
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import core
+from experiments.report import tables
 
 
 def main(argv=None):
@@ -31,10 +30,8 @@ def main(argv=None):
     if len(metrics) > 1:
         raise SystemExit(f"the rows mix metrics {sorted(metrics)}; make one table per metric")
     title = args.title or "; ".join(dict.fromkeys(descriptions))
-    os.makedirs(args.out, exist_ok=True)
     text = tables.markdown(rows, title=title)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text)
+    core.write_atomic(os.path.join(args.out, "table.md"), text)
     tables.plot(rows, os.path.join(args.out, "table.png"), title=title)
     print(text)
 

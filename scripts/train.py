@@ -11,38 +11,26 @@ Every process runs the same command; process 0 writes the metrics, samples and e
 from all of them into the shared --workdir.
 """
 
-import os
-import sys
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+from absl import flags
 
-# Runnable as `python scripts/train.py` from a checkout without `pip install -e .`: put the repository root first.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-config_flags.DEFINE_config_file("config", None, "Path to an experiment config file (file.py or file.py:arg).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and eval.json.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host training).")
 flags.DEFINE_string("coordinator_address", None, "With --distributed: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
 flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def train(config, workdir):
     import jax
 
-    if FLAGS.distributed:
+    if FLAGS.distributed:  # before anything touches the devices
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    from experiments import training
+    from experiments.train import loop
 
-    training.train(FLAGS.config, FLAGS.workdir)
+    loop.train(config, workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(train, workdir_help="Directory for checkpoints, metrics, samples and eval.json.")

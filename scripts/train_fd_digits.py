@@ -5,20 +5,16 @@
 Weights are cached as `classifier_{size}px_{VERSION}.msgpack` (with a `.json` record of accuracy, seed and version)
 in DIR, by default `$FASTSAMPLERS_CACHE/fd_digits` or `~/.cache/fastsamplers/fd_digits`. A cached classifier is
 reused unless --retrain is given (training is deterministic from the seed, so retraining on the same platform
-reproduces it). See `experiments/fd_digits.py` for the metric.
+reproduces it). See `experiments/metrics/fd_digits.py` for the metric.
 """
 
 import argparse
 import dataclasses
 import os
-import sys
 import time
 
-# Runnable as `python scripts/train_fd_digits.py` from a checkout without `pip install -e .`: put the repository
-# root first.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments import fd_digits  # noqa: E402
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+from experiments.metrics import fd_digits
 
 
 def parse_sizes(text):

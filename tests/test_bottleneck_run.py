@@ -4,12 +4,14 @@ plans, equal-cost baselines within a step), the FLOP counter, FD wiring, and cle
 import importlib.util
 import json
 import os
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import bottleneck_run, training
+from experiments import train
+from experiments.runs import bottleneck_benchmark
 from experiments.configs import digits_bottleneck, digits_dit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,8 +28,8 @@ def run_dir(tmp_path_factory):
     import jax
     import orbax.checkpoint as ocp
 
-    experiment = training.build(digits_dit.get_config("smoke"))
-    state = training.init_state(experiment)
+    experiment = train.build(digits_dit.get_config("smoke"))
+    state = train.init_state(experiment)
     rng = np.random.default_rng(1)  # numpy: a jax random draw per parameter shape would compile each (~1 s on CPU)
     params = jax.tree.map(lambda x: np.asarray(x) + 0.02 * rng.standard_normal(x.shape).astype(x.dtype),
                           state["params"])
@@ -56,16 +58,16 @@ def smoke_config(run_dir, **overrides):
 
 
 def test_model_flops_counts_the_model(run_dir):
-    assert bottleneck_run.model_flops(lambda x, t: x @ jnp.ones((4, 3), x.dtype) * t, (2, 4)) >= 2 * 2 * 4 * 3
-    target, _, trained = bottleneck_run.load_model(smoke_config(run_dir))
+    assert bottleneck_benchmark.model_flops(lambda x, t: x @ jnp.ones((4, 3), x.dtype) * t, (2, 4)) >= 2 * 2 * 4 * 3
+    target, _, trained = bottleneck_benchmark.load_model(smoke_config(run_dir))
     assert trained == (16, 32)
-    flops = {s: bottleneck_run.model_flops(target.model_fn, (2, s, s, 1)) for s in (16, 32, 64)}
+    flops = {s: bottleneck_benchmark.model_flops(target.model_fn, (2, s, s, 1)) for s in (16, 32, 64)}
     assert 0 < flops[16] < flops[32] < flops[64]
-    assert bottleneck_run.model_flops(target.model_fn, (4, 32, 32, 1)) == pytest.approx(2 * flops[32], rel=0.01)
+    assert bottleneck_benchmark.model_flops(target.model_fn, (4, 32, 32, 1)) == pytest.approx(2 * flops[32], rel=0.01)
 
 
 def test_sampling_entry_writes_the_grids_and_json(run_dir, tmp_path):
-    results = bottleneck_run.run(smoke_config(run_dir), str(tmp_path))
+    results = bottleneck_benchmark.run(smoke_config(run_dir), str(tmp_path))
     for name in ("baseline.png", "bottleneck.png", "comparison.png", "bottleneck.json"):
         assert (tmp_path / name).stat().st_size > 100
     baseline, plan = json.loads((tmp_path / "bottleneck.json").read_text())["rows"]
@@ -79,6 +81,9 @@ def test_sampling_entry_writes_the_grids_and_json(run_dir, tmp_path):
 
 
 def _script(name):
+    """A script as a module, found as `python scripts/NAME.py` finds its imports (scripts/ on sys.path, for cli)."""
+    if os.path.join(ROOT, "scripts") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -117,7 +122,7 @@ def test_benchmark_script_writes_every_row(run_dir, tmp_path, monkeypatch):
 
 
 def test_fd_scores_the_finite_samples(monkeypatch, run_dir):
-    from experiments import fd_digits, frechet
+    from experiments.metrics import fd_digits, frechet
 
     seen = {}
 
@@ -131,7 +136,7 @@ def test_fd_scores_the_finite_samples(monkeypatch, run_dir):
 
     monkeypatch.setattr(fd_digits, "features", fake_features)
     monkeypatch.setattr(fd_digits, "reference_stats", fake_reference)
-    scorer = bottleneck_run.Scorer(smoke_config(run_dir, metric="fd_digits", fd_reference="test"))
+    scorer = bottleneck_benchmark.Scorer(smoke_config(run_dir, metric="fd_digits", fd_reference="test"))
     samples = np.zeros((5, 32, 32, 1), np.float32)
     samples[2, 0, 0, 0] = np.nan
     score = scorer(samples)
@@ -141,25 +146,26 @@ def test_fd_scores_the_finite_samples(monkeypatch, run_dir):
     assert score["fd_digits"] == pytest.approx(expected) and score["num_nonfinite"] == 1
     # 4 samples: below every subset size, so no extrapolation
     assert score["fd_digits_by_n"] == {"4": pytest.approx(expected)} and score["fd_digits_inf"] is None
-    assert bottleneck_run.Scorer(smoke_config(run_dir))(samples) == {
+    assert bottleneck_benchmark.Scorer(smoke_config(run_dir))(samples) == {
         "fd_digits": None, "fd_digits_inf": None, "fd_digits_by_n": None, "num_nonfinite": 1}
 
 
 def test_clear_errors(run_dir, tmp_path):
     with pytest.raises(ValueError, match=r"bottleneck_2x: stage 1: the model cannot take images of \(18, 18\)"):
-        bottleneck_run.run(smoke_config(run_dir, **{"plans.bottleneck_2x.resolutions": (32, 18, 32)}), str(tmp_path))
+        bottleneck_benchmark.run(smoke_config(run_dir, **{"plans.bottleneck_2x.resolutions": (32, 18, 32)}),
+                                 str(tmp_path))
     with pytest.raises(FileNotFoundError, match="train first"):
-        bottleneck_run.run(smoke_config(str(tmp_path / "none")), str(tmp_path))
+        bottleneck_benchmark.run(smoke_config(str(tmp_path / "none")), str(tmp_path))
     with pytest.raises(ValueError, match="give one value per stage"):
-        bottleneck_run.benchmark(smoke_config(run_dir, **{"plans.bottleneck_3x.steps": (1, 1)}))
+        bottleneck_benchmark.benchmark(smoke_config(run_dir, **{"plans.bottleneck_3x.steps": (1, 1)}))
     with pytest.raises(ValueError, match="strength 1.0"):
-        bottleneck_run.benchmark(smoke_config(run_dir, **{"plans.bottleneck_3x.strengths": (0.9, 0.8, 0.6)}))
+        bottleneck_benchmark.benchmark(smoke_config(run_dir, **{"plans.bottleneck_3x.strengths": (0.9, 0.8, 0.6)}))
     with pytest.raises(ValueError, match="start and end at the baseline's resolution 32"):
-        bottleneck_run.benchmark(smoke_config(run_dir, **{"plans.bottleneck_3x.resolutions": (16, 16, 32)}))
+        bottleneck_benchmark.benchmark(smoke_config(run_dir, **{"plans.bottleneck_3x.resolutions": (16, 16, 32)}))
     with pytest.raises(ValueError, match="unknown metric"):
-        bottleneck_run.benchmark(smoke_config(run_dir, metric="fid"))
+        bottleneck_benchmark.benchmark(smoke_config(run_dir, metric="fid"))
     with pytest.raises(ValueError, match="not one of the config's plans"):
-        bottleneck_run.run(smoke_config(run_dir, plan="bottleneck_9x"), str(tmp_path))
+        bottleneck_benchmark.run(smoke_config(run_dir, plan="bottleneck_9x"), str(tmp_path))
     with pytest.raises(ValueError, match="bottleneck_2x: unknown time grid"):
-        bottleneck_run.run(smoke_config(run_dir, **{"plans.bottleneck_2x.grid": "cosine",
+        bottleneck_benchmark.run(smoke_config(run_dir, **{"plans.bottleneck_2x.grid": "cosine",
                                                      "plans.bottleneck_2x.shifts": ()}), str(tmp_path))

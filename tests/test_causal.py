@@ -2,14 +2,18 @@
 cache-free reference, the log-determinant against autodiff, guidance, CRM / IGM, training and the scripts."""
 
 import json
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import causal as causal_experiments
-from experiments import data, losses, training
+from experiments import train
+from experiments.runs import causal_inversion
+from experiments.train import data, losses
+from experiments.train.experiment import data_batch
 from experiments.configs import digits_tarflow
 from models.tarflow import TarFlow, block_order, denoise, nll, patchify, unpatchify
 from samplers import causal, causal_metrics
@@ -310,22 +314,19 @@ def smoke_run(tmp_path_factory):
         config.train.log_every = 30
         config.train.checkpoint_every = 30
         config.train.lr = 3e-3
-    experiment = training.build(config)
-    state = training.init_state(experiment)
-    batch = training.data_batch(experiment, experiment.datasets[0], jax.random.PRNGKey(9), 0, 64)
+    experiment = train.build(config)
+    state = train.init_state(experiment)
+    batch = data_batch(experiment, experiment.datasets[0], jax.random.PRNGKey(9), 0, 64)
     before = float(experiment.loss_fn(state["params"], jax.random.PRNGKey(1), *batch))
-    result = training.train(config, workdir)
+    result = train.train(config, workdir)
     return config, workdir, experiment, batch, before, result
 
 
 def test_training_decreases_nll_and_samples(smoke_run):
     config, workdir, experiment, batch, before, result = smoke_run
-    from experiments import evaluation
-
-    _, _, params, step = evaluation.restore_run("experiments/configs/digits_tarflow.py:smoke", workdir,
-                                                use_ema=False)
+    _, _, params, step = train.restore_run("experiments/configs/digits_tarflow.py:smoke", workdir, use_ema=False)
     with pytest.raises(ValueError, match="does not fit|holds"):  # a config of another size refuses the checkpoint
-        evaluation.restore_run("experiments/configs/digits_dit.py:smoke", workdir)
+        train.restore_run("experiments/configs/digits_dit.py:smoke", workdir)
     assert step == 60
     after = float(experiment.loss_fn(params, jax.random.PRNGKey(1), *batch))
     assert after < before - 0.1, (before, after)
@@ -340,7 +341,9 @@ def test_scripts_metrics_and_benchmark(smoke_run, tmp_path):
 
     _, workdir, *_ = smoke_run
 
-    def load(name):
+    def load(name):  # as `python scripts/NAME.py` runs it: scripts/ on sys.path (for cli)
+        if os.path.abspath("scripts") not in sys.path:
+            sys.path.insert(0, os.path.abspath("scripts"))
         spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -359,4 +362,4 @@ def test_scripts_metrics_and_benchmark(smoke_run, tmp_path):
     assert rows[1]["max_abs_diff"] < 1e-4 and rows[2]["max_abs_diff"] < 1e-4  # tol 0: exact inversions
     assert json.load(open(json_path))["rows"][1]["passes"] == rows[1]["passes"]
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        causal_experiments.load_flow(spec, str(tmp_path / "nothing"))
+        causal_inversion.load_flow(spec, str(tmp_path / "nothing"))

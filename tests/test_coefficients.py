@@ -22,7 +22,7 @@ def test_deis_tab_matches_the_paper_integral(order):
     (DEIS, VP form), by scipy's adaptive quadrature."""
     p = schedules.get_process("vp_linear")
     ts = np.asarray(schedules.get_timesteps("quadratic", p, 6))
-    b = np.asarray(samplers.get_solver("deis_tab", order=order).coefficients(p, jnp.asarray(ts))["b"])
+    b = np.asarray(samplers.get_solver("deis_tab", order=order).coefficients(p, jnp.asarray(ts)).b)
     alpha = lambda t: float(p.alpha(t))
     half_beta = lambda t: 0.5 * (p.beta_min + t * (p.beta_max - p.beta_min))  # -1/2 dlog alpha^2 / dt
     for i in range(6):
@@ -51,8 +51,8 @@ def test_deis_rhoab_is_the_exact_polynomial_integral_in_gamma(process_name):
             poly = poly / np.prod([nodes[j] - o for o in others])
             antiderivative = poly.integ()
             expected = alpha[i + 1] * (antiderivative(g[i + 1]) - antiderivative(g[i]))
-            assert float(coef["b"][i, j]) == pytest.approx(expected, rel=1e-10, abs=1e-12)
-    np.testing.assert_allclose(coef["a"], alpha[1:] / alpha[:-1], rtol=1e-14)
+            assert float(coef.b[i, j]) == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    np.testing.assert_allclose(coef.a, alpha[1:] / alpha[:-1], rtol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["deis_tab", "deis_rhoab", "ipndm"])
@@ -61,16 +61,16 @@ def test_first_order_eps_solvers_are_ddim(name):
     ts = schedules.get_timesteps("edm", p, 9)
     ddim = samplers.get_solver("ddim").coefficients(p, ts)
     other = samplers.get_solver(name, order=1).coefficients(p, ts)
-    np.testing.assert_allclose(other["a"], ddim["a"], rtol=1e-13)
-    np.testing.assert_allclose(other["b"], ddim["b"], rtol=1e-9)
+    np.testing.assert_allclose(other.a, ddim.a, rtol=1e-13)
+    np.testing.assert_allclose(other.b, ddim.b, rtol=1e-9)
     a, s = np.asarray(p.alpha(ts)), np.asarray(p.sigma(ts))
-    np.testing.assert_allclose(ddim["b"][:, 0], s[1:] - a[1:] * s[:-1] / a[:-1], rtol=1e-9)  # DDIM, eta = 0
+    np.testing.assert_allclose(ddim.b[:, 0], s[1:] - a[1:] * s[:-1] / a[:-1], rtol=1e-9)  # DDIM, eta = 0
 
 
 def test_ipndm_uses_the_fixed_adams_bashforth_weights():
     p = schedules.get_process("edm")
     ts = schedules.get_timesteps("uniform", p, 6)
-    b = np.asarray(samplers.get_solver("ipndm", order=4).coefficients(p, ts)["b"])
+    b = np.asarray(samplers.get_solver("ipndm", order=4).coefficients(p, ts).b)
     dg = np.diff(np.asarray(ts))
     for i in range(6):
         np.testing.assert_allclose(b[i] / dg[i], IPNDM_WEIGHTS[min(i, 3)], rtol=1e-13)
@@ -109,8 +109,8 @@ def test_dpm_solver_pp_update(name, variant, num_steps):
         assert orders[-1] == 1 and (solver.order < 3 or orders[-2] == 2)
     for i in range(num_steps):
         a, b = _dpmpp_reference(lam, alpha, sigma, i, orders[i], variant)
-        assert float(coef["a"][i]) == pytest.approx(a, rel=1e-12)
-        np.testing.assert_allclose(coef["b"][i], b[: solver.order], rtol=1e-8, atol=1e-12)
+        assert float(coef.a[i]) == pytest.approx(a, rel=1e-12)
+        np.testing.assert_allclose(coef.b[i], b[: solver.order], rtol=1e-8, atol=1e-12)
 
 
 def test_dpm_solver_pp_final_step_to_zero_returns_x0_hat():
@@ -118,13 +118,21 @@ def test_dpm_solver_pp_final_step_to_zero_returns_x0_hat():
     ts = schedules.get_timesteps("logsnr", p, 8, append_zero=True)
     for name in ("dpmpp_2m", "dpmpp_3m"):
         coef = samplers.get_solver(name, lower_order_final=False).coefficients(p, ts)
-        assert float(coef["a"][-1]) == 0.0
-        np.testing.assert_allclose(coef["b"][-1], np.eye(3)[0][: coef["b"].shape[1]], atol=1e-15)
-        assert bool(jnp.all(jnp.isfinite(coef["b"])))
+        assert float(coef.a[-1]) == 0.0
+        np.testing.assert_allclose(coef.b[-1], np.eye(3)[0][: coef.b.shape[1]], atol=1e-15)
+        assert bool(jnp.all(jnp.isfinite(coef.b)))
 
 
-EPS_SOLVERS = [("ddim", {})] + [(n, dict(order=k)) for n in ("deis_tab", "deis_rhoab", "ipndm") for k in (2, 4)] + [
-    ("deis_rhork", dict(method=m)) for m in ("2heun", "3kutta", "4rk")]
+# Every registered fixed-step solver in every variant, by the prediction it consumes (read from the registry).
+_VARIANTS = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()
+             if samplers.get_solver(name, **opts).static_nfe]
+EPS_SOLVERS = [(n, o) for n, o in _VARIANTS if samplers.get_solver(n, **o).native == "eps"]
+X0_SOLVERS = [(n, o) for n, o in _VARIANTS if samplers.get_solver(n, **o).native == "x0"]
+VELOCITY_SOLVERS = [(n, o) for n, o in _VARIANTS if samplers.get_solver(n, **o).native == "velocity"]
+
+
+def test_every_fixed_step_solver_has_a_constant_prediction_test():
+    assert len(EPS_SOLVERS) + len(X0_SOLVERS) + len(VELOCITY_SOLVERS) == len(_VARIANTS)
 
 
 @pytest.mark.parametrize("name, opts", EPS_SOLVERS)
@@ -142,22 +150,34 @@ def test_eps_solvers_are_exact_for_constant_noise(name, opts, process_name):
     np.testing.assert_allclose(x, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m"])
-def test_data_prediction_solvers_are_exact_for_constant_data(name):
+@pytest.mark.parametrize("name, opts", X0_SOLVERS)
+def test_data_prediction_solvers_are_exact_for_constant_data(name, opts):
     p = schedules.get_process("vp_linear")
     ts = schedules.get_timesteps("logsnr", p, 9)
     c = jnp.linspace(-1.0, 1.0, 5)
     x_init = jnp.full((2, 5), 3.0)
-    x, _ = samplers.sample(lambda x, t: jnp.broadcast_to(c, x.shape), name, p, x_init, ts, prediction="x0")
+    x, _ = samplers.sample(lambda x, t: jnp.broadcast_to(c, x.shape), samplers.get_solver(name, **opts), p, x_init,
+                           ts, prediction="x0")
     # dx/dlambda with x0 = c: x_t = sigma_t/sigma_s x_s + alpha_t (1 - e^{-h}) c, exactly.
     s, a = p.sigma(ts), p.alpha(ts)
     expected = s[-1] / s[0] * x_init + (a[-1] - s[-1] / s[0] * a[0]) * c[None, :]
     np.testing.assert_allclose(x, expected, rtol=1e-11)
 
 
+@pytest.mark.parametrize("name, opts", VELOCITY_SOLVERS)
+def test_velocity_solvers_are_exact_for_constant_velocity(name, opts):
+    p = schedules.get_process("ot")
+    ts = schedules.get_timesteps("uniform", p, 6)
+    c = jnp.linspace(-1.0, 1.0, 4)
+    x_init = jnp.full((2, 4), 0.5)
+    x, _ = samplers.sample(lambda x, t: jnp.broadcast_to(c, x.shape), samplers.get_solver(name, **opts), p, x_init,
+                           ts, prediction="velocity")
+    np.testing.assert_allclose(x, x_init + c[None, :] * (ts[-1] - ts[0]), rtol=1e-12, atol=1e-12)
+
+
 def test_coefficients_are_differentiable_in_the_grid():
     p = schedules.get_process("vp_linear")
     ts = schedules.get_timesteps("logsnr", p, 6)
     for solver in (samplers.get_solver("deis_tab", order=3), samplers.get_solver("dpmpp_2m")):
-        grad = jax.grad(lambda t: jnp.sum(solver.coefficients(p, t)["b"] ** 2))(ts)
+        grad = jax.grad(lambda t: jnp.sum(solver.coefficients(p, t).b ** 2))(ts)
         assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.max(jnp.abs(grad))) > 0

@@ -1,6 +1,6 @@
-"""Schedules for a checkpoint at many step counts: `experiments.distillation.run` with `distill_checkpoint.py:smoke`
-on a random-weight checkpoint of the digits_vp smoke model, the files `scripts/evaluate.py` reads, clear errors, and
-the config."""
+"""Schedules for a checkpoint at many step counts: `experiments.runs.schedule_distillation.run` with
+`distill_checkpoint.py:smoke` on a random-weight checkpoint of the digits_vp smoke model, the files
+`scripts/evaluate.py` reads, clear errors, and the config."""
 
 import contextlib
 import io
@@ -16,7 +16,9 @@ import pytest
 
 import samplers
 import schedules
-from experiments import distillation, evaluation, training
+from experiments import train
+from experiments.runs import sampler_tables, schedule_distillation
+from experiments.train.experiment import abstract_state
 from experiments.configs import digits_vp, distill_checkpoint, distill_oracle
 from experiments.configs import evaluate as evaluate_config
 
@@ -38,8 +40,8 @@ def write_checkpoint(train_config, workdir, scale=0.1, seed=1):
     scale * N(0, 1) (numpy's generator: no compile) as the raw and EMA parameters, zeros for the rest of the state.
     A random network that predicts non-zero noise (an initialised UNet's zero output layer would make every sampler
     exact), in seconds instead of a training run's compiles."""
-    experiment = training.build(train_config)
-    abstract = training.abstract_state(experiment)
+    experiment = train.build(train_config)
+    abstract = abstract_state(experiment)
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda a: jnp.asarray(scale * rng.standard_normal(a.shape), a.dtype), abstract["params"])
     state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
@@ -62,7 +64,7 @@ def checkpoint_run(tmp_path_factory):
     config = _with(config, train_config=os.path.join(ROOT, config.train_config))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        results = distillation.run(config, str(root / "out"))
+        results = schedule_distillation.run(config, str(root / "out"))
     return {"config": config, "results": results, "dir": root / "out", "printed": printed.getvalue()}
 
 
@@ -115,7 +117,7 @@ def test_evaluate_accepts_the_files_as_a_grid(checkpoint_run):
                                   dict(label="Heun", name="heun", options={})],
                   nfes=(3,), grids=("uniform", f"file:{workdir}/oss_s{{num_steps}}.json"))
     process = schedules.get_process("vp_linear")
-    cells = evaluation.plan_cells(table, process)
+    cells = sampler_tables.plan_cells(table, process)
     steps = {(row["label"], row["nfe_budget"]): row["num_steps"] for row, _, _ in cells if row["grid"] != "uniform"}
     assert steps == {("DDIM", 3): 3, ("Heun", 3): 2}
     files = {row["num_steps"]: ts for row, _, ts in cells if row["grid"] != "uniform"}
@@ -131,12 +133,12 @@ def test_the_oracle_source_takes_step_counts_too():
     config.step_counts = (4, 2, 4)
     config.outputs.schedule = "oss_s{num_steps}.json"
     config.lock()
-    plan = distillation._validate(config)
-    assert plan["step_counts"] == (2, 4) and plan["source"] == "oracle" and plan["reference_kind"] == "exact"
-    assert {k: distillation._solver_text(s) for k, s in plan["score_solvers"].items()} == {
+    plan = schedule_distillation._validate(config)
+    assert plan.step_counts == (2, 4) and plan.source == "oracle" and plan.reference_kind == "exact"
+    assert {k: schedule_distillation._solver_text(s) for k, s in plan.score_solvers.items()} == {
         2: "deis_tab order=2", 4: "deis_tab order=3"}
-    assert sorted(plan["grids"]) == [2, 4] and list(plan["grids"][2]) == list(config.compare_grids)
-    assert all(ts.shape == (k + 1,) for k in (2, 4) for ts in plan["grids"][k].values())
+    assert sorted(plan.grids) == [2, 4] and list(plan.grids[2]) == list(config.compare_grids)
+    assert all(ts.shape == (k + 1,) for k in (2, 4) for ts in plan.grids[k].values())
 
 
 @pytest.mark.parametrize("values, match", [
@@ -153,7 +155,7 @@ def test_clear_errors_before_any_distillation(values, match, tmp_path, monkeypat
     monkeypatch.setattr(schedules, "distill_many", lambda *a, **k: pytest.fail("distill_many was called"))
     config = _with(distill_checkpoint.get_config(f"smoke,checkpoint_dir={tmp_path / 'none'}"), **values)
     with pytest.raises(ValueError, match=match):
-        distillation.run(config, str(tmp_path / "out"))
+        schedule_distillation.run(config, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -161,7 +163,7 @@ def test_missing_checkpoint_says_train_first(tmp_path):
     config = distill_checkpoint.get_config(f"smoke,checkpoint_dir={tmp_path / 'none'}")
     config = _with(config, train_config=os.path.join(ROOT, config.train_config))
     with pytest.raises(FileNotFoundError, match="train first"):
-        distillation.run(config, str(tmp_path / "out"))
+        schedule_distillation.run(config, str(tmp_path / "out"))
 
 
 def test_config_variants():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import schedules
-from experiments import distillation
+from experiments.runs import schedule_distillation
 from experiments.configs import distill_oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def smoke(tmp_path_factory):
     )
     try:
         config = distill_oracle.get_config("smoke")
-        results = distillation.run(config, run_dir)
+        results = schedule_distillation.run(config, run_dir)
     except BaseException:
         proc.kill()
         proc.communicate()
@@ -94,7 +94,7 @@ def test_a_wrong_name_fails_before_any_distillation(key, value, match, tmp_path,
     parent, _, leaf = key.rpartition(".")
     setattr(config[parent] if parent else config, leaf, value)
     with pytest.raises(ValueError, match=match):
-        distillation.run(config, tmp_path / "out")
+        schedule_distillation.run(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -11,7 +11,7 @@ import pytest
 import samplers
 import schedules
 from models import GaussianMixture
-from schedules import distillation
+from schedules.optimal import distillation
 
 N, M = 10, 3
 

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import evaluation, tables, training
+from experiments import train
+from experiments.report import tables
+from experiments.runs import sampler_tables
 from experiments.configs import evaluate as evaluate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +30,7 @@ def smoke_config(**overrides):
 @pytest.fixture(scope="module")
 def oracle_results(tmp_path_factory):
     config = smoke_config(nfes=(4, 8), num_samples=256, batch_size=128)
-    return evaluation.run(config, str(tmp_path_factory.mktemp("oracle")))
+    return sampler_tables.run(config, str(tmp_path_factory.mktemp("oracle")))
 
 
 def test_oracle_table_has_every_cell_and_deis_beats_ddim(oracle_results):
@@ -65,15 +67,15 @@ def test_rows_json_and_table(oracle_results, tmp_path):
 
 def test_nonfinite_samples_are_counted_and_left_out(tmp_path, monkeypatch):
     config = smoke_config(nfes=(4,), grids=("logsnr",), num_samples=64, batch_size=64)
-    real = evaluation.oracle_target(config.oracle, config.seed)
+    real = sampler_tables.oracle_target(config.oracle, config.seed)
 
     def broken(x, t):  # the first sample's prediction is NaN
         out = real.model_fn(x, t)
         return out.at[0].set(jnp.nan)
 
-    target = evaluation.Target(real.process, real.prediction, real.shape, broken, oracle=real.oracle)
-    monkeypatch.setattr(evaluation, "oracle_target", lambda *args: target)
-    rows = evaluation.run(config, str(tmp_path))["rows"]
+    target = train.Target(real.process, real.prediction, real.shape, broken, oracle=real.oracle)
+    monkeypatch.setattr(sampler_tables, "oracle_target", lambda *args: target)
+    rows = sampler_tables.run(config, str(tmp_path))["rows"]
     for row in rows:
         assert row["num_nonfinite"] == 1 and np.isfinite(row["value"])
     assert "(1 non-finite)" in tables.markdown(rows)
@@ -81,15 +83,15 @@ def test_nonfinite_samples_are_counted_and_left_out(tmp_path, monkeypatch):
 
 def test_clear_errors_before_sampling(tmp_path):
     with pytest.raises(ValueError, match="unknown metric"):
-        evaluation.run(smoke_config(metric="psnr"), str(tmp_path))
+        sampler_tables.run(smoke_config(metric="psnr"), str(tmp_path))
     with pytest.raises(ValueError, match="unknown solver"):
-        evaluation.run(smoke_config(solvers=[dict(label="x", name="ddpm", options={})]), str(tmp_path))
+        sampler_tables.run(smoke_config(solvers=[dict(label="x", name="ddpm", options={})]), str(tmp_path))
     with pytest.raises(ValueError, match="unknown time grid"):
-        evaluation.run(smoke_config(grids=("cosine",)), str(tmp_path))
+        sampler_tables.run(smoke_config(grids=("cosine",)), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="train first"):
-        evaluation.checkpoint_target("experiments/configs/toy2d_fm.py:smoke", str(tmp_path / "none"))
+        train.checkpoint_target("experiments/configs/toy2d_fm.py:smoke", str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="not found"):
-        evaluation.load_config("experiments/configs/nope.py")
+        train.load_config("experiments/configs/nope.py")
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
@@ -100,18 +102,18 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     config.train.num_steps = 2
     config.train.progress = False
     config.lock()
-    training.train(config, str(tmp_path))
-    target = evaluation.checkpoint_target(os.path.join(ROOT, "experiments/configs/toy2d_fm.py:smoke"), str(tmp_path))
+    train.train(config, str(tmp_path))
+    target = train.checkpoint_target(os.path.join(ROOT, "experiments/configs/toy2d_fm.py:smoke"), str(tmp_path))
     assert target.shape == (2,) and "step 2" in target.description
     x = target.model_fn(jnp.zeros((3, 2), jnp.float32), jnp.asarray(0.5, jnp.float32))
     assert x.shape == (3, 2)
     with pytest.raises(ValueError, match="does not fit|another config"):
-        evaluation.checkpoint_target(os.path.join(ROOT, "experiments/configs/digits_fm.py:smoke"), str(tmp_path))
+        train.checkpoint_target(os.path.join(ROOT, "experiments/configs/digits_fm.py:smoke"), str(tmp_path))
 
 
 def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
     # End to end on the smallest real case: a few steps of the digits_vp smoke run, FD-digits on 64 samples.
-    from experiments import fd_digits
+    from experiments.metrics import fd_digits
     from experiments.configs import digits_vp
 
     monkeypatch.setenv("FASTSAMPLERS_CACHE", str(tmp_path / "cache"))
@@ -120,14 +122,14 @@ def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
     config.train.num_steps = 3
     config.train.progress = False
     config.lock()
-    training.train(config, str(tmp_path / "run"))
+    train.train(config, str(tmp_path / "run"))
     evaluation_config = evaluate_config.get_config("model=digits_vp,smoke")
     evaluation_config.unlock()
     evaluation_config.train_config = os.path.join(ROOT, "experiments/configs/digits_vp.py:smoke")
     evaluation_config.checkpoint_dir = str(tmp_path / "run")
     evaluation_config.nfes, evaluation_config.grids = (4,), ("quadratic",)
     evaluation_config.lock()
-    rows = evaluation.run(evaluation_config, str(tmp_path / "eval"))["rows"]
+    rows = sampler_tables.run(evaluation_config, str(tmp_path / "eval"))["rows"]
     assert [row["metric"] for row in rows] == ["fd_digits", "fd_digits"]
     assert os.path.exists(fd_digits.weights_path(8))  # the classifier was trained into the test's cache
     real = fd_digits.reference_stats(8)

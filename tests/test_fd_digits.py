@@ -4,13 +4,14 @@ into a temporary cache (a module fixture), so these tests never touch the user's
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from experiments import fd_digits
-from experiments.frechet import FeatureStats, frechet_distance
+from experiments.metrics import fd_digits
+from experiments.metrics.frechet import FeatureStats, frechet_distance
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +228,8 @@ def test_script_reports_the_cached_classifier(cache, capsys):
     import importlib.util
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.join(root, "scripts") not in sys.path:  # as `python scripts/...` runs it (for cli)
+        sys.path.insert(0, os.path.join(root, "scripts"))
     spec = importlib.util.spec_from_file_location("train_fd_digits", os.path.join(root, "scripts",
                                                                                    "train_fd_digits.py"))
     script = importlib.util.module_from_spec(spec)

@@ -1,11 +1,11 @@
-"""experiments.flops: model FLOPs read off the jaxpr, against hand counts and XLA's own count on the CPU."""
+"""experiments.metrics.flops: model FLOPs read off the jaxpr, against hand counts and XLA's own count on the CPU."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.flops import count_flops
+from experiments.metrics.flops import count_flops
 
 
 def _struct(*shape):

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from experiments import frechet
-from experiments.frechet import FeatureStats, frechet_distance, frechet_distance_from_moments
+from experiments.metrics import frechet
+from experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_from_moments
 
 
 def random_moments(rng, dim):

@@ -1,15 +1,17 @@
-"""FID Inception-v3 (`experiments.inception`): shapes, the resize, the weight files and the converter without torch;
-with torch and pytorch-fid installed, equality with pytorch-fid's own FID network (random weights, no download)."""
+"""FID Inception-v3 (`experiments.metrics.inception`): shapes, the resize, the weight files and the converter without
+torch; with torch and pytorch-fid installed, equality with pytorch-fid's own FID network (random weights, no
+download)."""
 
 import importlib.util
 import math
 import os
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from experiments import inception
+from experiments.metrics import inception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -195,6 +197,8 @@ def test_convert_script(torch_fid, tmp_path):
     torch, _, state = torch_fid
     pth = tmp_path / "weights.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
+    if os.path.join(ROOT, "scripts") not in sys.path:  # as `python scripts/...` runs it (for cli)
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
     spec = importlib.util.spec_from_file_location("convert", os.path.join(ROOT, "scripts/convert_inception_weights.py"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import schedules
-from experiments import losses
+from experiments.train import losses
 from models import predictions
 from models.conditioning import network_fn
 

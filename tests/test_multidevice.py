@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPARE = r"""
 import json, sys
 import jax, numpy as np
-from experiments import training
+from experiments.train.experiment import build, init_state, make_sampler, make_train_chunk
 from experiments.configs import digits_fm, toy2d_fm
 
 def run(config, num_devices):
@@ -23,11 +23,10 @@ def run(config, num_devices):
     config.unlock()
     config.train.num_devices = num_devices
     config.lock()
-    experiment = training.build(config)
-    state = training.init_state(experiment)
-    state, losses, _ = training.make_train_chunk(experiment, 20)(state, experiment.datasets)
-    samples, _ = training.make_sampler(experiment, 16, experiment.datasets[0].shape)(state["params"],
-                                                                                      jax.random.PRNGKey(1))
+    experiment = build(config)
+    state = init_state(experiment)
+    state, losses, _ = make_train_chunk(experiment, 20)(state, experiment.datasets)
+    samples, _ = make_sampler(experiment, 16, experiment.datasets[0].shape)(state["params"], jax.random.PRNGKey(1))
     leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state["params"])]
     return {"losses": np.asarray(losses).tolist(), "params": np.concatenate(leaves).tolist(),
             "samples": np.asarray(samples).ravel().tolist(),

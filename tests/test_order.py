@@ -22,11 +22,22 @@ import pytest
 import samplers
 import schedules
 from models import GaussianMixture
+from samplers.base import step_inputs
+from samplers.multistep import IPNDM
 
 STEPS = np.array([32, 64, 128, 256])
-MULTISTEP = [("ddim", {})] + [(n, dict(order=k)) for n in ("deis_tab", "deis_rhoab") for k in (1, 2, 3, 4)] + [
-    ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_3m", dict(variant="third_order"))]
-SINGLE_STEP = [("euler", {}), ("heun", {})] + [("deis_rhork", dict(method=m)) for m in ("2heun", "3kutta", "4rk")]
+# Every registered solver, in every variant it declares (`Solver.variants`): a new solver is tested unnamed.
+CONFIGS = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()]
+FIXED = [c for c in CONFIGS if samplers.get_solver(c[0], **c[1]).static_nfe]
+# Multistep: the solvers that carry a state (a history) from step to step.
+MULTISTEP = [c for c in FIXED if jax.tree.leaves(samplers.get_solver(c[0], **c[1]).init(jnp.zeros(1)))]
+SINGLE_STEP = [c for c in FIXED if c not in MULTISTEP]
+ADAPTIVE = [c for c in CONFIGS if c not in FIXED]
+
+
+def process_for(solver):
+    """iPNDM's fixed weights assume equal steps: it is measured where the grid is uniform in gamma."""
+    return "edm" if isinstance(solver, IPNDM) else "vp_linear"
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,7 +65,8 @@ def global_errors(solver, process_name):
 
 
 def exact_start_errors(solver, process_name):
-    """Start the multistep solver at grid point order - 1 with the exact state and the exact past predictions."""
+    """Start the multistep solver at grid point order - 1 with the exact state and the exact past predictions (its
+    state from `Solver.past_state`, or by default the history of predictions, newest first)."""
     gm, process, x_init, exact, grids = problem(process_name)
     k = solver.order  # points of history
     model = gm.model_fn(process, solver.native)
@@ -62,12 +74,13 @@ def exact_start_errors(solver, process_name):
     for n in STEPS:
         ts = grids[int(n)]
         past = [jnp.asarray(samplers.exact_flow_map(gm, process, x_init, ts[0], ts[j])) for j in range(k)]
-        history = jnp.stack([model(past[j], ts[j]) for j in reversed(range(k - 1))] + [jnp.zeros_like(x_init)])
-        inputs = {"i": jnp.arange(n), "s": ts[:-1], "t": ts[1:], "last": jnp.arange(n) == n - 1,
-                  "coef": solver.coefficients(process, ts)}
-        inputs = jax.tree.map(lambda a: a[k - 1:], inputs)
+        preds = [model(past[j], ts[j]) for j in range(k - 1)]
+        state = solver.past_state(past, preds)
+        if state is None:
+            state = jnp.stack(preds[::-1] + [jnp.zeros_like(x_init)])
+        inputs = jax.tree.map(lambda a: a[k - 1:], step_inputs(solver, process, ts))
         step = lambda carry, inp: (solver.step(model, process, *carry, inp), None)
-        (x, _), _ = jax.lax.scan(step, (past[k - 1], history), inputs)
+        (x, _), _ = jax.lax.scan(step, (past[k - 1], state), inputs)
         errors.append(np.max(np.abs(np.asarray(x) - exact)))
     return np.array(errors)
 
@@ -80,28 +93,40 @@ def _id(config):
 @pytest.mark.parametrize("config", SINGLE_STEP, ids=_id)
 def test_single_step_solvers_reach_their_order(config):
     solver = samplers.get_solver(config[0], **config[1])
-    order = fitted_order(global_errors(solver, "vp_linear"))
+    order = fitted_order(global_errors(solver, process_for(solver)))
     assert abs(order - solver.convergence_order) <= 0.5, (solver, order)
 
 
 @pytest.mark.parametrize("config", MULTISTEP, ids=_id)
 def test_multistep_formula_order_with_exact_start(config):
     solver = samplers.get_solver(config[0], **config[1])
-    order = fitted_order(exact_start_errors(solver, "vp_linear"))
+    order = fitted_order(exact_start_errors(solver, process_for(solver)))
     assert abs(order - solver.convergence_order) <= 0.5, (solver, order)
 
 
-@pytest.mark.parametrize("order", [1, 2, 3, 4])
-def test_ipndm_formula_order_on_equal_steps(order):
-    solver = samplers.get_solver("ipndm", order=order)
-    measured = fitted_order(exact_start_errors(solver, "edm"))
-    assert abs(measured - order) <= 0.5, measured
-
-
-@pytest.mark.parametrize("config", MULTISTEP + [("ipndm", {})], ids=_id)
+@pytest.mark.parametrize("config", MULTISTEP, ids=_id)
 def test_multistep_global_order_with_lower_order_warm_up(config):
     solver = samplers.get_solver(config[0], **config[1])
-    process_name = "edm" if config[0] == "ipndm" else "vp_linear"
-    order = fitted_order(global_errors(solver, process_name))
+    order = fitted_order(global_errors(solver, process_for(solver)))
     assert order >= min(solver.convergence_order, 2) - 0.5, (solver, order)
     assert order <= solver.convergence_order + 0.5, (solver, order)
+
+
+@pytest.mark.parametrize("config", ADAPTIVE, ids=_id)
+def test_adaptive_error_follows_its_tolerance(config):
+    """An error-controlled solver has no grid order: its error must fall with the tolerance, about in proportion
+    (slope of log error against log tolerance between 0.5 and 1.5) and stay within 100x of it."""
+    gm, process, x_init, exact, grids = problem("vp_linear")
+    tols = np.array([1e-4, 1e-5, 1e-6, 1e-7])
+    errors = []
+    for tol in tols:
+        solver = samplers.get_solver(config[0], **dict(config[1], rtol=float(tol), atol=float(tol)))
+        x, _ = samplers.sample(gm.model_fn(process), solver, process, x_init, grids[32])
+        errors.append(np.max(np.abs(np.asarray(x) - exact)))
+    slope = np.polyfit(np.log(tols), np.log(errors), 1)[0]
+    assert 0.5 <= slope <= 1.5 and np.all(np.array(errors) <= 100 * tols), (slope, errors)
+
+
+def test_every_registered_solver_is_swept():
+    assert {name for name, _ in CONFIGS} == set(samplers.SOLVERS)
+    assert len(MULTISTEP) + len(SINGLE_STEP) + len(ADAPTIVE) == len(CONFIGS)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from experiments import sampling
+from experiments.runs import oracle_quickstart
 from experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ def _row(results, solver):
 
 def test_run_writes_results_and_deis_beats_ddim(tmp_path):
     config = quickstart.get_config("smoke")
-    results = sampling.run(config, tmp_path)
+    results = oracle_quickstart.run(config, tmp_path)
 
     with open(tmp_path / config.outputs.json) as f:
         saved = json.load(f)
@@ -39,7 +39,7 @@ def test_unknown_solver_fails_before_sampling(tmp_path):
     config = quickstart.get_config("smoke")
     config.solvers = [*config.solvers, dict(label="typo", name="deis_tabb", options=dict())]
     with pytest.raises(ValueError, match="valid names"):
-        sampling.run(config, tmp_path / "out")
+        oracle_quickstart.run(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -1,4 +1,4 @@
-"""Gradient refinement of a time grid (schedules/refinement.py): monotone grids with exact ends, never a worse grid,
+"""Gradient refinement of a time grid (schedules/optimal/refinement.py): monotone grids with exact ends, never a worse grid,
 a real gain at NFE 5 against the exact flow map, grids ending at sigma = 0, the exact initial parametrisation,
 non-finite stops, minibatches, no recompilation, and bad input."""
 
@@ -10,7 +10,7 @@ import pytest
 import samplers
 import schedules
 from models import GaussianMixture
-from schedules.refinement import grid_from_logits, initial_logits, refine
+from schedules.optimal.refinement import grid_from_logits, initial_logits, refine
 
 SOLVERS = [("deis_tab", dict(order=3)), ("dpmpp_2m", {}), ("ddim", {})]
 

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import training
+from experiments import train
 from experiments.configs import digits_dit, digits_fm, digits_vp, toy2d_fm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def _final_params(workdir, step):
 
 def test_toy_flow_matching_learns_and_resumes_finished_run(tmp_path):
     config = _override(toy2d_fm.get_config("smoke"), eval__num_samples=400)
-    result = training.train(config, str(tmp_path))
+    result = train.train(config, str(tmp_path))
     lines = _metrics(tmp_path)
     assert [line["step"] for line in lines] == [100, 200, 300]
     assert lines[-1]["loss"] < lines[0]["loss"]
@@ -54,14 +54,14 @@ def test_toy_flow_matching_learns_and_resumes_finished_run(tmp_path):
     assert json.load(open(tmp_path / "eval.json"))["resolutions"]["2"]["w2"] == w2
     assert os.path.exists(tmp_path / "samples" / "step_0000300.png")
     # Rerunning a finished run restores it and evaluates again, identically.
-    assert training.train(config, str(tmp_path)) == result
+    assert train.train(config, str(tmp_path)) == result
     assert len(_metrics(tmp_path)) == 3
 
 
 @pytest.mark.parametrize("module,arg", [(digits_fm, "smoke,coupling=ot"), (digits_dit, "smoke")])
 def test_image_configs_smoke(module, arg, tmp_path):
     config = module.get_config(arg)
-    result = training.train(config, str(tmp_path))
+    result = train.train(config, str(tmp_path))
     assert result["step"] == config.train.num_steps and np.isfinite(result["eval_loss"])
     sizes = sorted(result["resolutions"], key=int)
     assert sizes == [str(s) for s in config.data.image_sizes]
@@ -74,7 +74,7 @@ def test_image_configs_smoke(module, arg, tmp_path):
                                  "smoke,size=16", ""])
 def test_vp_configs_build(arg):
     # Everything the config names is built and checked (the loss targets are tested in test_losses.py).
-    experiment = training.build(digits_vp.get_config(arg))
+    experiment = train.build(digits_vp.get_config(arg))
     assert experiment.datasets[0].shape[-1] == 1 and experiment.ts[0] > experiment.ts[-1]
 
 
@@ -129,12 +129,12 @@ def _flatten(tree, prefix=""):
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
     config = _override(toy2d_fm.get_config("smoke"), train__num_steps=100, eval__num_samples=50)
-    training.train(config, str(tmp_path))
+    train.train(config, str(tmp_path))
     # Continue with an absurd learning rate: the parameters blow up, the loss goes non-finite.
     blowup = _override(config, train__num_steps=300, train__lr=1e30, train__steps_per_call=1)
     message = r"non-finite loss .* at step 1\d\d; .*last good checkpoint is step 100"
     with pytest.raises(FloatingPointError, match=message):
-        training.train(blowup, str(tmp_path))
+        train.train(blowup, str(tmp_path))
     params = _final_params(tmp_path, 100)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in _flatten(params).values())
     assert sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()) == [100]
@@ -142,23 +142,23 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path)
 
 def test_checkpoint_of_another_shape_fails_before_training(tmp_path):
     config = _override(toy2d_fm.get_config("smoke"), train__num_steps=100, eval__num_samples=50)
-    training.train(config, str(tmp_path))
+    train.train(config, str(tmp_path))
     wider = _override(config, model__mlp__hidden=32, train__num_steps=200)
     with pytest.raises(ValueError, match=r"does not fit this config: .*\(64,\) float32 there, \(32,\) float32 here"):
-        training.train(wider, str(tmp_path))
+        train.train(wider, str(tmp_path))
     assert [line["step"] for line in _metrics(tmp_path)] == [100]
 
 
 def test_bad_configs_fail_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.npz"):
-        training.build(_override(toy2d_fm.get_config("smoke"), data__name="npz",
+        train.build(_override(toy2d_fm.get_config("smoke"), data__name="npz",
                                  data__path=str(tmp_path / "nowhere.npz"), data__noise=None))
     with pytest.raises(ValueError, match="divisible"):
-        training.build(_override(digits_dit.get_config("smoke"), model__dit__patch_size=3))
+        train.build(_override(digits_dit.get_config("smoke"), model__dit__patch_size=3))
     with pytest.raises(ValueError, match="unknown network 'resnet'"):
-        training.build(_override(toy2d_fm.get_config("smoke"), model__name="resnet"))
+        train.build(_override(toy2d_fm.get_config("smoke"), model__name="resnet"))
     with pytest.raises(ValueError, match="devices are visible"):
-        training.build(_override(toy2d_fm.get_config("smoke"), train__num_devices=64))
+        train.build(_override(toy2d_fm.get_config("smoke"), train__num_devices=64))
     with pytest.raises(AttributeError):
         toy2d_fm.get_config("smoke").train.num_step = 5  # locked: a misspelt key is an error
     # The same through the script's flags, before any JAX work.

@@ -31,9 +31,9 @@ The defaults, and why:
     clean estimate to t = 0.6 for the last stage), shifts [high, low, high], and its step split (FLUX 6 / 20 / 8:
     few high-resolution steps for the layout, most steps at low resolution, a short high-resolution refinement),
     scaled to our N = 30 and to the DiT's cost ratio: with patch 2, a 16 px call is 64 tokens against 256 and costs
-    about a fifth of a 32 px call (`experiments.flops`). 4 / 15 / 8 steps cost 4 + 8 + 15 / 5 ~ 15 full-resolution
-    calls, about 2x fewer FLOPs than 30; 2 / 15 / 5 cost about 10, about 3x fewer. The benchmark prints the exact
-    ratios.
+    about a fifth of a 32 px call (`experiments.metrics.flops`). 4 / 15 / 8 steps cost 4 + 8 + 15 / 5 ~ 15
+    full-resolution calls, about 2x fewer FLOPs than 30; 2 / 15 / 5 cost about 10, about 3x fewer. The benchmark
+    prints the exact ratios.
   - Every stage runs down to t = 0 (`ends` empty): for Euler on a velocity model the last step to t = 0 is
     x - t v, exactly the clean estimate x0(x_t) that the paper resizes, so the stage change costs no extra model
     call. `ends` (fractions of t_max, one per stage; 0 = down to t = 0) stops stages earlier at the price of one
@@ -61,7 +61,7 @@ CHECKPOINT_DIR = "outputs/digits_dit"
 
 
 def plan_config(steps, strengths=(1.0, 0.8, 0.6), resolutions=(32, 16, 32), shifts=(2.0, 1.0, 2.0)):
-    """One bottleneck plan: per-stage tuples (experiments.bottleneck_run.plan_stages turns it into Stages)."""
+    """One bottleneck plan: per-stage tuples (`experiments.runs.bottleneck_benchmark.plan_stages` makes Stages)."""
     return ml_collections.ConfigDict(dict(
         resolutions=tuple(resolutions),  # image side of each stage
         steps=tuple(steps),  # solver steps of each stage

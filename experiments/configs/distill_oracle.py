@@ -24,6 +24,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from experiments.configs import parse_arg
+from experiments.configs.oracle_base import add_oracle
 
 
 def add_method_options(config):
@@ -41,15 +42,7 @@ def add_method_options(config):
 
 def get_config(arg=None):
     arg = parse_arg(arg, smoke=False, method="oss", nfe=10)
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-
-    config.oracle = ml_collections.ConfigDict()
-    config.oracle.dim = 8
-    config.oracle.num_components = 6
-
-    config.process = "vp_linear"  # schedules.PROCESSES
-    config.prediction = "eps"  # what the oracle model predicts
+    config = add_oracle(ml_collections.ConfigDict())  # seed, oracle, process, prediction
     config.method = arg.method  # oss | bellman | gits (schedules.distill)
     # The solver the schedule is FOR: it sets the number of steps (solver.steps_for_nfe(nfe)), it is the solver the
     # schedule is refined for and scored with, and it is named in the schedule file.

@@ -49,7 +49,7 @@ def get_config(arg=None):
     train_config, checkpoint_dir, metric, process = MODELS[arg.model]
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.source = "oracle" if arg.model == "oracle" else "checkpoint"  # experiments.evaluation.SOURCES
+    c.source = "oracle" if arg.model == "oracle" else "checkpoint"  # experiments.runs.sampler_tables.SOURCES
     c.train_config = train_config  # the training config of the checkpoint (file.py[:arg])
     c.checkpoint_dir = checkpoint_dir  # that run's --workdir
     c.use_ema = True

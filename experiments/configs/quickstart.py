@@ -18,22 +18,15 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs import parse_arg
+from experiments.configs.oracle_base import add_oracle
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, smoke=False, nfe=10)
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-
-    config.oracle = ml_collections.ConfigDict()
-    config.oracle.dim = 8
-    config.oracle.num_components = 6
-
-    config.process = "vp_linear"  # schedules.PROCESSES
+    config = add_oracle(ml_collections.ConfigDict())  # seed, oracle, process, prediction
     config.grid = "logsnr"  # schedules.GRIDS: the default for solver entries that name no grid
     config.nfe = arg.nfe  # model evaluations per sample, the same budget for every solver
     config.batch = 256 if arg.smoke else 4096
-    config.prediction = "eps"  # what the oracle model predicts; each solver converts it to its native kind
 
     # Each entry: a table label, a registered solver name (samplers.SOLVERS), its keyword options, and the time grid
     # its paper uses. The paper's tAB-r is deis_tab with order r + 1: order 4 is tAB3, with DEIS's quadratic grid.

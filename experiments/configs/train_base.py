@@ -17,7 +17,7 @@ def base_config():
     c.seed = 0  # the root key; step s uses fold_in(train_key, s)
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "moons"  # experiments.data.DATASETS
+    c.data.name = "moons"  # experiments.train.data.DATASETS
     c.data.image_sizes = ()  # images: train at each size (the loss is their mean); () = native size
     c.data.path = placeholder(str)  # "folder" and "npz" datasets
     c.data.channels = placeholder(int)  # "folder": 1 or 3
@@ -46,12 +46,12 @@ def base_config():
 
     c.loss = ml_collections.ConfigDict()
     c.loss.prediction = "velocity"  # "eps" | "x0" | "v" | "velocity"
-    c.loss.time_sampling = "uniform"  # "uniform" | "logit_normal" | "log_normal" (experiments.losses)
+    c.loss.time_sampling = "uniform"  # "uniform" | "logit_normal" | "log_normal" (experiments.train.losses)
     c.loss.t_min = placeholder(float)  # training times lie in [t_min, t_max]; None = the process's ends
     c.loss.t_max = placeholder(float)
     c.loss.time_mean = 0.0  # logit_normal / log_normal location and scale
     c.loss.time_std = 1.0
-    c.loss.coupling = "independent"  # experiments.couplings.COUPLINGS: "independent" | "ot" | "sinkhorn"
+    c.loss.coupling = "independent"  # experiments.train.couplings.COUPLINGS: "independent" | "ot" | "sinkhorn"
     c.loss.ot_solver = placeholder(str)  # "ot": "optax" | "scipy"
     c.loss.ot_warm_start = placeholder(int)  # "ot", scipy: Sinkhorn iterations before the exact solve; 0 = off
     c.loss.sinkhorn_epsilon = placeholder(float)  # relative to the batch's mean squared distance

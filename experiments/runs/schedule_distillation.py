@@ -2,9 +2,9 @@
 
 `run(config, workdir)` is what `scripts/distill_schedule.py` calls (configs: `experiments/configs/distill_oracle.py`
 for the Gaussian-mixture oracle, `experiments/configs/distill_checkpoint.py` for a trained checkpoint). The dynamic
-program of `config.method` (`schedules.distill`: OSS, Bellman/BOSS or GITS) picks the steps among the points of a
-fine teacher trajectory, from draws of x_{t_max} (the distillation batch); the schedule may then be refined by
-gradients for the solver it is meant for (`schedules.refine`). The schedule and every standard grid of
+program of `config.method` (`schedules.distill_many`: OSS, Bellman/BOSS or GITS) picks the steps among the points of
+a fine teacher trajectory, from draws of x_{t_max} (the distillation batch); a single schedule may then be refined
+by gradients for the solver it is meant for (`schedules.refine`). Each schedule and every standard grid of
 `config.compare_grids`, all with the same number of steps, are scored on a held-out batch (another key) by the RMSE
 between `config.solver`'s samples at t_min and a reference solution from the same start.
 
@@ -12,15 +12,15 @@ between `config.solver`'s samples at t_min and a reference solution from the sam
   "oracle"      the Gaussian-mixture oracle of `config.oracle`; exact draws of x_{t_max}; the reference is the
                 probability-flow ODE's exact solution (`samplers.exact_flow_map`, float64).
   "checkpoint"  the latest weights of a training run (`config.train_config`, `config.checkpoint_dir`, `use_ema`,
-                `resolution`: `experiments.evaluation.checkpoint_target`), which also gives the process and the
+                `resolution`: `experiments.train.checkpoint_target`), which also gives the process and the
                 prediction kind; x_{t_max} is the process's prior noise; the reference is the teacher solver on the
                 teacher grid with `config.reference_steps` steps (None: twice the teacher's), from the same noise.
 
 `config.step_counts` (absent or () = one schedule for `config.nfe` evaluations of `config.solver`): a tuple of step
-counts, distilled together by `schedules.distill_many` (one teacher, one dynamic program) and saved one file per count
-(`config.outputs.schedule` with {num_steps} in it), each scored against the standard grids with as many steps; these
-files are what `scripts/evaluate.py` reads as the grid "file:DIR/oss_s{num_steps}.json". Refinement tunes one
-schedule for one solver, so it is not offered with step_counts.
+counts, distilled together (one teacher, one dynamic program) and saved one file per count (`config.outputs.schedule`
+with {num_steps} in it), each scored against the standard grids with as many steps; these files are what
+`scripts/evaluate.py` reads as the grid "file:DIR/oss_s{num_steps}.json". One schedule is the case of one count;
+refinement tunes one schedule for one solver, so it is not offered with step_counts.
 
 Outputs: the schedule file(s) (`schedules.save_schedule`, with their provenance), a printed table, a JSON file
 (config, rows, schedules, distillation info, versions) and a plot of the chosen steps in log-SNR.
@@ -29,199 +29,154 @@ Outputs: the schedule file(s) (`schedules.save_schedule`, with their provenance)
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+import core
 import samplers
 import schedules
-from experiments.sampling import versions
+from experiments.report.provenance import versions
+from experiments.report.tables import render_table
+from experiments.train.checkpoints import Target, checkpoint_target
 from models import GaussianMixture, predictions
-from schedules import distillation
+from schedules.optimal import distillation
 
-# Streams of the root key (fold_in(root, stream)), the convention of experiments/sampling.py: each draw stays put
-# when others are added.
+# Streams of the root key (fold_in(root, stream)), the convention of `experiments.runs.oracle_quickstart`: each draw
+# stays put when others are added.
 ORACLE_STREAM = 0
 DISTILL_STREAM = 1  # the batch the dynamic program (and refinement) fits on
 HELDOUT_STREAM = 2  # the batch every schedule is scored on
 SOURCES = ("oracle", "checkpoint")
 
 
-def run(config, workdir):
+@dataclasses.dataclass(frozen=True)
+class DistillSetup:
+    """Everything a distillation config names, built and checked before any model call (`_validate`)."""
+
+    source: str  # "oracle" or "checkpoint"
+    process: Any
+    prediction: str
+    solver: Any  # the solver the schedules are for (named in their files)
+    step_counts: tuple  # the counts distilled, increasing; one count for a single schedule
+    single: bool  # config.step_counts is empty: one schedule for config.nfe, which may be refined
+    score_solvers: dict  # {count: the solver that scores it (`_solver_for_steps`)}
+    grids: dict  # {count: {standard grid name: ts}}
+    distill_options: dict  # keywords of `schedules.distill_many`
+    target: Target | None  # the checkpoint's model (None for the oracle)
+    model_name: str
+    process_label: str
+    reference_kind: str  # "exact" or "teacher": what the RMSE is measured against
+    reference_record: dict
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Distil a schedule with `config.method` for `config.solver` at `config.nfe` evaluations (or one per entry of
     `config.step_counts`), save and score it.
 
     Args:
       config: a ConfigDict with the keys of `experiments/configs/distill_oracle.py` or `distill_checkpoint.py`.
-      workdir: a directory (created if missing) for `config.outputs.schedule`, `.json` and `.png`.
+      workdir: a directory (created if missing) for the schedule file(s), `config.outputs.json` and `.png`.
 
     Returns:
       A dict: "config" (plain dict), "rows" (one per schedule: label, kind, solver, num_steps, nfe, rmse,
-      ratio_to_best_grid), "ts" (each schedule's times), "distill" (indices, cost, model calls, seconds, teacher),
-      "refine" (its info, or None), "versions", "runtime_s" and "files" (paths written); with a checkpoint source
-      also "source", "model" and "reference" (what the RMSE is measured against). With step_counts see `run_many`.
+      ratio_to_best_grid: the best grid of the same count; with step_counts also solver_label), "distill" (method,
+      student, teacher, teacher_ts, model calls and seconds of the run, and the indices and DP cost of each count),
+      "refine" (its info, or None), "versions", "runtime_s" and "files" (paths written); with a checkpoint source or
+      step_counts also "source", "model" and "reference" (what the RMSE is measured against).
+      One schedule: "ts" is {label: times}, "files" holds "schedule", and "distill" its "indices", "cost",
+      "num_steps". With step_counts: "step_counts", "ts" is {str(k): {label: times}}, "files" holds "schedules"
+      ({str(k): path}), and "distill" has per count "schedules": {str(k): indices, cost, num_steps}.
     """
     start = time.perf_counter()
-    plan = _validate(config)
-    if plan["step_counts"]:
-        return run_many(config, plan, workdir, start)
-    process, solver, num_steps = plan["process"], plan["solver"], plan["num_steps"]
-    setup = _setup(config, plan)
-    model_fn, x_distill, x_heldout = setup["model_fn"], setup["x_distill"], setup["x_heldout"]
-
-    tic = time.perf_counter()
-    ts_distilled, info = schedules.distill(
-        config.method, model_fn, solver, process, x_distill, num_steps, **plan["distill_options"], return_info=True
-    )
-    ts_distilled = np.asarray(ts_distilled)  # also waits for the result, so the time below is the whole DP
-    distill_seconds = time.perf_counter() - tic
-    if not math.isfinite(info["cost"]):
-        raise FloatingPointError(f"{config.method}: the distillation cost is {info['cost']}; stopping")
-
-    schedules_ = [(f"{config.method} distilled", "distilled", ts_distilled)]
-    refine_info = None
-    if config.refine.enabled:
-        ts_refined, refine_info = _refine(config, plan, model_fn, x_distill, ts_distilled, info["teacher_ts"])
-        schedules_.append((f"{config.method} + refined", "refined", ts_refined))
-    schedules_ += [(name, "grid", plan["grids"][name]) for name in config.compare_grids]
-
-    rows = _score(plan, setup["reference"], solver, model_fn, x_heldout, schedules_)
-    _add_ratios(rows)
-    final = rows[1] if config.refine.enabled else rows[0]  # the schedule that is saved: refined when refined
-
-    distill_record = {
-        "method": config.method,
-        "student": info["student"],
-        "indices": np.asarray(info["indices"]).tolist(),
-        "cost": float(info["cost"]),
-        "model_calls": int(info["model_calls"]),
-        "num_steps": int(info["num_steps"]),
-        "seconds": distill_seconds,
-        "teacher": _teacher_record(config),
-        "teacher_ts": np.asarray(info["teacher_ts"], np.float64).tolist(),
-    }
-    print(format_summary(config, plan, distill_record, refine_info))
-    print(format_table(rows, reference=plan["reference_kind"]))
-
-    os.makedirs(workdir, exist_ok=True)
-    paths = {key: os.path.join(workdir, config.outputs[key]) for key in ("schedule", "json", "png")}
-    provenance = _provenance(config, plan, teacher=distill_record["teacher"], cost=distill_record["cost"],
-                             indices=distill_record["indices"], model_calls=distill_record["model_calls"],
-                             distill_seconds=distill_seconds, rmse_heldout=final["rmse"],
-                             refined=bool(config.refine.enabled))
-    if config.refine.enabled:
-        provenance.update(distilled_ts=ts_distilled.astype(np.float64).tolist(), refine=refine_info,
-                          rmse_heldout_distilled=rows[0]["rmse"])
-    schedules.save_schedule(paths["schedule"], final["ts"], process=process.name, solver=solver.name,
-                            nfe=final["nfe"], method=config.method, **provenance)
-    plot_schedules(rows, process, paths["png"], teacher_ts=info["teacher_ts"], title=_plot_title(config, plan),
-                   reference=plan["reference_kind"])
-    results = {
-        "config": config.to_dict(),
-        "rows": [{k: v for k, v in row.items() if k != "ts"} for row in rows],
-        "ts": {row["label"]: np.asarray(row["ts"], np.float64).tolist() for row in rows},
-        "distill": distill_record,
-        "refine": refine_info,
-        "versions": versions(),
-        "runtime_s": time.perf_counter() - start,
-        "files": paths,
-    }
-    if plan["source"] == "checkpoint":
-        results.update(source=plan["source"], model=plan["model_name"], reference=plan["reference_record"])
-    with open(paths["json"], "w") as f:
-        json.dump(results, f, indent=2)
-    return results
-
-
-def run_many(config, plan, workdir, start=None):
-    """The step_counts path of `run` (`plan` from its validation): one `schedules.distill_many` for every count, one
-    schedule file per count, every count scored against the standard grids with as many steps, in one table.
-
-    Returns a dict: "config", "source", "model", "reference", "step_counts", "rows" (label, kind, solver,
-    num_steps, nfe, rmse, ratio_to_best_grid: the best grid of the same count), "ts" ({str(k): {label: times}}),
-    "distill" (method, student, teacher, teacher_ts, model calls and seconds of the shared run, and per count
-    "schedules": {str(k): indices, cost, num_steps}), "versions", "runtime_s" and "files" ("schedules":
-    {str(k): path}, "json", "png").
-    """
-    start = time.perf_counter() if start is None else start
-    process, solver, counts = plan["process"], plan["solver"], plan["step_counts"]
-    setup = _setup(config, plan)
-    model_fn, x_distill, x_heldout = setup["model_fn"], setup["x_distill"], setup["x_heldout"]
+    setup = _validate(config)
+    process, solver, counts = setup.process, setup.solver, setup.step_counts
+    inputs = _inputs(config, setup)
+    model_fn, x_distill, x_heldout = inputs["model_fn"], inputs["x_distill"], inputs["x_heldout"]
 
     tic = time.perf_counter()
     distilled = schedules.distill_many(config.method, model_fn, solver, process, x_distill, counts,
-                                       **plan["distill_options"], return_info=True)
+                                       **setup.distill_options, return_info=True)
     distilled = {k: (np.asarray(ts), info) for k, (ts, info) in distilled.items()}  # waits for the results
     distill_seconds = time.perf_counter() - tic
     for k, (_, info) in distilled.items():
         if not math.isfinite(info["cost"]):
             raise FloatingPointError(f"{config.method}: the {k}-step distillation cost is {info['cost']}; stopping")
 
-    rows = []
+    rows, refine_info = [], None
     for k in counts:
         named = [(f"{config.method} distilled", "distilled", distilled[k][0])]
-        named += [(name, "grid", plan["grids"][k][name]) for name in config.compare_grids]
-        count_rows = _score(plan, setup["reference"], plan["score_solvers"][k], model_fn, x_heldout, named)
+        if config.refine.enabled:  # a single schedule (`_validate`)
+            ts_refined, refine_info = _refine(config, setup, model_fn, x_distill, *distilled[k])
+            named.append((f"{config.method} + refined", "refined", ts_refined))
+        named += [(name, "grid", setup.grids[k][name]) for name in config.compare_grids]
+        count_rows = _score(setup, inputs["reference"], setup.score_solvers[k], model_fn, x_heldout, named)
         _add_ratios(count_rows)
         rows += count_rows
 
     info0 = distilled[counts[0]][1]
+    per_count = {str(k): {"indices": np.asarray(info["indices"]).tolist(), "cost": float(info["cost"]),
+                          "num_steps": int(info["num_steps"])} for k, (_, info) in distilled.items()}
     record = {
         "method": config.method,
         "student": info0["student"],
         "model_calls": int(info0["model_calls"]),
         "seconds": distill_seconds,
-        "step_counts": list(counts),
         "teacher": _teacher_record(config),
         "teacher_ts": np.asarray(info0["teacher_ts"], np.float64).tolist(),
-        "schedules": {str(k): {"indices": np.asarray(info["indices"]).tolist(), "cost": float(info["cost"]),
-                               "num_steps": int(info["num_steps"])} for k, (_, info) in distilled.items()},
     }
-    print(format_many_summary(config, plan, record))
-    print(format_table(rows, reference=plan["reference_kind"]))
+    if setup.single:
+        record.update(per_count[str(counts[0])])
+    else:
+        record.update(step_counts=list(counts), schedules=per_count)
+    print(format_summary(config, setup, record, refine_info))
+    print(format_table(rows, reference=setup.reference_kind))
 
     os.makedirs(workdir, exist_ok=True)
-    paths = {"schedules": {str(k): os.path.join(workdir, config.outputs.schedule.format(num_steps=k))
-                           for k in counts},
-             "json": os.path.join(workdir, config.outputs.json), "png": os.path.join(workdir, config.outputs.png)}
-    for row in rows:
-        if row["kind"] != "distilled":
-            continue
-        k = row["num_steps"]
-        entry = record["schedules"][str(k)]
-        provenance = _provenance(config, plan, teacher=record["teacher"], cost=entry["cost"],
-                                 indices=entry["indices"], model_calls=record["model_calls"],
-                                 distill_seconds=distill_seconds, step_counts=record["step_counts"],
-                                 rmse_heldout=row["rmse"], scored_with=row["solver_label"],
-                                 reference=plan["reference_record"], refined=False)
-        schedules.save_schedule(paths["schedules"][str(k)], row["ts"], process=process.name, solver=solver.name,
-                                nfe=row["nfe"], method=config.method, **provenance)
-    plot_rows = [dict(row, label=f"{config.method}, {row['num_steps']} steps") for row in rows
-                 if row["kind"] == "distilled"]
-    plot_schedules(plot_rows, process, paths["png"], teacher_ts=info0["teacher_ts"],
-                   title=_plot_title_many(config, plan), reference=plan["reference_kind"])
-    results = {
-        "config": config.to_dict(),
-        "source": plan["source"],
-        "model": plan["model_name"],
-        "reference": plan["reference_record"],
-        "step_counts": list(counts),
-        "rows": [{k: v for k, v in row.items() if k != "ts"} for row in rows],
-        "ts": {str(k): {row["label"]: np.asarray(row["ts"], np.float64).tolist() for row in rows
-                        if row["num_steps"] == k} for k in counts},
-        "distill": record,
-        "refine": None,
-        "versions": versions(),
-        "runtime_s": time.perf_counter() - start,
-        "files": paths,
-    }
-    with open(paths["json"], "w") as f:
-        json.dump(results, f, indent=2)
+    paths = {"json": os.path.join(workdir, config.outputs.json), "png": os.path.join(workdir, config.outputs.png)}
+    schedule_paths = {str(k): os.path.join(workdir, config.outputs.schedule if setup.single
+                                           else config.outputs.schedule.format(num_steps=k)) for k in counts}
+    if setup.single:
+        paths = {"schedule": schedule_paths[str(counts[0])], **paths}
+    else:
+        paths = {"schedules": schedule_paths, **paths}
+    for k in counts:
+        count_rows = [row for row in rows if row["num_steps"] == k]
+        final = count_rows[1] if config.refine.enabled else count_rows[0]  # saved: refined when refined
+        fields = dict(teacher=record["teacher"], cost=per_count[str(k)]["cost"], indices=per_count[str(k)]["indices"],
+                      model_calls=record["model_calls"], distill_seconds=distill_seconds)
+        if setup.single:
+            fields.update(rmse_heldout=final["rmse"])
+        else:
+            fields.update(step_counts=record["step_counts"], rmse_heldout=final["rmse"],
+                          scored_with=final["solver_label"], reference=setup.reference_record)
+        provenance = _provenance(config, setup, **fields, refined=bool(config.refine.enabled))
+        if config.refine.enabled:
+            provenance.update(distilled_ts=distilled[k][0].astype(np.float64).tolist(), refine=refine_info,
+                              rmse_heldout_distilled=count_rows[0]["rmse"])
+        schedules.save_schedule(schedule_paths[str(k)], final["ts"], process=process.name, solver=solver.name,
+                                nfe=final["nfe"], method=config.method, **provenance)
+    plot_rows = rows if setup.single else [dict(row, label=f"{config.method}, {row['num_steps']} steps")
+                                           for row in rows if row["kind"] == "distilled"]
+    plot_schedules(plot_rows, process, paths["png"], teacher_ts=info0["teacher_ts"], title=_plot_title(config, setup),
+                   reference=setup.reference_kind)
+    results = {"config": config.to_dict()}
+    if not setup.single or setup.source == "checkpoint":
+        results.update(source=setup.source, model=setup.model_name, reference=setup.reference_record)
+    if not setup.single:
+        results["step_counts"] = list(counts)
+    results["rows"] = [{k: v for k, v in row.items() if k != "ts"} for row in rows]
+    times = {str(k): {row["label"]: np.asarray(row["ts"], np.float64).tolist() for row in rows if row["num_steps"] == k}
+             for k in counts}
+    results.update(ts=times[str(counts[0])] if setup.single else times, distill=record, refine=refine_info,
+                   versions=versions(), runtime_s=time.perf_counter() - start, files=paths)
+    core.write_json(paths["json"], results, indent=2)
     return results
 
 
@@ -236,7 +191,7 @@ def _add_ratios(rows):
 def _validate(config):
     """Build everything named in the config before any distillation, so a wrong name or size fails at once. A
     checkpoint source is loaded here (it gives the process the grids are checked on), after every name that does not
-    need it."""
+    need it. Returns a `DistillSetup`."""
     source = config.get("source", "oracle")
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; valid: {list(SOURCES)}")
@@ -246,7 +201,8 @@ def _validate(config):
         if config[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
     step_counts = _step_counts(config)
-    if step_counts:
+    single = not step_counts
+    if not single:
         if config.refine.enabled:
             raise ValueError(f"refine.enabled=True is not supported with step_counts {list(step_counts)}: refinement "
                              f"tunes one schedule for one solver and step count. Distil the step counts with "
@@ -256,17 +212,16 @@ def _validate(config):
     if source == "oracle":
         predictions.check_kind(config.prediction)
     solver = samplers.get_solver(config.solver.name, **_options(config.solver.options))
-    num_steps = None
-    if not step_counts:
+    if single:
         num_steps = solver.steps_for_nfe(config.nfe)
         solver.check_grid(num_steps)
+        step_counts = (num_steps,)
     # The DP's student must be a single-step, first-order solver; this raises the library's message otherwise.
     student = samplers.get_solver(config.student)
     samplers.get_solver(config.teacher.solver, **_options(config.teacher.options))
-    largest = max(step_counts) if step_counts else num_steps
-    if not largest <= config.teacher.steps:
-        raise ValueError(f"teacher.steps = {config.teacher.steps} must be at least the schedule's {largest} steps: "
-                         f"the schedule picks its times among the teacher's")
+    if not max(step_counts) <= config.teacher.steps:
+        raise ValueError(f"teacher.steps = {config.teacher.steps} must be at least the schedule's {max(step_counts)} "
+                         f"steps: the schedule picks its times among the teacher's")
     if len(set(config.compare_grids)) != len(config.compare_grids):
         raise ValueError(f"compare_grids has repeated names: {list(config.compare_grids)}")
     options = dict(teacher_steps=config.teacher.steps, teacher_grid=config.teacher.grid,
@@ -274,7 +229,7 @@ def _validate(config):
     if config.method == "oss":
         if config.oss.aggregate not in ("mean", "median"):
             raise ValueError(f"oss.aggregate must be 'mean' or 'median', got {config.oss.aggregate!r}")
-        if step_counts and not config.oss.exact_steps and len(step_counts) > 1:
+        if not config.oss.exact_steps and len(step_counts) > 1:
             raise ValueError(f"oss.exact_steps=False (the best of at most k steps) is for a single step count; with "
                              f"step_counts {list(step_counts)} every schedule has exactly its count of steps")
         options.update(exact_steps=config.oss.exact_steps, start_at_t_max=config.oss.start_at_t_max,
@@ -288,7 +243,7 @@ def _validate(config):
             raise ValueError(f"refine.num_iters must be >= 1, got {config.refine.num_iters}")
         if config.refine.learning_rate is not None and not config.refine.learning_rate > 0:
             raise ValueError(f"refine.learning_rate must be > 0, got {config.refine.learning_rate}")
-    score_solvers = {k: _solver_for_steps(solver, k) for k in step_counts} if step_counts else {num_steps: solver}
+    score_solvers = {k: _solver_for_steps(solver, k) for k in step_counts}
 
     if source == "checkpoint":
         reference_steps = config.get("reference_steps")
@@ -298,33 +253,25 @@ def _validate(config):
             if not config[key]:
                 raise ValueError(f"source 'checkpoint' needs {key} (the training config file.py[:arg] and its "
                                  f"--workdir)")
-        from experiments import evaluation  # late: it imports the training stack, which the oracle does not need
-
-        target = evaluation.checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema,
-                                              config.resolution)
+        target = checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema, config.resolution)
         process, prediction = target.process, target.prediction
-        model = {"target": target, "model_name": target.description, "process_label": process.name,
-                 "reference_kind": "teacher",
-                 "reference_record": {"kind": "teacher", "steps": reference_steps or 2 * config.teacher.steps,
-                                      "grid": config.teacher.grid, "solver": config.teacher.solver,
-                                      "options": _options(config.teacher.options)}}
+        model = dict(target=target, model_name=target.description, process_label=process.name,
+                     reference_kind="teacher",
+                     reference_record={"kind": "teacher", "steps": reference_steps or 2 * config.teacher.steps,
+                                       "grid": config.teacher.grid, "solver": config.teacher.solver,
+                                       "options": _options(config.teacher.options)})
     else:
         process, prediction = schedules.get_process(config.process), config.prediction
-        model = {"target": None, "model_name": _model_name(config), "process_label": config.process,
-                 "reference_kind": "exact",
-                 "reference_record": {"kind": "exact", "map": "samplers.exact_flow_map"}}
+        model = dict(target=None, model_name=_model_name(config), process_label=config.process,
+                     reference_kind="exact", reference_record={"kind": "exact", "map": "samplers.exact_flow_map"})
     distillation.student_step_fn(student, process)
     schedules.get_timesteps(config.teacher.grid, process, config.teacher.steps)
-    if step_counts:
-        grids = {k: {name: np.asarray(schedules.get_timesteps(name, process, k)) for name in config.compare_grids}
-                 for k in step_counts}
-    else:
-        grids = {name: np.asarray(schedules.get_timesteps(name, process, num_steps)) for name in config.compare_grids}
+    grids = {k: {name: np.asarray(schedules.get_timesteps(name, process, k)) for name in config.compare_grids}
+             for k in step_counts}
     options["prediction"] = prediction
-
-    return {"source": source, "process": process, "prediction": prediction, "solver": solver, "num_steps": num_steps,
-            "step_counts": step_counts, "score_solvers": score_solvers, "grids": grids, "distill_options": options,
-            **model}
+    return DistillSetup(source=source, process=process, prediction=prediction, solver=solver,
+                        step_counts=step_counts, single=single, score_solvers=score_solvers, grids=grids,
+                        distill_options=options, **model)
 
 
 def _step_counts(config):
@@ -368,12 +315,12 @@ def _solver_for_steps(solver, num_steps):
     return lowered
 
 
-def _setup(config, plan):
+def _inputs(config, setup):
     """The model, the distillation and held-out batches at t_max and the scoring reference of the config's source:
     {"model_fn", "x_distill", "x_heldout", "reference": fn(x_heldout, t_end) -> float64 array}."""
-    process = plan["process"]
+    process = setup.process
     root = jax.random.PRNGKey(config.seed)
-    if plan["source"] == "oracle":
+    if setup.source == "oracle":
         oracle = GaussianMixture.random(
             jax.random.fold_in(root, ORACLE_STREAM), dim=config.oracle.dim,
             num_components=config.oracle.num_components
@@ -389,7 +336,7 @@ def _setup(config, plan):
 
         return {"model_fn": model_fn, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
 
-    target = plan["target"]
+    target = setup.target
 
     @jax.jit
     def draw_noise(root):  # both batches in one compiled program: each random draw costs a compile on the CPU
@@ -400,7 +347,7 @@ def _setup(config, plan):
         return prior(DISTILL_STREAM, config.batch), prior(HELDOUT_STREAM, config.eval_batch)
 
     x_distill, x_heldout = draw_noise(root)
-    record = plan["reference_record"]
+    record = setup.reference_record
     teacher = samplers.get_solver(record["solver"], **record["options"])
 
     def reference(x, t_end):
@@ -411,20 +358,16 @@ def _setup(config, plan):
     return {"model_fn": target.model_fn, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
 
 
-def _provenance(config, plan, **fields):
+def _provenance(config, setup, **fields):
     """What a saved schedule file records about how it was made: the model, the solver and student, the config,
     the checkpoint for that source, and `fields` (teacher, cost, indices, timings, held-out RMSE, ...)."""
-    record = dict(model=plan["model_name"], solver_options=_options(config.solver.options), student=config.student,
-                  prediction=plan["prediction"], **fields, config=config.to_dict())
-    if plan["source"] == "checkpoint":
-        record.update(_checkpoint_provenance(config, plan))
+    record = dict(model=setup.model_name, solver_options=_options(config.solver.options), student=config.student,
+                  prediction=setup.prediction, **fields, config=config.to_dict())
+    if setup.source == "checkpoint":
+        record.update(source="checkpoint", train_config=config.train_config, checkpoint_dir=config.checkpoint_dir,
+                      use_ema=bool(config.use_ema), resolution=int(config.resolution),
+                      reference=setup.reference_record)
     return record
-
-
-def _checkpoint_provenance(config, plan):
-    return {"source": "checkpoint", "train_config": config.train_config, "checkpoint_dir": config.checkpoint_dir,
-            "use_ema": bool(config.use_ema), "resolution": int(config.resolution),
-            "reference": plan["reference_record"]}
 
 
 def _options(value):
@@ -440,17 +383,18 @@ def _start_state(process, x, t_start, ts):
     return (scale * x).astype(x.dtype)
 
 
-def _refine(config, plan, model_fn, x_distill, ts, teacher_ts):
-    """Refine `ts` for config.solver on the distillation batch, towards the teacher's endpoints (the target the
-    distillation used: no use of the oracle's exactness, which is kept for scoring)."""
-    process, solver = plan["process"], plan["solver"]
+def _refine(config, setup, model_fn, x_distill, ts, info):
+    """Refine the distilled `ts` for config.solver on the distillation batch, towards the endpoints of the teacher
+    (`info["teacher_ts"]`: the target the distillation used; no use of the oracle's exactness, kept for scoring)."""
+    process, solver = setup.process, setup.solver
     teacher = samplers.get_solver(config.teacher.solver, **_options(config.teacher.options))
-    target, _ = samplers.sample(model_fn, teacher, process, x_distill, teacher_ts, prediction=plan["prediction"])
+    target, _ = samplers.sample(model_fn, teacher, process, x_distill, info["teacher_ts"],
+                                prediction=setup.prediction)
     kwargs = {key: config.refine[key] for key in ("num_iters", "learning_rate") if config.refine[key] is not None}
     tic = time.perf_counter()
     ts_refined, info = schedules.refine(
         ts, model_fn, solver, process, _start_state(process, x_distill, process.t_max, ts),
-        prediction=plan["prediction"], target=target, return_info=True, **kwargs,
+        prediction=setup.prediction, target=target, return_info=True, **kwargs,
     )
     ts_refined = np.asarray(ts_refined)
     record = {key: _plain(value) for key, value in dict(info).items() if _plain(value) is not None}
@@ -468,10 +412,10 @@ def _plain(value):
     return None
 
 
-def _score(plan, reference, solver, model_fn, x, named_schedules):
+def _score(setup, reference, solver, model_fn, x, named_schedules):
     """The RMSE of `solver` on each schedule against reference(x, t_end) (the exact flow map, or the fine teacher),
     from the held-out batch x at t_max."""
-    process = plan["process"]
+    process = setup.process
     targets = {}  # end time -> reference samples: every schedule here shares its ends, so this is computed once
     rows = []
     for label, kind, ts in named_schedules:
@@ -479,14 +423,14 @@ def _score(plan, reference, solver, model_fn, x, named_schedules):
         if t_end not in targets:
             targets[t_end] = reference(x, t_end)
         y, info = samplers.sample(model_fn, solver, process, _start_state(process, x, process.t_max, ts), ts,
-                                  prediction=plan["prediction"])
+                                  prediction=setup.prediction)
         rmse = float(np.sqrt(np.mean((np.asarray(y, np.float64) - targets[t_end]) ** 2)))
         if not math.isfinite(rmse):
-            raise FloatingPointError(f"{label}: the RMSE against the {plan['reference_kind']} reference is {rmse}; "
+            raise FloatingPointError(f"{label}: the RMSE against the {setup.reference_kind} reference is {rmse}; "
                                      f"stopping")
         row = {"label": label, "kind": kind, "solver": solver.name, "num_steps": int(len(ts) - 1),
                "nfe": int(info["nfe"]), "rmse": rmse, "ts": np.asarray(ts)}
-        if plan["step_counts"]:
+        if not setup.single:
             row["solver_label"] = _solver_text(solver)
         rows.append(row)
     return rows
@@ -512,53 +456,50 @@ def _solver_label(config):
     return config.solver.name + "".join(f" {k}={v}" for k, v in _options(config.solver.options).items())
 
 
-def _reference_text(plan):
-    record = plan["reference_record"]
+def _reference_text(setup):
+    record = setup.reference_record
     if record["kind"] == "exact":
         return "the exact probability-flow map (samplers.exact_flow_map)"
     return (f"the teacher: {record['steps']} steps of {record['solver']} on the {record['grid']} grid, from the same "
             f"held-out noise")
 
 
-def format_summary(config, plan, record, refine_info):
-    """What was distilled, from what, at what cost, in a few lines."""
+def format_summary(config, setup, record, refine_info):
+    """What was distilled (one schedule, or one per step count), from what, at what cost, in a few lines."""
     teacher = record["teacher"]
+    counts = record.get("step_counts")
+    if counts is None:
+        head = (f"{record['method']} schedule for {_solver_label(config)}: {setup.step_counts[0]} steps "
+                f"({config.nfe} NFE budget) on {setup.process_label}, {setup.model_name}")
+        cost = (f"  distilled in {record['seconds']:.2f} s, {record['model_calls']} model calls per sample, "
+                f"DP cost {record['cost']:.3e}; teacher indices {record['indices']}")
+    else:
+        head = (f"{record['method']} schedules at {len(counts)} step counts {counts} for {_solver_label(config)} on "
+                f"{setup.process_label}, {setup.model_name}")
+        cost = (f"  distilled in {record['seconds']:.2f} s (one teacher, one DP of {max(counts)} stages), "
+                f"{record['model_calls']} model calls per sample")
     lines = [
-        f"{record['method']} schedule for {_solver_label(config)}: {plan['num_steps']} steps "
-        f"({config.nfe} NFE budget) on {plan['process_label']}, {plan['model_name']}",
+        head,
         f"  teacher: {teacher['steps']} steps of {teacher['solver']} on the {teacher['grid']} grid; student step: "
         f"{record['student']}; distillation batch {config.batch}, held-out batch {config.eval_batch}",
-        f"  distilled in {record['seconds']:.2f} s, {record['model_calls']} model calls per sample, "
-        f"DP cost {record['cost']:.3e}; teacher indices {record['indices']}",
+        cost,
     ]
     if refine_info is not None:
         lines.append("  refined: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in refine_info.items() if not isinstance(v, list)))
-    if plan["source"] != "oracle":
-        lines.append(f"  RMSE against {_reference_text(plan)}")
-    return "\n".join(lines)
-
-
-def format_many_summary(config, plan, record):
-    """What was distilled for every step count, from what, at what cost, in a few lines."""
-    teacher = record["teacher"]
-    lines = [
-        f"{record['method']} schedules at {len(record['step_counts'])} step counts {record['step_counts']} for "
-        f"{_solver_label(config)} on {plan['process_label']}, {plan['model_name']}",
-        f"  teacher: {teacher['steps']} steps of {teacher['solver']} on the {teacher['grid']} grid; student step: "
-        f"{record['student']}; distillation batch {config.batch}, held-out batch {config.eval_batch}",
-        f"  distilled in {record['seconds']:.2f} s (one teacher, one DP of {max(record['step_counts'])} stages), "
-        f"{record['model_calls']} model calls per sample",
-        f"  RMSE against {_reference_text(plan)}; a count below the solver's order is scored at that order (its "
-        f"warm-up)",
-    ]
-    lines += [f"  {k:>3} steps: DP cost {entry['cost']:.3e}, teacher indices {entry['indices']}"
-              for k, entry in record["schedules"].items()]
+    if counts is not None:
+        lines.append(f"  RMSE against {_reference_text(setup)}; a count below the solver's order is scored at that "
+                     f"order (its warm-up)")
+        lines += [f"  {k:>3} steps: DP cost {entry['cost']:.3e}, teacher indices {entry['indices']}"
+                  for k, entry in record["schedules"].items()]
+    elif setup.source != "oracle":
+        lines.append(f"  RMSE against {_reference_text(setup)}")
     return "\n".join(lines)
 
 
 def format_table(rows, reference="exact"):
-    """The rows as an aligned text table; `reference` names what the RMSE is measured against."""
+    """The rows as an aligned text table (text columns left-aligned, numbers right-aligned); `reference` names what
+    the RMSE is measured against."""
     header = ("schedule", "solver", "steps", "NFE", f"RMSE vs {reference} (held-out)", "ratio to best grid")
     lines = [
         (
@@ -571,31 +512,22 @@ def format_table(rows, reference="exact"):
         )
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-
-    def fmt(line):
-        # text columns left-aligned, numbers right-aligned
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])
+    return render_table(header, lines, style="text", align="llrrrr")
 
 
-def _plot_title(config, plan):
-    if plan["source"] == "oracle":
-        return (f"{config.method} schedule for {_solver_label(config)}, {plan['num_steps']} steps ({config.nfe} NFE), "
-                f"{config.process}\n{config.oracle.dim}-d Gaussian mixture ({config.oracle.num_components} "
-                f"components); RMSE vs the exact flow map on {config.eval_batch} held-out samples")
-    return (f"{config.method} schedule for {_solver_label(config)}, {plan['num_steps']} steps ({config.nfe} NFE), "
-            f"{plan['process_label']}\n{plan['model_name']}; RMSE vs the teacher "
-            f"({plan['reference_record']['steps']} steps) on {config.eval_batch} held-out samples")
-
-
-def _plot_title_many(config, plan):
-    reference = ("the exact flow map" if plan["reference_kind"] == "exact"
-                 else f"the teacher ({plan['reference_record']['steps']} steps)")
-    return (f"{config.method} schedules for {_solver_label(config)} at {list(plan['step_counts'])} steps, "
-            f"{plan['process_label']}\n{plan['model_name']}; RMSE vs {reference} on {config.eval_batch} held-out "
-            f"samples")
+def _plot_title(config, setup):
+    if setup.single:
+        what = (f"{config.method} schedule for {_solver_label(config)}, {setup.step_counts[0]} steps "
+                f"({config.nfe} NFE)")
+    else:
+        what = f"{config.method} schedules for {_solver_label(config)} at {list(setup.step_counts)} steps"
+    if setup.source == "oracle":
+        model = f"{config.oracle.dim}-d Gaussian mixture ({config.oracle.num_components} components)"
+    else:
+        model = setup.model_name
+    reference = ("the exact flow map" if setup.reference_kind == "exact"
+                 else f"the teacher ({setup.reference_record['steps']} steps)")
+    return f"{what}, {setup.process_label}\n{model}; RMSE vs {reference} on {config.eval_batch} held-out samples"
 
 
 def plot_schedules(rows, process, path, teacher_ts=None, title="", reference="exact"):

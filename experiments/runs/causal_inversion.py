@@ -16,14 +16,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import evaluation, fd_digits
+from experiments.metrics import fd_digits
+from experiments.report.tables import render_table
+from experiments.train.checkpoints import restore_run
 from models.tarflow import denoise
 from samplers import causal, causal_metrics
 
 
 def load_flow(train_spec, workdir, use_ema=True):
     """(config, flow, params, dataset, step) of a TarFlow training run's latest checkpoint."""
-    config, experiment, params, step = evaluation.restore_run(train_spec, workdir, use_ema)
+    config, experiment, params, step = restore_run(train_spec, workdir, use_ema)
     if not experiment.is_flow:
         raise ValueError(f"{train_spec} does not train a normalizing flow (model {config.model.name!r})")
     return config, experiment.net, params, experiment.datasets[0], step
@@ -91,8 +93,7 @@ def benchmark(flow, params, plans, num_samples=10000, batch_size=2500, latency_b
             if denoiser is not None:
                 final = jnp.concatenate([denoiser(x[lo:hi], None if y_all is None else y_all[lo:hi])
                                          for lo, hi in chunks])
-            finite = np.asarray(jnp.all(jnp.isfinite(final.reshape(num_samples, -1)), axis=1))
-            row["fd_digits"] = float(fd_digits.fd_digits(np.asarray(final)[finite], size=flow.image_size))
+            row["fd_digits"] = fd_digits.score_samples(np.asarray(final), size=flow.image_size)["fd_digits"]
         rows.append(row)
         log(f"{name}: {row['passes']} passes, {seconds:.2f} s, latency {row['latency_seconds'] * 1e3:.1f} ms, "
             f"max|dx| {row['max_abs_diff']:.2e}" + (f", FD {row['fd_digits']:.3f}" if fd else ""))
@@ -109,14 +110,14 @@ def benchmark(flow, params, plans, num_samples=10000, batch_size=2500, latency_b
 def format_rows(rows):
     """A markdown table of `benchmark` rows."""
     fd = "fd_digits" in rows[0]
-    head = ("| plan | dependent passes | fewer passes | wall s (all) | speedup | latency ms | latency speedup "
-            "| max abs x - x_seq |" + (" FD-digits | FD change |" if fd else ""))
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    headers = ["plan", "dependent passes", "fewer passes", "wall s (all)", "speedup", "latency ms", "latency speedup",
+               "max abs x - x_seq"] + (["FD-digits", "FD change"] if fd else [])
+    cells = []
     for r in rows:
-        line = (f"| {r['plan']} | {r['passes']} ({'/'.join(map(str, r['passes_per_block']))}) | "
-                f"{r['pass_reduction']:.2f}x | {r['seconds']:.2f} | {r['speedup']:.2f}x | "
-                f"{r['latency_seconds'] * 1e3:.1f} | {r['latency_speedup']:.2f}x | {r['max_abs_diff']:.1e} |")
+        line = [f"{r['plan']}", f"{r['passes']} ({'/'.join(map(str, r['passes_per_block']))})",
+                f"{r['pass_reduction']:.2f}x", f"{r['seconds']:.2f}", f"{r['speedup']:.2f}x",
+                f"{r['latency_seconds'] * 1e3:.1f}", f"{r['latency_speedup']:.2f}x", f"{r['max_abs_diff']:.1e}"]
         if fd:
-            line += f" {r['fd_digits']:.4f} | {100 * r['fd_change']:+.1f}% |"
-        lines.append(line)
-    return "\n".join(lines)
+            line += [f"{r['fd_digits']:.4f}", f"{100 * r['fd_change']:+.1f}%"]
+        cells.append(line)
+    return render_table(headers, cells)

@@ -21,18 +21,17 @@ it, so `distill_many` serves several step counts from one teacher and one DP of 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import samplers
 from models import predictions
-from schedules.processes import as_float, get_process
-
-
-def _solvers():
-    import samplers  # samplers depends on schedules.processes; imported late to keep the packages acyclic
-
-    return samplers
+from samplers.base import Solver, step_inputs
+from schedules.grids import get_timesteps
+from schedules.processes import Process, as_float, get_process
 
 
 def student_step_fn(solver, process):
@@ -44,8 +43,7 @@ def student_step_fn(solver, process):
         )
 
     def step(x, pred, s, t):
-        coef = jax.tree.map(lambda c: c[0], solver.coefficients(process, jnp.stack([s, t])))
-        inp = {"i": 0, "s": s, "t": t, "last": True, "coef": coef}
+        inp = jax.tree.map(lambda leaf: leaf[0], step_inputs(solver, process, jnp.stack([s, t])))
         y, _ = solver.step(lambda *_: pred, process, x, solver.init(x), inp)
         return y
 
@@ -61,7 +59,6 @@ def default_student(solver):
 
 def teacher_trajectory(model_fn, process, x_init, ts, solver, prediction="eps"):
     """The state at every point of the fine grid ts: shape (len(ts), *x_init.shape)."""
-    samplers = _solvers()
     _, info = samplers.sample(model_fn, solver, process, x_init, ts, prediction=prediction, save_trajectory=True)
     return info["trajectory"]
 
@@ -198,10 +195,11 @@ def _check_step_count(value, teacher_steps, name="num_steps"):
                          f"picks its times among the teacher's")
 
 
-def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction="eps", teacher_steps=200,
-            teacher_grid="logsnr", teacher_solver=("deis_tab", {"order": 3}), student=None, exact_steps=True,
-            start_at_t_max=True, aggregate="mean", metric="l2", coeff=None, t_min=None, t_max=None,
-            return_info=False):
+def distill(method: str, model_fn: Callable, solver: Solver | str, process: Process | str, x_init: jax.Array,
+            num_steps: int, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: str = "logsnr",
+            teacher_solver=("deis_tab", {"order": 3}), student: Solver | str | None = None, exact_steps: bool = True,
+            start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2", coeff: float | None = None,
+            t_min: float | None = None, t_max: float | None = None, return_info: bool = False):
     """Distil an optimal num_steps schedule from a teacher trajectory ("oss", "bellman" or "gits").
 
     Args:
@@ -239,10 +237,12 @@ def distill(method, model_fn, solver, process, x_init, num_steps, *, prediction=
     return (ts_out, info) if return_info else ts_out
 
 
-def distill_many(method, model_fn, solver, process, x_init, step_counts, *, prediction="eps", teacher_steps=200,
-                 teacher_grid="logsnr", teacher_solver=("deis_tab", {"order": 3}), student=None, exact_steps=True,
-                 start_at_t_max=True, aggregate="mean", metric="l2", coeff=None, t_min=None, t_max=None,
-                 return_info=False):
+def distill_many(method: str, model_fn: Callable, solver: Solver | str, process: Process | str, x_init: jax.Array,
+                 step_counts, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: str = "logsnr",
+                 teacher_solver=("deis_tab", {"order": 3}), student: Solver | str | None = None,
+                 exact_steps: bool = True, start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2",
+                 coeff: float | None = None, t_min: float | None = None, t_max: float | None = None,
+                 return_info: bool = False) -> dict:
     """Distil schedules for several step counts at once: one teacher trajectory, one dynamic program.
 
     The DP tables of every method are built stage by stage, and stage k (OSS: the best state after k student steps
@@ -298,7 +298,6 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
     aggregate and teacher_steps checked too). Builds the teacher once, runs one DP of max(counts) stages and
     back-tracks each count. Returns {k: (ts, info)}; with exact_steps=False (one count) the entry for k holds the
     best schedule of at most k steps."""
-    samplers = _solvers()
     if method != "oss":
         if aggregate != "mean" or not exact_steps or not start_at_t_max:
             raise ValueError(f"{method} takes exactly num_steps steps from t_max on the batch-mean cost; the "
@@ -318,8 +317,6 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
     if isinstance(teacher_solver, str):
         teacher_solver = (teacher_solver, {})
     teacher = samplers.get_solver(teacher_solver[0], **dict(teacher_solver[1]))
-    from schedules.grids import get_timesteps  # noqa: PLC0415 (grids imports this package's modules)
-
     ts = get_timesteps(teacher_grid, process, teacher_steps, t_min=t_min, t_max=t_max)
     trajectory = teacher_trajectory(model_fn, process, x_init, ts, teacher, prediction)
     if trajectory.shape[1:] != x_init.shape:

@@ -38,7 +38,7 @@ best valid grid is returned. A non-finite loss or gradient stops the loop; the b
 Example:
     >>> import jax, schedules, samplers
     >>> from models import GaussianMixture
-    >>> from schedules.refinement import refine
+    >>> from schedules.optimal.refinement import refine
     >>> process = schedules.get_process("vp_linear")
     >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=4, num_components=3)
     >>> x_init = gm.marginal_sample(jax.random.PRNGKey(1), 64, process.t_max, process)
@@ -53,19 +53,25 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from samplers.base import Solver
+from samplers.driver import check_ts, resolve_inputs, sample
+from samplers.solvers import get_solver
 from schedules.grids import get_timesteps
 from schedules.processes import as_float
 
 
-def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=None, teacher_steps=200,
-           teacher_grid="logsnr", teacher_solver=("deis_tab", {"order": 3}), num_iters=100, learning_rate=0.05,
-           batch_size=None, key=None, return_info=False):
+def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_init: jax.Array, *,
+           prediction: str = "eps", target: jax.Array | None = None, teacher_steps: int = 200,
+           teacher_grid: str = "logsnr", teacher_solver=("deis_tab", {"order": 3}), num_iters: int = 100,
+           learning_rate: float = 0.05, batch_size: int | None = None, key: jax.Array | None = None,
+           return_info: bool = False):
     """Refine the interior times of `ts` by gradient descent on the sampler's endpoint error.
 
     Args:
@@ -100,9 +106,6 @@ def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=No
     refinements stop in a worse local optimum. With only 16-64 samples the few free times overfit (at NFE 10 the
     held-out error can end above the start grid's): use a few hundred samples or more.
     """
-    # Late imports: samplers and models import schedules, so `import schedules` must not import them back.
-    from samplers.base import Solver, check_ts, resolve_inputs, sample
-    from samplers.registry import get_solver
 
     # ---- validation, before any compute ----------------------------------------------------------------------
     if isinstance(ts, jax.core.Tracer):
@@ -130,7 +133,7 @@ def refine(ts, model_fn, solver, process, x_init, *, prediction="eps", target=No
         if not bool(jnp.all(jnp.isfinite(target))):
             raise ValueError("target must be finite")
     else:
-        teacher = _teacher_solver(teacher_solver, get_solver, Solver)
+        teacher = _teacher_solver(teacher_solver)
         if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, (int, np.integer)) or teacher_steps < 1:
             raise ValueError(f"teacher_steps must be an integer >= 1, got {teacher_steps!r}")
 
@@ -227,8 +230,8 @@ def _free_segment(process, ts_np):
     return lo, hi, log_gamma
 
 
-def _teacher_solver(spec, get_solver, solver_cls):
-    if isinstance(spec, solver_cls):
+def _teacher_solver(spec):
+    if isinstance(spec, Solver):
         return spec
     if isinstance(spec, str):
         return get_solver(spec)
@@ -242,7 +245,6 @@ def _compiled_refiner(model_fn, solver, process, prediction, history_size, batch
     """One compiled optimisation per (model, solver, process, prediction, history size, batch_size, segment):
     theta0, the fixed grid, the data, the key, the learning rate and the iteration count (<= history_size) are
     traced arguments."""
-    from samplers.base import sample
 
     def objective(theta, ts_fixed, u_ends, x, target):
         ts = grid_from_logits(theta, ts_fixed, u_ends, process, lo, hi)

@@ -24,7 +24,7 @@ Input convention (ours): NHWC float images in [-1, 1] of any size; one channel (
 They are resized to 299x299 as PyTorch's `F.interpolate(mode="bilinear", align_corners=False)` does (no
 antialiasing), as pytorch-fid does with [0, 1] images before mapping them to [-1, 1] (the two steps commute).
 
-Cost: about 6 GFLOPs an image at 299x299, which is slow on a CPU; FD-digits (`experiments.fd_digits`) is the
+Cost: about 6 GFLOPs an image at 299x299, which is slow on a CPU; FD-digits (`experiments.metrics.fd_digits`) is the
 metric for offline runs, FID the one for accelerators.
 """
 

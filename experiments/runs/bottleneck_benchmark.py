@@ -2,7 +2,7 @@
 
 `run(config, workdir)` is what `scripts/sample_bottleneck.py` calls, `benchmark(config)` what
 `scripts/benchmark_bottleneck.py` calls (config: `experiments/configs/digits_bottleneck.py`). Both load the model of
-a training run (`experiments.evaluation.checkpoint_target`, EMA weights by default), build every row's stages and
+a training run (`experiments.train.checkpoint_target`, EMA weights by default), build every row's stages and
 check them against the model (solver and grid names, sizes the model cannot take) before any sampling, and draw
 every row from the same initial noise.
 
@@ -15,8 +15,8 @@ steps whose model FLOPs come closest to a plan's. For each row:
     per sample of a batch; resizing and re-noising are not model FLOPs (they are in the wall time);
   - wall time: one warm-up batch (it compiles every stage; its time is reported apart), then `timing_repeats`
     timed passes over all samples (`block_until_ready`), the median;
-  - FD-digits (`experiments.fd_digits`) of the samples at the baseline's resolution, non-finite samples counted and
-    left out; `metric = "none"` skips it.
+  - FD-digits (`experiments.metrics.fd_digits.score_samples`) of the samples at the baseline's resolution,
+    non-finite samples counted and left out; `metric = "none"` skips it.
 
 At 64 px (`res64.enabled`, the benchmark only) the rows are the same with every resolution doubled; they are timed
 and counted on `res64.num_samples` samples, and carry no FD: the digits data, the FD-digits classifier and the
@@ -26,18 +26,22 @@ model's training stop at 32 px, so any quality number there would be invented. E
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import warnings
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+import core
 import samplers
-from experiments import evaluation, figures
-from experiments.flops import count_flops
+from experiments.metrics import fd_digits
+from experiments.metrics.flops import count_flops
+from experiments.report import figures
+from experiments.report.tables import render_table
+from experiments.train.checkpoints import Target, checkpoint_target, load_config
 from samplers import bottleneck
 from samplers.bottleneck import Stage
 
@@ -51,8 +55,9 @@ NO_FD_64 = ("not evaluated: the model was trained at 16 and 32 px only, the digi
 
 
 def model_flops(model_fn, shape, dtype=jnp.float32):
-    """FLOPs of one call model_fn(x, t) with x of `shape` and a scalar t: `experiments.flops.count_flops`, 2 x the
-    multiply-adds of its matrix products and convolutions, read off the jaxpr (the same number on every backend).
+    """FLOPs of one call model_fn(x, t) with x of `shape` and a scalar t: `experiments.metrics.flops.count_flops`,
+    2 x the multiply-adds of its matrix products and convolutions, read off the jaxpr (the same number on every
+    backend).
 
     Args:
       model_fn: a pure (x, t) -> prediction.
@@ -130,8 +135,6 @@ def check_config(config):
     if config.metric not in METRICS:
         raise ValueError(f"unknown metric {config.metric!r}; valid: {list(METRICS)}")
     if config.metric == "fd_digits":
-        from experiments import fd_digits
-
         if int(config.baseline.resolution) not in fd_digits.SIZES:
             raise ValueError(f"FD-digits scores {fd_digits.SIZES} px images; baseline.resolution is "
                              f"{config.baseline.resolution} (set metric='none' to time and count only)")
@@ -159,9 +162,9 @@ def check_config(config):
 
 
 def load_model(config):
-    """The trained model (`evaluation.Target`), the process with the config's ends, and the run's training sizes."""
+    """The trained model (a `Target`), the process with the config's ends, and the run's training sizes."""
     check_config(config)
-    target = evaluation.checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema)
+    target = checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema)
     if len(target.shape) != 3:
         raise ValueError(f"bottleneck sampling needs an image model (H, W, C); {config.train_config} makes "
                          f"{target.shape}")
@@ -169,9 +172,9 @@ def load_model(config):
                                   t_max=float(config.process.t_max))
     # One compiled model for every row: the solvers' compiled programs are cached per model function, so stages of
     # equal shape in different rows share them; it also compiles a stage's clean-estimate call outside the solver.
-    target = evaluation.Target(target.process, target.prediction, target.shape, jax.jit(target.model_fn),
-                               dataset=target.dataset, description=target.description)
-    trained = tuple(int(s) for s in evaluation.load_config(config.train_config).data.image_sizes)
+    target = Target(target.process, target.prediction, target.shape, jax.jit(target.model_fn),
+                    dataset=target.dataset, description=target.description)
+    trained = tuple(int(s) for s in load_config(config.train_config).data.image_sizes)
     return target, process, trained
 
 
@@ -250,7 +253,7 @@ def _initial_noise(config, process, num, side, channels):
 class Scorer:
     """fn(samples) -> {"fd_digits": FD-digits of the finite samples, "fd_digits_inf": its extrapolation to
     infinitely many samples, "fd_digits_by_n": FD on nested subsets, "num_nonfinite"} (None values for metric
-    "none").
+    "none"): `fd_digits.score_samples` with the extrapolation.
 
     FD_inf (`frechet.frechet_distance_extrapolated`) is reported beside FD because FD's finite-sample bias differs
     between sample sets: on this benchmark, at 1000 samples the 2x plan scored 1.18x the baseline's FD and at 10,000
@@ -262,19 +265,11 @@ class Scorer:
         self.reference = config.fd_reference
 
     def __call__(self, samples):
-        finite = np.all(np.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
-        out = {"fd_digits": None, "fd_digits_inf": None, "fd_digits_by_n": None, "num_nonfinite": int((~finite).sum())}
-        if self.name == "none" or finite.sum() < 2:
-            return out
-        from experiments import fd_digits, frechet
-
-        size = samples.shape[1]
-        features = fd_digits.features(size, samples[finite])
-        reference = fd_digits.reference_stats(size, split=self.reference)
-        out["fd_digits"] = frechet.frechet_distance(frechet.FeatureStats.from_features(features), reference)
-        out["fd_digits_inf"], by_n = frechet.frechet_distance_extrapolated(features, reference)
-        out["fd_digits_by_n"] = {str(n): value for n, value in by_n.items()}
-        return out
+        if self.name == "none":
+            finite = np.all(np.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
+            return {"fd_digits": None, "fd_digits_inf": None, "fd_digits_by_n": None,
+                    "num_nonfinite": int((~finite).sum())}
+        return fd_digits.score_samples(samples, self.reference, extrapolate=True)
 
 
 def _measure(target, process, label, kind, stages, x_init, key, config, batch_size, call_flops, scorer):
@@ -312,7 +307,7 @@ def _ratios(rows):
 # ------------------------------------------------------------------------------------------------------ entries
 
 
-def run(config, workdir):
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The sampling entry: the baseline and the plan `config.plan` from the same noise; writes in workdir
     baseline.png, bottleneck.png, comparison.png (the two grids side by side) and bottleneck.json (per row: stages,
     NFE per stage, model FLOPs per sample, wall time). Returns the JSON's content."""
@@ -338,12 +333,11 @@ def run(config, workdir):
     save_side_by_side(images, ["baseline", config.plan], files["comparison"])
     out = {"description": target.description, "config": config.to_dict(), "rows": _ratios(results), "files": files,
            "runtime_s": time.perf_counter() - start}
-    with open(files["json"], "w") as f:
-        json.dump(out, f, indent=2, default=_json_default)
+    core.write_json(files["json"], out, indent=2)
     return out
 
 
-def benchmark(config, json_path=None):
+def benchmark(config: ml_collections.ConfigDict, json_path: str | None = None) -> dict:
     """The benchmark: baseline, every plan, an equal-cost baseline per plan (and the 64 px cost rows); returns
     {"description", "config", "rows", "rows_64", "note_64", "table", "runtime_s"} and writes it to json_path."""
     start = time.perf_counter()
@@ -387,9 +381,7 @@ def benchmark(config, json_path=None):
     report["runtime_s"] = time.perf_counter() - start
     print(report["table"], flush=True)
     if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=2, default=_json_default)
+        core.write_json(json_path, report, indent=2)
     return report
 
 
@@ -397,23 +389,22 @@ def markdown(report):
     """The benchmark's rows as markdown tables (32 px with FD-digits; 64 px cost only)."""
 
     def table(rows, title, with_fd):
-        lines = [f"### {title}", "",
-                 "| row | stages (px x steps) | NFE | GFLOPs/sample | FLOPs vs baseline | time s | speedup |"
-                 + (" FD-digits | FD / baseline | FD_inf | FD_inf / baseline |" if with_fd else ""),
-                 "|---|---|---|---|---|---|---|" + ("---|---|---|---|" if with_fd else "")]
+        headers = ["row", "stages (px x steps)", "NFE", "GFLOPs/sample", "FLOPs vs baseline", "time s", "speedup"]
+        if with_fd:
+            headers += ["FD-digits", "FD / baseline", "FD_inf", "FD_inf / baseline"]
+        cells = []
         for r in rows:
             stages = " -> ".join(f"{s['resolution']}x{s['num_steps']}" for s in r["stages"])
-            line = (f"| {r['label']} | {stages} | {r['nfe']} | {r['flops_per_sample'] / 1e9:.3f} | "
-                    f"{r['flops_ratio']:.3f} (1/{r['flops_speedup']:.2f}) | {r['seconds']:.2f} | {r['speedup']:.2f}x |")
+            line = [r["label"], stages, r["nfe"], f"{r['flops_per_sample'] / 1e9:.3f}",
+                    f"{r['flops_ratio']:.3f} (1/{r['flops_speedup']:.2f})", f"{r['seconds']:.2f}",
+                    f"{r['speedup']:.2f}x"]
             if with_fd:
-                fd = "n/a" if r["fd_digits"] is None else f"{r['fd_digits']:.3f}"
-                ratio = "n/a" if r["fd_ratio"] is None else f"{r['fd_ratio']:.3f}"
-                fd_inf = "n/a" if r.get("fd_digits_inf") is None else f"{r['fd_digits_inf']:.3f}"
-                inf_ratio = "n/a" if r.get("fd_inf_ratio") is None else f"{r['fd_inf_ratio']:.3f}"
-                line += f" {fd} | {ratio} | {fd_inf} | {inf_ratio} |" + (
-                    f" ({r['num_nonfinite']} non-finite left out)" if r["num_nonfinite"] else "")
-            lines.append(line)
-        return "\n".join(lines)
+                line += [_or_na(r["fd_digits"]), _or_na(r["fd_ratio"]), _or_na(r.get("fd_digits_inf")),
+                         _or_na(r.get("fd_inf_ratio"))]
+                if r["num_nonfinite"]:
+                    line[-1] += f" ({r['num_nonfinite']} non-finite left out)"
+            cells.append(line)
+        return f"### {title}\n\n" + render_table(headers, cells)
 
     rows = report["rows"]
     parts = [table(rows, f"{rows[0]['resolution']} px, {rows[0]['num_samples']} samples ({report['description']})",
@@ -423,6 +414,10 @@ def markdown(report):
         parts.append(table(rows_64, f"64 px, {rows_64[0]['num_samples']} samples, cost only", False))
     parts.append(f"64 px: {report['note_64']}")
     return "\n\n".join(parts) + "\n"
+
+
+def _or_na(value):
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def save_side_by_side(images, titles, path, scale=4, gap=4, header=12):
@@ -449,11 +444,3 @@ def save_side_by_side(images, titles, path, scale=4, gap=4, header=12):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     full.save(path)
     return path
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

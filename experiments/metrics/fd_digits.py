@@ -1,13 +1,13 @@
 """FD-digits: a Fréchet distance for digit images, in the features of a small digits classifier.
 
 The metric. FD-digits is FID (Heusel et al. 2017) with Inception replaced by a small CNN trained to classify
-scikit-learn's 8x8 handwritten digits (1797 images, `experiments.data.load_digits`) at the resolution scored: 8, 16
-or 32 px (16 and 32 px are the 8 px digits resized bilinearly, as the generative models see them). Gaussians are
+scikit-learn's 8x8 handwritten digits (1797 images, `experiments.train.data.load_digits`) at the resolution scored: 8,
+16 or 32 px (16 and 32 px are the 8 px digits resized bilinearly, as the generative models see them). Gaussians are
 fitted to the classifier's 128 penultimate features of the samples and of the real digits, and their Fréchet
-distance is computed by `experiments.frechet` (float64 statistics, scipy's sqrtm as pytorch-fid does). Lower is
+distance is computed by `experiments.metrics.frechet` (float64 statistics, scipy's sqrtm as pytorch-fid does). Lower is
 better; 0 means equal feature means and covariances.
 
-    from experiments.fd_digits import fd_digits
+    from experiments.metrics.fd_digits import fd_digits
     score = fd_digits(samples)  # samples (n, H, W, 1) in [-1, 1], H = W in {8, 16, 32}; or an iterable of batches
 
 Samples are clipped to [-1, 1] before scoring (as image pipelines do when writing samples; `clip=False` turns this
@@ -61,7 +61,6 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 import time
 
 import flax.linen as nn
@@ -71,7 +70,8 @@ import numpy as np
 import optax
 from flax import serialization
 
-from experiments.frechet import FeatureStats, frechet_distance
+import core
+from experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_extrapolated
 
 VERSION = "v1"
 SIZES = (8, 16, 32)
@@ -159,7 +159,7 @@ def _digits_numpy(size):
     """All 1797 digits at `size` px (float32 numpy (1797, size, size, 1) in [-1, 1]) and their labels (int32)."""
     from sklearn.datasets import load_digits as sklearn_digits
 
-    from experiments.data import load_digits
+    from experiments.train.data import load_digits  # the digits as the generative models see them
 
     with jax.enable_x64(False):
         images = np.asarray(load_digits(image_size=size).data, np.float32)
@@ -337,27 +337,11 @@ def _info_path(path):
     return os.path.splitext(path)[0] + ".json"
 
 
-def _write_atomic(path, data):
-    """Writes bytes to `path` through a temporary file in the same directory and `os.replace`."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_classifier(classifier, cache_dir=None):
     """Writes the weights (flax msgpack) and the JSON record to the cache, atomically; returns the weights' path."""
     path = weights_path(classifier.size, cache_dir)
-    _write_atomic(_info_path(path), (json.dumps(classifier.info, indent=2, sort_keys=True) + "\n").encode())
-    _write_atomic(path, serialization.to_bytes(classifier.params))
+    core.write_atomic(_info_path(path), json.dumps(classifier.info, indent=2, sort_keys=True) + "\n")
+    core.write_atomic(path, serialization.to_bytes(classifier.params))
     return path
 
 
@@ -554,7 +538,8 @@ def reference_stats(size, split="all", cache_dir=None):
     return _REFERENCE[key]
 
 
-def fd_digits(images, size=None, reference="all", cache_dir=None, batch_size=1000, clip=True):
+def fd_digits(images, size: int | None = None, reference: str | FeatureStats = "all", cache_dir: str | None = None,
+              batch_size: int = 1000, clip: bool = True) -> float:
     """FD-digits of `images` against the real digits.
 
     Args:
@@ -581,6 +566,46 @@ def fd_digits(images, size=None, reference="all", cache_dir=None, batch_size=100
     return frechet_distance(stats, ref)
 
 
+def score_samples(samples: np.ndarray, reference: str | FeatureStats = "all", size: int | None = None,
+                  extrapolate: bool = False, cache_dir: str | None = None) -> dict:
+    """FD-digits of a sampler's output: the samples holding NaN or Inf are counted and left out, never scored.
+
+    The one scorer of the runs (sampler tables, the bottleneck benchmark, causal inversions): features of the finite
+    samples (`features`), their Fréchet distance to the reference statistics, and optionally the extrapolation of
+    that distance to infinitely many samples (`frechet.frechet_distance_extrapolated`, FD_inf), which is the fairer
+    comparison when FD's finite-sample bias differs between sample sets.
+
+    Args:
+      samples: (n, H, W, 1) floats in [-1, 1], H = W in {8, 16, 32}; non-finite samples allowed.
+      reference: "all", "train" or "test" (a split of the real digits), or a `FeatureStats` of this classifier.
+      size: None (from the samples) or the expected size.
+      extrapolate: also compute FD_inf and FD on nested subsets.
+      cache_dir: the classifier cache; None: `default_cache_dir()`.
+
+    Returns:
+      {"fd_digits": FD of the finite samples, or None when fewer than two are finite; with `extrapolate` also
+      "fd_digits_inf" (None below the smallest subset size) and "fd_digits_by_n" ({str(n): FD on n samples});
+      "num_nonfinite": how many samples were left out}.
+    """
+    samples = np.asarray(samples)
+    finite = np.all(np.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
+    out = {"fd_digits": None}
+    if extrapolate:
+        out.update(fd_digits_inf=None, fd_digits_by_n=None)
+    out["num_nonfinite"] = int((~finite).sum())
+    if finite.sum() < 2:
+        return out
+    size = samples.shape[1] if size is None else size
+    sample_features = features(size, samples[finite], cache_dir=cache_dir)
+    if not isinstance(reference, FeatureStats):
+        reference = reference_stats(size, split=reference, cache_dir=cache_dir)
+    out["fd_digits"] = frechet_distance(FeatureStats.from_features(sample_features), reference)
+    if extrapolate:
+        out["fd_digits_inf"], by_n = frechet_distance_extrapolated(sample_features, reference)
+        out["fd_digits_by_n"] = {str(n): value for n, value in by_n.items()}
+    return out
+
+
 def half_indices(seed=SEED):
     """Two disjoint random halves (898 and 899) of the 1797 digits, drawn by `RandomState(seed)`: sorted indices."""
     perm = np.random.RandomState(seed).permutation(_digits_numpy(8)[1].shape[0])
@@ -604,6 +629,6 @@ def data_floor(size, cache_dir=None, seed=SEED):
 __all__ = [
     "VERSION", "SIZES", "SEED", "DigitsClassifier", "Classifier", "digits", "split_indices", "train_classifier",
     "default_cache_dir", "weights_path", "save_classifier", "load_classifier", "features", "feature_stats",
-    "reference_stats", "fd_digits", "half_indices", "data_floor",
+    "reference_stats", "fd_digits", "score_samples", "half_indices", "data_floor",
 ]
 

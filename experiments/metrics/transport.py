@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 
-def w2_exact(x, y):
+def w2_exact(x: np.ndarray, y: np.ndarray) -> float:
     """Exact 2-Wasserstein distance between two empirical sets of equal size with uniform weights.
 
     With equal sizes and weights the optimal plan is a permutation (Birkhoff), found exactly by
@@ -35,7 +35,7 @@ def w2_exact(x, y):
     return float(np.sqrt(np.mean(cost[rows, cols])))
 
 
-def straightness(trajectory, ts):
+def straightness(trajectory: np.ndarray, ts: np.ndarray) -> float:
     """Straightness of discretised flow trajectories (Liu et al. 2022, "Flow straight and fast", arXiv:2209.03003).
 
     Liu et al. define S = int E ||(Z_1 - Z_0) - dZ_t/dt||^2 dt over t in [0, 1]; on a grid t_0..t_N (either

@@ -7,7 +7,7 @@ With x_t = alpha(t) x0 + sigma(t) eps, a model of kind `prediction` regresses th
   - flow matching on the VP path: process "vp_linear" / "vp_cosine", prediction "velocity";
   - denoising score matching (Ho et al. 2020; Salimans & Ho 2022; Karras et al. 2022) with eps, x0 or v prediction
     on VP, cosine and EDM processes.
-The pairs (eps, x0) are the coupling's (`experiments.couplings`): independent, exact minibatch OT or Sinkhorn.
+The pairs (eps, x0) are the coupling's (`experiments.train.couplings`): independent, exact minibatch OT or Sinkhorn.
 
 Time sampling (`TIME_SAMPLINGS`):
   "uniform"       t ~ U(t_min, t_max);

@@ -5,7 +5,7 @@ The Fréchet (2-Wasserstein) distance between N(mu1, S1) and N(mu2, S2) is
     |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))
 
 (Dowson & Landau 1982). FID (Heusel et al. 2017) is this distance between Inception pool features of real and
-generated images; FD-digits (`experiments.fd_digits`) uses a small digits classifier's features instead. The
+generated images; FD-digits (`experiments.metrics.fd_digits`) uses a small digits classifier's features instead. The
 matrix square root is computed as the standard tools compute it (`scipy.linalg.sqrtm` of S1 S2 in float64; if the
 product is singular, both covariances get 1e-6 added on the diagonal; an imaginary part above 1e-3 is an error,
 a smaller one is dropped), so our numbers are comparable with theirs.
@@ -97,19 +97,23 @@ class FeatureStats:
             return cls(count, np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64) * (count - 1))
 
 
-def frechet_distance(stats1, stats2, offset=1e-6):
-    """The Fréchet distance between the Gaussians of two `FeatureStats` (float).
+def frechet_distance(stats1: FeatureStats, stats2: FeatureStats, offset: float = 1e-6) -> float:
+    """The Fréchet distance between the Gaussians of two `FeatureStats`.
 
     Args:
       stats1, stats2: statistics of the same feature dimension.
       offset: the diagonal added to both covariances when their product is singular (the standard tools' 1e-6).
+
+    Returns:
+      The distance, a Python float.
     """
     if stats1.dim != stats2.dim:
         raise ValueError(f"feature dimensions differ: {stats1.dim} and {stats2.dim}")
     return frechet_distance_from_moments(stats1.mean, stats1.covariance, stats2.mean, stats2.covariance, offset)
 
 
-def frechet_distance_extrapolated(features, reference, sizes=(1000, 2000, 5000), seed=0, offset=1e-6):
+def frechet_distance_extrapolated(features: np.ndarray, reference: FeatureStats, sizes: tuple = (1000, 2000, 5000),
+                                  seed: int = 0, offset: float = 1e-6) -> tuple[float | None, dict]:
     """The Fréchet distance at infinitely many samples, FD_inf (Chong & Forsyth 2020), with FD at each size.
 
     FD computed from n samples is biased upwards by about c / n, with c depending on the distribution, so two

@@ -3,7 +3,8 @@
 Every dataset has `name`, `shape` (one example's shape), `num_examples` (None for procedural sets),
 `batch(key, step, batch_size)` (float32, (batch_size, *shape), jit-traceable with a traced int32 `step`) and
 `sample(key, n)` (n examples for evaluation references). Because a batch depends only on (key, step), a resumed run
-sees exactly the batches of an uninterrupted one (DESIGN.md: per-step keys by `fold_in(key, step)`).
+sees exactly the batches of an uninterrupted one: the project's convention is that per-step randomness is
+derived, `fold_in(key, step)`, never carried in the state.
 
 - Finite sets (`ArrayDataset`: digits, a folder of images, an .npz) hold one float32 array on the device. Example k
   of the global stream (k = step * batch_size + j) is `perm_e[k mod N]` with e = k // N and
@@ -23,15 +24,16 @@ any training.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from core import Registry
 
 _INT32_LIMIT = 2**31
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -404,7 +406,7 @@ def _resize(images, image_size, method, name):
 # Registry
 # ------------------------------------------------------------------------------------------------------------------
 
-DATASETS = {
+DATASETS = Registry("dataset", {
     "moons": Moons,
     "8gaussians": EightGaussians,
     "checkerboard": Checkerboard,
@@ -412,10 +414,10 @@ DATASETS = {
     "digits": load_digits,
     "folder": load_folder,
     "npz": load_npz,
-}
+})
 
 
-def get_dataset(name, **options):
+def get_dataset(name: str, **options: Any) -> ArrayDataset | _Procedural:
     """Builds a registered dataset; every check (names, options, files) happens here.
 
     Args:
@@ -428,21 +430,4 @@ def get_dataset(name, **options):
     >>> get_dataset("digits", image_size=16).shape
     (16, 16, 1)
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    factory = DATASETS[name]
-    parameters = _options(factory)
-    unknown = sorted(set(options) - set(parameters))
-    if unknown:
-        raise ValueError(f"dataset {name!r} has no option(s) {unknown}; its options: {', '.join(parameters) or 'none'}")
-    missing = [p for p, default in parameters.items() if default is inspect.Parameter.empty and p not in options]
-    if missing:
-        raise ValueError(f"dataset {name!r} needs the option(s) {missing}")
-    return factory(**options)
-
-
-def _options(factory):
-    """Keyword options of a dataset constructor: {name: default} (`inspect.Parameter.empty` when required)."""
-    if isinstance(factory, type):  # a procedural dataset class: its dataclass fields
-        return {f.name: f.default for f in factory.__dataclass_fields__.values() if f.init}
-    return {p.name: p.default for p in inspect.signature(factory).parameters.values()}
+    return DATASETS.build(name, **options)

@@ -8,8 +8,15 @@ import os
 import numpy as np
 
 
-def image_grid(images, columns=None):
+def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     """(n, H, W, C) images in [-1, 1] tiled into one uint8 array (rows * H, columns * W, C), 1-pixel gaps.
+
+    Args:
+      images: (n, H, W, C) floats in [-1, 1] (NaN drawn as 0).
+      columns: images per row; default about sqrt(n).
+
+    Returns:
+      The uint8 grid, white between the images.
 
     Example:
         >>> image_grid(np.zeros((6, 4, 4, 1)), columns=3).shape
@@ -29,9 +36,19 @@ def image_grid(images, columns=None):
     return grid
 
 
-def save_samples(x, path, title=None, scale=4):
+def save_samples(x: np.ndarray, path: str, title: str | None = None, scale: int = 4) -> str:
     """Save samples as a PNG: a grid for (n, H, W, C) images (each pixel `scale`x enlarged), a scatter plot for
-    (n, 2) points."""
+    (n, 2) points.
+
+    Args:
+      x: (n, H, W, C) images in [-1, 1] or (n, 2) points.
+      path: the PNG to write (its folder is created).
+      title: the scatter plot's title (images have none).
+      scale: the enlargement of each image pixel.
+
+    Returns:
+      The path.
+    """
     x = np.asarray(x)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if x.ndim == 4:

@@ -4,9 +4,9 @@
 is either a trained checkpoint (`source = "checkpoint"`: the training config and its workdir; the EMA weights by
 default) or the Gaussian-mixture oracle (`source = "oracle"`), and the metric is one of `METRICS`:
 
-  "fd_digits"  Fréchet distance in the features of a digits classifier (`experiments.fd_digits`), against all
+  "fd_digits"  Fréchet distance in the features of a digits classifier (`experiments.metrics.fd_digits`), against all
                1797 digits at the model's resolution; the offline metric for the digits models.
-  "fid"        Fréchet distance in the FID Inception's pool3 features (`experiments.inception`, weights from
+  "fid"        Fréchet distance in the FID Inception's pool3 features (`experiments.metrics.inception`, weights from
                `fid_weights`), against `fid_reference` statistics (an .npz of mu / sigma / count) or, when that is
                empty, the training data's statistics (computed once and cached in the workdir).
   "exact"      oracle only: the RMSE between the sampler's x(t_min) and the exact probability-flow map of the same
@@ -14,93 +14,31 @@ default) or the Gaussian-mixture oracle (`source = "oracle"`), and the metric is
 
 Every cell starts from the same noise (one key for the whole table). Samples with a non-finite entry are counted
 (`num_nonfinite`) and left out of the metric, never averaged in; a cell with fewer than two finite samples has
-metric NaN. The rows go to `rows.json`; `scripts/make_table.py` (`experiments.tables`) turns them into markdown
+metric NaN. The rows go to `rows.json`; `scripts/make_table.py` (`experiments.report.tables`) turns them into markdown
 tables and a metric-versus-NFE plot. The adaptive diffrax solver, when `reference` is set, adds a row at its own
 NFE (the "adaptive reference").
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+import core
 import samplers
 import schedules
-from experiments import frechet, training
+from experiments.metrics import fd_digits, frechet
+from experiments.train.checkpoints import Target, checkpoint_target
 from models import GaussianMixture, predictions
 
 METRICS = ("fd_digits", "fid", "exact")
 SOURCES = ("checkpoint", "oracle")
 NOISE_STREAM = 7  # fold_in(root, NOISE_STREAM): the starting noise shared by every cell
-
-
-def load_config(spec):
-    """An experiment config from "path/to/file.py" or "path/to/file.py:arg" (the training config of a run)."""
-    path, _, arg = str(spec).partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
-class Target:
-    """What is sampled: process, prediction kind, example shape, model_fn(x, t); for the oracle also the oracle."""
-
-    def __init__(self, process, prediction, shape, model_fn, oracle=None, dataset=None, description=""):
-        self.process, self.prediction, self.shape = process, prediction, tuple(shape)
-        self.model_fn, self.oracle, self.dataset, self.description = model_fn, oracle, dataset, description
-
-
-def restore_run(train_spec, checkpoint_dir, use_ema=True):
-    """The latest weights of a training run: its config (file.py[:arg]) and workdir -> (config, experiment,
-    params, step), with `experiment` = `training.build(config)`.
-
-    Raises FileNotFoundError when the workdir has no checkpoint, ValueError when the checkpoint does not fit the
-    config (another model size or data shape), before any sampling.
-    """
-    import orbax.checkpoint as ocp
-
-    config = load_config(train_spec)
-    directory = os.path.join(os.path.abspath(checkpoint_dir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoints in {checkpoint_dir!r} (expected {directory}); train first: "
-                                f"python scripts/train.py --config {train_spec} --workdir {checkpoint_dir}")
-    experiment = training.build(config)
-    manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler(),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-    abstract = training.abstract_state(experiment)
-    training.check_checkpoint(manager, step, abstract)
-    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return config, experiment, state["ema_params" if use_ema else "params"], step
-
-
-def checkpoint_target(train_spec, checkpoint_dir, use_ema=True, resolution=0):
-    """The model of a training run: its config (file.py[:arg]) and workdir; the latest checkpoint's weights.
-
-    Raises FileNotFoundError when the workdir has no checkpoint, ValueError when the checkpoint does not fit the
-    config (another model size or data shape), before any sampling.
-    """
-    config, experiment, params, step = restore_run(train_spec, checkpoint_dir, use_ema)
-    if experiment.is_flow:
-        raise ValueError(f"{train_spec} trains a normalizing flow; its samplers are samplers.causal "
-                         f"(scripts/benchmark_causal.py), not ODE solvers")
-    if not 0 <= resolution < len(experiment.datasets):
-        raise ValueError(f"resolution index {resolution} but the run has {len(experiment.datasets)} resolutions")
-    dataset = experiment.datasets[resolution]
-    model_fn = lambda x, t: experiment.model_fn(params, x, t)
-    return Target(experiment.process, config.loss.prediction, dataset.shape, model_fn, dataset=dataset,
-                  description=f"{train_spec} @ step {step} ({'EMA' if use_ema else 'raw'} weights)")
 
 
 def oracle_target(oracle_cfg, seed):
@@ -197,14 +135,10 @@ class Metric:
             raise ValueError(f"metric {self.name!r} scores images (H, W, C); the samples have shape {target.shape}")
         self.target, self.config, self.workdir = target, config, workdir
         self._reference = None
-        if self.name == "fd_digits":
-            from experiments import fd_digits
-
-            size = target.shape[0]
-            self._features = lambda x: fd_digits.features(size, x)
-            self._reference = fd_digits.reference_stats(size, split=config.fd_reference)
+        if self.name == "fd_digits":  # the reference first: it may train the classifier, before any sampling
+            self._reference = fd_digits.reference_stats(target.shape[0], split=config.fd_reference)
         elif self.name == "fid":
-            from experiments import inception
+            from experiments.metrics import inception
 
             if not config.fid_weights:
                 raise ValueError("metric 'fid' needs fid_weights: the .npz from scripts/convert_inception_weights.py")
@@ -230,11 +164,23 @@ class Metric:
             return float(np.sqrt(np.mean((samples - exact) ** 2)))
         if samples.shape[0] < 2:
             return float("nan")
+        if self.name == "fd_digits":
+            return fd_digits.score_samples(samples, self._reference)["fd_digits"]
         return frechet.frechet_distance(frechet.FeatureStats.from_features(self._features(samples)), self._reference)
 
 
-def run(config, workdir):
-    """Sample and score every cell; write WORKDIR/rows.json and return its content."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Sample and score every cell of the table.
+
+    Args:
+      config: a ConfigDict with the keys of `experiments/configs/evaluate.py`.
+      workdir: a directory (created if missing) for rows.json (rewritten after every cell).
+
+    Returns:
+      The content of rows.json: "description" (the model), "metric", "config", "rows" (one per cell: label,
+      solver, options, grid, nfe_budget, num_steps, nfe, metric, value, num_samples, num_nonfinite, seconds),
+      "runtime_s" and "complete".
+    """
     start = time.perf_counter()
     if config.source not in SOURCES:
         raise ValueError(f"unknown source {config.source!r}; valid: {list(SOURCES)}")
@@ -286,8 +232,5 @@ def _write_rows(workdir, target, metric, config, rows, start, complete):
     """WORKDIR/rows.json, replaced atomically; `complete` is False while cells are still to come."""
     results = {"description": target.description, "metric": metric.name, "config": config.to_dict(),
                "rows": rows, "runtime_s": time.perf_counter() - start, "complete": complete}
-    path = os.path.join(workdir, "rows.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
+    core.write_json(os.path.join(workdir, "rows.json"), results, indent=2)
     return results

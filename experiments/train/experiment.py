@@ -1,47 +1,39 @@
-"""The training loop: `train(config, workdir)`, what `scripts/train.py` runs (configs: `experiments/configs/*_fm.py`,
-`digits_vp.py`, `digits_dit.py`; every key is documented in `experiments/configs/train_base.py`).
+"""The experiment a training config names, built and checked before any compute, and the compiled programs on it.
 
-One run is a pure function of the config: the root key is `config.seed`; step s uses `fold_in(train_key, s)` and the
-data batch `dataset.batch(data_key, s, batch_size)`. The state (step, params, EMA params, optimizer state) is a plain
-pytree, checkpointed with orbax into `WORKDIR/checkpoints` (atomic: a step directory appears only when complete).
-Rerunning the same command restores the newest checkpoint and continues, and the steps run in the same compiled
-chunks as an uninterrupted run, so the final parameters are bitwise those of a run that was never killed.
+`build(config)` turns a config (every key documented in `experiments/configs/train_base.py`) into an `Experiment`:
+the process, the datasets (one per training resolution), the network, its loss, the optimizer, the device mesh and
+the sampler of its samples. On it: the state at step 0 (`init_state`, `abstract_state`), a compiled chunk of training
+steps (`make_train_chunk`) and a compiled sampler (`make_sampler`); the loop that runs them is `experiments.train.loop`.
+
+Randomness: the root key is `config.seed`; step s uses `fold_in(train_key, s)` and the data batch
+`dataset.batch(data_key, s, batch_size)`, so a resumed run draws exactly what an uninterrupted one does.
 
 Data parallelism: a device mesh with one `data` axis over `config.train.num_devices` devices (0 = all, across all
 hosts after `jax.distributed.initialize`); the state is replicated and every batch-shaped array is sharded along
 its first axis, so the per-step arithmetic is the one-device arithmetic up to the order of the batch-mean reduction.
-
-Outputs in WORKDIR: `metrics.jsonl` (one line per `log_every` steps: step, loss, learning rate, steps/s; also
-TensorBoard event files when `tensorboardX` is installed), `samples/step_NNNNNNN[_RES].png` every `sample_every`
-steps, `config.json`, and at the end `eval.json` (EMA eval loss, and the exact W2 distance of `eval.num_samples`
-samples to as many data points).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import sys
-import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import samplers
-from samplers.base import check_ts
 import schedules
-from experiments import couplings, data, figures, losses, metrics
+from experiments.train import couplings, data, losses
 from models import conditioning
 from models.networks import FLOWS, get_network
 from samplers import causal
+from samplers.driver import check_ts
+
 
 # Streams of the root key (fold_in(root, stream)): each random draw stays put when another is added.
 INIT_STREAM, TRAIN_STREAM, DATA_STREAM, SAMPLE_STREAM, EVAL_STREAM = range(5)
@@ -99,8 +91,19 @@ def _set(section, *names):
     return {name: section[name] for name in names if section[name] is not None}
 
 
-def build(config):
-    """Build and check every component the config names; raises before any training compute."""
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """Build and check every component the config names; raises before any training compute.
+
+    Args:
+      config: a training config (the keys of `experiments/configs/train_base.py`).
+
+    Returns:
+      The `Experiment`: process, datasets, network, loss, optimizer, mesh and sampler, the network traced once at
+      every training resolution.
+
+    Raises:
+      ValueError: a name, option, size or device count the config gets wrong.
+    """
     process = schedules.get_process(config.process.name, **_set(config.process, "sigma_min"))
     data_options = _set(config.data, "path", "channels", "noise", "scale", "shift")
     if config.data.npz_key is not None:
@@ -259,8 +262,15 @@ def _init_key(seed):
     return jax.random.fold_in(jax.random.key(seed, impl="rbg"), INIT_STREAM)
 
 
-def init_state(experiment):
-    """The initial state (step 0), created replicated on the mesh."""
+def init_state(experiment: Experiment) -> dict:
+    """The initial state (step 0), created replicated on the mesh.
+
+    Args:
+      experiment: from `build`.
+
+    Returns:
+      {"step", "params", "ema_params" (= params), "opt_state"}.
+    """
     return jax.jit(_init_fn(experiment), out_shardings=experiment.replicated)()
 
 
@@ -270,8 +280,16 @@ def abstract_state(experiment):
                         jax.eval_shape(_init_fn(experiment)))
 
 
-def make_train_chunk(experiment, num_steps):
-    """A compiled fn(state, datasets) -> (state, losses (num_steps,), params_finite) running num_steps steps."""
+def make_train_chunk(experiment: Experiment, num_steps: int) -> Callable:
+    """The compiled training steps of one chunk.
+
+    Args:
+      experiment: from `build`.
+      num_steps: the steps one call runs (the loop calls chunks up to its next log / checkpoint / sample step).
+
+    Returns:
+      A jitted fn(state, datasets) -> (state, losses (num_steps,), params_finite).
+    """
     config = experiment.config
     root = jax.random.PRNGKey(config.seed)
     train_key, data_key = jax.random.fold_in(root, TRAIN_STREAM), jax.random.fold_in(root, DATA_STREAM)
@@ -331,262 +349,3 @@ def make_sampler(experiment, num_samples, shape):
         return x, jnp.sum(~jnp.isfinite(x))
 
     return jax.jit(draw, out_shardings=experiment.replicated)
-
-
-# ----------------------------------------------------------------------------------------------------- the loop
-
-
-def train(config, workdir):
-    """Train (or resume) the run of `config` in `workdir`; returns the final evaluation (also in eval.json).
-
-    Raises:
-      ValueError / FileNotFoundError: a config key, dataset, size or checkpoint that does not fit, before training.
-      FloatingPointError: a non-finite loss or parameters; the message names the step, and the checkpoints
-        written before it are left intact.
-    """
-    experiment = build(config)
-    train_cfg = config.train
-    is_main = jax.process_index() == 0
-    workdir = os.path.abspath(workdir)
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=train_cfg.keep_checkpoints, create=True,
-                                             enable_async_checkpointing=train_cfg.async_checkpointing,
-                                             cleanup_tmp_directories=True),
-        item_handlers=ocp.StandardCheckpointHandler(),
-    )
-    abstract = abstract_state(experiment)
-    latest = manager.latest_step()
-    if latest is not None:
-        check_checkpoint(manager, latest, abstract)
-        state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-    else:
-        state = init_state(experiment)
-    step = int(state["step"])
-    if step > train_cfg.num_steps:
-        raise ValueError(f"{workdir} holds a checkpoint at step {step}, past train.num_steps={train_cfg.num_steps}")
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
-    writer = MetricsWriter(workdir, resume_step=step, enabled=is_main)
-    progress = _progress_bar(train_cfg, step, is_main)
-
-    chunks = {}
-    pending = []  # (first step, device array of losses) not yet checked
-    last_log_step, last_log_time = step, time.perf_counter()
-    try:
-        while step < train_cfg.num_steps:
-            n = min(train_cfg.steps_per_call, _next_boundary(train_cfg, step) - step)
-            if n not in chunks:
-                chunks[n] = make_train_chunk(experiment, n)
-            state, chunk_losses, finite = chunks[n](state, experiment.datasets)
-            pending.append((step, chunk_losses))
-            step += n
-            progress.update(n)
-            if not _at_boundary(train_cfg, step):
-                continue
-            values = _check_losses(pending, manager, config.loss)
-            pending = []
-            if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
-                now = time.perf_counter()
-                record = {"step": step, "loss": float(np.mean(values[-(step - last_log_step):])),
-                          "lr": float(experiment.lr_schedule(step)),
-                          "steps_per_s": (step - last_log_step) / max(now - last_log_time, 1e-9)}
-                writer.write(record)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_s']:.1f}")
-                last_log_step, last_log_time = step, now
-            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.num_steps:
-                if not bool(finite):
-                    manager.wait_until_finished()
-                    raise FloatingPointError(
-                        f"the parameters became non-finite by step {step} (the losses were finite); stopping. The "
-                        f"last good checkpoint is step {manager.latest_step()} in {manager.directory}")
-                manager.save(step, args=ocp.args.StandardSave(state))
-            if train_cfg.sample_every and step % train_cfg.sample_every == 0:
-                save_samples(experiment, state, os.path.join(workdir, "samples"), step, write=is_main)
-        manager.wait_until_finished()
-    finally:
-        progress.close()
-        writer.close()
-        manager.close()
-    result = evaluate(experiment, state)
-    save_samples(experiment, state, os.path.join(workdir, "samples"), step, write=is_main)
-    if is_main:
-        _write_json(os.path.join(workdir, "eval.json"), result)
-    return result
-
-
-def _next_boundary(train_cfg, step):
-    """The next step > `step` at which the loop logs, checkpoints, samples or ends."""
-    periods = [p for p in (train_cfg.log_every, train_cfg.checkpoint_every, train_cfg.sample_every) if p > 0]
-    return min([train_cfg.num_steps] + [(step // p + 1) * p for p in periods])
-
-
-def _at_boundary(train_cfg, step):
-    periods = (train_cfg.log_every, train_cfg.checkpoint_every, train_cfg.sample_every)
-    return step == train_cfg.num_steps or any(p > 0 and step % p == 0 for p in periods)
-
-
-def _check_losses(pending, manager, loss_cfg):
-    values = np.concatenate([np.asarray(chunk_losses) for _, chunk_losses in pending])
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        first_step = pending[0][0] + int(bad[0]) + 1  # the step that the loss was computed for, counted from 1
-        manager.wait_until_finished()
-        hint = "lower train.lr or set train.grad_clip"
-        if loss_cfg.coupling == "sinkhorn" and not loss_cfg.sinkhorn_lse_mode:
-            hint += (", or, if the Sinkhorn plan failed (its kernel updates underflow for small epsilon or far "
-                     "outliers), set loss.sinkhorn_lse_mode=True or raise loss.sinkhorn_epsilon")
-        raise FloatingPointError(
-            f"non-finite loss ({values[bad[0]]}) at step {first_step}; stopping. The last good checkpoint is step "
-            f"{manager.latest_step()} in {manager.directory}; {hint}")
-    return values
-
-
-def check_checkpoint(manager, step, abstract):
-    """Raise ValueError when the checkpoint at `step` does not have the shapes and dtypes of this config's state."""
-    stored = manager.item_metadata(step)
-    stored = getattr(stored, "tree", stored)
-    expected = jax.tree_util.tree_flatten_with_path(abstract)[0]
-    found = [leaf for leaf in jax.tree.leaves(stored) if hasattr(leaf, "shape")]
-    where = os.path.join(str(manager.directory), str(step))
-    if len(found) != len(expected):
-        raise ValueError(f"the checkpoint {where} holds {len(found)} arrays but this config's model and optimizer "
-                         f"have {len(expected)}: it is a run of another config (use another --workdir)")
-    for (path, want), got in zip(expected, found):
-        if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
-            raise ValueError(
-                f"the checkpoint {where} does not fit this config: {jax.tree_util.keystr(path)} is "
-                f"{tuple(got.shape)} {np.dtype(got.dtype)} there, {tuple(want.shape)} {np.dtype(want.dtype)} here "
-                f"(another model size or data shape; use another --workdir)")
-
-
-# ------------------------------------------------------------------------------------------------ sample and eval
-
-
-def _sampler_title(experiment):
-    info = experiment.sampler_info
-    if experiment.is_flow:
-        return f"{info['plan']} inversion" + (f", guidance {info['guidance']}" if info["guidance"] else "")
-    return f"{info['solver']} NFE {info['nfe']}"
-
-
-def _params_for_sampling(experiment, state):
-    return state["ema_params"] if experiment.config.sample.use_ema else state["params"]
-
-
-def save_samples(experiment, state, directory, step, write=True):
-    """Write a PNG per resolution: an image grid, or a scatter plot for 2-D data. Every process computes the
-    samples (the program spans all hosts' devices); only those with `write` save the files."""
-    config = experiment.config
-    params = _params_for_sampling(experiment, state)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_STREAM)  # the same noise at every step
-    paths = []
-    for dataset in experiment.datasets:
-        x, num_nonfinite = make_sampler(experiment, config.sample.num_samples, dataset.shape)(params, key)
-        suffix = f"_{dataset.shape[0]}px" if len(experiment.datasets) > 1 else ""
-        path = os.path.join(directory, f"step_{step:07d}{suffix}.png")
-        if not write:
-            continue
-        if int(num_nonfinite):
-            print(f"warning: {int(num_nonfinite)} non-finite values in the samples at step {step}", file=sys.stderr)
-        title = f"step {step}, " + _sampler_title(experiment)
-        figures.save_samples(np.asarray(x), path, title=title)
-        paths.append(path)
-    return paths
-
-
-def evaluate(experiment, state):
-    """The final evaluation: EMA (or raw) eval loss on fixed batches, and per resolution the exact W2 distance
-    between `eval.num_samples` samples and as many data points, with the sampler's NFE."""
-    config = experiment.config
-    params = _params_for_sampling(experiment, state)
-    root = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
-    loss_fn = jax.jit(lambda p, key, dataset, data_key, i: experiment.loss_fn(
-        p, key, *data_batch(experiment, dataset, data_key, i, config.train.batch_size)))
-    eval_losses = []
-    for r, dataset in enumerate(experiment.datasets):
-        for i in range(config.eval.loss_batches):
-            eval_losses.append(float(loss_fn(params, jax.random.fold_in(root, i), dataset,
-                                             jax.random.fold_in(root, 1000 + r), i)))
-    result = {
-        "step": int(state["step"]),
-        "eval_loss": float(np.mean(eval_losses)),
-        "params": "ema" if config.sample.use_ema else "raw",
-        "sampler": experiment.sampler_info,
-        "resolutions": {},
-    }
-    for r, dataset in enumerate(experiment.datasets):
-        n = config.eval.num_samples
-        if dataset.num_examples is not None:
-            n = min(n, dataset.num_examples)
-        x, num_nonfinite = make_sampler(experiment, n, dataset.shape)(params, jax.random.fold_in(root, 2000 + r))
-        if int(num_nonfinite):
-            raise FloatingPointError(f"the final samples have {int(num_nonfinite)} non-finite values (resolution "
-                                     f"{dataset.shape}); the model or the sampler diverged")
-        entry = {"shape": list(dataset.shape), "num_samples": n, "sample_mean": float(jnp.mean(x)),
-                 "sample_std": float(jnp.std(x))}
-        if config.eval.w2:
-            reference = dataset.sample(jax.random.fold_in(root, 3000 + r), n)
-            entry["w2"] = metrics.w2_exact(np.reshape(np.asarray(x), (n, -1)),
-                                           np.reshape(np.asarray(reference), (n, -1)))
-        # images are keyed by their size ("16"), other data by their shape ("2")
-        name = str(dataset.shape[0]) if len(dataset.shape) == 3 else "x".join(map(str, dataset.shape))
-        result["resolutions"][name] = entry
-    return result
-
-
-# ------------------------------------------------------------------------------------------------------ logging
-
-
-class MetricsWriter:
-    """Appends JSON lines to WORKDIR/metrics.jsonl (and TensorBoard scalars when tensorboardX is installed). On
-    resume, lines past the restored step (written after the last checkpoint of a killed run) are dropped."""
-
-    def __init__(self, workdir, resume_step=0, enabled=True):
-        self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.tensorboard = None
-        if not enabled:
-            return
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            pass
-        else:
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def write(self, record):
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            for name, value in record.items():
-                if name != "step":
-                    self.tensorboard.add_scalar(name, value, record["step"])
-
-    def close(self):
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def _progress_bar(train_cfg, step, enabled):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=train_cfg.num_steps, initial=step, disable=not (enabled and train_cfg.progress),
-                unit="step", dynamic_ncols=True)
-
-
-def _write_json(path, value):
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
-

@@ -8,19 +8,18 @@ float64). The results go to a printed table, a JSON file (config, rows, versions
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import subprocess
-import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
+import core
 import samplers
 import schedules
+from experiments.report.provenance import versions
+from experiments.report.tables import render_table
 from models import GaussianMixture, predictions
 
 # Streams of the root key (fold_in(root, stream)), so that each random draw stays put when others are added.
@@ -28,7 +27,7 @@ ORACLE_STREAM = 0
 INIT_STREAM = 1
 
 
-def run(config, workdir):
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Sample with every solver of `config.solvers` at `config.nfe` evaluations and compare with the exact map.
 
     Args:
@@ -89,8 +88,7 @@ def run(config, workdir):
         "runtime_s": time.perf_counter() - start,
         "files": {"json": json_path, "png": png_path},
     }
-    with open(json_path, "w") as f:
-        json.dump(results, f, indent=2)
+    core.write_json(json_path, results, indent=2)
     return results
 
 
@@ -116,7 +114,7 @@ def _validate(config):
 
 
 def format_table(rows, baseline):
-    """The rows as an aligned text table."""
+    """The rows as an aligned text table: text columns left-aligned, numbers right-aligned."""
     header = ("solver", "method", "grid", "NFE", "RMSE vs exact", f"ratio to {baseline}")
     lines = [
         (
@@ -129,13 +127,7 @@ def format_table(rows, baseline):
         )
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-
-    def fmt(line):
-        # text columns left-aligned, numbers right-aligned
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])
+    return render_table(header, lines, style="text", align="lllrrr")
 
 
 def _plot_title(config):
@@ -169,28 +161,3 @@ def plot_samples(rows, samples, path, title="", max_points=1500):
         ax.set_ylabel("x[1]")
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
-
-
-def versions():
-    """What produced the results: library versions, backend, precision and the git commit when there is one."""
-    import jaxlib
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "numpy": np.__version__,
-        "ml_collections": getattr(ml_collections, "__version__", None),
-        "backend": jax.default_backend(),
-        "device": jax.devices()[0].device_kind,
-        "x64": bool(jax.config.jax_enable_x64),
-        "git_commit": commit,
-    }

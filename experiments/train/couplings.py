@@ -50,11 +50,13 @@ example is the squared Euclidean distance between the flattened vectors. Outputs
 from __future__ import annotations
 
 import functools
-import inspect
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from core import Registry
 
 OT_SOLVERS = ("scipy", "optax")
 DEFAULT_OT_SOLVER = "scipy"  # the faster one at batch 256 (module docstring)
@@ -396,13 +398,14 @@ def _check_batch(x_noise, x_data):
 # Registry
 # ------------------------------------------------------------------------------------------------------------------
 
-COUPLINGS = {"independent": independent, "ot": ot, "sinkhorn": sinkhorn}
+COUPLINGS = Registry("coupling", {"independent": independent, "ot": ot, "sinkhorn": sinkhorn},
+                     reserved=("key", "x_noise", "x_data"))  # the call's inputs; the options are keyword-only
 
 _CHOICES = {("ot", "solver"): OT_SOLVERS, ("sinkhorn", "sampling"): SINKHORN_SAMPLING,
             ("sinkhorn", "relative_epsilon"): RELATIVE_EPSILON}
 
 
-def get_coupling(name, **options):
+def get_coupling(name: str, **options: Any) -> functools.partial:
     """A registered coupling with its options bound: `coupling(key, x_noise, x_data) -> (x_noise, x_data)`.
 
     Args:
@@ -416,13 +419,7 @@ def get_coupling(name, **options):
     >>> get_coupling("sinkhorn", epsilon=0.1).keywords
     {'epsilon': 0.1}
     """
-    if name not in COUPLINGS:
-        raise ValueError(f"unknown coupling {name!r}; valid names: {', '.join(COUPLINGS)}")
-    fn = COUPLINGS[name]
-    valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"coupling {name!r} has no option(s) {unknown}; its options: {', '.join(valid) or 'none'}")
+    COUPLINGS.check_options(name, options)
     for option, value in options.items():
         if (name, option) in _CHOICES:
             _check_choice(name, option, value, _CHOICES[(name, option)])
@@ -430,4 +427,4 @@ def get_coupling(name, **options):
         _warm_start(options.get("solver", DEFAULT_OT_SOLVER), options["warm_start"])
     if name == "sinkhorn" and "epsilon" in options and not options["epsilon"] > 0:
         raise ValueError(f"coupling 'sinkhorn': epsilon must be > 0, got {options['epsilon']!r}")
-    return functools.partial(fn, **options)
+    return functools.partial(COUPLINGS[name], **options)

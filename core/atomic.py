@@ -1,0 +1,61 @@
+"""Atomic file writes: a reader (or a resumed run) never sees half a file, whatever kills the writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def write_atomic(path: str, data: bytes | str, *, mode: int | None = None) -> str:
+    """Write `data` to `path` through a temporary file in the same folder and `os.replace`. Returns the path.
+
+    The file gets `mode`, by default the permissions a plain `open(path, "w")` would give (0o666 less the umask), not
+    the 0600 of a temporary file, and has them before it appears under its name.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        os.chmod(tmp, _default_mode() if mode is None else mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_json(path: str, record: Any, *, indent: int | None = 1) -> str:
+    """Write `record` as JSON atomically; numpy and JAX arrays and scalars become lists and numbers, anything else
+    unknown its `str`. Returns the path.
+
+    Example:
+        >>> import json, os, tempfile
+        >>> path = write_json(os.path.join(tempfile.mkdtemp(), "a.json"), {"ts": np.array([1.0, 0.5])})
+        >>> json.load(open(path))
+        {'ts': [1.0, 0.5]}
+    """
+    return write_atomic(path, json.dumps(record, indent=indent, default=jsonable))
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-serialisable stand-in for `value` (the `default=` hook of `json.dumps`)."""
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, np.ndarray) or hasattr(value, "tolist"):
+        return np.asarray(value).tolist()
+    return str(value)

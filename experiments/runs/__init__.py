@@ -1,0 +1,9 @@
+"""The runs behind the scripts: each module holds the `run(config, workdir)` (or benchmark) function one script
+calls, and tests call it too. `oracle_quickstart` (scripts/sample.py), `schedule_distillation`
+(scripts/distill_schedule.py), `sampler_tables` (scripts/evaluate.py), `bottleneck_benchmark`
+(scripts/sample_bottleneck.py, scripts/benchmark_bottleneck.py), `causal_inversion` (scripts/causal_metrics.py,
+scripts/benchmark_causal.py).
+
+The top layer of the library: it may import every other part of experiments (configs, train, metrics, report) and
+the packages below; only `scripts` import it.
+"""

@@ -1,0 +1,15 @@
+"""The training library: the loop (`train`), the experiment a config builds (`build`), checkpoints and restoring a
+run (`restore_run`, `checkpoint_target`, `load_config`), the losses, the minibatch couplings and the datasets.
+
+It may import `core`, `schedules`, `models`, `samplers` and, within experiments, `experiments.report` (sample
+figures) and `experiments.metrics.transport` (the W2 of the final evaluation); never `experiments.runs`.
+"""
+
+from experiments.train.checkpoints import Target, checkpoint_target, load_config, restore_run
+from experiments.train.couplings import COUPLINGS, get_coupling
+from experiments.train.data import DATASETS, get_dataset
+from experiments.train.experiment import Experiment, build, init_state, make_train_chunk
+from experiments.train.loop import train
+
+__all__ = ["COUPLINGS", "DATASETS", "Experiment", "Target", "build", "checkpoint_target", "get_coupling",
+           "get_dataset", "init_state", "load_config", "make_train_chunk", "restore_run", "train"]

@@ -1,0 +1,144 @@
+"""Checkpoints of a training run: orbax in `WORKDIR/checkpoints`, checked against the config before they are read.
+
+The loop (`experiments.train.loop`) saves the state (step, params, EMA params, optimizer state) there; a step
+directory appears only when complete, so a killed run leaves only whole checkpoints. Everything that samples a
+trained model reads it back through here: `restore_run` gives a run's config, experiment and latest weights,
+`checkpoint_target` the model function of one of its resolutions, ready for the samplers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from experiments.train.experiment import Experiment, abstract_state, build
+
+
+def manager(workdir: str, *, read_only: bool = False, max_to_keep: int | None = None,
+            async_checkpointing: bool = False) -> ocp.CheckpointManager:
+    """The orbax manager of `WORKDIR/checkpoints` (created when writing; `read_only` for a run that is only read)."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if read_only:
+        options = ocp.CheckpointManagerOptions(read_only=True)
+    else:
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=async_checkpointing,
+                                               cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler())
+
+
+def check_checkpoint(manager: ocp.CheckpointManager, step: int, abstract: Any) -> None:
+    """Raise ValueError when the checkpoint at `step` does not have the shapes and dtypes of this config's state."""
+    stored = manager.item_metadata(step)
+    stored = getattr(stored, "tree", stored)
+    expected = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    found = [leaf for leaf in jax.tree.leaves(stored) if hasattr(leaf, "shape")]
+    where = os.path.join(str(manager.directory), str(step))
+    if len(found) != len(expected):
+        raise ValueError(f"the checkpoint {where} holds {len(found)} arrays but this config's model and optimizer "
+                         f"have {len(expected)}: it is a run of another config (use another --workdir)")
+    for (path, want), got in zip(expected, found):
+        if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
+            raise ValueError(
+                f"the checkpoint {where} does not fit this config: {jax.tree_util.keystr(path)} is "
+                f"{tuple(got.shape)} {np.dtype(got.dtype)} there, {tuple(want.shape)} {np.dtype(want.dtype)} here "
+                f"(another model size or data shape; use another --workdir)")
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract: Any) -> dict:
+    """The state saved at `step`, after `check_checkpoint`; laid out (sharded) as `abstract` says."""
+    check_checkpoint(manager, step, abstract)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """An experiment config from "path/to/file.py" or "path/to/file.py:arg" (the training config of a run).
+
+    Args:
+      spec: the config file, optionally followed by ":arg" (the text its `get_config(arg)` receives).
+
+    Returns:
+      The config `get_config` returns.
+
+    Raises:
+      FileNotFoundError: no such file.
+    """
+    path, _, arg = str(spec).partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+class Target:
+    """What is sampled: process, prediction kind, example shape, model_fn(x, t); for the oracle also the oracle."""
+
+    def __init__(self, process, prediction, shape, model_fn, oracle=None, dataset=None, description=""):
+        self.process, self.prediction, self.shape = process, prediction, tuple(shape)
+        self.model_fn, self.oracle, self.dataset, self.description = model_fn, oracle, dataset, description
+
+
+def restore_run(train_spec: str, checkpoint_dir: str,
+                use_ema: bool = True) -> tuple[ml_collections.ConfigDict, Experiment, Any, int]:
+    """The latest weights of a training run.
+
+    Args:
+      train_spec: the run's training config, "file.py" or "file.py:arg".
+      checkpoint_dir: the run's --workdir (with checkpoints/ in it).
+      use_ema: the EMA weights (else the raw ones).
+
+    Returns:
+      (config, experiment, params, step), with `experiment = build(config)`.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+      ValueError: the checkpoint does not fit the config (another model size or data shape), before any sampling.
+    """
+    config = load_config(train_spec)
+    directory = os.path.join(os.path.abspath(checkpoint_dir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {checkpoint_dir!r} (expected {directory}); train first: "
+                                f"python scripts/train.py --config {train_spec} --workdir {checkpoint_dir}")
+    experiment = build(config)
+    reader = manager(checkpoint_dir, read_only=True)
+    step = reader.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+    state = restore_state(reader, step, abstract_state(experiment))
+    return config, experiment, state["ema_params" if use_ema else "params"], step
+
+
+def checkpoint_target(train_spec: str, checkpoint_dir: str, use_ema: bool = True, resolution: int = 0) -> Target:
+    """The model of a training run, from its latest checkpoint, as a `Target` for the ODE samplers.
+
+    Args:
+      train_spec: the run's training config, "file.py" or "file.py:arg".
+      checkpoint_dir: the run's --workdir.
+      use_ema: the EMA weights (else the raw ones).
+      resolution: which of the run's training resolutions (an index into `data.image_sizes`).
+
+    Returns:
+      A `Target` with the run's process, prediction kind, example shape, `model_fn(x, t)` and dataset.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+      ValueError: the checkpoint does not fit the config, or the run trains a normalizing flow.
+    """
+    config, experiment, params, step = restore_run(train_spec, checkpoint_dir, use_ema)
+    if experiment.is_flow:
+        raise ValueError(f"{train_spec} trains a normalizing flow; its samplers are samplers.causal "
+                         f"(scripts/benchmark_causal.py), not ODE solvers")
+    if not 0 <= resolution < len(experiment.datasets):
+        raise ValueError(f"resolution index {resolution} but the run has {len(experiment.datasets)} resolutions")
+    dataset = experiment.datasets[resolution]
+    model_fn: Callable = lambda x, t: experiment.model_fn(params, x, t)
+    return Target(experiment.process, config.loss.prediction, dataset.shape, model_fn, dataset=dataset,
+                  description=f"{train_spec} @ step {step} ({'EMA' if use_ema else 'raw'} weights)")

@@ -1,0 +1,80 @@
+"""What every script shares: the repository root on sys.path, quiet logs, and the absl entry of the config scripts.
+
+Imported first by every script (`import cli`; `python scripts/x.py` puts scripts/ on sys.path):
+
+- the repository root goes first on sys.path, so a script runs from a checkout without `pip install -e .` and
+  always uses the checkout it sits in;
+- the INFO lines of XLA's backend probing ("Unable to initialize backend 'tpu'") and of orbax's checkpointing stay
+  out of the terminal. They come back with absl's `--verbosity=0` (or 1 for debug) on the config scripts, or with
+  the environment variable FASTSAMPLERS_VERBOSE=1 on any script;
+- `main(fn)` is the whole entry of a config script: it defines `--config` (an ml_collections config file,
+  file.py or file.py:arg, locked: a misspelt override fails) and `--workdir`, parses the flags and calls
+  fn(config, workdir). A script with more flags defines them with absl's `flags` before calling it.
+
+    import cli  # noqa: F401  (first: it puts the repository on sys.path)
+    from experiments.runs import oracle_quickstart
+
+    if __name__ == "__main__":
+        cli.main(oracle_quickstart.run, workdir="outputs/quickstart")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [ROOT]:
+    sys.path.insert(0, ROOT)
+
+VERBOSE_ENV = "FASTSAMPLERS_VERBOSE"
+# Python loggers whose INFO lines are noise in a terminal: XLA's backend probing, orbax (which also logs through
+# absl's logger, quieted by the absl verbosity).
+NOISY_LOGGERS = ("jax._src.xla_bridge", "orbax", "absl")
+
+
+def verbose() -> bool:
+    """FASTSAMPLERS_VERBOSE is set to something other than "", "0" or "false"."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false")
+
+
+def configure_logs() -> None:
+    """Raise the noisy loggers to WARNING; with FASTSAMPLERS_VERBOSE, show every INFO line instead."""
+    from absl import logging as _  # noqa: F401  (first, so that the "absl" logger is absl's own, which names callers)
+
+    if verbose():
+        logging.basicConfig(level=logging.INFO)
+        return
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+configure_logs()
+
+
+def main(fn: Callable[[Any, str], Any], *, workdir: str | None = None, workdir_help: str = "Directory for the outputs.",
+         config_help: str = "Path to an experiment config file (file.py or file.py:arg).") -> None:
+    """Run fn(config, workdir) from the command line: `--config FILE.py[:ARG]` (required, with `--config.key=value`
+    overrides) and `--workdir` (required when `workdir` is None, else its default), then absl's own flags
+    (`--verbosity`, ...). Does not return: absl's `app.run` exits."""
+    from absl import app, flags
+    from absl import logging as absl_logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    flags.DEFINE_string("workdir", workdir, workdir_help)
+    flags.mark_flags_as_required(["config"] + (["workdir"] if workdir is None else []))
+
+    def entry(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if flags.FLAGS["verbosity"].present or verbose():
+            for name in NOISY_LOGGERS:  # the command line (or the environment) asked for these lines
+                logging.getLogger(name).setLevel(logging.NOTSET)
+        else:  # app.run raised absl's default to INFO; keep the terminal to warnings
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        fn(flags.FLAGS.config, flags.FLAGS.workdir)
+
+    app.run(entry)
