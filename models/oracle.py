@@ -10,6 +10,11 @@ averaged with the posterior responsibilities of the components. Both stay finite
 (when every s_k > 0), so the oracle is exact at every (x, t) of every process; the other prediction kinds follow
 from (x0, eps) by `models.predictions`. This gives samplers a ground truth: the probability-flow map of the
 oracle is computed to float64 precision by `samplers.reference.exact_flow_map`.
+
+The conditional oracle takes the component index as the label: given label k the data is N(mu_k, diag(s_k^2)), and
+the null label K (the number of components) gives the unconditional mixture. Conditional, unconditional and
+classifier-free guided predictions are then all exact, and so is the guided probability-flow map (`guided`: the
+same float64 reference ODE with the guided E[eps | y]), so guided sampling error is measured against truth.
 """
 
 from __future__ import annotations
@@ -74,22 +79,38 @@ class GaussianMixture:
         comp = jax.random.categorical(k_c, jnp.log(self.weights), shape=(num,))
         return self.means[comp] + self.stds[comp] * jax.random.normal(k_n, (num, self.dim), self.means.dtype)
 
-    def _posterior(self, x, alpha, sigma):
-        """Responsibilities (..., K) and the per-component offsets / variances at x ~ x_t."""
+    def _posterior(self, x, alpha, sigma, weights=None):
+        """Responsibilities (..., K) and the per-component offsets / variances at x ~ x_t; `weights` (..., K) are
+        per-sample component weights (the prior's when None)."""
         lead = (1,) * (x.ndim - 1)  # explicit broadcasting of the (K, d) parameters against the batch axes
         var = jnp.reshape(alpha**2 * self.stds**2 + sigma**2, lead + self.stds.shape)  # (..., K, d)
         diff = x[..., None, :] - jnp.reshape(alpha * self.means, lead + self.means.shape)
         log_prob = -0.5 * jnp.sum(diff**2 / var + jnp.log(2 * math.pi * var), axis=-1)
-        resp = jax.nn.softmax(jnp.reshape(jnp.log(self.weights), lead + self.weights.shape) + log_prob, axis=-1)
+        log_w = jnp.reshape(jnp.log(self.weights), lead + self.weights.shape) if weights is None else jnp.log(weights)
+        resp = jax.nn.softmax(log_w + log_prob, axis=-1)
         return resp, diff, var
 
-    def x0_eps(self, x: jax.Array, t, process) -> tuple[jax.Array, jax.Array]:
-        """The exact E[x0 | x_t = x] and E[eps | x_t = x] under `process`."""
+    @property
+    def null_label(self) -> int:
+        """The label of the unconditional model: K, the number of components (labels 0..K-1 name a component)."""
+        return self.means.shape[0]
+
+    def label_weights(self, labels: jax.Array) -> jax.Array:
+        """Per-sample component weights (..., K) for integer labels (...,): one-hot for a component, the mixture's
+        weights for the null label."""
+        labels = jnp.asarray(labels)
+        one_hot = jax.nn.one_hot(labels, self.null_label, dtype=self.weights.dtype)
+        return jnp.where((labels == self.null_label)[..., None], self.weights, one_hot)
+
+    def x0_eps(self, x: jax.Array, t, process, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """The exact E[x0 | x_t = x] and E[eps | x_t = x] under `process` (given the labels (x.shape[:-1]), when
+        given: see `label_weights`)."""
         self._check(x)
         t = as_float(t)
         alpha, sigma = process.alpha(t), process.sigma(t)
         x_f = x.astype(jnp.promote_types(x.dtype, t.dtype))
-        resp, diff, var = self._posterior(x_f, alpha, sigma)
+        weights = None if labels is None else self.label_weights(labels)
+        resp, diff, var = self._posterior(x_f, alpha, sigma, weights)
         lead = (1,) * (x.ndim - 1)
         means = jnp.reshape(self.means, lead + self.means.shape)
         stds = jnp.reshape(self.stds, lead + self.stds.shape)
@@ -97,10 +118,11 @@ class GaussianMixture:
         eps = jnp.einsum("...k,...kd->...d", resp, sigma / var * diff)
         return x0.astype(x.dtype), eps.astype(x.dtype)
 
-    def predict(self, x: jax.Array, t, process, kind: str = "eps") -> jax.Array:
-        """The exact prediction of the given kind ("eps", "x0", "v", "velocity", "score") at (x, t)."""
+    def predict(self, x: jax.Array, t, process, kind: str = "eps", labels: jax.Array | None = None) -> jax.Array:
+        """The exact prediction of the given kind ("eps", "x0", "v", "velocity", "score") at (x, t), given the
+        labels when given."""
         predictions.check_kind(kind)
-        x0, eps = self.x0_eps(x, t, process)
+        x0, eps = self.x0_eps(x, t, process, labels)
         return predictions.from_x0_eps(kind, x0, eps, t, process).astype(x.dtype)
 
     def model_fn(self, process, kind: str = "eps") -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -108,9 +130,20 @@ class GaussianMixture:
         predictions.check_kind(kind)
         return lambda x, t: self.predict(x, t, process, kind)
 
-    def eps_y(self, y: jax.Array, gamma) -> jax.Array:
-        """E[eps | y] in the process-free form y = x0 + gamma eps: the right side of dy/dgamma = E[eps | y]."""
-        resp, diff, var = self._posterior(y, 1.0, gamma)
+    def conditional_model_fn(self, process, kind: str = "eps") -> Callable:
+        """A `model_fn(x, t, labels)` for `samplers.sample(..., args=labels)`: the exact class-conditional prediction
+        (labels (batch,) ints; the null label `null_label` gives the unconditional model)."""
+        predictions.check_kind(kind)
+        return lambda x, t, labels: self.predict(x, t, process, kind, labels)
+
+    def guided(self, labels: jax.Array, scale: float) -> GuidedMixture:
+        """The exact classifier-free guided oracle for these labels and scale, for `samplers.exact_flow_map`."""
+        return GuidedMixture(self, self.label_weights(labels), jnp.asarray(scale, self.weights.dtype))
+
+    def eps_y(self, y: jax.Array, gamma, weights: jax.Array | None = None) -> jax.Array:
+        """E[eps | y] in the process-free form y = x0 + gamma eps: the right side of dy/dgamma = E[eps | y]
+        (under per-sample component weights when given)."""
+        resp, diff, var = self._posterior(y, 1.0, gamma, weights)
         return jnp.einsum("...k,...kd->...d", resp, gamma / var * diff)
 
     def log_prob(self, x: jax.Array, t, process) -> jax.Array:
@@ -133,3 +166,18 @@ class GaussianMixture:
         if x.shape[-1:] != (self.dim,):
             raise ValueError(f"the oracle is {self.dim}-dimensional: x must have shape (..., {self.dim}), "
                              f"got {x.shape}")
+
+
+@flax.struct.dataclass
+class GuidedMixture:
+    """The classifier-free guided oracle: E[eps | y] = eps_u + scale (eps_c - eps_u), eps_c under per-sample
+    component weights (`GaussianMixture.label_weights`), eps_u under the mixture's. Its flow map, by
+    `samplers.exact_flow_map`, is the exact guided sampler's target."""
+
+    mixture: GaussianMixture
+    weights: jax.Array
+    scale: jax.Array
+
+    def eps_y(self, y: jax.Array, gamma) -> jax.Array:
+        uncond = self.mixture.eps_y(y, gamma)
+        return uncond + self.scale * (self.mixture.eps_y(y, gamma, self.weights) - uncond)

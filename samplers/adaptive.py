@@ -73,7 +73,7 @@ class Adaptive(Solver):
     def nfe(self, num_steps):
         return METHODS[self.method][2] * num_steps + 1
 
-    def integrate(self, model, process, x, ts, save_trajectory=False):
+    def integrate(self, model, process, x, ts, save_trajectory=False, noise=None):
         if save_trajectory:
             raise NotImplementedError("the adaptive solver chooses its own steps: it has no trajectory on the grid "
                                       "ts; use a fixed-step solver for save_trajectory=True")

@@ -28,10 +28,12 @@ Model = Callable[[jax.Array, jax.Array], jax.Array]  # (x, t) -> the solver's na
 
 
 class StepInputs(NamedTuple):
-    """What step i of the scan receives (each field has a leading num_steps axis before the scan slices it).
+    """What step i of the scan receives (each field but `noise` has a leading num_steps axis before the scan slices
+    it).
 
     i: the step index; s, t: its start and end times (t < s); last: whether it is the final step;
-    coef: the solver's slice of `coefficients(process, ts)` for this step (a pytree).
+    coef: the solver's slice of `coefficients(process, ts)` for this step (a pytree);
+    noise: the solve's noise source (`samplers.noise.Noise`), None for a deterministic solve.
     """
 
     i: jax.Array
@@ -39,6 +41,15 @@ class StepInputs(NamedTuple):
     t: jax.Array
     last: jax.Array
     coef: Any
+    noise: Any = None
+
+    def normal(self, like: jax.Array, stream: int = 0) -> jax.Array:
+        """Standard normal noise shaped like `like` for this step; further independent draws in the same step take
+        stream = 1, 2, ... (stochastic solvers only: the driver gives them a noise source from `key`)."""
+        if self.noise is None:
+            raise ValueError("this step draws noise but the solve has no noise source: run stochastic solvers "
+                             "through samplers.sample with a key")
+        return self.noise.normal(self.i, self.s, self.t, like, stream)
 
 
 def step_inputs(solver: Solver, process, ts: jax.Array) -> StepInputs:
@@ -58,6 +69,11 @@ class Solver:
     native = "eps"
     evaluates_end = False
     static_nfe = True
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the solver draws noise (then `sample` needs a key); deterministic solvers ignore a key."""
+        return False
 
     @property
     def order(self) -> int:
@@ -132,16 +148,19 @@ class Solver:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement step")
 
-    def integrate(self, model: Model, process, x: jax.Array, ts: jax.Array,
-                  save_trajectory: bool = False) -> tuple[jax.Array, Any, jax.Array | None]:
+    def integrate(self, model: Model, process, x: jax.Array, ts: jax.Array, save_trajectory: bool = False,
+                  noise: Any = None) -> tuple[jax.Array, Any, jax.Array | None]:
         """The whole solve from ts[0] to ts[-1]: one `lax.scan` of `step` over `step_inputs`.
+
+        Args:
+          noise: the noise source the steps draw from (`StepInputs.normal`), None for a deterministic solve.
 
         Returns:
           (x at ts[-1], the model calls made, the state at every grid point (num_steps + 1, *x.shape) when
           save_trajectory else None).
         """
         def body(carry, inp):
-            x, state = self.step(model, process, *carry, inp)
+            x, state = self.step(model, process, *carry, inp._replace(noise=noise))
             return (x, state), (x if save_trajectory else None)
 
         (x_end, _), states = jax.lax.scan(body, (x, self.init(x)), step_inputs(self, process, ts))

@@ -1,11 +1,16 @@
 """The `sample` driver: checks the inputs before any compute, converts the model's prediction to what the solver
-consumes, runs the solver's compiled loop once per (model, solver, process, prediction) and reports non-finite
-samples."""
+consumes, runs the solver's compiled loop and reports non-finite samples.
+
+One compiled program per (model function, solver, process, prediction kind, whether `args` is given, noise kind):
+x_init, ts, `args` and `key` are its traced arguments, so new values of any of them (a new batch, another grid of the
+same length, new network parameters, other labels, another seed) reuse it, and no weight is compiled in as a
+constant.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +18,7 @@ import numpy as np
 
 from models import predictions
 from samplers.base import Solver
+from samplers import noise as noises
 from samplers.solvers import get_solver
 from schedules.processes import Process, as_float, get_process
 
@@ -75,23 +81,28 @@ def check_ts(ts, process: Process, solver: Solver, prediction: str) -> None:
 
 
 def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_init: jax.Array, ts: jax.Array,
-           prediction: str = "eps", key: jax.Array | None = None, check_finite: bool = True,
-           save_trajectory: bool = False) -> tuple[jax.Array, dict]:
-    """Integrate the probability-flow ODE from x_init at ts[0] down to ts[-1].
+           prediction: str = "eps", key: jax.Array | None = None, args: Any = None, check_finite: bool = True,
+           save_trajectory: bool = False, noise: str = "fold_in") -> tuple[jax.Array, dict]:
+    """Integrate the probability-flow ODE (or, for a stochastic solver, its SDE) from x_init at ts[0] to ts[-1].
 
     Args:
-      model_fn: a pure function (x, t) -> prediction, with t a scalar array (broadcast it to the batch yourself if
-        the network wants a vector of times).
+      model_fn: a pure function (x, t) -> prediction, or (x, t, args) -> prediction when `args` is given; t is a
+        scalar array (broadcast it to the batch yourself if the network wants a vector of times).
       solver: a solver object or a registered name (`samplers.SOLVERS`).
       process: a `schedules.Process` or a registered name.
       x_init: the state at ts[0], of any shape (leading axes are batch axes for the model).
       ts: strictly decreasing times, num_steps + 1 of them (`schedules.get_timesteps`).
       prediction: what model_fn predicts: "eps", "x0", "v", "velocity" or "score".
-      key: reserved for stochastic solvers; the deterministic solvers ignore it.
+      key: the PRNG key of a stochastic solver (required there): one key, or one per sample along x_init's leading
+        axis (then any split of the batch gives the same samples). Deterministic solvers ignore it.
+      args: any pytree passed to the model as its third argument (parameters, labels, embeddings); traced, so new
+        values never recompile. None: the model is called as model_fn(x, t).
       check_finite: on concrete (non-traced) results, raise FloatingPointError if the sample is not finite. Under an
         outer `jax.jit` the count is reported in `info["num_nonfinite"]` instead.
       save_trajectory: also return the state at every grid point, info["trajectory"] of shape
         (num_steps + 1, *x_init.shape) (fixed-step solvers only).
+      noise: where a stochastic solver's noise comes from: "fold_in" (step i from fold_in(key, i)) or "brownian"
+        (increments of one Brownian path, nearly the same sample at another step count; `samplers.noise`).
 
     Returns:
       (x, info): x the sample at ts[-1] (dtype of x_init); info["nfe"] the model calls made,
@@ -113,12 +124,15 @@ def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_i
     if not _is_tracer(ts):
         ts = np.asarray(ts)
     check_ts(ts, process, solver, prediction)
+    key = check_key(solver, key, noise, x_init)
     ts = as_float(ts)
-    args = (model_fn, solver, process, prediction, bool(save_trajectory))
-    if _is_tracer(x_init) or _is_tracer(ts):  # already inside a trace (jit, grad, vmap): no cache of its own
-        x, nfe, num_nonfinite, trajectory = _sample_fn(*args)(x_init, ts)
+    static = (model_fn, solver, process, prediction, bool(save_trajectory), args is not None,
+              noise if solver.stochastic else None)
+    traced = (x_init, ts, args, key)
+    if any(_is_tracer(leaf) for leaf in jax.tree.leaves(traced)):  # inside a trace (jit, grad, vmap): no own cache
+        x, nfe, num_nonfinite, trajectory = _sample_fn(*static)(*traced)
     else:
-        x, nfe, num_nonfinite, trajectory = _sample_compiled(*args)(x_init, ts)
+        x, nfe, num_nonfinite, trajectory = _sample_compiled(*static)(*traced)
     if check_finite and not _is_tracer(num_nonfinite) and int(num_nonfinite) > 0:
         raise FloatingPointError(
             f"sampling with {solver.name!r} produced {int(num_nonfinite)} non-finite values out of {x.size}; the "
@@ -132,27 +146,56 @@ def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_i
     return x, info
 
 
-def checked_model(model_fn):
-    """model_fn with its output checked at trace time (free at run time): a prediction has x's shape and a floating
-    dtype, and anything else is a sentence naming what was expected, not an error deep inside a solver."""
+def check_key(solver: Solver, key, noise: str, x_init: jax.Array):
+    """The key a stochastic solver needs (checked against the batch), or None for a deterministic one."""
+    if noise not in noises.KINDS:
+        raise ValueError(f"unknown noise {noise!r}; valid names: {list(noises.KINDS)}")
+    if not solver.stochastic:
+        return None  # documented: deterministic solvers ignore a key
+    if key is None:
+        raise ValueError(f"solver {solver.name!r} is stochastic: pass key=jax.random.PRNGKey(seed) (one key, or one "
+                         f"per sample along x_init's leading axis)")
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    noises.check_key(noise, key, x_init.shape[0] if x_init.ndim else None)
+    return key
 
-    def model(x, t):
-        out = model_fn(x, t)
+
+def _shape_of(leaf):
+    return jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf))
+
+
+def checked_model(model_fn, has_args):
+    """model_fn as model(x, t, args), its output checked at trace time (free at run time): a prediction has x's shape
+    and a floating dtype, and anything else is a sentence naming what was expected, not an error deep inside a
+    solver."""
+    signature = "model_fn(x, t, args)" if has_args else "model_fn(x, t)"
+
+    def model(x, t, args):
+        try:
+            out = model_fn(x, t, args) if has_args else model_fn(x, t)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+            given = f" and args {jax.tree.map(_shape_of, args)}" if has_args else ""
+            raise ValueError(f"{signature} failed for x of shape {x.shape} ({x.dtype}){given}: {err}") from err
         shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
         if shape != x.shape or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             got = f"shape {shape} and dtype {dtype}" if shape is not None else f"a {type(out).__name__}"
-            raise ValueError(f"model_fn(x, t) must return one floating-point array of x's shape {x.shape} "
+            raise ValueError(f"{signature} must return one floating-point array of x's shape {x.shape} "
                              f"(x has dtype {x.dtype}); it returned {got}")
         return out
 
     return model
 
 
-def _sample_fn(model_fn, solver, process, prediction, save_trajectory):
-    model = predictions.converted(checked_model(model_fn), prediction, solver.native, process)
+def _sample_fn(model_fn, solver, process, prediction, save_trajectory, has_args, noise_kind):
+    checked = checked_model(model_fn, has_args)
 
-    def run(x_init, ts):
-        x, nfe, trajectory = solver.integrate(model, process, x_init, ts, save_trajectory=save_trajectory)
+    def run(x_init, ts, args, key):
+        model = predictions.converted(lambda x, t: checked(x, t, args), prediction, solver.native, process)
+        noise = None
+        if noise_kind is not None:
+            noise = noises.make_noise(noise_kind, key, process, x_init.shape[0] if x_init.ndim else None)
+        x, nfe, trajectory = solver.integrate(model, process, x_init, ts, save_trajectory=save_trajectory,
+                                              noise=noise)
         x = x.astype(x_init.dtype)
         return x, nfe, jnp.sum(~jnp.isfinite(x)), trajectory
 
@@ -160,7 +203,6 @@ def _sample_fn(model_fn, solver, process, prediction, save_trajectory):
 
 
 @functools.lru_cache(maxsize=64)
-def _sample_compiled(model_fn, solver, process, prediction, save_trajectory):
-    """One compiled program per (model, solver, process, prediction); ts and x_init are traced arguments, so a new
-    grid of the same length or a new batch of the same shape reuses it."""
-    return jax.jit(_sample_fn(model_fn, solver, process, prediction, save_trajectory))
+def _sample_compiled(model_fn, solver, process, prediction, save_trajectory, has_args, noise_kind):
+    """One compiled program per static configuration; x_init, ts, args and key are traced arguments."""
+    return jax.jit(_sample_fn(model_fn, solver, process, prediction, save_trajectory, has_args, noise_kind))

@@ -38,10 +38,12 @@ LOWER_ORDER_FINAL_BELOW = 15
 
 
 class MultistepCoefficients(NamedTuple):
-    """x_{i+1} = a_i x_i + sum_j b_ij p_{i-j}: a (num_steps,), b (num_steps, order)."""
+    """x_{i+1} = a_i x_i + sum_j b_ij p_{i-j} (+ c_i z_i): a (num_steps,), b (num_steps, order), and for a
+    stochastic solver c (num_steps,), the weight of the step's standard normal noise z_i."""
 
     a: jax.Array
     b: jax.Array
+    c: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +78,8 @@ class LinearMultistep(Solver):
         return MultistepCoefficients(*self.table(process, ts, self.step_orders(ts.shape[0] - 1)))
 
     def table(self, process, ts, orders):
-        """(a (N,), b (N, order)) for the grid ts."""
-        raise NotImplementedError
+        """(a (N,), b (N, order)) for the grid ts, and c (N,) for a stochastic solver."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its coefficient table")
 
     def init(self, x):
         return jnp.zeros((self.order,) + x.shape, x.dtype)
@@ -86,6 +88,8 @@ class LinearMultistep(Solver):
         pred = model(x, inp.s).astype(x.dtype)
         history = jnp.concatenate([pred[None], history[:-1]], axis=0)
         x_next = inp.coef.a * x + jnp.tensordot(inp.coef.b, history, axes=1)
+        if inp.coef.c is not None:
+            x_next = x_next + inp.coef.c * inp.normal(x)
         return cast_like(x_next, x), history
 
 
@@ -143,11 +147,73 @@ class _EpsMultistep(LinearMultistep):
 
 @dataclasses.dataclass(frozen=True)
 class DDIM(_EpsMultistep):
+    """DDIM; with `eta` > 0 the stochastic DDIM of Song et al. (2021, eq. 12): the step's noise has std
+    sigma_eta = eta sigma_t sqrt(1 - e^{-2h}) (h = lambda_t - lambda_s; in alphas_cumprod terms
+    eta sqrt((1 - a_t)/(1 - a_s)) sqrt(1 - a_s/a_t)), and x_t = alpha_t x0_hat + sqrt(sigma_t^2 - sigma_eta^2) eps_hat
+    + sigma_eta z. eta = 1 is DDPM's ancestral sampler; eta = 0 is the deterministic DDIM, bit for bit."""
+
     name = "ddim"
+    eta: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_eta(self.name, self.eta, upper=1.0)
+
+    @classmethod
+    def variants(cls):
+        return super().variants() + (dict(eta=1.0),)
+
+    @property
+    def stochastic(self):
+        return self.eta > 0
+
+    def table(self, process, ts, orders):
+        if not self.stochastic:
+            return super().table(process, ts, orders)
+        alpha, sigma, lam = process.alpha(ts), process.sigma(ts), process.log_snr(ts)
+        h = lam[1:] - lam[:-1]
+        sigma_eta = self.eta * sigma[1:] * jnp.sqrt(-jnp.expm1(-2.0 * h))
+        a = alpha[1:] / alpha[:-1]
+        b = jnp.sqrt(jnp.maximum(sigma[1:] ** 2 - sigma_eta**2, 0.0)) - a * sigma[:-1]
+        return a, b[:, None], sigma_eta
 
     def weights(self, process, ts, orders):
         gamma = process.gamma(ts)
         return (gamma[1:] - gamma[:-1])[:, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class EulerAncestral(_EpsMultistep):
+    """k-diffusion's ancestral Euler sampler in the process-free noise level gamma = sigma / alpha: step down to
+    gamma_down = sqrt(gamma_t^2 - gamma_up^2) with the noise prediction, then add gamma_up z, with
+    gamma_up = min(gamma_t, eta gamma_t sqrt(1 - gamma_t^2 / gamma_s^2)) (the posterior std at eta = 1).
+    eta = 0 is DDIM."""
+
+    name = "euler_ancestral"
+    eta: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_eta(self.name, self.eta)
+
+    @property
+    def stochastic(self):
+        return self.eta > 0
+
+    def table(self, process, ts, orders):
+        alpha, gamma = process.alpha(ts), process.gamma(ts)
+        g_s, g_t = gamma[:-1], gamma[1:]
+        up = jnp.minimum(g_t, self.eta * g_t * jnp.sqrt(jnp.maximum(1.0 - (g_t / g_s) ** 2, 0.0)))
+        down = jnp.sqrt(jnp.maximum(g_t**2 - up**2, 0.0))
+        a, b = alpha[1:] / alpha[:-1], (alpha[1:] * (down - g_s))[:, None]
+        return (a, b, alpha[1:] * up) if self.stochastic else (a, b)
+
+
+def _check_eta(name, eta, upper=None):
+    if isinstance(eta, bool) or not isinstance(eta, (int, float, np.number)) or not (
+            np.isfinite(eta) and eta >= 0 and (upper is None or eta <= upper)):
+        bound = f" and at most {upper}" if upper is not None else ""
+        raise ValueError(f"{name}: eta must be a finite number >= 0{bound}, got {eta!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,9 +281,14 @@ class _DPMSolverPP(LinearMultistep):
     native = "x0"
     lower_order_final: bool = True
     variant: str = "published"
+    eta = 0.0  # the SDE variants' field: 0 is the probability-flow ODE
+    second_order_rule = "midpoint"  # the order-2 update: DPM-Solver's midpoint form, or "heun" (phi2 weight)
 
     def __post_init__(self):
         super().__post_init__()
+        _check_eta(self.name, self.eta)
+        if self.second_order_rule not in ("midpoint", "heun"):
+            raise ValueError(f"{self.name}: solver_type must be 'midpoint' or 'heun', got {self.second_order_rule!r}")
         if self.variant not in ("published", "third_order"):
             raise ValueError(f"{self.name} variant must be 'published' or 'third_order', got {self.variant!r}")
         if self.variant == "third_order" and self.order < 3:
@@ -232,6 +303,10 @@ class _DPMSolverPP(LinearMultistep):
     def convergence_order(self):
         return 2 if self.order == 3 and self.variant == "published" else self.order
 
+    @property
+    def stochastic(self):
+        return self.eta > 0
+
     def table(self, process, ts, orders):
         lam, alpha, sigma = process.log_snr(ts), process.alpha(ts), process.sigma(ts)
         n = ts.shape[0] - 1
@@ -244,11 +319,16 @@ class _DPMSolverPP(LinearMultistep):
         h_prev2 = jnp.concatenate([jnp.ones(2, h.dtype), h_safe[:-2]])[:n]
         r0 = jnp.where(orders >= 2, h_prev / h_safe, 1.0)[:, None]
         r1 = jnp.where(orders >= 3, h_prev2 / h_safe, 1.0)[:, None]
-        phi1, phi2, phi3 = (p[:, None] for p in _phi(h))
+        # The SDE (Lu et al. 2022, k-diffusion's dpmpp_*_sde) integrates the x0 terms over (1 + eta) h and damps x by
+        # e^{-eta h}; eta = 0 leaves every coefficient of the ODE unchanged, bit for bit.
+        phi1, phi2, phi3 = (p[:, None] for p in _phi(h * (1.0 + self.eta) if self.eta else h))
         e0, e1, e2 = (jnp.asarray(np.eye(3)[k], h.dtype)[None, :] for k in range(3))
         # Coefficient vectors on (m0, m1, m2), the x0 predictions at t_i, t_{i-1}, t_{i-2}.
         first = -phi1 * e0
-        second = -phi1 * (e0 + 0.5 * (e0 - e1) / r0)
+        if self.second_order_rule == "midpoint":
+            second = -phi1 * (e0 + 0.5 * (e0 - e1) / r0)
+        else:
+            second = -phi1 * e0 + phi2 * (e0 - e1) / r0
         d1_0, d1_1 = (e0 - e1) / r0, (e1 - e2) / r1
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
@@ -256,7 +336,11 @@ class _DPMSolverPP(LinearMultistep):
         third = -phi1 * e0 + phi2 * d1 - d2_weight * phi3 * d2
         o = orders[:, None]
         b = jnp.where(o == 1, first, jnp.where(o == 2, second, third))[:, : self.order]
-        return sigma[1:] / sigma[:-1], alpha[1:, None] * b
+        a = sigma[1:] / sigma[:-1]
+        if not self.eta:
+            return a, alpha[1:, None] * b
+        return (a * jnp.exp(-self.eta * h), alpha[1:, None] * b,
+                sigma[1:] * jnp.sqrt(-jnp.expm1(-2.0 * self.eta * h)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,3 +355,43 @@ class DPMSolverPP3M(_DPMSolverPP):
     name = "dpmpp_3m"
     order: int = 3
     allowed_orders = (3,)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMSolverPP2MSDE(_DPMSolverPP):
+    """DPM-Solver++(2M) SDE: x_t = (sigma_t / sigma_s) e^{-eta h} x + alpha_t (1 - e^{-(1+eta) h}) D
+    + sigma_t sqrt(1 - e^{-2 eta h}) z, D the 2M combination of the x0 predictions (`solver_type` "midpoint", the
+    default of k-diffusion and diffusers, or "heun"). eta = 0 is DPM-Solver++(2M) (midpoint)."""
+
+    name = "dpmpp_2m_sde"
+    order: int = 2
+    allowed_orders = (2,)
+    eta: float = 1.0
+    solver_type: str = "midpoint"
+
+    @property
+    def second_order_rule(self):
+        return self.solver_type
+
+    @classmethod
+    def variants(cls):
+        return (dict(order=2), dict(order=2, solver_type="heun"), dict(order=2, eta=0.0),
+                dict(order=2, eta=0.0, solver_type="heun"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMSolverPP3MSDE(_DPMSolverPP):
+    """DPM-Solver++(3M) SDE as k-diffusion's `sample_dpmpp_3m_sde`: the 3M update with (1 + eta) h in its phi
+    functions, x damped by e^{-eta h}, noise sigma_t sqrt(1 - e^{-2 eta h}) z, and the "heun" (phi2) rule on its
+    order-2 warm-up and final steps. Like the published 3M ODE its second difference has half the Taylor weight
+    (`variant="third_order"` restores it); eta = 0 is then a deterministic 3M."""
+
+    name = "dpmpp_3m_sde"
+    order: int = 3
+    allowed_orders = (3,)
+    eta: float = 1.0
+    second_order_rule = "heun"
+
+    @classmethod
+    def variants(cls):
+        return (dict(order=3), dict(order=3, eta=0.0), dict(order=3, eta=0.0, variant="third_order"))

@@ -5,12 +5,15 @@ from __future__ import annotations
 from core import Registry
 from samplers.adaptive import Adaptive
 from samplers.base import Solver
-from samplers.multistep import DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP3M
-from samplers.runge_kutta import DEISRhoRK, Euler, Heun
+from samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE, DPMSolverPP3M,
+                                DPMSolverPP3MSDE, EulerAncestral)
+from samplers.runge_kutta import DEISRhoRK, EDMStochastic, Euler, Heun
+from samplers.unipc import UniPC
 
 SOLVERS = Registry("solver", {
     cls.name: cls
-    for cls in (DDIM, Euler, Heun, DEISTab, DEISRhoAB, DEISRhoRK, IPNDM, DPMSolverPP2M, DPMSolverPP3M, Adaptive)
+    for cls in (DDIM, Euler, Heun, DEISTab, DEISRhoAB, DEISRhoRK, IPNDM, DPMSolverPP2M, DPMSolverPP3M, UniPC, Adaptive,
+                EulerAncestral, EDMStochastic, DPMSolverPP2MSDE, DPMSolverPP3MSDE)
 })
 
 

@@ -9,6 +9,7 @@ module's `__getattr__` is the one place in the project that imports upwards, on 
 
 from schedules.files import load_schedule, save_schedule
 from schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
+from schedules.process_transform import transform
 from schedules.processes import PROCESSES, Process, get_process
 
 _OPTIMAL = ("distill", "distill_many", "refine")
@@ -27,4 +28,4 @@ def __dir__():
 
 
 __all__ = ["GRIDS", "PROCESSES", "Process", "distill", "distill_many", "get_process", "get_timesteps",
-           "interpolate_log_linear", "load_schedule", "refine", "save_schedule"]
+           "interpolate_log_linear", "load_schedule", "refine", "save_schedule", "transform"]

@@ -28,11 +28,13 @@ from samplers.multistep import IPNDM
 STEPS = np.array([32, 64, 128, 256])
 # Every registered solver, in every variant it declares (`Solver.variants`): a new solver is tested unnamed.
 CONFIGS = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()]
-FIXED = [c for c in CONFIGS if samplers.get_solver(c[0], **c[1]).static_nfe]
+# Stochastic variants have no pathwise order: tests/test_stochastic.py checks their distribution instead.
+STOCHASTIC = [c for c in CONFIGS if samplers.get_solver(c[0], **c[1]).stochastic]
+FIXED = [c for c in CONFIGS if samplers.get_solver(c[0], **c[1]).static_nfe and c not in STOCHASTIC]
 # Multistep: the solvers that carry a state (a history) from step to step.
 MULTISTEP = [c for c in FIXED if jax.tree.leaves(samplers.get_solver(c[0], **c[1]).init(jnp.zeros(1)))]
 SINGLE_STEP = [c for c in FIXED if c not in MULTISTEP]
-ADAPTIVE = [c for c in CONFIGS if c not in FIXED]
+ADAPTIVE = [c for c in CONFIGS if c not in FIXED and c not in STOCHASTIC]
 
 
 def process_for(solver):
@@ -129,4 +131,4 @@ def test_adaptive_error_follows_its_tolerance(config):
 
 def test_every_registered_solver_is_swept():
     assert {name for name, _ in CONFIGS} == set(samplers.SOLVERS)
-    assert len(MULTISTEP) + len(SINGLE_STEP) + len(ADAPTIVE) == len(CONFIGS)
+    assert len(MULTISTEP) + len(SINGLE_STEP) + len(ADAPTIVE) + len(STOCHASTIC) == len(CONFIGS)

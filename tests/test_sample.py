@@ -11,9 +11,12 @@ from models import MLP, GaussianMixture
 
 # Read from the registry, so a new solver gets these tests without being named: every variant for the NFE count,
 # each solver's defaults for the rest; FIXED leaves out the error-controlled ones (no fixed trajectory on ts).
+# Stochastic solvers' own checks (key, batch splits, distribution) are in tests/test_stochastic.py; they get the NFE
+# count here, with a key.
 VARIANTS = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()]
-ALL = [(name, {}) for name in samplers.SOLVERS]
+ALL = [(name, {}) for name in samplers.SOLVERS if not samplers.get_solver(name).stochastic]
 FIXED = [(name, opts) for name, opts in ALL if samplers.get_solver(name).static_nfe]
+KEY = jax.random.PRNGKey(0)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def counting(model_fn):
 def test_reported_nfe_is_the_number_of_model_calls(name, opts, setup):
     oracle, p, x_init, ts = setup
     model, counts = counting(oracle.model_fn(p))
-    _, info = samplers.sample(model, samplers.get_solver(name, **opts), p, x_init, ts)
+    _, info = samplers.sample(model, samplers.get_solver(name, **opts), p, x_init, ts, key=KEY)
     jax.effects_barrier()
     assert int(info["nfe"]) == counts["calls"]
 
@@ -230,3 +233,38 @@ def test_velocity_solvers_may_start_at_alpha_zero_with_a_velocity_model():
     x, _ = samplers.sample(gm.model_fn(p, "velocity"), "heun", p, x_init, ts, prediction="velocity")
     exact = samplers.exact_flow_map(gm, p, x_init, 1.0 - 1e-9, 0.0)
     assert np.sqrt(np.mean((np.asarray(x) - exact) ** 2)) < 0.05
+
+
+def test_args_are_traced_one_compilation_for_a_hundred_parameter_values():
+    """Parameters passed as args are an argument of the compiled program, not constants baked into it."""
+    p = schedules.get_process("vp_linear")
+    net = MLP(hidden=16, depth=2)
+    x_init = jax.random.normal(jax.random.PRNGKey(0), (8, 2))
+    params = net.init(jax.random.PRNGKey(1), x_init, 0.5)
+    traces = []
+
+    def model_fn(x, t, params):
+        traces.append(1)
+        return net.apply(params, x, t)
+
+    ts = schedules.get_timesteps("logsnr", p, 5)
+    outs = [samplers.sample(model_fn, "dpmpp_2m", p, x_init, ts, args=jax.tree.map(lambda a: a + 0.01 * k, params))[0]
+            for k in range(100)]
+    assert len(traces) == 1
+    closed, _ = samplers.sample(lambda x, t: net.apply(jax.tree.map(lambda a: a + 0.99, params), x, t), "dpmpp_2m",
+                                p, x_init, ts)
+    np.testing.assert_allclose(outs[-1], closed, rtol=1e-12, atol=1e-12)
+
+
+def test_args_of_the_wrong_structure_or_shape_are_a_clear_error_before_compute(setup):
+    oracle, p, x_init, ts = setup
+    model = lambda x, t, args: oracle.predict(x, t, p) * args["scale"][:, None]
+    samplers.sample(model, "ddim", p, x_init, ts, args={"scale": jnp.ones(12)})
+    with pytest.raises(ValueError, match=r"model_fn\(x, t, args\) failed for x of shape \(12, 8\).*args"):
+        samplers.sample(model, "ddim", p, x_init, ts, args={"factor": jnp.ones(12)})
+    with pytest.raises(ValueError, match=r"model_fn\(x, t, args\) failed .*shape=\(3,\)"):
+        samplers.sample(model, "ddim", p, x_init, ts, args={"scale": jnp.ones(3)})
+    with pytest.raises(ValueError, match=r"model_fn\(x, t, args\) must return .* \(12, 8\)"):
+        samplers.sample(lambda x, t, a: x[:, :2], "ddim", p, x_init, ts, args=())
+    with pytest.raises(ValueError, match=r"model_fn\(x, t\) failed"):  # a three-argument model given no args
+        samplers.sample(model, "ddim", p, x_init, ts)

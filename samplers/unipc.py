@@ -1,0 +1,293 @@
+"""UniPC: the unified predictor-corrector of Zhao et al. 2023 ("UniPC: A Unified Predictor-Corrector Framework for
+Fast Sampling of Diffusion Models", NeurIPS 2023), in its data-prediction form with B(h) (the paper's UniPC-p,
+diffusers' `UniPCMultistepScheduler(predict_x0=True)`).
+
+Notation: m_j = x0_hat(x_j, t_j) the model's data prediction at grid point j; lambda = log(alpha / sigma);
+h_i = lambda_{i+1} - lambda_i > 0 for the step from t_i to t_{i+1}; r_m = (lambda_{i-m} - lambda_i) / h_i < 0 for the
+past points; D_m = (m_{i-m} - m_i) / r_m; z = -h_i; phi_k the exponential-integrator functions,
+phi_{k+1}(z) = (e^z - sum_{j<=k} z^j / j!) / z^{k+1}, and g_k = k! z phi_{k+1}(z) (k = 1, 2, 3).
+B(h) = -h ("bh1") or e^{-h} - 1 ("bh2"), in the sign convention of z.
+
+  UniP-K (predictor, K model outputs m_i, ..., m_{i-K+1}):
+      x_{i+1} = (sigma_{i+1} / sigma_i) x_i^c - alpha_{i+1} (e^{-h} - 1) m_i - alpha_{i+1} B(h) sum_{m<K} rho^p_m D_m
+  UniC-K (corrector of x_{i+1}, K + 1 outputs: the same ones and m_{i+1} = x0_hat at the *uncorrected* x_{i+1}):
+      x_{i+1}^c = (sigma_{i+1} / sigma_i) x_i^c - alpha_{i+1} (e^{-h} - 1) m_i
+                  - alpha_{i+1} B(h) (sum_{m<K} rho^c_m D_m + rho^c_K (m_{i+1} - m_i))
+  The rho solve the order conditions, small Vandermonde systems in the nodes:
+      UniP-K:  sum_{m=1}^{K-1} rho^p_m r_m^{k-1} = g_k / B(h),  k = 1..K-1   (K >= 3; rho^p_1 = 1/2 for K = 2)
+      UniC-K:  sum_{m=1}^{K}   rho^c_m r_m^{k-1} = g_k / B(h),  k = 1..K     (r_K = 1; K >= 2; rho^c_1 = 1/2 for K = 1)
+  The fixed 1/2 for UniP-2 and UniC-1 are the simplified choices of the paper's code and of diffusers', correct to
+  the order needed (g_1 / B(h) = 1/2 + O(h)); everywhere else B(h) rho is B(h) times the solution of the
+  system, which does not depend on B. So bh1 and bh2 differ only in the order-2 predictor and the order-1 corrector: at every step of
+  UniPC-1 and UniPC-2, and only on the warm-up and lower-order final steps of UniPC-3.
+
+UniC raises the order from K to K + 1 (the corrected point is a (K + 1)-point method), and it costs no model
+call: m_{i+1} is also the next predictor's m_i. Step i of the scan therefore evaluates m_i once at its start (at the
+uncorrected x_i), corrects x_i with UniC from the corrected x_{i-1}^c and the past predictions it carries in its
+state, and predicts x_{i+1} from the corrected point; the final step has no corrector after it, so NFE = num_steps.
+Everything that depends on the grid (h, r, B, the phi's, the rho solves) is computed once per grid by
+`coefficients`, outside the loop, and is differentiable in ts; a step is a fixed linear combination of x_i,
+x_{i-1}^c and the predictions.
+
+Warm-up: step i uses UniP of order K_i = min(i + 1, order), and the corrector of x_{i+1} has the order of the
+predictor that made it (as published). `lower_order_final` uses K_i = min(order, num_steps - i) on the last steps
+whatever the number of steps: the rule of the paper's code and of diffusers' code (diffusers' docstring, copied from
+DPM-Solver, says "only valid for < 15 inference steps", but its UniPC code applies it at every step count, and so
+does this one). Its final first-order step has an O(h^2) local error, so with `lower_order_final` the method
+converges with order 2 whatever its nominal order (measured in tests/test_order.py); without it, UniP-K alone
+converges with order K, and UniPC-K with UniC with order K + 1 for K = 1, 2. UniPC-3 is of order 4 only
+asymptotically: with exact starting values on tests/test_order.py's problem its error falls by 5.3, 10.4 and 13.6
+from N = 32 to 64, 128 and 256 (a fitted order of 3.2 there), and by 14.9 and 15.4 (slopes 3.9, 3.94) from 256 to
+512 and 1024, so it states `convergence_order` 3 and tests/test_unipc.py checks the fourth order on the fine grids.
+Through `sample` the warm-up caps it at 3 anyway: the first step, UniP-1 + UniC-1, has an O(h^3) local error.
+
+A step to sigma = 0 (ts[-1] = 0, h = inf) is first order whatever the options: it returns x0_hat exactly (the limit
+of UniP-1; higher orders have no limit there). diffusers' scheduler with solver_type="bh1" and its default
+final_sigmas_type="zero" returns NaN at that step (B(h) = -inf times a zero residual).
+
+Only the data-prediction form is offered: the paper recommends it, and the noise-prediction form would need its own
+limit at sigma = 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samplers.base import Solver, cast_like
+
+VARIANTS = ("bh1", "bh2")
+ALLOWED_ORDERS = (1, 2, 3)
+
+
+class UniPCTerms(NamedTuple):
+    """The per-step quantities of UniPC on a grid (leading axis num_steps; row i is the step from t_i to t_{i+1}).
+
+    order: (N,) the order K_i of step i (UniP-K_i, and UniC-K_i for the point it makes); h: (N,) lambda_{i+1} -
+    lambda_i (inf for a step to sigma = 0); r: (N, order - 1) r_m = (lambda_{i-m} - lambda_i) / h_i, m = 1..K_i - 1
+    (a placeholder -m elsewhere); B: (N,) B(h_i); rho_p: (N, max(order - 1, 0)) rho^p_m, m = 1..K_i - 1 (0 elsewhere);
+    rho_c: (N, order) rho^c_m, m = 1..K_i, the last one (column K_i - 1) weighting the new point (0 elsewhere).
+    """
+
+    order: jax.Array
+    h: jax.Array
+    r: jax.Array
+    B: jax.Array
+    rho_p: jax.Array
+    rho_c: jax.Array
+
+
+class UniPCCoefficients(NamedTuple):
+    """One step of the scan, on the predictions m = (m_i, m_{i-1}, ..., m_{i-order}) (newest first):
+
+    x_i^c = keep_i x_i + prev_i x_{i-1}^c + c_i . m   (UniC of the point x_i that step i - 1 predicted; at step 0, or
+                                                      without the corrector, x_i^c = x_i)
+    x_{i+1} = a_i x_i^c + b_i . m                    (UniP)
+
+    a, keep, prev: (N,); b, c: (N, order + 1).
+    """
+
+    a: jax.Array
+    b: jax.Array
+    keep: jax.Array
+    prev: jax.Array
+    c: jax.Array
+
+
+def g_functions(z: jax.Array, count: int) -> list[jax.Array]:
+    """g_k(z) = k! z phi_{k+1}(z) = k! sum_{j>=1} z^j / (j + k)! for k = 1..count: by its series where |z| < 1 (no
+    cancellation), by the recursion g_k / k! = (g_{k-1} / (k-1)!) / z - 1 / k! (with g_0 = e^z - 1) elsewhere."""
+    small = jnp.abs(z) < 1.0
+    z_series = jnp.where(small, z, 0.0)
+    z_closed = jnp.where(small, -1.0, z)
+    out, u = [], jnp.expm1(z_closed)  # u_k = z phi_{k+1}(z); u_0 = e^z - 1
+    for k in range(1, count + 1):
+        u = u / z_closed - 1.0 / math.factorial(k)
+        series = jnp.zeros_like(z_series)
+        for j in range(20, 0, -1):  # Horner: z (1/(1+k)! + z (1/(2+k)! + ...))
+            series = z_series * (1.0 / math.factorial(j + k) + series)
+        out.append(math.factorial(k) * jnp.where(small, series, u))
+    return out
+
+
+def _solve_moments(nodes: jax.Array, moments: jax.Array, size: jax.Array) -> jax.Array:
+    """rho with sum_m rho_m nodes_m^k = moments_k, k = 0..size-1, over the first `size` nodes of each row (a
+    Vandermonde system, padded with the identity to the fixed width of the table; 0 beyond `size`).
+
+    nodes, moments: (N, W); size: (N,) ints in 0..W. Returns (N, W).
+    """
+    width = nodes.shape[1]
+    if width == 0:
+        return nodes
+    k = jnp.arange(width)
+    powers = jnp.stack([nodes**j for j in range(width)], axis=1)  # (N, k, m): nodes_m^k
+    active = k[None, :] < size[:, None]
+    mask = active[:, :, None] & active[:, None, :]
+    matrix = jnp.where(mask, powers, jnp.eye(width, dtype=nodes.dtype)[None])
+    rhs = jnp.where(active, moments, 0.0)
+    return jnp.linalg.solve(matrix, rhs[:, :, None])[:, :, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class UniPC(Solver):
+    """UniPC-p (Zhao et al. 2023) with data prediction: UniP-p predictor, UniC-p corrector at no extra model call.
+
+    Args:
+      order: p, the predictor's order (1, 2 or 3; default 3, the paper's and diffusers' recommendation for
+        unconditional sampling; diffusers' default `solver_order` is 2, its recommendation for guided sampling).
+      variant: "bh1" (B(h) = h) or "bh2" (B(h) = e^h - 1, diffusers' default; the paper's code defaults to bh1).
+        diffusers recommends bh1 for unconditional sampling below 10 steps, bh2 otherwise.
+      corrector: apply UniC (order p + 1); False gives UniP-p alone.
+      lower_order_final: the last steps use orders min(p, num_steps - i), at every number of steps (the published
+        rule of UniPC's code and diffusers'); it caps the convergence order at 2.
+
+    Returns (from `samplers.sample`): the sample at ts[-1], with num_steps model calls. `ts` may end at 0: that step
+    returns x0_hat.
+
+    Example:
+        >>> import jax, schedules, samplers
+        >>> from models.oracle import GaussianMixture
+        >>> process = schedules.get_process("vp_linear")
+        >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=3)
+        >>> x_init = process.prior(jax.random.PRNGKey(1), (16, 2))
+        >>> ts = schedules.get_timesteps("logsnr", process, 10, append_zero=True)
+        >>> x, info = samplers.sample(gm.model_fn(process, "x0"), "unipc", process, x_init, ts, prediction="x0")
+        >>> info["nfe"]
+        10
+    """
+
+    name = "unipc"
+    native = "x0"
+    order: int = 3
+    variant: str = "bh2"
+    corrector: bool = True
+    lower_order_final: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.order, bool) or self.order not in ALLOWED_ORDERS:
+            raise ValueError(f"{self.name} supports order in {list(ALLOWED_ORDERS)}, got {self.order!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"{self.name} variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), "
+                             f"got {self.variant!r}")
+        for option in ("corrector", "lower_order_final"):
+            if not isinstance(getattr(self, option), bool):
+                raise ValueError(f"{self.name} option {option} must be True or False, got {getattr(self, option)!r}")
+
+    @classmethod
+    def variants(cls) -> tuple[dict, ...]:
+        # lower_order_final=False where it would hide the formula's order (it caps every variant at 2).
+        full = dict(lower_order_final=False)
+        return (
+            dict(order=1), dict(order=1, variant="bh1"),
+            dict(order=2, variant="bh1", **full), dict(order=2, variant="bh2", **full),
+            dict(order=3, variant="bh1", **full), dict(order=3, variant="bh2", **full),
+            dict(order=3, corrector=False, **full),
+            {},
+        )
+
+    @property
+    def convergence_order(self) -> int:
+        # UniP-p is of order p and UniC raises it to p + 1; lower_order_final caps both at 2 (its last step is
+        # first order). UniPC-3 reaches 4 only on fine grids (module docstring), so it states the 3 that
+        # tests/test_order.py measures.
+        nominal = min(self.order + int(self.corrector), 3)
+        return min(nominal, 2) if self.lower_order_final else nominal
+
+    def check_grid(self, num_steps: int) -> None:
+        if num_steps < self.order:
+            raise ValueError(
+                f"{self.name} of order {self.order} needs a grid of at least {self.order} steps to reach its order, "
+                f"got {num_steps}; use more steps or a lower order"
+            )
+
+    def step_orders(self, num_steps: int) -> np.ndarray:
+        """The order K_i of each step (numpy, static): warm-up, then the lower-order final steps if asked."""
+        orders = np.minimum(np.arange(1, num_steps + 1), self.order)
+        if self.lower_order_final:  # at every number of steps, as in the published codes (module docstring)
+            orders = np.minimum(orders, np.arange(num_steps, 0, -1))
+        return orders
+
+    def terms(self, process, ts: jax.Array) -> UniPCTerms:
+        """h, r, B(h) and the rho of every step (see `UniPCTerms`), computed once per grid."""
+        width = self.order
+        lam = process.log_snr(ts)
+        h = lam[1:] - lam[:-1]
+        finite = jnp.isfinite(h)
+        # A step to sigma = 0 is first order (it returns x0_hat); every other quantity of that row is computed with
+        # h = 1, finite and unused, so that gradients stay finite.
+        order = jnp.where(finite, jnp.asarray(self.step_orders(ts.shape[0] - 1)), 1)
+        h_safe = jnp.where(finite, h, 1.0)
+        z = -h_safe
+        big_b = z if self.variant == "bh1" else jnp.expm1(z)
+        moments = jnp.stack(g_functions(z, width), axis=1) / big_b[:, None]  # (N, width): g_k / B
+        m = np.arange(1, width)  # past points m = 1..width - 1
+        past = np.clip(np.arange(h.shape[0])[:, None] - m[None, :], 0, None)
+        past_lam = lam[past]  # lambda_{i-m} (clamped at i - m = 0, unused there)
+        active = m[None, :] < order[:, None]
+        r = jnp.where(active, (past_lam - lam[:-1, None]) / h_safe[:, None], -jnp.asarray(m, h.dtype)[None, :])
+        # UniP: nodes r_1..r_{K-1}; rho^p_1 = 1/2 for K = 2.
+        rho_p = _solve_moments(r, moments[:, : width - 1], order - 1)
+        rho_p = jnp.where((order == 2)[:, None] & (m == 1)[None, :], 0.5, rho_p)
+        # UniC: nodes r_1..r_{K-1}, then 1 (the new point) in column K - 1; rho^c_1 = 1/2 for K = 1.
+        col = np.arange(width)
+        nodes_c = jnp.concatenate([r, jnp.ones_like(h)[:, None]], axis=1)
+        nodes_c = jnp.where(col[None, :] == order[:, None] - 1, 1.0, nodes_c)
+        rho_c = _solve_moments(nodes_c, moments, order)
+        rho_c = jnp.where((order == 1)[:, None], jnp.where(col == 0, 0.5, 0.0)[None, :], rho_c)
+        return UniPCTerms(order=order, h=h, r=r, B=big_b, rho_p=rho_p, rho_c=rho_c)
+
+    def coefficients(self, process, ts: jax.Array) -> UniPCCoefficients:
+        terms = self.terms(process, ts)
+        alpha, sigma = process.alpha(ts), process.sigma(ts)
+        width = self.order
+        dtype = terms.h.dtype
+        eye = jnp.eye(width + 1, dtype=dtype)  # eye[j]: the weight vector picking m_{i-j}
+        finite = jnp.isfinite(terms.h)
+        phi1 = jnp.where(finite, jnp.expm1(-jnp.where(finite, terms.h, 1.0)), -1.0)  # e^{-h} - 1
+        scale = -(alpha[1:] * terms.B)[:, None]
+        # UniP, on (m_i, ..., m_{i-width}): D_m = (e_m - e_0) / r_m.
+        d_pred = (eye[None, 1:width] - eye[None, :1]) / terms.r[:, :, None]  # (N, width - 1, width + 1)
+        b = -(alpha[1:] * phi1)[:, None] * eye[None, 0] + scale * jnp.einsum("nm,nmj->nj", terms.rho_p, d_pred)
+        # UniC of x_{i+1}, on the predictions at step i + 1 (m_{i+1}, m_i, ..., one index older than above):
+        # x_{i+1}^c = a_i x_i^c - alpha phi1 m_i - alpha B (sum_m rho^c_m D_m + rho^c_K (m_{i+1} - m_i)).
+        m = np.arange(1, width)
+        old = m[None, :] < terms.order[:, None]
+        rho_c_old = jnp.where(old, terms.rho_c[:, : width - 1], 0.0)
+        rho_c_new = jnp.take_along_axis(terms.rho_c, (terms.order - 1)[:, None], axis=1)[:, 0]
+        d_corr = (eye[None, 2:] - eye[None, 1:2]) / terms.r[:, :, None]
+        corrector = (-(alpha[1:] * phi1)[:, None] * eye[None, 1]
+                     + scale * (jnp.einsum("nm,nmj->nj", rho_c_old, d_corr)
+                                + rho_c_new[:, None] * (eye[None, 0] - eye[None, 1])))
+        a = sigma[1:] / sigma[:-1]
+        n = terms.h.shape[0]
+        if self.corrector:  # step i corrects with the terms of step i - 1; step 0 has nothing to correct
+            keep = (jnp.arange(n) == 0).astype(dtype)
+            prev = jnp.concatenate([jnp.zeros(1, dtype), a[:-1]])
+            c = jnp.concatenate([jnp.zeros((1, width + 1), dtype), corrector[:-1]], axis=0)
+        else:
+            keep, prev, c = jnp.ones(n, dtype), jnp.zeros(n, dtype), jnp.zeros_like(b)
+        return UniPCCoefficients(a=a, b=b, keep=keep, prev=prev, c=c)
+
+    def init(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(x_{i-1}^c, the predictions m_{i-1}, ..., m_{i-order}): zeros before the first step."""
+        return jnp.zeros_like(x), jnp.zeros((self.order,) + x.shape, x.dtype)
+
+    def past_state(self, xs, preds):
+        # The state carried into grid point k = len(xs) - 1: the (exact) x_{k-1} and m_{k-1}, ..., m_0.
+        x_prev = xs[-2] if len(xs) > 1 else jnp.zeros_like(xs[-1])
+        pad = [jnp.zeros_like(xs[-1])] * (self.order - len(preds))
+        return x_prev, jnp.stack(list(reversed(preds))[: self.order] + pad)
+
+    def step(self, model, process, x, state, inp):
+        x_prev, history = state
+        pred = model(x, inp.s).astype(x.dtype)
+        full = jnp.concatenate([pred[None], history], axis=0)  # m_i, m_{i-1}, ..., m_{i-order}
+        coef = inp.coef
+        x_corrected = coef.keep * x + coef.prev * x_prev + jnp.tensordot(coef.c, full, axes=1)
+        x_next = coef.a * x_corrected + jnp.tensordot(coef.b, full, axes=1)
+        return cast_like(x_next, x), (cast_like(x_corrected, x), full[:-1])

@@ -1,0 +1,142 @@
+"""Stochastic samplers (ddim with eta, euler_ancestral, edm_stochastic, dpmpp_2m_sde, dpmpp_3m_sde): seeded by key,
+batch-split invariant with per-sample keys, and distributed as the exact marginal of the oracle (a two-sample
+energy distance whose threshold comes from pairs of independent exact samples of the same size)."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import samplers
+import schedules
+from models import GaussianMixture
+from samplers.multistep import DDIM
+
+STOCHASTIC = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()
+              if samplers.get_solver(name, **opts).stochastic]
+N_SAMPLES = 1500
+
+
+def _id(config):
+    name, opts = config
+    return name + "".join(f"-{v}" for v in opts.values())
+
+
+@functools.lru_cache(maxsize=None)
+def problem():
+    gm = GaussianMixture.random(jax.random.PRNGKey(3), dim=2, num_components=3, std_range=(0.3, 0.6))
+    p = schedules.get_process("vp_linear", t_min=0.02)
+    x_init = gm.marginal_sample(jax.random.PRNGKey(4), N_SAMPLES, p.t_max, p)
+    return gm, p, x_init
+
+
+def energy_distance(x, y):
+    """The two-sample energy distance 2 E|x - y| - E|x - x'| - E|y - y'| (Szekely & Rizzo), V-statistic."""
+    d = lambda a, b: jnp.mean(jnp.sqrt(jnp.sum((a[:, None] - b[None]) ** 2, -1) + 1e-30))
+    return float(2 * d(x, y) - d(x, x) - d(y, y))
+
+
+@functools.lru_cache(maxsize=None)
+def threshold():
+    """Twice the largest energy distance between two independent exact samples of N_SAMPLES, over 10 pairs."""
+    gm, p, _ = problem()
+    values = [energy_distance(gm.marginal_sample(jax.random.PRNGKey(100 + 2 * k), N_SAMPLES, p.t_min, p),
+                              gm.marginal_sample(jax.random.PRNGKey(101 + 2 * k), N_SAMPLES, p.t_min, p))
+              for k in range(10)]
+    return 2.0 * max(values)
+
+
+def _sample(solver, num_steps, key, x_init=None, noise="fold_in"):
+    gm, p, x0 = problem()
+    ts = schedules.get_timesteps("logsnr", p, num_steps)
+    return samplers.sample(gm.model_fn(p), solver, p, x0 if x_init is None else x_init, ts, key=key, noise=noise)[0]
+
+
+@pytest.mark.parametrize("config", STOCHASTIC, ids=_id)
+def test_the_samples_follow_the_exact_marginal(config):
+    gm, p, _ = problem()
+    x = _sample(samplers.get_solver(config[0], **config[1]), 200, jax.random.PRNGKey(7))
+    exact = gm.marginal_sample(jax.random.PRNGKey(8), N_SAMPLES, p.t_min, p)
+    assert energy_distance(x, exact) < threshold()
+
+
+def test_a_wrong_noise_scale_fails_the_same_statistic():
+    @dataclasses.dataclass(frozen=True)
+    class LoudDDIM(DDIM):
+        def table(self, process, ts, orders):
+            a, b, c = super().table(process, ts, orders)
+            return a, b, 1.5 * c
+
+    gm, p, _ = problem()
+    x = _sample(LoudDDIM(eta=1.0), 200, jax.random.PRNGKey(7))
+    exact = gm.marginal_sample(jax.random.PRNGKey(8), N_SAMPLES, p.t_min, p)
+    assert energy_distance(x, exact) > threshold()
+
+
+@pytest.mark.parametrize("config", STOCHASTIC, ids=_id)
+def test_seeded_by_key_and_batch_split_invariant(config):
+    solver = samplers.get_solver(config[0], **config[1])
+    _, _, x_init = problem()
+    x_init = x_init[:12]
+    key = jax.random.PRNGKey(11)
+    a, b = _sample(solver, 8, key, x_init), _sample(solver, 8, key, x_init)
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.max(jnp.abs(a - _sample(solver, 8, jax.random.PRNGKey(12), x_init)))) > 1e-3
+    keys = jax.random.split(key, 12)
+    whole = _sample(solver, 8, keys, x_init)
+    pieces = jnp.concatenate([_sample(solver, 8, keys[i:i + 4], x_init[i:i + 4]) for i in (0, 4, 8)])
+    np.testing.assert_allclose(pieces, whole, rtol=1e-13, atol=1e-13)
+    gm, p, _ = problem()
+    ts = schedules.get_timesteps("logsnr", p, 8)
+    jitted, _ = jax.jit(lambda x, k: samplers.sample(gm.model_fn(p), solver, p, x, ts, key=k))(x_init, keys)
+    np.testing.assert_allclose(jitted, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("config", STOCHASTIC, ids=_id)
+def test_a_stochastic_solver_refuses_to_run_without_a_key(config):
+    gm, p, x_init = problem()
+    with pytest.raises(ValueError, match="stochastic: pass key="):
+        samplers.sample(gm.model_fn(p), samplers.get_solver(config[0], **config[1]), p, x_init,
+                        schedules.get_timesteps("logsnr", p, 4))
+
+
+def test_zero_noise_is_the_deterministic_solver():
+    gm, p, x_init = problem()
+    ts = schedules.get_timesteps("logsnr", p, 10)
+    model = gm.model_fn(p)
+    run = lambda solver, **kw: samplers.sample(model, solver, p, x_init, ts, **kw)[0]
+    np.testing.assert_array_equal(run(samplers.get_solver("ddim", eta=0.0)), run("ddim"))
+    np.testing.assert_array_equal(run(samplers.get_solver("dpmpp_2m_sde", eta=0.0)), run("dpmpp_2m"))
+    np.testing.assert_allclose(run(samplers.get_solver("euler_ancestral", eta=0.0)), run("ddim"), atol=1e-12)
+    # a deterministic solver ignores a key
+    np.testing.assert_array_equal(run("ddim", key=jax.random.PRNGKey(0)), run("ddim"))
+
+
+def test_the_brownian_tree_gives_nearly_the_same_sample_at_another_step_count():
+    solver = samplers.get_solver("ddim", eta=1.0)
+    _, _, x_init = problem()
+    key = jax.random.PRNGKey(5)
+    gap = {}
+    for noise in ("fold_in", "brownian"):
+        coarse, fine = (_sample(solver, n, key, x_init[:256], noise=noise) for n in (100, 400))
+        gap[noise] = float(jnp.sqrt(jnp.mean((coarse - fine) ** 2)))
+    assert gap["brownian"] < 0.25 * gap["fold_in"], gap
+
+
+def test_bad_keys_and_noise_are_clear_errors():
+    gm, p, x_init = problem()
+    ts = schedules.get_timesteps("logsnr", p, 4)
+    solver = samplers.get_solver("euler_ancestral")
+    with pytest.raises(ValueError, match="per-sample keys for a batch of"):
+        samplers.sample(gm.model_fn(p), solver, p, x_init, ts, key=jax.random.split(jax.random.PRNGKey(0), 3))
+    with pytest.raises(ValueError, match="unknown noise 'sobol'"):
+        samplers.sample(gm.model_fn(p), solver, p, x_init, ts, key=jax.random.PRNGKey(0), noise="sobol")
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0 and at most 1"):
+        samplers.get_solver("ddim", eta=1.5)
+    with pytest.raises(ValueError, match="S_min <= S_max"):
+        samplers.get_solver("edm_stochastic", S_min=5.0, S_max=1.0)
+    with pytest.raises(ValueError, match="solver_type"):
+        samplers.get_solver("dpmpp_2m_sde", solver_type="rk4")
