@@ -11,13 +11,38 @@ that samplers call (with params bound). Two choices, both from EDM (Karras et al
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 INPUT_SCALINGS = ("none", "edm")
 
 
+def class_labels(labels, num_classes, batch):
+    """The labels a class-conditional network sees, (batch,) int32: `labels` (0..num_classes-1, or num_classes,
+    the null label that label dropout trains and guidance's unconditional branch uses), or all null when None.
+    The conventions of `models.tarflow`."""
+    if labels is None:
+        return jnp.full((batch,), num_classes, jnp.int32)
+    return jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
+
+
+def add_label_embedding(module, emb, labels, num_classes, embedding_init=nn.initializers.normal(0.02)):
+    """`emb` (B, D) plus a learned embedding of the labels (num_classes + 1 rows, the last the null label), for a
+    network with `num_classes` > 0; `emb` unchanged (and no parameter) for num_classes = 0, which takes no labels.
+    `module` is the calling compact module, whose parameter "label_embed" this creates."""
+    if not num_classes:
+        if labels is not None:
+            raise ValueError(f"{type(module).__name__}: labels given to an unconditional network (num_classes=0)")
+        return emb
+    y = class_labels(labels, num_classes, emb.shape[0])
+    table = nn.Embed(num_classes + 1, emb.shape[-1], embedding_init=embedding_init, parent=module,
+                     name="label_embed")
+    return emb + table(y).astype(emb.dtype)
+
+
 def network_fn(net, process, input_scaling="none", sigma_data=0.5):
-    """The prediction function `fn(params, x, t)` of a Flax module `net` called as `net.apply(params, x, t)`.
+    """The prediction function `fn(params, x, t[, labels])` of a Flax module `net` called as
+    `net.apply(params, x, t[, labels])` (labels: for a class-conditional network, `num_classes` > 0).
 
     Args:
       net: a Flax Linen module taking (x, t) with x (batch, ...) and t a scalar or (batch,).
@@ -26,7 +51,7 @@ def network_fn(net, process, input_scaling="none", sigma_data=0.5):
       sigma_data: the data's standard deviation, for "edm" scaling.
 
     Returns:
-      fn(params, x, t): t a scalar or a (batch,) array; the output has x's shape and dtype.
+      fn(params, x, t, labels=None): t a scalar or a (batch,) array; the output has x's shape and dtype.
 
     Example:
         >>> import jax, jax.numpy as jnp, schedules
@@ -41,7 +66,7 @@ def network_fn(net, process, input_scaling="none", sigma_data=0.5):
         raise ValueError(f"unknown input_scaling {input_scaling!r}; valid: {list(INPUT_SCALINGS)}")
     log_time = process.t_max > 1.0
 
-    def fn(params, x, t):
+    def fn(params, x, t, labels=None):
         t = jnp.asarray(t, jnp.float32)
         t_batch = jnp.broadcast_to(t, x.shape[:1])
         t_x = jnp.reshape(t_batch, x.shape[:1] + (1,) * (x.ndim - 1))
@@ -49,6 +74,7 @@ def network_fn(net, process, input_scaling="none", sigma_data=0.5):
             alpha, sigma = process.alpha(t_x), process.sigma(t_x)
             x = x * (1.0 / jnp.sqrt((alpha * sigma_data) ** 2 + sigma**2)).astype(x.dtype)
         t_in = 0.25 * jnp.log(process.sigma(t_batch)) if log_time else t_batch
-        return net.apply(params, x, t_in.astype(jnp.float32)).astype(x.dtype)
+        extra = () if labels is None else (labels,)
+        return net.apply(params, x, t_in.astype(jnp.float32), *extra).astype(x.dtype)
 
     return fn

@@ -6,6 +6,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.conditioning import add_label_embedding
 from models.mlp import time_embedding
 
 # DiT's Linear layers use Xavier-uniform init (Peebles & Xie 2023, sec. 3.2 and their initialize_weights).
@@ -55,11 +56,13 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """x (B, H, W, C) and t (scalar or (B,)) -> prediction (B, H, W, C); a DiT (Peebles & Xie 2023).
+    """x (B, H, W, C), t (scalar or (B,)) [, labels (B,)] -> prediction (B, H, W, C); a DiT (Peebles & Xie 2023).
 
     Patches of `patch_size` x `patch_size` are embedded by a strided conv; the fixed 2D sin-cos positional
     embedding is computed from the (H/p, W/p) grid at call time, so the same params run at any size divisible by
     `patch_size`. `time_scale` multiplies t before the sinusoidal time embedding (DiT embeds t in [0, 1000)).
+    `num_classes` > 0 makes it class-conditional: DiT's LabelEmbedder, a learned table of num_classes + 1 rows (the
+    last the null label, also used when labels are None), added to the time embedding (`models.conditioning`).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -75,6 +78,7 @@ class DiT(nn.Module):
     num_heads: int = 4
     mlp_ratio: float = 4.0
     time_scale: float = 1000.0
+    num_classes: int = 0
 
     def __post_init__(self):
         if self.hidden % 4:
@@ -91,7 +95,7 @@ class DiT(nn.Module):
             raise ValueError(f"DiT: image size {x.shape[1]}x{x.shape[2]} is not divisible by patch_size={p}")
 
     @nn.compact
-    def __call__(self, x, t):
+    def __call__(self, x, t, labels=None):
         self._check(x)
         b, height, width, channels = x.shape
         p = self.patch_size
@@ -108,6 +112,7 @@ class DiT(nn.Module):
         init = nn.initializers.normal(0.02)
         c = nn.Dense(self.hidden, kernel_init=init, name="time_embed_0")(c)
         c = nn.Dense(self.hidden, kernel_init=init, name="time_embed_1")(nn.silu(c))
+        c = add_label_embedding(self, c, labels, self.num_classes, embedding_init=init)
 
         for i in range(self.depth):
             h = DiTBlock(self.hidden, self.num_heads, self.mlp_ratio, name=f"block_{i}")(h, c)

@@ -37,6 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.conditioning import class_labels
+
 _init = nn.initializers.normal(0.02)
 
 
@@ -177,9 +179,7 @@ class TarFlow(nn.Module):
         """The labels a block sees: y, or "no label" (index num_classes) when y is None; (batch,) int32."""
         if not self.num_classes:
             return jnp.zeros((batch,), jnp.int32)
-        if y is None:
-            return jnp.full((batch,), self.num_classes, jnp.int32)
-        return jnp.broadcast_to(jnp.asarray(y, jnp.int32), (batch,))
+        return class_labels(y, self.num_classes, batch)
 
     def check_images(self, x):
         expected = (self.image_size, self.image_size, self.channels)

@@ -7,6 +7,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.conditioning import add_label_embedding
 from models.mlp import time_embedding
 
 # DDPM++ "skip_rescale": residual sums are divided by sqrt(2) so their variance stays ~1 through deep stacks.
@@ -46,7 +47,7 @@ class AttentionBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """x (B, H, W, C) and t (scalar or (B,)) -> prediction (B, H, W, C); a DDPM++-style UNet.
+    """x (B, H, W, C), t (scalar or (B,)) [, labels (B,)] -> prediction (B, H, W, C); a DDPM++-style UNet.
 
     Levels i = 0 .. len(channel_mult)-1 have `channels * channel_mult[i]` features and `num_res_blocks` residual
     blocks; each level but the last halves the size with a stride-2 conv. Self-attention follows the blocks whose
@@ -56,6 +57,8 @@ class UNet(nn.Module):
     layers it does not ask for are skipped.
     The decoder concatenates the encoder's activations (DDPM's skip connections); H and W must be divisible by
     2 ** (len(channel_mult) - 1). `time_scale` multiplies t before the sinusoidal embedding.
+    `num_classes` > 0 makes it class-conditional: a learned embedding of the labels (0..num_classes-1; num_classes
+    is the null label, also used when labels are None) is added to the time embedding (`models.conditioning`).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -74,6 +77,7 @@ class UNet(nn.Module):
     num_groups: int = 8
     embed_dim: int | None = None
     time_scale: float = 1000.0
+    num_classes: int = 0
 
     def __post_init__(self):
         if self.channels % self.num_groups:
@@ -94,7 +98,7 @@ class UNet(nn.Module):
             )
 
     @nn.compact
-    def __call__(self, x, t):
+    def __call__(self, x, t, labels=None):
         self._check(x)
         batch = x.shape[0]
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
@@ -103,6 +107,7 @@ class UNet(nn.Module):
         emb = time_embedding(self.time_scale * t, self.channels).astype(x.dtype)
         emb = nn.Dense(embed_dim, name="time_embed_0")(emb)
         emb = nn.Dense(embed_dim, name="time_embed_1")(nn.silu(emb))
+        emb = add_label_embedding(self, emb, labels, self.num_classes)
 
         def res(h, mult, name):
             return ResBlock(self.channels * mult, self.num_groups, name=name)(h, emb)

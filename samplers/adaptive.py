@@ -70,7 +70,7 @@ class Adaptive(Solver):
     def order(self):
         return METHODS[self.method][1]
 
-    def nfe(self, num_steps):
+    def loop_nfe(self, num_steps):
         return METHODS[self.method][2] * num_steps + 1
 
     def integrate(self, model, process, x, ts, save_trajectory=False, noise=None):
@@ -86,4 +86,4 @@ class Adaptive(Solver):
 
         y, num_steps = solve_log_gamma(field, x / alpha0, process.gamma(ts[0]), process.gamma(ts[-1]),
                                        self.method, self.rtol, self.atol, self.max_steps, self.gamma_floor)
-        return (alpha1 * y).astype(x.dtype), self.nfe(num_steps), None
+        return (alpha1 * y).astype(x.dtype), self.loop_nfe(num_steps), None

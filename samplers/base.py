@@ -63,8 +63,14 @@ def step_inputs(solver: Solver, process, ts: jax.Array) -> StepInputs:
 @dataclasses.dataclass(frozen=True)
 class Solver:
     """The abstract solver. Subclasses set `name` and `native`, and implement `step` (and usually `coefficients`,
-    `init`); `integrate` is overridden only by solvers that choose their own steps (the adaptive reference)."""
+    `init`); `integrate` is overridden only by solvers that choose their own steps (the adaptive reference).
 
+    Every solver takes `denoise_to_zero`: after the last step, one more model call at ts[-1] replaces the sample by
+    its data prediction x0_hat (score_sde's final denoising step, a jump to sigma = 0); NFE + 1, and a saved
+    trajectory still ends at ts[-1].
+    """
+
+    denoise_to_zero: bool = False
     name = "solver"
     native = "eps"
     evaluates_end = False
@@ -97,7 +103,11 @@ class Solver:
         return ({},)
 
     def nfe(self, num_steps: int) -> int:
-        """Model calls made for a grid of num_steps steps."""
+        """Model calls made for a grid of num_steps steps (the final denoising call included)."""
+        return self.loop_nfe(num_steps) + int(self.denoise_to_zero)
+
+    def loop_nfe(self, num_steps: int) -> int:
+        """Model calls made by the steps themselves."""
         return self.stages * num_steps
 
     def steps_for_nfe(self, nfe: int) -> int:
@@ -156,8 +166,8 @@ class Solver:
           noise: the noise source the steps draw from (`StepInputs.normal`), None for a deterministic solve.
 
         Returns:
-          (x at ts[-1], the model calls made, the state at every grid point (num_steps + 1, *x.shape) when
-          save_trajectory else None).
+          (x at ts[-1], the model calls the steps made, the state at every grid point (num_steps + 1, *x.shape)
+          when save_trajectory else None).
         """
         def body(carry, inp):
             x, state = self.step(model, process, *carry, inp._replace(noise=noise))
@@ -165,7 +175,7 @@ class Solver:
 
         (x_end, _), states = jax.lax.scan(body, (x, self.init(x)), step_inputs(self, process, ts))
         trajectory = jnp.concatenate([x[None], states], axis=0) if save_trajectory else None
-        return x_end, self.nfe(ts.shape[0] - 1), trajectory
+        return x_end, self.loop_nfe(ts.shape[0] - 1), trajectory
 
 
 def cast_like(value: jax.Array, x: jax.Array) -> jax.Array:

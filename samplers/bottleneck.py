@@ -24,6 +24,7 @@ Images are NHWC; `resolution` is the side of a square stage image, or (height, w
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -100,12 +101,15 @@ def plan(stages, process, total_steps=None):
     return built
 
 
-def check_resolutions(model_fn, stages, channels, dtype=jnp.float32):
-    """Trace model_fn at every stage's resolution; a size the model cannot take fails here, naming the stage."""
+def check_resolutions(model_fn, stages, channels, dtype=jnp.float32, args=None):
+    """Trace model_fn at every stage's resolution (model_fn(x, t, args) when args is given); a size the model
+    cannot take fails here, naming the stage."""
+    extra = () if args is None else (jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
+                                                  args),)
     for k, stage in enumerate(stages):
         x = jax.ShapeDtypeStruct((1, *stage.size, channels), dtype)
         try:
-            jax.eval_shape(model_fn, x, jax.ShapeDtypeStruct((), dtype))
+            jax.eval_shape(model_fn, x, jax.ShapeDtypeStruct((), dtype), *extra)
         except Exception as error:  # the model's own error, re-raised with the stage that caused it
             raise ValueError(f"stage {k}: the model cannot take images of {stage.size}: {error}") from error
 
@@ -131,11 +135,12 @@ def renoise(key, x0, t, process, mode="fresh"):
 
 
 def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", resize_method="lanczos",
-                      renoise_mode="fresh", total_steps=None):
+                      renoise_mode="fresh", total_steps=None, args=None):
     """Sample through the stages (see the module docstring).
 
     Args:
-      model_fn: (x, t) -> prediction of kind `prediction`, at any stage resolution (NHWC).
+      model_fn: (x, t) -> prediction of kind `prediction`, at any stage resolution (NHWC); (x, t, args) ->
+        prediction when `args` is given.
       stages: a sequence of `Stage`.
       process: a `schedules.Process` or its name.
       x_init: (n, H0, W0, C) noise at the first stage's resolution, at time t_max * strength of stage 0 (draw it
@@ -144,6 +149,13 @@ def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", 
       prediction: what model_fn predicts ("eps", "x0", "v", "velocity").
       resize_method, renoise_mode: see `resize` and `renoise`.
       total_steps: if given, the stages' steps must add up to it.
+      args: any pytree passed to the model as its third argument (network parameters, labels); None: the model is
+        called model_fn(x, t).
+
+    The whole plan (every stage, resize, re-noise and clean estimate) is one compiled program per (model function,
+    stages, process, prediction, resize and re-noise modes, whether args is given): x_init, key, the stages' time
+    grids and `args` are its traced arguments, so new noise, keys or parameter values of the same shapes reuse it
+    and no weight is compiled in as a constant. Under an outer `jax.jit` it is traced into the caller's program.
 
     Returns:
       (x, info): x (n, H_last, W_last, C); info["nfe"] the model calls made (solver calls plus the x0 estimates at
@@ -159,17 +171,50 @@ def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", 
     if x_init.ndim != 4 or tuple(x_init.shape[1:3]) != built[0][0].size:
         raise ValueError(f"x_init must be (n, {built[0][0].size[0]}, {built[0][0].size[1]}, C) for the first "
                          f"stage, got {x_init.shape}")
-    check_resolutions(model_fn, [s for s, _, _ in built], x_init.shape[-1], x_init.dtype)
-    x, stage_nfe = x_init, []
+    static = (model_fn, args is not None, tuple(stages), process, prediction, resize_method, renoise_mode)
+    try:
+        run = _compiled_stages(*static)
+    except TypeError:  # unhashable stage options (a dict): a program of its own, still with traced arguments
+        run = jax.jit(_stages_fn(*static))
+    x, traced_nfe = run(x_init, key, args, tuple(jnp.asarray(ts) for _, _, ts in built))
+    stage_nfe = []
     for k, (stage, solver, ts) in enumerate(built):
-        if k > 0:
-            x = renoise(jax.random.fold_in(key, k), resize(x, stage.size, resize_method), float(ts[0]), process,
-                        renoise_mode)
-        x, info = sample(model_fn, solver, process, x, jnp.asarray(ts), prediction=prediction, check_finite=False)
-        nfe = int(info["nfe"])
-        if k < len(built) - 1 and float(ts[-1]) > process.t_min:  # the clean estimate costs one more call
-            t = jnp.asarray(ts[-1], x.dtype)
-            x = predictions.convert(model_fn(x, t), prediction, "x0", x, t, process).astype(x.dtype)
-            nfe += 1
-        stage_nfe.append(nfe)
+        nfe = solver.nfe(stage.num_steps) if solver.static_nfe else traced_nfe[k]  # a plain int where static
+        if not isinstance(nfe, jax.core.Tracer):
+            nfe = int(nfe)
+        stage_nfe.append(nfe + (1 if _clean_estimate_call(k, built, process) else 0))
     return x, {"nfe": sum(stage_nfe), "stage_nfe": stage_nfe}
+
+
+def _clean_estimate_call(k, built, process):
+    """Whether stage k ends above t_min before another stage: its clean estimate costs one more model call."""
+    return k < len(built) - 1 and float(built[k][2][-1]) > process.t_min
+
+
+def _stages_fn(model_fn, has_args, stages, process, prediction, resize_method, renoise_mode):
+    """(x_init, key, args, grids) -> (x, per-stage solver NFE): every stage of the plan, traced once."""
+
+    def run(x_init, key, args, grids):
+        args = args if has_args else None
+        built = plan(stages, process)
+        check_resolutions(model_fn, [s for s, _, _ in built], x_init.shape[-1], x_init.dtype, args)
+        model = model_fn if args is None else (lambda x, t: model_fn(x, t, args))
+        x, stage_nfe = x_init, []
+        for k, ((stage, solver, ts), grid) in enumerate(zip(built, grids)):
+            if k > 0:
+                x = renoise(jax.random.fold_in(key, k), resize(x, stage.size, resize_method), float(ts[0]), process,
+                            renoise_mode)
+            x, info = sample(model_fn, solver, process, x, grid, prediction=prediction, check_finite=False,
+                             args=args)
+            if _clean_estimate_call(k, built, process):
+                t = jnp.asarray(ts[-1], x.dtype)
+                x = predictions.convert(model(x, t), prediction, "x0", x, t, process).astype(x.dtype)
+            stage_nfe.append(jnp.asarray(info["nfe"]))
+        return x, tuple(stage_nfe)
+
+    return run
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_stages(model_fn, has_args, stages, process, prediction, resize_method, renoise_mode):
+    return jax.jit(_stages_fn(model_fn, has_args, stages, process, prediction, resize_method, renoise_mode))

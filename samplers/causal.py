@@ -117,7 +117,10 @@ def invert(flow: TarFlow, params, z, y=None, plan="sequential", guidance=0.0, an
     """x with flow(x) = z: every block inverted as `plan` says, last block first.
 
     Args:
-      flow, params: a `TarFlow` and its parameters.
+      flow, params: a `TarFlow` and its parameters. `invert` takes no model function (so no `args`): the parameters
+        are an ordinary argument, traced wherever the caller's jit has them as an argument, e.g.
+        `jax.jit(lambda params, z, y: invert(flow, params, z, y, plan))` (one program for any parameter values of
+        the same shapes); a jit that closes over them compiles them in as constants.
       z: (B, H, W, C) latents.
       y: (B,) int labels, or None (unconditional: the "no label" embedding).
       plan: see the module docstring.

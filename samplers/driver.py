@@ -66,6 +66,9 @@ def check_ts(ts, process: Process, solver: Solver, prediction: str) -> None:
         sigma = np.asarray(process.sigma(ts_np))
     if np.any(sigma < 0) or np.any(alpha < 0) or np.any(~np.isfinite(alpha * sigma)):
         raise ValueError(f"ts leaves the domain of process {process.name!r}: alpha={alpha}, sigma={sigma}")
+    if sigma[-1] == 0 and solver.denoise_to_zero:
+        raise ValueError(f"ts already ends at sigma = 0 (t = {ts_np[-1]}): denoise_to_zero would call the model "
+                         f"there, where no prediction is defined; end at t_min > 0 or drop denoise_to_zero")
     if sigma[-1] == 0 and solver.evaluates_end:
         raise ValueError(
             f"solver {solver.name!r} evaluates the model at the end of each step, and ts ends at sigma = 0 where no "
@@ -196,6 +199,9 @@ def _sample_fn(model_fn, solver, process, prediction, save_trajectory, has_args,
             noise = noises.make_noise(noise_kind, key, process, x_init.shape[0] if x_init.ndim else None)
         x, nfe, trajectory = solver.integrate(model, process, x_init, ts, save_trajectory=save_trajectory,
                                               noise=noise)
+        if solver.denoise_to_zero:  # one more call at ts[-1]: its data prediction, the jump to sigma = 0
+            x = predictions.convert(model(x, ts[-1]), solver.native, "x0", x, ts[-1], process)
+            nfe = nfe + 1
         x = x.astype(x_init.dtype)
         return x, nfe, jnp.sum(~jnp.isfinite(x)), trajectory
 

@@ -58,7 +58,7 @@ class ExplicitRK(Solver):
     def evaluates_end(self):
         return TABLEAUS[self.tableau][0][-1] == 1.0 and not self.final_euler
 
-    def nfe(self, num_steps):
+    def loop_nfe(self, num_steps):
         return self.stages * num_steps - (self.stages - 1) * int(self.final_euler)
 
     def coefficients(self, process, ts):
@@ -188,7 +188,7 @@ class EDMStochastic(Solver):
     def stochastic(self):
         return self.S_churn > 0
 
-    def nfe(self, num_steps):
+    def loop_nfe(self, num_steps):
         return 2 * num_steps - 1
 
     def coefficients(self, process, ts):

@@ -22,8 +22,10 @@ def get_solver(name: str, **options) -> Solver:
 
     Options by solver: deis_tab (order 1-4, lower_order_final, num_quad), deis_rhoab / ipndm (order 1-4,
     lower_order_final), deis_rhork (method "2heun" | "3kutta" | "4rk"), dpmpp_2m / dpmpp_3m (lower_order_final,
-    variant), adaptive (method, rtol, atol, max_steps, gamma_floor). The paper's tAB-r is deis_tab with
-    order = r + 1.
+    variant), unipc (order 1-3, variant "bh1" | "bh2", corrector, lower_order_final), adaptive (method, rtol, atol,
+    max_steps, gamma_floor); the stochastic ones: ddim (eta), euler_ancestral (eta), edm_stochastic (S_churn, S_min,
+    S_max, S_noise), dpmpp_2m_sde (eta, solver_type), dpmpp_3m_sde (eta). Every solver takes denoise_to_zero. The
+    paper's tAB-r is deis_tab with order = r + 1.
 
     Args:
       name: a key of `SOLVERS`.

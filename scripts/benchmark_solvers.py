@@ -89,6 +89,11 @@ ALL_CONFIGS = (
     cfg("ipndm", order=4),
     cfg("dpmpp_2m"),
     cfg("dpmpp_3m"),
+    *(cfg("unipc", order=k, variant=v) for k in (2, 3) for v in ("bh1", "bh2")),
+    # the multistep methods that blow up on coarse grids, with the published lower-order final steps
+    cfg("deis_tab", order=4, lower_order_final=True),
+    cfg("ipndm", order=4, lower_order_final=True),
+    cfg("dpmpp_3m", lower_order_final=False),
 )
 OVERHEAD_CONFIGS = (
     cfg("ddim"),

@@ -61,9 +61,10 @@ def test_model_flops_counts_the_model(run_dir):
     assert bottleneck_benchmark.model_flops(lambda x, t: x @ jnp.ones((4, 3), x.dtype) * t, (2, 4)) >= 2 * 2 * 4 * 3
     target, _, trained = bottleneck_benchmark.load_model(smoke_config(run_dir))
     assert trained == (16, 32)
-    flops = {s: bottleneck_benchmark.model_flops(target.model_fn, (2, s, s, 1)) for s in (16, 32, 64)}
+    flops = {s: bottleneck_benchmark.model_flops(target.model_fn, (2, s, s, 1), args=target.args) for s in (16, 32, 64)}
     assert 0 < flops[16] < flops[32] < flops[64]
-    assert bottleneck_benchmark.model_flops(target.model_fn, (4, 32, 32, 1)) == pytest.approx(2 * flops[32], rel=0.01)
+    assert bottleneck_benchmark.model_flops(target.model_fn, (4, 32, 32, 1), args=target.args) == pytest.approx(
+        2 * flops[32], rel=0.01)
 
 
 def test_sampling_entry_writes_the_grids_and_json(run_dir, tmp_path):

@@ -226,3 +226,33 @@ def test_distill_many_bad_step_counts_are_clear_errors(step_counts, kwargs, matc
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         schedules.distill_many(args.pop("method"), gm.model_fn(p), "ddim", p, x0, step_counts, **args)
+
+
+@pytest.mark.parametrize("method", ["oss", "bellman"])
+def test_args_are_traced_the_same_result_and_one_trace_for_new_parameter_values(method, small):
+    """model_fn(x, t, args) with args=oracle gives the closure's schedule and costs; new parameter values of the same
+    shapes reuse the compiled teacher and DP (the model is traced once per program, not once per call)."""
+    p, gm, x0, _, _ = small
+    traces = []
+
+    def model_fn(x, t, oracle):
+        traces.append(1)
+        return oracle.predict(x, t, p)
+
+    other = gm.replace(means=gm.means + 0.25)
+    outs = []
+    for oracle in (gm, other):
+        ts, info = schedules.distill(method, model_fn, "ddim", p, x0, 3, teacher_steps=12, args=oracle,
+                                     return_info=True)
+        closed, info_closed = schedules.distill(method, lambda x, t: oracle.predict(x, t, p), "ddim", p, x0, 3,
+                                                teacher_steps=12, return_info=True)
+        np.testing.assert_array_equal(np.asarray(ts), np.asarray(closed))
+        np.testing.assert_array_equal(info["indices"], info_closed["indices"])
+        assert info["cost"] == pytest.approx(info_closed["cost"], rel=1e-12, abs=1e-300)
+        outs.append(info["cost"])
+        if oracle is gm:
+            first = len(traces)
+    assert len(traces) == first and outs[0] != outs[1]
+    many = schedules.distill_many(method, model_fn, "ddim", p, x0, (2, 3), teacher_steps=12, args=other)
+    np.testing.assert_array_equal(np.asarray(many[3]), np.asarray(ts))
+    assert len(traces) == first  # distill_many of the largest count 3 reuses distill's programs

@@ -105,7 +105,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     train.train(config, str(tmp_path))
     target = train.checkpoint_target(os.path.join(ROOT, "experiments/configs/toy2d_fm.py:smoke"), str(tmp_path))
     assert target.shape == (2,) and "step 2" in target.description
-    x = target.model_fn(jnp.zeros((3, 2), jnp.float32), jnp.asarray(0.5, jnp.float32))
+    x = target.model_fn(jnp.zeros((3, 2), jnp.float32), jnp.asarray(0.5, jnp.float32), target.args)
     assert x.shape == (3, 2)
     with pytest.raises(ValueError, match="does not fit|another config"):
         train.checkpoint_target(os.path.join(ROOT, "experiments/configs/digits_fm.py:smoke"), str(tmp_path))

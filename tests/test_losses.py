@@ -122,3 +122,34 @@ def test_edm_input_scaling_and_time_input():
     np.testing.assert_allclose(ot_fn(None, x, 0.25), 0.25 + 1000 * np.ones((2, 3)), rtol=1e-6)
     with pytest.raises(ValueError, match="input_scaling"):
         network_fn(Probe(), edm, input_scaling="karras")
+
+
+def test_label_dropout_replaces_about_the_given_fraction_per_example():
+    labels = jnp.arange(20_000, dtype=jnp.int32) % 10
+    dropped = losses.drop_labels(jax.random.PRNGKey(0), labels, 0.1, 10)
+    null = np.asarray(dropped) == 10
+    assert abs(null.mean() - 0.1) < 0.01  # 4 standard deviations of a Binomial(20000, 0.1) fraction
+    np.testing.assert_array_equal(np.asarray(dropped)[~null], np.asarray(labels)[~null])  # others kept
+    np.testing.assert_array_equal(losses.drop_labels(jax.random.PRNGKey(0), labels, 0.0, 10), labels)
+
+
+def test_conditional_loss_passes_the_dropped_labels_to_the_model():
+    process = schedules.get_process("ot")
+    seen = []
+    model = lambda params, x, t, labels: seen.append(labels) or x * 0.0
+    loss = losses.make_loss(model, process, "velocity", num_classes=10, label_dropout=0.5)
+    labels = jnp.arange(64, dtype=jnp.int32) % 10
+    x0 = jnp.ones((64, 3))
+    eps, x, t, drawn = loss.draw(jax.random.PRNGKey(1), x0, labels)
+    # The same key draws the same labels (resume is bit-exact), and the noise and times are the unconditional ones.
+    np.testing.assert_array_equal(loss.draw(jax.random.PRNGKey(1), x0, labels)[3], drawn)
+    plain = losses.make_loss(lambda params, x, t: x, process, "velocity").draw(jax.random.PRNGKey(1), x0)
+    for a, b in zip(plain, (eps, x, t)):
+        np.testing.assert_array_equal(a, b)
+    assert 10 <= int(jnp.sum(drawn == 10)) <= 54 and bool(jnp.all((drawn == labels) | (drawn == 10)))
+    loss.regress(None, eps, x, t, drawn)
+    np.testing.assert_array_equal(seen[-1], drawn)
+    with pytest.raises(ValueError, match="needs labels"):
+        loss.draw(jax.random.PRNGKey(1), x0)
+    with pytest.raises(ValueError, match="label_dropout"):
+        losses.make_loss(model, process, "velocity", num_classes=10, label_dropout=1.0)

@@ -1,6 +1,7 @@
 """Networks: shapes and dtypes, zero output at init, gradient through the zero-init layer, batch independence,
 resolution independence, TorchCFM's MLP, and the registry's errors. Tiny configs: the file runs in seconds."""
 
+import dataclasses
 import functools
 
 import jax
@@ -211,3 +212,47 @@ def test_get_network_builds_the_registered_class():
     assert isinstance(net, DiT) and net.hidden == 64 and net.depth == 2
     message = str(pytest.raises(ValueError, get_network, "mlp", bogus=1).value)
     assert "'time_input'" in message and "'parent'" not in message and "'name'" not in message
+
+
+# Class conditioning: tiny 8 px nets, one forward each.
+CONDITIONAL = {
+    "unet": UNet(channels=8, channel_mult=(1, 2), num_res_blocks=1, num_heads=2, num_groups=4,
+                 attention_resolutions=(4,)),
+    "dit": DiT(patch_size=2, hidden=16, depth=1, num_heads=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONDITIONAL))
+def test_class_conditioning_adds_only_a_label_table_to_the_time_embedding(name):
+    plain = CONDITIONAL[name]
+    x, t = _normal(3, (BATCH, 8, 8, 1)), jnp.array([0.1, 0.5, 0.9], jnp.float32)
+    params = jax.jit(plain.init)(_key(0), x, t)
+    # num_classes=0 is the default: the same tree and values, and it refuses labels.
+    same = jax.jit(dataclasses.replace(plain, num_classes=0).init)(_key(0), x, t)
+    assert jax.tree.structure(same) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, same, params)
+    with pytest.raises(ValueError, match="unconditional"):
+        plain.apply(params, x, t, jnp.zeros(BATCH, jnp.int32))
+
+    cond = dataclasses.replace(plain, num_classes=10)
+    cond_params = jax.jit(cond.init)(_key(0), x, t)
+    table = cond_params["params"]["label_embed"]["embedding"]
+    assert table.shape[0] == 11  # 10 classes and the null label
+    # Every other parameter is the unconditional net's, bit for bit (flax keys parameters by their path).
+    rest = {"params": {k: v for k, v in cond_params["params"].items() if k != "label_embed"}}
+    jax.tree.map(np.testing.assert_array_equal, rest, params)
+
+    cond_perturbed = _perturbed(cond_params)
+    apply = jax.jit(cond.apply)
+    labels = jnp.array([3, 3, 3], jnp.int32)
+    y3, y7 = apply(cond_perturbed, x, t, labels), apply(cond_perturbed, x, t, labels + 4)
+    assert float(jnp.max(jnp.abs(y3 - y7))) > 1e-4  # the output depends on the label
+    null = apply(cond_perturbed, x, t, jnp.full((BATCH,), 10, jnp.int32))
+    np.testing.assert_array_equal(apply(cond_perturbed, x, t, None), null)  # no labels = the null label
+    assert bool(jnp.all(jnp.isfinite(null)))
+    # A zero label table is the unconditional net: the embedding is added to the time embedding, nothing else.
+    zero = jax.tree.map(lambda a: a, cond_perturbed)
+    zero["params"] = dict(zero["params"], label_embed={"embedding": jnp.zeros_like(table)})
+    unperturbed_rest = {"params": {k: v for k, v in zero["params"].items() if k != "label_embed"}}
+    np.testing.assert_allclose(apply(zero, x, t, labels), jax.jit(plain.apply)(unperturbed_rest, x, t),
+                               rtol=1e-6, atol=1e-6)

@@ -158,6 +158,31 @@ def test_compiles_once_for_a_new_grid_data_and_learning_rate(small):
     assert counts["traces"] == traces
 
 
+def test_args_are_traced_the_same_grid_and_one_trace_for_new_parameter_values(small):
+    """model_fn(x, t, args) with args=oracle refines to the closure's grid (teacher target and loop); a second
+    oracle of the same shapes reuses the compiled teacher and loop."""
+    gm, p, x_init, _ = small
+    traces = []
+
+    def model_fn(x, t, oracle):
+        traces.append(1)
+        return oracle.predict(x, t, p)
+
+    ts = schedules.get_timesteps("logsnr", p, 5)
+    results = []
+    for oracle in (gm, gm.replace(means=gm.means * 1.1)):
+        out, info = refine(ts, model_fn, "dpmpp_2m", p, x_init, args=oracle, teacher_steps=20, num_iters=10,
+                           return_info=True)
+        closed, info_closed = refine(ts, lambda x, t: oracle.predict(x, t, p), "dpmpp_2m", p, x_init,
+                                     teacher_steps=20, num_iters=10, return_info=True)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(closed), rtol=1e-12, atol=1e-12)
+        assert info["loss_final"] == pytest.approx(info_closed["loss_final"], rel=1e-10, abs=1e-300)
+        results.append(info["loss_final"])
+        if oracle is gm:
+            first = len(traces)
+    assert len(traces) == first and results[0] != results[1]
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(ts=np.array([1.0])), ValueError, "at least 2"),
     (dict(ts=np.array([[1.0, 0.5]])), ValueError, "1-D"),

@@ -268,3 +268,24 @@ def test_args_of_the_wrong_structure_or_shape_are_a_clear_error_before_compute(s
         samplers.sample(lambda x, t, a: x[:, :2], "ddim", p, x_init, ts, args=())
     with pytest.raises(ValueError, match=r"model_fn\(x, t\) failed"):  # a three-argument model given no args
         samplers.sample(model, "ddim", p, x_init, ts)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "heun", "unipc", "adaptive"])
+def test_denoise_to_zero(name, setup):
+    """One more model call at ts[-1] gives the data prediction there: exactly x0_hat of the plain sample. The step
+    is the driver's, the same for every solver: one solver of each native prediction kind, and the adaptive one."""
+    oracle, p, x_init, ts = setup
+    plain, info = samplers.sample(oracle.model_fn(p), name, p, x_init, ts)
+    denoised, info_d = samplers.sample(oracle.model_fn(p), samplers.get_solver(name, denoise_to_zero=True), p,
+                                       x_init, ts)
+    np.testing.assert_allclose(denoised, oracle.predict(plain, ts[-1], p, "x0"), rtol=1e-10, atol=1e-10)
+    assert int(info_d["nfe"]) == int(info["nfe"]) + 1
+    with pytest.raises(ValueError, match="already ends at sigma = 0"):
+        samplers.sample(oracle.model_fn(p), samplers.get_solver(name, denoise_to_zero=True), p, x_init,
+                        np.array([1.0, 0.6, 0.3, 0.1, 0.0]))
+
+
+@pytest.mark.parametrize("name", list(samplers.SOLVERS))
+def test_every_solver_takes_denoise_to_zero_and_counts_its_call(name):
+    solver, denoised = samplers.get_solver(name), samplers.get_solver(name, denoise_to_zero=True)
+    assert [denoised.nfe(n) for n in (4, 7)] == [solver.nfe(n) + 1 for n in (4, 7)]

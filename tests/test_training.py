@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def test_toy_flow_matching_learns_and_resumes_finished_run(tmp_path):
     assert len(_metrics(tmp_path)) == 3
 
 
-@pytest.mark.parametrize("module,arg", [(digits_fm, "smoke,coupling=ot"), (digits_dit, "smoke")])
+@pytest.mark.parametrize("module,arg", [(digits_fm, "smoke,coupling=ot"), (digits_dit, "smoke"),
+                                        (digits_fm, "conditional,smoke")])
 def test_image_configs_smoke(module, arg, tmp_path):
     config = module.get_config(arg)
     result = train.train(config, str(tmp_path))
@@ -76,6 +78,35 @@ def test_vp_configs_build(arg):
     # Everything the config names is built and checked (the loss targets are tested in test_losses.py).
     experiment = train.build(digits_vp.get_config(arg))
     assert experiment.datasets[0].shape[-1] == 1 and experiment.ts[0] > experiment.ts[-1]
+
+
+def test_conditional_unet_trains_samples_guided_and_resumes_bitwise(tmp_path):
+    config = digits_vp.get_config("conditional,smoke")
+    assert config.model.unet.num_classes == 10 and config.sample.guidance_scale != 1.0
+    whole = tmp_path / "whole"
+    result = train.train(config, str(whole))
+    assert result["sampler"]["guidance_scale"] == config.sample.guidance_scale and np.isfinite(result["eval_loss"])
+    assert os.listdir(whole / "samples") == ["step_0000020.png"]
+    assert _final_params(whole, 20)["params"]["label_embed"]["embedding"].shape == (11, 32)
+    # A run killed after its step-10 checkpoint: the same workdir without the later checkpoint and log lines.
+    killed = tmp_path / "killed"
+    shutil.copytree(whole, killed)
+    shutil.rmtree(killed / "checkpoints" / "20")
+    with open(killed / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in _metrics(whole) if line["step"] <= 10)
+    assert train.train(config, str(killed)) == result
+    for (name, x), (_, y) in zip(*(sorted(_flatten(_final_params(w, 20)).items()) for w in (whole, killed))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)  # bitwise
+    assert [line["step"] for line in _metrics(killed)] == [10, 20]
+
+
+def test_conditional_configs_check_their_labels_and_guidance():
+    with pytest.raises(ValueError, match="has no labels"):
+        train.build(_override(digits_fm.get_config("conditional,smoke"), data__name="moons", data__image_sizes=()))
+    with pytest.raises(ValueError, match="coupling"):
+        train.build(digits_fm.get_config("conditional,smoke,coupling=ot"))
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        train.build(_override(digits_vp.get_config("smoke"), sample__guidance_scale=2.0))
 
 
 def _train_command(workdir, *overrides):

@@ -5,7 +5,13 @@ Launch (from the repository root; about 15 minutes on a 2-core CPU, ~150 ms a st
     python scripts/train.py --config experiments/configs/digits_fm.py --workdir outputs/digits_fm
 
 Variants (`digits_fm.py:ARG`): `coupling=ot` pairs each minibatch by exact OT (default independent);
-`size=8|16|32` the resolution (default 8, the native size); `smoke` a few steps of a tiny UNet, for tests.
+`size=8|16|32` the resolution (default 8, the native size); `smoke` a few steps of a tiny UNet, for tests;
+`conditional` a class-conditional UNet (10 digit classes, label dropout 0.1) sampled with classifier-free guidance
+of scale 2 (`samplers.guided`; it needs the default independent coupling); flags combine, e.g. `conditional,smoke`.
+Launch the conditional run with
+
+    python scripts/train.py --config experiments/configs/digits_fm.py:conditional --workdir outputs/digits_fm_cond
+
 Overrides: `--config.train.num_steps=20000 --config.sample.solver=heun --config.sample.nfe=19`.
 """
 
@@ -16,8 +22,8 @@ from experiments.configs.train_base import digits_unet
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, coupling="independent", size=0, smoke=False)
-    c = digits_unet(arg.size or 8, arg.smoke)
+    arg = parse_arg(arg, coupling="independent", size=0, smoke=False, conditional=False)
+    c = digits_unet(arg.size or 8, arg.smoke, arg.conditional)
     c.process.name = "ot"
     c.loss.prediction = "velocity"
     c.loss.coupling = arg.coupling

@@ -5,8 +5,14 @@ Launch (from the repository root):
     python scripts/train.py --config experiments/configs/digits_vp.py --workdir outputs/digits_vp
 
 Variants (`digits_vp.py:ARG`): `prediction=eps|x0|v` (default eps), `process=vp_linear|vp_cosine|edm`
-(EDM uses EDM's input scaling and log-normal times), `size=8|16|32` (default 8, the native size), `smoke` for tests.
-Overrides: `--config.sample.solver=deis_tab --config.sample.order=3 --config.sample.grid=quadratic`.
+(EDM uses EDM's input scaling and log-normal times), `size=8|16|32` (default 8, the native size), `smoke` for tests,
+`conditional` a class-conditional UNet (10 digit classes, label dropout 0.1) sampled with classifier-free guidance
+of scale 2 (`samplers.guided`); flags combine, e.g. `conditional,smoke`. Launch the conditional run with
+
+    python scripts/train.py --config experiments/configs/digits_vp.py:conditional --workdir outputs/digits_vp_cond
+
+Overrides: `--config.sample.solver=deis_tab --config.sample.order=3 --config.sample.grid=quadratic`;
+conditional: `--config.sample.guidance_scale=1.0` (unguided), `--config.loss.label_dropout=0.2`.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from experiments.configs.train_base import digits_unet
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, prediction="eps", process="vp_linear", size=0, smoke=False)
-    c = digits_unet(arg.size or 8, arg.smoke)
+    arg = parse_arg(arg, prediction="eps", process="vp_linear", size=0, smoke=False, conditional=False)
+    c = digits_unet(arg.size or 8, arg.smoke, arg.conditional)
     c.process.name = arg.process
     c.loss.prediction = arg.prediction
     if arg.process == "edm":

@@ -38,8 +38,10 @@ def base_config():
         dict(hidden=256, depth=3, embed_dim=64, activation="silu", time_input="sinusoidal", zero_init_output=True))
     c.model.unet = ml_collections.ConfigDict(
         dict(channels=32, channel_mult=(1, 2), num_res_blocks=2, attention_resolutions=(8,), num_heads=4,
-             num_groups=8))
-    c.model.dit = ml_collections.ConfigDict(dict(patch_size=2, hidden=128, depth=4, num_heads=4, mlp_ratio=4.0))
+             num_groups=8, num_classes=0))
+    # num_classes > 0 (unet, dit, tarflow): class-conditional on the dataset's labels; num_classes is the null label
+    c.model.dit = ml_collections.ConfigDict(
+        dict(patch_size=2, hidden=128, depth=4, num_heads=4, mlp_ratio=4.0, num_classes=0))
     # a normalizing flow (models/tarflow.py); image_size and channels come from the data
     c.model.tarflow = ml_collections.ConfigDict(
         dict(patch_size=2, num_blocks=4, layers_per_block=2, hidden=128, num_heads=4, mlp_ratio=4.0, num_classes=0))
@@ -60,7 +62,7 @@ def base_config():
     c.loss.sinkhorn_max_iterations = placeholder(int)
     c.loss.sinkhorn_lse_mode = placeholder(bool)  # log-domain updates: robust to underflow, 4-5x slower
     c.loss.noise_std = 0.05  # flows: Gaussian noise augmentation of the data (and the denoising step's sigma)
-    c.loss.label_dropout = 0.1  # class-conditional flows: P(label -> "no label"), for guidance
+    c.loss.label_dropout = 0.1  # class-conditional models: P(label -> the null label) per example, for guidance
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 10_000
@@ -96,6 +98,8 @@ def base_config():
     # flows (samplers/causal.py): the inversion plan, a mode name or JSON ('[{"mode": "jacobi", ...}, ...]')
     c.sample.plan = "sequential"
     c.sample.guidance = 0.0  # class-conditional flows: classifier-free guidance weight
+    # class-conditional UNet / DiT: samplers.guided's scale, uncond + scale (cond - uncond); 1 = conditional
+    c.sample.guidance_scale = 1.0
     c.sample.annealed_guidance = False
     c.sample.denoise = True  # flows: the Tweedie step x + sigma^2 grad log p(x), sigma = loss.noise_std
 
@@ -106,10 +110,11 @@ def base_config():
     return c
 
 
-def digits_unet(size, smoke):
+def digits_unet(size, smoke, conditional=False):
     """The unlocked base config with what digits_fm and digits_vp share: digits at `size` px, a small UNet, and a
     cosine-decayed schedule of 6000 steps at batch 64 (about 150 ms a step on a 2-core CPU at 8 px); `smoke`
-    shrinks it to seconds."""
+    shrinks it to seconds. `conditional`: conditioned on the digit's class (10 classes, label dropout 0.1),
+    sampled with classifier-free guidance of scale 2."""
     c = base_config()
     c.data.name = "digits"
     c.data.image_sizes = (size,)
@@ -129,4 +134,8 @@ def digits_unet(size, smoke):
     c.sample.num_samples = 16 if smoke else 100  # as many as eval.num_samples in smoke: one sampler compile
     c.eval.num_samples = 16 if smoke else 500
     c.eval.loss_batches = 1 if smoke else 8
+    if conditional:
+        c.model.unet.num_classes = 10
+        c.loss.label_dropout = 0.1
+        c.sample.guidance_scale = 2.0
     return c

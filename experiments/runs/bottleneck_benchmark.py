@@ -41,7 +41,7 @@ from experiments.metrics import fd_digits
 from experiments.metrics.flops import count_flops
 from experiments.report import figures
 from experiments.report.tables import render_table
-from experiments.train.checkpoints import Target, checkpoint_target, load_config
+from experiments.train.checkpoints import checkpoint_target, load_config
 from samplers import bottleneck
 from samplers.bottleneck import Stage
 
@@ -54,8 +54,8 @@ NO_FD_64 = ("not evaluated: the model was trained at 16 and 32 px only, the digi
 # ------------------------------------------------------------------------------------------------------ FLOPs
 
 
-def model_flops(model_fn, shape, dtype=jnp.float32):
-    """FLOPs of one call model_fn(x, t) with x of `shape` and a scalar t: `experiments.metrics.flops.count_flops`,
+def model_flops(model_fn, shape, dtype=jnp.float32, args=None):
+    """FLOPs of one call model_fn(x, t) (model_fn(x, t, args) when args is given) with x of `shape` and a scalar t: `experiments.metrics.flops.count_flops`,
     2 x the multiply-adds of its matrix products and convolutions, read off the jaxpr (the same number on every
     backend).
 
@@ -63,6 +63,7 @@ def model_flops(model_fn, shape, dtype=jnp.float32):
       model_fn: a pure (x, t) -> prediction.
       shape: the input's shape, batch axis included (e.g. (batch, H, W, C)).
       dtype: the input's dtype.
+      args: the model's args (e.g. a checkpoint's parameters), or None.
 
     Returns:
       A positive float.
@@ -72,7 +73,8 @@ def model_flops(model_fn, shape, dtype=jnp.float32):
         >>> model_flops(lambda x, t: x @ jnp.ones((4, 3), x.dtype) * t, (2, 4))
         48.0
     """
-    flops = count_flops(model_fn, jax.ShapeDtypeStruct(tuple(shape), dtype), jax.ShapeDtypeStruct((), dtype))
+    fn = model_fn if args is None else (lambda x, t: model_fn(x, t, args))
+    flops = count_flops(fn, jax.ShapeDtypeStruct(tuple(shape), dtype), jax.ShapeDtypeStruct((), dtype))
     if flops <= 0:
         raise RuntimeError(f"the model at {tuple(shape)} has no matrix product or convolution to count")
     return float(flops)
@@ -170,10 +172,6 @@ def load_model(config):
                          f"{target.shape}")
     process = dataclasses.replace(target.process, t_min=float(config.process.t_min),
                                   t_max=float(config.process.t_max))
-    # One compiled model for every row: the solvers' compiled programs are cached per model function, so stages of
-    # equal shape in different rows share them; it also compiles a stage's clean-estimate call outside the solver.
-    target = Target(target.process, target.prediction, target.shape, jax.jit(target.model_fn),
-                    dataset=target.dataset, description=target.description)
     trained = tuple(int(s) for s in load_config(config.train_config).data.image_sizes)
     return target, process, trained
 
@@ -182,7 +180,7 @@ def build_row(target, process, label, stages, trained_sizes=None):
     """Check a row's stages (names, grids, sizes the model takes) and return (label, stages)."""
     try:
         bottleneck.plan(stages, process)
-        bottleneck.check_resolutions(target.model_fn, stages, target.shape[-1])
+        bottleneck.check_resolutions(target.model_fn, stages, target.shape[-1], args=target.args)
     except ValueError as error:
         raise ValueError(f"{label}: {error}") from error
     if trained_sizes:
@@ -208,10 +206,9 @@ def sample_row(target, process, stages, x_init, key, config, batch_size):
     batches = [jnp.asarray(x_all[i:i + batch_size]) for i in range(0, padded, batch_size)]
     keys = [jax.random.fold_in(key, i) for i in range(len(batches))]
 
-    @jax.jit
-    def draw(x, k):
+    def draw(x, k):  # bottleneck_sample compiles the whole row once (x and k traced): no outer jit needed
         return bottleneck.bottleneck_sample(target.model_fn, stages, process, x, k, target.prediction,
-                                            config.resize_method, config.renoise_mode)
+                                            config.resize_method, config.renoise_mode, args=target.args)
 
     start = time.perf_counter()
     _, info = jax.block_until_ready(draw(batches[0], keys[0]))  # warm-up: compiles every stage
@@ -231,7 +228,8 @@ def sample_row(target, process, stages, x_init, key, config, batch_size):
 def call_flops_per_sample(target, sizes, batch_size):
     """{side: model FLOPs of one call per sample, counted on a batch of batch_size}, for square sides."""
     channels = target.shape[-1]
-    return {s: model_flops(target.model_fn, (batch_size, s, s, channels)) / batch_size for s in sorted(set(sizes))}
+    return {s: model_flops(target.model_fn, (batch_size, s, s, channels), args=target.args) / batch_size
+            for s in sorted(set(sizes))}
 
 
 def row_cost(stages, stage_nfe, call_flops):

@@ -10,6 +10,7 @@ reference ("sequential").
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -55,11 +56,14 @@ def benchmark(flow, params, plans, num_samples=10000, batch_size=2500, latency_b
     shape = (flow.image_size, flow.image_size, flow.channels)
     z_all = jax.random.normal(key, (num_samples, *shape), jnp.float32)
     y_all = _labels(flow, num_samples)
-    denoiser = jax.jit(lambda x, y: denoise(flow, params, x, denoise_sigma, y)) if denoise_sigma else None
+    # The parameters are an argument of every compiled program (traced, never baked in as constants); partial binds
+    # them at the call.
+    denoiser = functools.partial(jax.jit(lambda params, x, y: denoise(flow, params, x, denoise_sigma, y)),
+                                 params) if denoise_sigma else None
     rows, reference = [], None
     for name, plan in plans.items():
-        run = jax.jit(lambda z, y, plan=plan: causal.invert(flow, params, z, y, plan, guidance, annealed_guidance,
-                                                            clamp))
+        run = functools.partial(jax.jit(lambda params, z, y, plan=plan: causal.invert(
+            flow, params, z, y, plan, guidance, annealed_guidance, clamp)), params)
         # throughput: every sample, in batches, after one compile per batch shape
         chunks = _chunks(num_samples, batch_size)
         for lo, hi in {hi - lo: (lo, hi) for lo, hi in chunks}.values():

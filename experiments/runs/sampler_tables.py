@@ -97,15 +97,14 @@ def _timesteps(grid, process, num_steps, nfe, config):
 def cell_sampler(target, solver):
     """The compiled sampler of one solver, the time grid an argument: (x, ts) -> (samples, nfe).
 
-    One per solver, so every cell of that solver with the same number of steps (other grids, distilled files) reuses
-    one compiled program: jit caches by the shapes of x and ts. A table compiles solvers x step counts programs
-    instead of one per cell.
+    `samplers.sample` keeps one compiled program per (model function, solver) with x and ts traced arguments, so
+    every cell of that solver with the same number of steps (other grids, distilled files) reuses it without an
+    outer `jax.jit`: a table compiles solvers x step counts programs instead of one per cell.
     """
 
-    @jax.jit
     def draw(x, ts):
         x, info = samplers.sample(target.model_fn, solver, target.process, x, ts, prediction=target.prediction,
-                                  check_finite=False)
+                                  args=target.args, check_finite=False)
         return x, info["nfe"]
 
     return draw

@@ -99,10 +99,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     process, solver, counts = setup.process, setup.solver, setup.step_counts
     inputs = _inputs(config, setup)
     model_fn, x_distill, x_heldout = inputs["model_fn"], inputs["x_distill"], inputs["x_heldout"]
+    args = inputs["args"]
 
     tic = time.perf_counter()
     distilled = schedules.distill_many(config.method, model_fn, solver, process, x_distill, counts,
-                                       **setup.distill_options, return_info=True)
+                                       **setup.distill_options, args=args, return_info=True)
     distilled = {k: (np.asarray(ts), info) for k, (ts, info) in distilled.items()}  # waits for the results
     distill_seconds = time.perf_counter() - tic
     for k, (_, info) in distilled.items():
@@ -113,10 +114,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for k in counts:
         named = [(f"{config.method} distilled", "distilled", distilled[k][0])]
         if config.refine.enabled:  # a single schedule (`_validate`)
-            ts_refined, refine_info = _refine(config, setup, model_fn, x_distill, *distilled[k])
+            ts_refined, refine_info = _refine(config, setup, model_fn, x_distill, *distilled[k], args=args)
             named.append((f"{config.method} + refined", "refined", ts_refined))
         named += [(name, "grid", setup.grids[k][name]) for name in config.compare_grids]
-        count_rows = _score(setup, inputs["reference"], setup.score_solvers[k], model_fn, x_heldout, named)
+        count_rows = _score(setup, inputs["reference"], setup.score_solvers[k], model_fn, x_heldout, named,
+                            args=args)
         _add_ratios(count_rows)
         rows += count_rows
 
@@ -317,7 +319,8 @@ def _solver_for_steps(solver, num_steps):
 
 def _inputs(config, setup):
     """The model, the distillation and held-out batches at t_max and the scoring reference of the config's source:
-    {"model_fn", "x_distill", "x_heldout", "reference": fn(x_heldout, t_end) -> float64 array}."""
+    {"model_fn", "args" (its args: a checkpoint's parameters, or None), "x_distill", "x_heldout",
+    "reference": fn(x_heldout, t_end) -> float64 array}."""
     process = setup.process
     root = jax.random.PRNGKey(config.seed)
     if setup.source == "oracle":
@@ -334,7 +337,8 @@ def _inputs(config, setup):
         def reference(x, t_end):
             return samplers.exact_flow_map(oracle, process, x, process.t_max, t_end)
 
-        return {"model_fn": model_fn, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
+        return {"model_fn": model_fn, "args": None, "x_distill": x_distill, "x_heldout": x_heldout,
+                "reference": reference}
 
     target = setup.target
 
@@ -352,10 +356,12 @@ def _inputs(config, setup):
 
     def reference(x, t_end):
         ts = schedules.get_timesteps(record["grid"], process, record["steps"], t_min=t_end, t_max=process.t_max)
-        y, _ = samplers.sample(target.model_fn, teacher, process, x, ts, prediction=target.prediction)
+        y, _ = samplers.sample(target.model_fn, teacher, process, x, ts, prediction=target.prediction,
+                               args=target.args)
         return np.asarray(y, np.float64)
 
-    return {"model_fn": target.model_fn, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
+    return {"model_fn": target.model_fn, "args": target.args, "x_distill": x_distill, "x_heldout": x_heldout,
+            "reference": reference}
 
 
 def _provenance(config, setup, **fields):
@@ -383,18 +389,18 @@ def _start_state(process, x, t_start, ts):
     return (scale * x).astype(x.dtype)
 
 
-def _refine(config, setup, model_fn, x_distill, ts, info):
+def _refine(config, setup, model_fn, x_distill, ts, info, args=None):
     """Refine the distilled `ts` for config.solver on the distillation batch, towards the endpoints of the teacher
     (`info["teacher_ts"]`: the target the distillation used; no use of the oracle's exactness, kept for scoring)."""
     process, solver = setup.process, setup.solver
     teacher = samplers.get_solver(config.teacher.solver, **_options(config.teacher.options))
     target, _ = samplers.sample(model_fn, teacher, process, x_distill, info["teacher_ts"],
-                                prediction=setup.prediction)
+                                prediction=setup.prediction, args=args)
     kwargs = {key: config.refine[key] for key in ("num_iters", "learning_rate") if config.refine[key] is not None}
     tic = time.perf_counter()
     ts_refined, info = schedules.refine(
         ts, model_fn, solver, process, _start_state(process, x_distill, process.t_max, ts),
-        prediction=setup.prediction, target=target, return_info=True, **kwargs,
+        prediction=setup.prediction, target=target, return_info=True, args=args, **kwargs,
     )
     ts_refined = np.asarray(ts_refined)
     record = {key: _plain(value) for key, value in dict(info).items() if _plain(value) is not None}
@@ -412,7 +418,7 @@ def _plain(value):
     return None
 
 
-def _score(setup, reference, solver, model_fn, x, named_schedules):
+def _score(setup, reference, solver, model_fn, x, named_schedules, args=None):
     """The RMSE of `solver` on each schedule against reference(x, t_end) (the exact flow map, or the fine teacher),
     from the held-out batch x at t_max."""
     process = setup.process
@@ -423,7 +429,7 @@ def _score(setup, reference, solver, model_fn, x, named_schedules):
         if t_end not in targets:
             targets[t_end] = reference(x, t_end)
         y, info = samplers.sample(model_fn, solver, process, _start_state(process, x, process.t_max, ts), ts,
-                                  prediction=setup.prediction)
+                                  prediction=setup.prediction, args=args)
         rmse = float(np.sqrt(np.mean((np.asarray(y, np.float64) - targets[t_end]) ** 2)))
         if not math.isfinite(rmse):
             raise FloatingPointError(f"{label}: the RMSE against the {setup.reference_kind} reference is {rmse}; "

@@ -79,11 +79,14 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 class Target:
-    """What is sampled: process, prediction kind, example shape, model_fn(x, t); for the oracle also the oracle."""
+    """What is sampled: process, prediction kind, example shape, the model function and its `args` (model_fn(x, t,
+    args) with a checkpoint's parameters as args, so they are traced, never compiled in; model_fn(x, t) with
+    args None); for the oracle also the oracle."""
 
-    def __init__(self, process, prediction, shape, model_fn, oracle=None, dataset=None, description=""):
+    def __init__(self, process, prediction, shape, model_fn, oracle=None, dataset=None, description="", args=None):
         self.process, self.prediction, self.shape = process, prediction, tuple(shape)
         self.model_fn, self.oracle, self.dataset, self.description = model_fn, oracle, dataset, description
+        self.args = args
 
 
 def restore_run(train_spec: str, checkpoint_dir: str,
@@ -126,7 +129,8 @@ def checkpoint_target(train_spec: str, checkpoint_dir: str, use_ema: bool = True
       resolution: which of the run's training resolutions (an index into `data.image_sizes`).
 
     Returns:
-      A `Target` with the run's process, prediction kind, example shape, `model_fn(x, t)` and dataset.
+      A `Target` with the run's process, prediction kind, example shape, `model_fn(x, t, params)` with the
+      parameters as `args`, and dataset.
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
@@ -139,6 +143,6 @@ def checkpoint_target(train_spec: str, checkpoint_dir: str, use_ema: bool = True
     if not 0 <= resolution < len(experiment.datasets):
         raise ValueError(f"resolution index {resolution} but the run has {len(experiment.datasets)} resolutions")
     dataset = experiment.datasets[resolution]
-    model_fn: Callable = lambda x, t: experiment.model_fn(params, x, t)
+    model_fn: Callable = lambda x, t, params: experiment.model_fn(params, x, t)
     return Target(experiment.process, config.loss.prediction, dataset.shape, model_fn, dataset=dataset,
-                  description=f"{train_spec} @ step {step} ({'EMA' if use_ema else 'raw'} weights)")
+                  description=f"{train_spec} @ step {step} ({'EMA' if use_ema else 'raw'} weights)", args=params)

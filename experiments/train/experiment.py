@@ -65,8 +65,8 @@ class Experiment:
 
     @property
     def conditional(self):
-        """The loss and the model take class labels (a class-conditional flow)."""
-        return self.is_flow and self.net.num_classes > 0
+        """The loss and the model take class labels (a class-conditional flow, UNet or DiT)."""
+        return getattr(self.net, "num_classes", 0) > 0
 
     @property
     def batch_sharding(self):
@@ -137,6 +137,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     if config.train.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown train.lr_schedule {config.train.lr_schedule!r}; valid: {list(LR_SCHEDULES)}")
 
+    _check_labels(config, net, datasets)
     parts = (_flow_parts if is_flow else _diffusion_parts)(config, net, process, datasets, num_devices, mesh)
     lr_schedule = _lr_schedule(config.train)
     optimizer = optax.chain(
@@ -154,6 +155,20 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     return experiment
 
 
+def _check_labels(config, net, datasets):
+    """A class-conditional network (num_classes > 0) needs labelled data with at most num_classes classes."""
+    num_classes = getattr(net, "num_classes", 0)
+    if not num_classes:
+        return
+    for dataset in datasets:
+        if not getattr(dataset, "num_classes", 0):
+            raise ValueError(f"model.{config.model.name}.num_classes={num_classes} but dataset "
+                             f"{config.data.name!r} has no labels")
+        if dataset.num_classes > num_classes:
+            raise ValueError(f"dataset {config.data.name!r} has {dataset.num_classes} classes but "
+                             f"model.{config.model.name}.num_classes={num_classes}")
+
+
 def _diffusion_parts(config, net, process, datasets, num_devices, mesh):
     """A diffusion or flow-matching model: its prediction function, regression loss and ODE sampler."""
     model_fn = conditioning.network_fn(net, process, config.model.input_scaling, config.model.sigma_data)
@@ -164,10 +179,16 @@ def _diffusion_parts(config, net, process, datasets, num_devices, mesh):
         # collectives (seen with 4 simulated devices). The pure-JAX Hungarian has no callback.
         coupling_options["solver"] = "optax"
     coupling = couplings.get_coupling(loss.coupling, **coupling_options)
+    num_classes = getattr(net, "num_classes", 0)
+    if num_classes and loss.coupling != "independent":
+        raise ValueError(f"loss.coupling={loss.coupling!r} re-pairs the data, which would separate images from "
+                         f"their labels; a class-conditional model (model.{config.model.name}.num_classes="
+                         f"{num_classes}) needs loss.coupling='independent'")
     constrain = batch_constraint(mesh)
     loss_fn = losses.make_loss(
         model_fn, process, loss.prediction, coupling=coupling, time_sampling=loss.time_sampling,
         t_min=loss.t_min, t_max=loss.t_max, time_mean=loss.time_mean, time_std=loss.time_std, constrain=constrain,
+        num_classes=num_classes, label_dropout=loss.label_dropout if num_classes else 0.0,
     )
     solver = samplers.get_solver(config.sample.solver, **_set(config.sample, "order"))
     num_steps = solver.steps_for_nfe(config.sample.nfe)
@@ -176,25 +197,39 @@ def _diffusion_parts(config, net, process, datasets, num_devices, mesh):
     ts = np.asarray(schedules.get_timesteps(config.sample.grid, process, num_steps, **ends))
     check_ts(ts, process, solver, loss.prediction)
 
+    if config.sample.guidance:
+        raise ValueError("sample.guidance is the guidance weight of flows; a diffusion or flow-matching model is "
+                         "guided by sample.guidance_scale")
+    scale = config.sample.guidance_scale
+    if scale != 1.0 and not num_classes:
+        raise ValueError(f"sample.guidance_scale={scale} needs a class-conditional model "
+                         f"(model.{config.model.name}.num_classes > 0)")
     def generate(params, key, n, shape):
         x_init = constrain(process.prior(key, (n, *shape), t=ts[0], dtype=jnp.float32))
-        model = lambda x, t: model_fn(params, x, t)
-        x, _ = samplers.sample(model, solver, process, x_init, ts, prediction=loss.prediction, check_finite=False)
+        if not num_classes:  # the parameters are the model's traced args, never closed over
+            model, args = (lambda x, t, p: model_fn(p, x, t)), params
+        else:  # args = (params, labels); the grid's rows cycle through the classes, as a flow's do
+            model = lambda x, t, a: model_fn(a[0], x, t, a[1])
+            args = (params, constrain(jnp.arange(n, dtype=jnp.int32) % num_classes))
+            if scale != 1.0:
+                # The unconditional branch: the same params with the null label. With batch_axes its params slot
+                # (None here) is never read, args' params are shared, and the labels are concatenated: one model
+                # call on the doubled batch.
+                null = constrain(jnp.full((n,), num_classes, jnp.int32))
+                model = samplers.guided(model, scale, uncond_args=(None, null), batch_axes=(None, 0))
+        x, _ = samplers.sample(model, solver, process, x_init, ts, prediction=loss.prediction, check_finite=False,
+                               args=args)
         return x
 
     info = {"solver": solver.name, "grid": config.sample.grid, "nfe": config.sample.nfe, "num_steps": int(ts.size - 1)}
+    if num_classes:
+        info["guidance_scale"] = scale
     return dict(model_fn=model_fn, loss_fn=loss_fn, solver=solver, ts=ts, generate=generate, sampler_info=info)
 
 
 def _flow_parts(config, net, process, datasets, num_devices, mesh):
     """A normalizing flow (TarFlow): its NLL loss with noise augmentation and its block-inversion sampler."""
     conditional = net.num_classes > 0
-    if conditional and datasets[0].num_classes == 0:
-        raise ValueError(f"model.{config.model.name}.num_classes={net.num_classes} but dataset "
-                         f"{config.data.name!r} has no labels")
-    if conditional and datasets[0].num_classes > net.num_classes:
-        raise ValueError(f"dataset {config.data.name!r} has {datasets[0].num_classes} classes but "
-                         f"model.{config.model.name}.num_classes={net.num_classes}")
     constrain = batch_constraint(mesh)
     loss_fn = losses.make_flow_loss(net, config.loss.noise_std, config.loss.label_dropout if conditional else 0.0,
                                     constrain=constrain)

@@ -49,13 +49,34 @@ def sample_times(key, n, process, method="uniform", t_min=None, t_max=None, mean
     return jnp.clip(process.t_of_log_snr(-normal), t_min, t_max).astype(jnp.float32)
 
 
+def drop_labels(key, labels, rate, null_label):
+    """Label dropout for classifier-free guidance (Ho & Salimans 2022): each label replaced by `null_label` with
+    probability `rate`, independently per example; int32, labels' shape.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> drop_labels(jax.random.PRNGKey(0), jnp.arange(4), 0.0, 10).tolist()
+        [0, 1, 2, 3]
+    """
+    labels = jnp.asarray(labels, jnp.int32)
+    if not rate:
+        return labels
+    return jnp.where(jax.random.bernoulli(key, rate, labels.shape), jnp.int32(null_label), labels)
+
+
+def _check_label_dropout(label_dropout):
+    if not 0.0 <= label_dropout < 1.0:
+        raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+
+
 class Loss(NamedTuple):
     """A training objective split where the parameters enter: `draw` makes the training pairs, `regress` scores them.
 
     For diffusion, `draw(key, x0) -> (eps, x0, t)` samples the noise, pairs it with the data through the coupling
-    and samples the times. It does not see the parameters, so a trainer can draw the pairs of many steps at once
+    and samples the times (`draw(key, x0, labels) -> (eps, x0, t, labels)` for a class-conditional model, the
+    labels after dropout). It does not see the parameters, so a trainer can draw the pairs of many steps at once
     (one host round trip for a callback coupling) and outside the gradient. `regress(params, eps, x0, t) -> scalar`
-    is the mean squared error of the model's prediction. For a normalizing flow (`make_flow_loss`),
+    (`regress(params, eps, x0, t, labels)`) is the mean squared error of the model's prediction. For a normalizing flow (`make_flow_loss`),
     `draw(key, x0[, labels]) -> (x_noisy, labels)` and `regress` is the negative log-likelihood.
     `loss(params, key, x0[, labels])` is the two in turn.
     """
@@ -68,17 +89,22 @@ class Loss(NamedTuple):
 
 
 def make_loss(model_fn, process, prediction, *, coupling=None, time_sampling="uniform", t_min=None, t_max=None,
-              time_mean=0.0, time_std=1.0, constrain=None):
-    """The mean squared error of `prediction` on the process's path, as a `Loss`: `loss(params, key, x0) -> scalar`.
+              time_mean=0.0, time_std=1.0, constrain=None, num_classes=0, label_dropout=0.0):
+    """The mean squared error of `prediction` on the process's path, as a `Loss`: `loss(params, key, x0) -> scalar`,
+    or `loss(params, key, x0, labels)` for a class-conditional model (num_classes > 0).
 
     Args:
-      model_fn: fn(params, x, t) with t of shape (batch,) (`models.conditioning.network_fn`).
+      model_fn: fn(params, x, t[, labels]) with t of shape (batch,) (`models.conditioning.network_fn`).
       process: a `schedules.Process`.
       prediction: what the model predicts: "eps", "x0", "v" or "velocity" ("score" is eps scaled by 1 / sigma,
         a poorly conditioned regression target, and is refused).
       coupling: (key, eps, x0) -> (eps, x0), how noise and data are paired (default: independent).
       time_sampling, t_min, t_max, time_mean, time_std: see `sample_times`.
       constrain: optional fn applied to every batch-shaped array (a sharding constraint for data parallelism).
+      num_classes: > 0 for a class-conditional model: `draw` then needs the batch's labels, and label num_classes
+        is the null label.
+      label_dropout: with num_classes > 0, the probability of replacing a label by the null label (`drop_labels`,
+        drawn from the step's key), which trains the unconditional branch of guidance.
 
     Returns:
       A `Loss`; calling it gives the batch mean over examples and dimensions, float32.
@@ -89,22 +115,30 @@ def make_loss(model_fn, process, prediction, *, coupling=None, time_sampling="un
                          "and convert with models.predictions.convert")
     if time_sampling not in TIME_SAMPLINGS:
         raise ValueError(f"unknown time sampling {time_sampling!r}; valid: {list(TIME_SAMPLINGS)}")
+    _check_label_dropout(label_dropout)
     constrain = constrain or (lambda x: x)
 
-    def draw(key, x0):
+    def draw(key, x0, labels=None):
+        if num_classes and labels is None:
+            raise ValueError("a class-conditional model (num_classes > 0) needs labels; the dataset has none")
         key_eps, key_t, key_pair = jax.random.split(key, 3)
         eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
         if coupling is not None:
             # The pairing only chooses which examples meet: no gradient flows into it.
             eps, x0 = jax.lax.stop_gradient(coupling(key_pair, eps, x0))
         t = sample_times(key_t, x0.shape[0], process, time_sampling, t_min, t_max, time_mean, time_std)
-        return constrain(eps), constrain(x0), constrain(t)
+        if not num_classes:
+            return constrain(eps), constrain(x0), constrain(t)
+        # (a coupling that re-pairs x0 would separate it from its labels: `experiment.build` allows only the
+        # independent one with labels)
+        labels = drop_labels(jax.random.fold_in(key, 3), labels, label_dropout, num_classes)
+        return constrain(eps), constrain(x0), constrain(t), constrain(labels)
 
-    def regress(params, eps, x0, t):
+    def regress(params, eps, x0, t, labels=None):
         t_x = jnp.reshape(t, t.shape + (1,) * (x0.ndim - 1))
         x_t = (process.alpha(t_x) * x0 + process.sigma(t_x) * eps).astype(x0.dtype)
         target = predictions.from_x0_eps(prediction, x0, eps, t_x, process).astype(x0.dtype)
-        error = model_fn(params, x_t, t) - target
+        error = model_fn(params, x_t, t, *(() if labels is None else (labels,))) - target
         return jnp.mean(jnp.square(error.astype(jnp.float32)))
 
     return Loss(draw, regress)
@@ -129,8 +163,7 @@ def make_flow_loss(flow, noise_std, label_dropout=0.0, constrain=None):
 
     if not noise_std >= 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-    if not 0.0 <= label_dropout < 1.0:
-        raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+    _check_label_dropout(label_dropout)
     constrain = constrain or (lambda x: x)
 
     def draw(key, x0, labels=None):
@@ -140,9 +173,8 @@ def make_flow_loss(flow, noise_std, label_dropout=0.0, constrain=None):
             raise ValueError("a class-conditional flow (num_classes > 0) needs labels; the dataset has none")
         if labels is None:
             labels = jnp.zeros(x0.shape[:1], jnp.int32)
-        elif label_dropout:
-            drop = jax.random.bernoulli(key_drop, label_dropout, labels.shape)
-            labels = jnp.where(drop, flow.num_classes, labels)
+        else:
+            labels = drop_labels(key_drop, labels, label_dropout, flow.num_classes)
         return constrain(x), constrain(labels.astype(jnp.int32))
 
     def regress(params, x, labels):

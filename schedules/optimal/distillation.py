@@ -21,7 +21,8 @@ it, so `distill_many` serves several step counts from one teacher and one DP of 
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,10 +58,17 @@ def default_student(solver):
     return "euler" if solver.native == "velocity" else "ddim"
 
 
-def teacher_trajectory(model_fn, process, x_init, ts, solver, prediction="eps"):
-    """The state at every point of the fine grid ts: shape (len(ts), *x_init.shape)."""
-    _, info = samplers.sample(model_fn, solver, process, x_init, ts, prediction=prediction, save_trajectory=True)
+def teacher_trajectory(model_fn, process, x_init, ts, solver, prediction="eps", args=None):
+    """The state at every point of the fine grid ts: shape (len(ts), *x_init.shape). With `args`, the model is
+    called model_fn(x, t, args), args a traced argument of the sampler's compiled program."""
+    _, info = samplers.sample(model_fn, solver, process, x_init, ts, prediction=prediction, save_trajectory=True,
+                              args=args)
     return info["trajectory"]
+
+
+def _with_args(model, args):
+    """model(x, t) itself when args is None, else (x, t) -> model(x, t, args)."""
+    return model if args is None else (lambda x, t: model(x, t, args))
 
 
 def _per_sample_mse(y, target):
@@ -78,14 +86,15 @@ def _pair_times(ts):
     return s, t, jnp.asarray(forward)
 
 
-def oss_tables(model, step, ts, teacher, x_start, num_steps, valid_start, aggregate):
-    """The OSS dynamic program. model(x, t) -> native prediction; teacher (N+1, B, ...); x_start (N+1, B, ...) the
+def oss_tables(model, step, ts, teacher, x_start, num_steps, valid_start, aggregate, args=None):
+    """The OSS dynamic program. model(x, t) -> native prediction (model(x, t, args) when args is given); teacher (N+1, B, ...); x_start (N+1, B, ...) the
     possible starting states with `valid_start` (N+1,) marking the usable ones.
 
     Returns (costs (M, N+1, B), back-pointers (M, N+1, B)): after k+1 student steps, the best deviation from the
     teacher at landing index j and the index it came from (per sample; equal across samples when aggregate is
     "mean", where the candidates are ranked by the batch-mean deviation).
     """
+    model = _with_args(model, args)
     n1 = ts.shape[0]
     inf = jnp.asarray(jnp.inf, teacher.dtype)
     pair_s, pair_t, forward = _pair_times(ts)
@@ -164,11 +173,12 @@ def median_path(paths, last):
     return med
 
 
-def cost_matrix(model, step, ts, teacher, metric="l2"):
-    """C[i, j]: batch-mean deviation of one student step from the teacher state i to t_j against T[j]."""
+def cost_matrix(model, step, ts, teacher, metric="l2", args=None):
+    """C[i, j]: batch-mean deviation of one student step from the teacher state i to t_j against T[j] (model(x, t),
+    or model(x, t, args) when args is given)."""
     if metric not in ("l2", "l1"):
         raise ValueError(f"metric must be 'l2' or 'l1', got {metric!r}")
-    preds = jax.vmap(model)(teacher, ts)
+    preds = jax.vmap(_with_args(model, args))(teacher, ts)
     pair_s, pair_t, forward = _pair_times(ts)
     step_from_all = jax.vmap(step, in_axes=(0, 0, 0, 0))
 
@@ -199,13 +209,16 @@ def distill(method: str, model_fn: Callable, solver: Solver | str, process: Proc
             num_steps: int, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: str = "logsnr",
             teacher_solver=("deis_tab", {"order": 3}), student: Solver | str | None = None, exact_steps: bool = True,
             start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2", coeff: float | None = None,
-            t_min: float | None = None, t_max: float | None = None, return_info: bool = False):
+            t_min: float | None = None, t_max: float | None = None, return_info: bool = False, args: Any = None):
     """Distil an optimal num_steps schedule from a teacher trajectory ("oss", "bellman" or "gits").
 
     Args:
       method: "oss" (carried student state), "bellman" (BOSS: one step from teacher states) or "gits" (BOSS with
         the accumulation weight `coeff`, default 1.15).
       model_fn, process, x_init, prediction: as for `samplers.sample`; x_init is the noise at t_max.
+      args: any pytree passed to the model as model_fn(x, t, args) (network parameters, labels); None: model_fn(x,
+        t). It is a traced argument of the teacher's and the DP's compiled programs, so new values of the same
+        shapes reuse them and no weight is compiled in as a constant.
       solver: the solver the schedule is for. A single-step, first-order solver (ddim, euler, first-order DEIS) is
         itself the student step; for any other the DP prices steps of `student` (default: `default_student`,
         DDIM or Euler), and `schedules.refine` then tunes the schedule for the solver itself.
@@ -232,7 +245,7 @@ def distill(method: str, model_fn: Callable, solver: Solver | str, process: Proc
         method, model_fn, solver, process, x_init, (int(num_steps),), prediction=prediction,
         teacher_steps=teacher_steps, teacher_grid=teacher_grid, teacher_solver=teacher_solver, student=student,
         exact_steps=exact_steps, start_at_t_max=start_at_t_max, aggregate=aggregate, metric=metric, coeff=coeff,
-        t_min=t_min, t_max=t_max, return_info=True,
+        t_min=t_min, t_max=t_max, return_info=True, args=args,
     )[int(num_steps)]
     return (ts_out, info) if return_info else ts_out
 
@@ -242,7 +255,7 @@ def distill_many(method: str, model_fn: Callable, solver: Solver | str, process:
                  teacher_solver=("deis_tab", {"order": 3}), student: Solver | str | None = None,
                  exact_steps: bool = True, start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2",
                  coeff: float | None = None, t_min: float | None = None, t_max: float | None = None,
-                 return_info: bool = False) -> dict:
+                 return_info: bool = False, args: Any = None) -> dict:
     """Distil schedules for several step counts at once: one teacher trajectory, one dynamic program.
 
     The DP tables of every method are built stage by stage, and stage k (OSS: the best state after k student steps
@@ -283,6 +296,7 @@ def distill_many(method: str, model_fn: Callable, solver: Solver | str, process:
         method, model_fn, solver, process, x_init, counts, prediction=prediction, teacher_steps=teacher_steps,
         teacher_grid=teacher_grid, teacher_solver=teacher_solver, student=student, exact_steps=exact_steps,
         start_at_t_max=start_at_t_max, aggregate=aggregate, metric=metric, coeff=coeff, t_min=t_min, t_max=t_max,
+        args=args,
     )
     return results if return_info else {k: ts for k, (ts, _) in results.items()}
 
@@ -293,7 +307,8 @@ def _check_teacher_steps(teacher_steps):
 
 
 def _distill_counts(method, model_fn, solver, process, x_init, counts, *, prediction, teacher_steps, teacher_grid,
-                    teacher_solver, student, exact_steps, start_at_t_max, aggregate, metric, coeff, t_min, t_max):
+                    teacher_solver, student, exact_steps, start_at_t_max, aggregate, metric, coeff, t_min, t_max,
+                    args=None):
     """The shared core of `distill` and `distill_many`: counts is a sorted tuple of validated step counts (method,
     aggregate and teacher_steps checked too). Builds the teacher once, runs one DP of max(counts) stages and
     back-tracks each count. Returns {k: (ts, info)}; with exact_steps=False (one count) the entry for k holds the
@@ -309,7 +324,7 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
     if student is None:
         student = solver if (solver.stages == 1 and solver.order == 1) else default_student(solver)
     student_solver = samplers.get_solver(student) if isinstance(student, str) else student
-    step = student_step_fn(student_solver, process)
+    student_step_fn(student_solver, process)  # checks the student before any compute
     predictions.check_kind(prediction)
     x_init = jnp.asarray(x_init)
     if x_init.ndim < 1 or x_init.shape[0] < 1:
@@ -318,10 +333,9 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
         teacher_solver = (teacher_solver, {})
     teacher = samplers.get_solver(teacher_solver[0], **dict(teacher_solver[1]))
     ts = get_timesteps(teacher_grid, process, teacher_steps, t_min=t_min, t_max=t_max)
-    trajectory = teacher_trajectory(model_fn, process, x_init, ts, teacher, prediction)
+    trajectory = teacher_trajectory(model_fn, process, x_init, ts, teacher, prediction, args)
     if trajectory.shape[1:] != x_init.shape:
         raise ValueError(f"teacher trajectory of shape {trajectory.shape} does not match x_init {x_init.shape}")
-    model = predictions.converted(model_fn, prediction, student_solver.native, process)
     n = teacher_steps
     stages = max(counts)  # one DP this long serves every count: stage k's table ignores the stages after it
     base = {"method": method, "teacher_ts": np.asarray(ts), "teacher_solver": teacher.name,
@@ -336,8 +350,8 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
             valid = jnp.arange(n + 1) < n
             scale = process.sigma(ts) / process.sigma(ts[0])
             x_start = scale.reshape((-1,) + (1,) * x_init.ndim) * x_init[None]
-        costs, pointers = jax.jit(oss_tables, static_argnums=(0, 1, 5, 7))(
-            model, step, ts, trajectory, x_start, stages, valid, aggregate)
+        costs, pointers = _compiled_tables("oss", model_fn, args is not None, prediction, student_solver, process,
+                                           (stages, aggregate))(ts, trajectory, x_start, valid, args)
         final = np.asarray(jnp.mean(costs[:, n, :], axis=-1))  # (M,) batch-mean deviation at the end
         pointers = np.asarray(pointers)
         for m in counts:
@@ -349,7 +363,8 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
             chosen[m] = (indices, dict(cost=float(final[k - 1]), model_calls=n * teacher.stages + stages * (n + 1),
                                        num_steps=k))
     else:
-        cost = jax.jit(cost_matrix, static_argnums=(0, 1, 4))(model, step, ts, trajectory, metric)
+        cost = _compiled_tables("cost", model_fn, args is not None, prediction, student_solver, process,
+                                (metric,))(ts, trajectory, args)
         coeff = DEFAULT_COEFF[method] if coeff is None else float(coeff)
         # Row k-1 of the tables is V_k, the exact k-step optimum from every index: back-tracking from index 0 with
         # rows k-1 .. 0 gives the best k-step path whatever the number of rows.
@@ -365,3 +380,22 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
         info = dict(base, **entries, indices=indices)
         results[m] = (as_float(np.asarray(ts)[indices]), info)
     return results
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_tables(kind, model_fn, has_args, prediction, student_solver, process, options):
+    """The compiled OSS tables (kind "oss", options (num_steps, aggregate)) or Bellman cost matrix (kind "cost",
+    options (metric,)), one per model function, student, process and options: the grid, the teacher, the start
+    states and `args` are traced arguments (model_fn(x, t, args) when has_args, else model_fn(x, t))."""
+    step = student_step_fn(student_solver, process)
+
+    def native(args):
+        return predictions.converted(_with_args(model_fn, args if has_args else None), prediction,
+                                     student_solver.native, process)
+
+    if kind == "oss":
+        num_steps, aggregate = options
+        return jax.jit(lambda ts, teacher, x_start, valid, args: oss_tables(
+            native(args), step, ts, teacher, x_start, num_steps, valid, aggregate))
+    (metric,) = options
+    return jax.jit(lambda ts, teacher, args: cost_matrix(native(args), step, ts, teacher, metric))

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -71,13 +71,14 @@ def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_i
            prediction: str = "eps", target: jax.Array | None = None, teacher_steps: int = 200,
            teacher_grid: str = "logsnr", teacher_solver=("deis_tab", {"order": 3}), num_iters: int = 100,
            learning_rate: float = 0.05, batch_size: int | None = None, key: jax.Array | None = None,
-           return_info: bool = False):
+           return_info: bool = False, args: Any = None):
     """Refine the interior times of `ts` by gradient descent on the sampler's endpoint error.
 
     Args:
       ts: the starting grid, num_steps + 1 strictly decreasing times (e.g. `schedules.get_timesteps` or a distilled
         schedule).
-      model_fn: a pure function (x, t) -> prediction, as for `samplers.sample`.
+      model_fn: a pure function (x, t) -> prediction, or (x, t, args) -> prediction when `args` is given, as for
+        `samplers.sample`.
       solver: a `samplers.Solver` or a registered name; the solver the grid is refined for.
       process: a `schedules.Process` or a registered name.
       x_init: the states at ts[0] the objective averages over (leading axis = batch axis when batch_size is set).
@@ -90,6 +91,8 @@ def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_i
       learning_rate: Adam's step size on the logits of the gaps in log gamma (> 0).
       batch_size: rows of x_init per iteration (None: the whole batch every iteration).
       key: PRNG key for the minibatches (default PRNGKey(0)).
+      args: any pytree passed to the model as its third argument (network parameters, labels); a traced argument
+        of the teacher's and the compiled loop's programs, so new values of the same shapes never recompile.
       return_info: also return a dict with "loss_initial", "loss_final" (the returned grid's objective),
         "history" (the loss at each iteration; minibatch losses when batch_size is set), "iterations",
         "stopped_reason" ("completed", "non_finite" or "no_free_points"), and "selected" ("initial",
@@ -147,13 +150,14 @@ def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_i
                                        append_zero=True)
         else:
             teacher_ts = get_timesteps(teacher_grid, process, teacher_steps, t_min=ts_np[-1], t_max=ts_np[0])
-        target, _ = sample(model_fn, teacher, process, x_init, teacher_ts, prediction=prediction)
+        target, _ = sample(model_fn, teacher, process, x_init, teacher_ts, prediction=prediction, args=args)
     target = target.astype(x_init.dtype)
 
     # ---- the compiled loop ---------------------------------------------------------------------------------------
     num_free = hi - lo - 1
     if num_free < 1 or num_iters == 0:  # nothing to optimise: one plain evaluation, no loop to compile
-        x_out, _ = sample(model_fn, solver, process, x_init, ts_in, prediction=prediction, check_finite=False)
+        x_out, _ = sample(model_fn, solver, process, x_init, ts_in, prediction=prediction, check_finite=False,
+                          args=args)
         loss0 = float(jnp.mean((x_out - target).astype(ts_in.dtype) ** 2))
         info = {"loss_initial": loss0, "loss_final": loss0, "history": np.zeros(0), "iterations": 0,
                 "stopped_reason": "no_free_points" if num_free < 1 else "completed", "selected": "initial"}
@@ -162,9 +166,10 @@ def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_i
     if key is None:
         key = jax.random.PRNGKey(0)
     history_size = 1 << max(int(num_iters) - 1, 0).bit_length()  # a power of two >= num_iters: few recompiles
-    run = _compiled_refiner(model_fn, solver, process, prediction, history_size, batch_size, lo, hi)
+    run = _compiled_refiner(model_fn, solver, process, prediction, history_size, batch_size, lo, hi,
+                            args is not None)
     out = jax.device_get(run(theta0, ts_in, u_ends, x_init, target, key, as_float(learning_rate),
-                             jnp.asarray(int(num_iters))))
+                             jnp.asarray(int(num_iters)), args))
 
     loss_initial = float(out["loss_initial"])
     if not math.isfinite(loss_initial):
@@ -241,22 +246,22 @@ def _teacher_solver(spec):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_refiner(model_fn, solver, process, prediction, history_size, batch_size, lo, hi):
-    """One compiled optimisation per (model, solver, process, prediction, history size, batch_size, segment):
-    theta0, the fixed grid, the data, the key, the learning rate and the iteration count (<= history_size) are
-    traced arguments."""
+def _compiled_refiner(model_fn, solver, process, prediction, history_size, batch_size, lo, hi, has_args):
+    """One compiled optimisation per (model, solver, process, prediction, history size, batch_size, segment, whether
+    the model takes args): theta0, the fixed grid, the data, the key, the learning rate, the iteration count
+    (<= history_size) and the model's args are traced arguments."""
 
-    def objective(theta, ts_fixed, u_ends, x, target):
+    def objective(theta, ts_fixed, u_ends, x, target, args):
         ts = grid_from_logits(theta, ts_fixed, u_ends, process, lo, hi)
-        out, _ = sample(model_fn, solver, process, x, ts, prediction=prediction)
+        out, _ = sample(model_fn, solver, process, x, ts, prediction=prediction, args=args if has_args else None)
         return jnp.mean((out - target).astype(ts.dtype) ** 2)
 
     value_and_grad = jax.value_and_grad(objective)
 
-    def run(theta0, ts_fixed, u_ends, x, target, key, learning_rate, num_iters):
+    def run(theta0, ts_fixed, u_ends, x, target, key, learning_rate, num_iters, args):
         optimizer = optax.adam(learning_rate)
         dtype = theta0.dtype
-        full = functools.partial(objective, ts_fixed=ts_fixed, u_ends=u_ends, x=x, target=target)
+        full = functools.partial(objective, ts_fixed=ts_fixed, u_ends=u_ends, x=x, target=target, args=args)
 
         def cond(carry):
             return (carry["k"] < num_iters) & ~carry["stopped"]
@@ -268,7 +273,7 @@ def _compiled_refiner(model_fn, solver, process, prediction, history_size, batch
             else:
                 rows = jax.random.choice(jax.random.fold_in(key, k), x.shape[0], (batch_size,), replace=False)
                 xb, tb = x[rows], target[rows]
-            loss, grad = value_and_grad(theta, ts_fixed, u_ends, xb, tb)
+            loss, grad = value_and_grad(theta, ts_fixed, u_ends, xb, tb, args)
             finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad))
             updates, opt_state = optimizer.update(jnp.where(finite, grad, 0.0), carry["opt_state"], theta)
             new = dict(
