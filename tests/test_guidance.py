@@ -9,7 +9,7 @@ import pytest
 
 import samplers
 import schedules
-from models import GaussianMixture, predictions
+from models import GaussianMixture
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,3 @@ def test_bad_guidance_input_is_a_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         samplers.guided(lambda x, t, a: x, uncond_args=None, **kwargs)
 
-
-def test_prediction_kinds_cover_every_kind():
-    assert set(predictions.KINDS) == {"eps", "x0", "v", "velocity", "score"}
