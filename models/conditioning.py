@@ -11,6 +11,8 @@ that samplers call (with params bound). Two choices, both from EDM (Karras et al
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -40,6 +42,35 @@ def add_label_embedding(module, emb, labels, num_classes, embedding_init=nn.init
     return emb + table(y).astype(emb.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class NetworkFn:
+    """`fn(params, x, t, labels=None)`: the network's prediction (see `network_fn`). A frozen dataclass, equal and
+    hashable by value (the module definition, the process and the scaling), so that two builds of one architecture
+    (two checkpoints, two runs) are the same function to the samplers' compile cache: one compiled program for both.
+    """
+
+    net: nn.Module
+    process: object
+    input_scaling: str = "none"
+    sigma_data: float = 0.5
+
+    def __post_init__(self):
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ValueError(f"unknown input_scaling {self.input_scaling!r}; valid: {list(INPUT_SCALINGS)}")
+
+    def __call__(self, params, x, t, labels=None):
+        process = self.process
+        t = jnp.asarray(t, jnp.float32)
+        t_batch = jnp.broadcast_to(t, x.shape[:1])
+        t_x = jnp.reshape(t_batch, x.shape[:1] + (1,) * (x.ndim - 1))
+        if self.input_scaling == "edm":
+            alpha, sigma = process.alpha(t_x), process.sigma(t_x)
+            x = x * (1.0 / jnp.sqrt((alpha * self.sigma_data) ** 2 + sigma**2)).astype(x.dtype)
+        t_in = 0.25 * jnp.log(process.sigma(t_batch)) if process.t_max > 1.0 else t_batch
+        extra = () if labels is None else (labels,)
+        return self.net.apply(params, x, t_in.astype(jnp.float32), *extra).astype(x.dtype)
+
+
 def network_fn(net, process, input_scaling="none", sigma_data=0.5):
     """The prediction function `fn(params, x, t[, labels])` of a Flax module `net` called as
     `net.apply(params, x, t[, labels])` (labels: for a class-conditional network, `num_classes` > 0).
@@ -51,7 +82,8 @@ def network_fn(net, process, input_scaling="none", sigma_data=0.5):
       sigma_data: the data's standard deviation, for "edm" scaling.
 
     Returns:
-      fn(params, x, t, labels=None): t a scalar or a (batch,) array; the output has x's shape and dtype.
+      fn(params, x, t, labels=None), a `NetworkFn`: t a scalar or a (batch,) array; the output has x's shape and
+      dtype.
 
     Example:
         >>> import jax, jax.numpy as jnp, schedules
@@ -61,20 +93,7 @@ def network_fn(net, process, input_scaling="none", sigma_data=0.5):
         >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), 0.5)
         >>> fn(params, jnp.ones((4, 2)), 0.5).shape
         (4, 2)
+        >>> fn == network_fn(MLP(hidden=8, depth=1), schedules.get_process("ot"))
+        True
     """
-    if input_scaling not in INPUT_SCALINGS:
-        raise ValueError(f"unknown input_scaling {input_scaling!r}; valid: {list(INPUT_SCALINGS)}")
-    log_time = process.t_max > 1.0
-
-    def fn(params, x, t, labels=None):
-        t = jnp.asarray(t, jnp.float32)
-        t_batch = jnp.broadcast_to(t, x.shape[:1])
-        t_x = jnp.reshape(t_batch, x.shape[:1] + (1,) * (x.ndim - 1))
-        if input_scaling == "edm":
-            alpha, sigma = process.alpha(t_x), process.sigma(t_x)
-            x = x * (1.0 / jnp.sqrt((alpha * sigma_data) ** 2 + sigma**2)).astype(x.dtype)
-        t_in = 0.25 * jnp.log(process.sigma(t_batch)) if log_time else t_batch
-        extra = () if labels is None else (labels,)
-        return net.apply(params, x, t_in.astype(jnp.float32), *extra).astype(x.dtype)
-
-    return fn
+    return NetworkFn(net, process, input_scaling, sigma_data)

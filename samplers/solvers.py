@@ -8,12 +8,13 @@ from samplers.base import Solver
 from samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE, DPMSolverPP3M,
                                 DPMSolverPP3MSDE, EulerAncestral)
 from samplers.runge_kutta import DEISRhoRK, EDMStochastic, Euler, Heun
+from samplers.sa_solver import SASolver
 from samplers.unipc import UniPC
 
 SOLVERS = Registry("solver", {
     cls.name: cls
     for cls in (DDIM, Euler, Heun, DEISTab, DEISRhoAB, DEISRhoRK, IPNDM, DPMSolverPP2M, DPMSolverPP3M, UniPC, Adaptive,
-                EulerAncestral, EDMStochastic, DPMSolverPP2MSDE, DPMSolverPP3MSDE)
+                EulerAncestral, EDMStochastic, DPMSolverPP2MSDE, DPMSolverPP3MSDE, SASolver)
 })
 
 
@@ -22,9 +23,10 @@ def get_solver(name: str, **options) -> Solver:
 
     Options by solver: deis_tab (order 1-4, lower_order_final, num_quad), deis_rhoab / ipndm (order 1-4,
     lower_order_final), deis_rhork (method "2heun" | "3kutta" | "4rk"), dpmpp_2m / dpmpp_3m (lower_order_final,
-    variant), unipc (order 1-3, variant "bh1" | "bh2", corrector, lower_order_final), adaptive (method, rtol, atol,
+    variant, corrector), unipc (order 1-3, variant "bh1" | "bh2", corrector, lower_order_final), adaptive (method, rtol, atol,
     max_steps, gamma_floor); the stochastic ones: ddim (eta), euler_ancestral (eta), edm_stochastic (S_churn, S_min,
-    S_max, S_noise), dpmpp_2m_sde (eta, solver_type), dpmpp_3m_sde (eta). Every solver takes denoise_to_zero. The
+    S_max, S_noise), dpmpp_2m_sde (eta, solver_type), dpmpp_3m_sde (eta), sa_solver (predictor_order, corrector_order, tau,
+    tau_interval, variant, lower_order_final; tau = 0 is deterministic). Every solver takes denoise_to_zero. The
     paper's tAB-r is deis_tab with order = r + 1.
 
     Args:

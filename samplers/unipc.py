@@ -59,7 +59,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers.base import Solver, cast_like
+from samplers.base import Solver
+from samplers.exponential import (PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, phi1,
+                                  solve_moments)
 
 VARIANTS = ("bh1", "bh2")
 ALLOWED_ORDERS = (1, 2, 3)
@@ -82,55 +84,38 @@ class UniPCTerms(NamedTuple):
     rho_c: jax.Array
 
 
-class UniPCCoefficients(NamedTuple):
-    """One step of the scan, on the predictions m = (m_i, m_{i-1}, ..., m_{i-order}) (newest first):
+def with_corrector(process, ts: jax.Array, terms: UniPCTerms, b: jax.Array, corrector: bool) -> PCCoefficients:
+    """The scan's table for a data-prediction predictor x_{i+1} = (sigma_{i+1} / sigma_i) x_i^c + b_i . m, with UniC
+    (of the orders in `terms`) correcting each point it makes, or without a corrector.
 
-    x_i^c = keep_i x_i + prev_i x_{i-1}^c + c_i . m   (UniC of the point x_i that step i - 1 predicted; at step 0, or
-                                                      without the corrector, x_i^c = x_i)
-    x_{i+1} = a_i x_i^c + b_i . m                    (UniP)
-
-    a, keep, prev: (N,); b, c: (N, order + 1).
+    b: (N, width + 1), the predictor's weights on (m_i, ..., m_{i-width}), width = terms.rho_c.shape[1]. Used by
+    UniPC (b its UniP) and by the DPM-Solver++ multistep solvers' `corrector` option (b their own update): UniC does
+    not depend on the predictor that made the point, only on the predictor's order (UniC-K for a K-th order step).
     """
-
-    a: jax.Array
-    b: jax.Array
-    keep: jax.Array
-    prev: jax.Array
-    c: jax.Array
-
-
-def g_functions(z: jax.Array, count: int) -> list[jax.Array]:
-    """g_k(z) = k! z phi_{k+1}(z) = k! sum_{j>=1} z^j / (j + k)! for k = 1..count: by its series where |z| < 1 (no
-    cancellation), by the recursion g_k / k! = (g_{k-1} / (k-1)!) / z - 1 / k! (with g_0 = e^z - 1) elsewhere."""
-    small = jnp.abs(z) < 1.0
-    z_series = jnp.where(small, z, 0.0)
-    z_closed = jnp.where(small, -1.0, z)
-    out, u = [], jnp.expm1(z_closed)  # u_k = z phi_{k+1}(z); u_0 = e^z - 1
-    for k in range(1, count + 1):
-        u = u / z_closed - 1.0 / math.factorial(k)
-        series = jnp.zeros_like(z_series)
-        for j in range(20, 0, -1):  # Horner: z (1/(1+k)! + z (1/(2+k)! + ...))
-            series = z_series * (1.0 / math.factorial(j + k) + series)
-        out.append(math.factorial(k) * jnp.where(small, series, u))
-    return out
-
-
-def _solve_moments(nodes: jax.Array, moments: jax.Array, size: jax.Array) -> jax.Array:
-    """rho with sum_m rho_m nodes_m^k = moments_k, k = 0..size-1, over the first `size` nodes of each row (a
-    Vandermonde system, padded with the identity to the fixed width of the table; 0 beyond `size`).
-
-    nodes, moments: (N, W); size: (N,) ints in 0..W. Returns (N, W).
-    """
-    width = nodes.shape[1]
-    if width == 0:
-        return nodes
-    k = jnp.arange(width)
-    powers = jnp.stack([nodes**j for j in range(width)], axis=1)  # (N, k, m): nodes_m^k
-    active = k[None, :] < size[:, None]
-    mask = active[:, :, None] & active[:, None, :]
-    matrix = jnp.where(mask, powers, jnp.eye(width, dtype=nodes.dtype)[None])
-    rhs = jnp.where(active, moments, 0.0)
-    return jnp.linalg.solve(matrix, rhs[:, :, None])[:, :, 0]
+    alpha, sigma = process.alpha(ts), process.sigma(ts)
+    width = terms.rho_c.shape[1]
+    dtype = terms.h.dtype
+    eye = jnp.eye(width + 1, dtype=dtype)
+    e1 = phi1(terms.h)  # e^{-h} - 1
+    a = sigma[1:] / sigma[:-1]
+    n = terms.h.shape[0]
+    if not corrector:
+        return PCCoefficients(a=a, b=b, keep=jnp.ones(n, dtype), prev=jnp.zeros(n, dtype), c=jnp.zeros_like(b))
+    # UniC of x_{i+1}, on the predictions at step i + 1 (m_{i+1}, m_i, ..., one index older than the predictor's):
+    # x_{i+1}^c = a_i x_i^c - alpha phi1 m_i - alpha B (sum_m rho^c_m D_m + rho^c_K (m_{i+1} - m_i)).
+    m = np.arange(1, width)
+    old = m[None, :] < terms.order[:, None]
+    rho_c_old = jnp.where(old, terms.rho_c[:, : width - 1], 0.0)
+    rho_c_new = jnp.take_along_axis(terms.rho_c, (terms.order - 1)[:, None], axis=1)[:, 0]
+    d_corr = (eye[None, 2:] - eye[None, 1:2]) / terms.r[:, :, None]
+    corrected = (-(alpha[1:] * e1)[:, None] * eye[None, 1]
+                 - (alpha[1:] * terms.B)[:, None] * (jnp.einsum("nm,nmj->nj", rho_c_old, d_corr)
+                                                     + rho_c_new[:, None] * (eye[None, 0] - eye[None, 1])))
+    # Step i corrects with the terms of step i - 1; step 0 has nothing to correct.
+    keep = (jnp.arange(n) == 0).astype(dtype)
+    prev = jnp.concatenate([jnp.zeros(1, dtype), a[:-1]])
+    c = jnp.concatenate([jnp.zeros((1, width + 1), dtype), corrected[:-1]], axis=0)
+    return PCCoefficients(a=a, b=b, keep=keep, prev=prev, c=c)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,15 +197,18 @@ class UniPC(Solver):
             orders = np.minimum(orders, np.arange(num_steps, 0, -1))
         return orders
 
-    def terms(self, process, ts: jax.Array) -> UniPCTerms:
-        """h, r, B(h) and the rho of every step (see `UniPCTerms`), computed once per grid."""
+    def terms(self, process, ts: jax.Array, orders: np.ndarray | None = None) -> UniPCTerms:
+        """h, r, B(h) and the rho of every step (see `UniPCTerms`), computed once per grid; `orders` (numpy, one per
+        step, at most `order`) replaces `step_orders` when another predictor's step orders drive the corrector."""
         width = self.order
         lam = process.log_snr(ts)
         h = lam[1:] - lam[:-1]
         finite = jnp.isfinite(h)
+        if orders is None:
+            orders = self.step_orders(ts.shape[0] - 1)
         # A step to sigma = 0 is first order (it returns x0_hat); every other quantity of that row is computed with
         # h = 1, finite and unused, so that gradients stay finite.
-        order = jnp.where(finite, jnp.asarray(self.step_orders(ts.shape[0] - 1)), 1)
+        order = jnp.where(finite, jnp.asarray(orders), 1)
         h_safe = jnp.where(finite, h, 1.0)
         z = -h_safe
         big_b = z if self.variant == "bh1" else jnp.expm1(z)
@@ -231,63 +219,33 @@ class UniPC(Solver):
         active = m[None, :] < order[:, None]
         r = jnp.where(active, (past_lam - lam[:-1, None]) / h_safe[:, None], -jnp.asarray(m, h.dtype)[None, :])
         # UniP: nodes r_1..r_{K-1}; rho^p_1 = 1/2 for K = 2.
-        rho_p = _solve_moments(r, moments[:, : width - 1], order - 1)
+        rho_p = solve_moments(r, moments[:, : width - 1], order - 1)
         rho_p = jnp.where((order == 2)[:, None] & (m == 1)[None, :], 0.5, rho_p)
         # UniC: nodes r_1..r_{K-1}, then 1 (the new point) in column K - 1; rho^c_1 = 1/2 for K = 1.
         col = np.arange(width)
         nodes_c = jnp.concatenate([r, jnp.ones_like(h)[:, None]], axis=1)
         nodes_c = jnp.where(col[None, :] == order[:, None] - 1, 1.0, nodes_c)
-        rho_c = _solve_moments(nodes_c, moments, order)
+        rho_c = solve_moments(nodes_c, moments, order)
         rho_c = jnp.where((order == 1)[:, None], jnp.where(col == 0, 0.5, 0.0)[None, :], rho_c)
         return UniPCTerms(order=order, h=h, r=r, B=big_b, rho_p=rho_p, rho_c=rho_c)
 
-    def coefficients(self, process, ts: jax.Array) -> UniPCCoefficients:
+    def coefficients(self, process, ts: jax.Array) -> PCCoefficients:
         terms = self.terms(process, ts)
-        alpha, sigma = process.alpha(ts), process.sigma(ts)
+        alpha = process.alpha(ts)
         width = self.order
-        dtype = terms.h.dtype
-        eye = jnp.eye(width + 1, dtype=dtype)  # eye[j]: the weight vector picking m_{i-j}
-        finite = jnp.isfinite(terms.h)
-        phi1 = jnp.where(finite, jnp.expm1(-jnp.where(finite, terms.h, 1.0)), -1.0)  # e^{-h} - 1
-        scale = -(alpha[1:] * terms.B)[:, None]
+        eye = jnp.eye(width + 1, dtype=terms.h.dtype)  # eye[j]: the weight vector picking m_{i-j}
+        e1 = phi1(terms.h)  # e^{-h} - 1
         # UniP, on (m_i, ..., m_{i-width}): D_m = (e_m - e_0) / r_m.
         d_pred = (eye[None, 1:width] - eye[None, :1]) / terms.r[:, :, None]  # (N, width - 1, width + 1)
-        b = -(alpha[1:] * phi1)[:, None] * eye[None, 0] + scale * jnp.einsum("nm,nmj->nj", terms.rho_p, d_pred)
-        # UniC of x_{i+1}, on the predictions at step i + 1 (m_{i+1}, m_i, ..., one index older than above):
-        # x_{i+1}^c = a_i x_i^c - alpha phi1 m_i - alpha B (sum_m rho^c_m D_m + rho^c_K (m_{i+1} - m_i)).
-        m = np.arange(1, width)
-        old = m[None, :] < terms.order[:, None]
-        rho_c_old = jnp.where(old, terms.rho_c[:, : width - 1], 0.0)
-        rho_c_new = jnp.take_along_axis(terms.rho_c, (terms.order - 1)[:, None], axis=1)[:, 0]
-        d_corr = (eye[None, 2:] - eye[None, 1:2]) / terms.r[:, :, None]
-        corrector = (-(alpha[1:] * phi1)[:, None] * eye[None, 1]
-                     + scale * (jnp.einsum("nm,nmj->nj", rho_c_old, d_corr)
-                                + rho_c_new[:, None] * (eye[None, 0] - eye[None, 1])))
-        a = sigma[1:] / sigma[:-1]
-        n = terms.h.shape[0]
-        if self.corrector:  # step i corrects with the terms of step i - 1; step 0 has nothing to correct
-            keep = (jnp.arange(n) == 0).astype(dtype)
-            prev = jnp.concatenate([jnp.zeros(1, dtype), a[:-1]])
-            c = jnp.concatenate([jnp.zeros((1, width + 1), dtype), corrector[:-1]], axis=0)
-        else:
-            keep, prev, c = jnp.ones(n, dtype), jnp.zeros(n, dtype), jnp.zeros_like(b)
-        return UniPCCoefficients(a=a, b=b, keep=keep, prev=prev, c=c)
+        b = (-(alpha[1:] * e1)[:, None] * eye[None, 0]
+             - (alpha[1:] * terms.B)[:, None] * jnp.einsum("nm,nmj->nj", terms.rho_p, d_pred))
+        return with_corrector(process, ts, terms, b, self.corrector)
 
     def init(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(x_{i-1}^c, the predictions m_{i-1}, ..., m_{i-order}): zeros before the first step."""
-        return jnp.zeros_like(x), jnp.zeros((self.order,) + x.shape, x.dtype)
+        return pc_init(x, self.order)
 
     def past_state(self, xs, preds):
-        # The state carried into grid point k = len(xs) - 1: the (exact) x_{k-1} and m_{k-1}, ..., m_0.
-        x_prev = xs[-2] if len(xs) > 1 else jnp.zeros_like(xs[-1])
-        pad = [jnp.zeros_like(xs[-1])] * (self.order - len(preds))
-        return x_prev, jnp.stack(list(reversed(preds))[: self.order] + pad)
+        return pc_past_state(xs, preds, self.order)
 
     def step(self, model, process, x, state, inp):
-        x_prev, history = state
-        pred = model(x, inp.s).astype(x.dtype)
-        full = jnp.concatenate([pred[None], history], axis=0)  # m_i, m_{i-1}, ..., m_{i-order}
-        coef = inp.coef
-        x_corrected = coef.keep * x + coef.prev * x_prev + jnp.tensordot(coef.c, full, axes=1)
-        x_next = coef.a * x_corrected + jnp.tensordot(coef.b, full, axes=1)
-        return cast_like(x_next, x), (cast_like(x_corrected, x), full[:-1])
+        return pc_step(model, x, state, inp)

@@ -90,6 +90,11 @@ ALL_CONFIGS = (
     cfg("dpmpp_2m"),
     cfg("dpmpp_3m"),
     *(cfg("unipc", order=k, variant=v) for k in (2, 3) for v in ("bh1", "bh2")),
+    # UniC on DPM-Solver++, and SA-Solver's deterministic (tau = 0) predictor-correctors
+    cfg("dpmpp_2m", corrector=True),
+    cfg("dpmpp_3m", corrector=True),
+    cfg("sa_solver", predictor_order=2, corrector_order=2, tau=0.0),
+    cfg("sa_solver", predictor_order=3, corrector_order=3, tau=0.0),
     # the multistep methods that blow up on coarse grids, with the published lower-order final steps
     cfg("deis_tab", order=4, lower_order_final=True),
     cfg("ipndm", order=4, lower_order_final=True),

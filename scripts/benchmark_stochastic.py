@@ -38,6 +38,8 @@ SOLVERS = (
     ("edm_stochastic", "edm_stochastic", {}),
     ("dpmpp_2m_sde", "dpmpp_2m_sde", {}),
     ("dpmpp_3m_sde", "dpmpp_3m_sde", {}),
+    ("sa_solver p2c2 tau=1", "sa_solver", {}),
+    ("sa_solver p3c3 tau=1", "sa_solver", {"predictor_order": 3, "corrector_order": 3}),
     ("ddim (ODE)", "ddim", {}),
     ("dpmpp_2m (ODE)", "dpmpp_2m", {}),
     ("unipc (ODE)", "unipc", {}),

@@ -83,9 +83,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join("tests", "fixtures", "unipc_diffusers.npz"))
     args = parser.parse_args()
-    import diffusers
-    import torch
-
     params = toy_params()
     arrays = {f"param_{k}": v for k, v in params.items()}
     for case in CASES:
@@ -97,10 +94,18 @@ def main() -> None:
         arrays[f"{name}_final_sigma"] = np.float64(final_sigma)
         arrays["alphas_cumprod"] = alphas_cumprod
         print(name, "final |x| =", float(np.abs(states[-1]).max()))
-    arrays["versions"] = np.array(f"diffusers {diffusers.__version__}, torch {torch.__version__}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    np.savez_compressed(args.out, **arrays)
-    print("wrote", args.out, os.path.getsize(args.out), "bytes")
+    save(args.out, arrays)
+
+
+def save(out: str, arrays: dict) -> None:
+    """Write the fixture (compressed npz) with the versions of diffusers and torch that made it."""
+    import diffusers
+    import torch
+
+    arrays = dict(arrays, versions=np.array(f"diffusers {diffusers.__version__}, torch {torch.__version__}"))
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    print("wrote", out, os.path.getsize(out), "bytes")
 
 
 if __name__ == "__main__":

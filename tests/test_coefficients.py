@@ -113,6 +113,20 @@ def test_dpm_solver_pp_update(name, variant, num_steps):
         np.testing.assert_allclose(coef.b[i], b[: solver.order], rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("name, order", [("dpmpp_3m", 3), ("deis_tab", 4), ("ipndm", 4)])
+def test_lower_order_final_rules(name, order):
+    """True: the last steps drop to 1, 2, ... below 15 steps only (DPM-Solver's rule); "always": at every step count;
+    False: never. Warm-up is the same in all three."""
+    solver = lambda lof: samplers.get_solver(name, order=order, lower_order_final=lof)
+    warm = list(range(1, order))
+    for n in (8, 20):
+        assert list(solver(False).step_orders(n)) == warm + [order] * (n - order + 1)
+        assert list(solver("always").step_orders(n)) == warm + [order] * (n - 2 * order + 2) + warm[::-1]
+        assert list(solver(True).step_orders(n)) == list(solver("always" if n < 15 else False).step_orders(n))
+    with pytest.raises(ValueError, match="'always' or False"):
+        solver(2)
+
+
 def test_dpm_solver_pp_final_step_to_zero_returns_x0_hat():
     p = schedules.get_process("vp_linear")
     ts = schedules.get_timesteps("logsnr", p, 8, append_zero=True)

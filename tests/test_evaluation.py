@@ -137,3 +137,63 @@ def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
     for row in rows:  # 3 training steps: far from the data, and far above the data's own floor
         assert row["num_samples"] == 64 and row["value"] > 5 * data_floor
     assert real.count == 1797
+
+
+def test_a_conditional_target_is_guided_per_batch_with_one_cached_wrapper():
+    """`Target.conditioned`: labels go in args, scale 1 is the conditional model, another scale the CFG combination
+    with the null label (= num_classes), one wrapper per batch size (so the compiled samplers are reused)."""
+    import schedules
+
+    model = lambda x, t, a: x * a[0] * (1.0 + a[1][:, None]) + t  # a = (params, labels)
+    target = train.Target(schedules.get_process("vp_linear"), "eps", (2,), model, args=jnp.float32(0.5),
+                          num_classes=3)
+    x, labels = jnp.ones((4, 2)), np.array([0, 1, 2, 0])
+    fn, args = target.conditioned(labels)
+    np.testing.assert_allclose(fn(x, 0.1, args), model(x, 0.1, (0.5, jnp.asarray(labels))))
+    fn, args = target.conditioned(labels, 3.0)
+    cond, uncond = model(x, 0.1, (0.5, jnp.asarray(labels))), model(x, 0.1, (0.5, jnp.full(4, 3)))
+    np.testing.assert_allclose(fn(x, 0.1, args), uncond + 3.0 * (cond - uncond), rtol=1e-6)
+    assert target.conditioned(labels, 3.0)[0] is fn and target.conditioned(labels[:2], 3.0)[0] is not fn
+    unconditional = train.Target(target.process, "eps", (2,), lambda x, t, p: x, args=1.0)
+    with pytest.raises(ValueError, match="class-conditional"):
+        unconditional.conditioned(labels)
+
+
+def test_guidance_on_an_unconditional_model_is_refused_before_sampling(tmp_path):
+    with pytest.raises(ValueError, match="guidance_scale=2.0 needs a class-conditional model"):
+        sampler_tables.run(smoke_config(guidance_scale=2.0), str(tmp_path))
+    assert not os.path.exists(tmp_path / "rows.json")
+
+
+def test_two_checkpoints_of_one_architecture_share_one_compiled_sampler():
+    """Two builds of one config (two runs, two checkpoints) give equal model functions, and their parameters are
+    traced args: the second one's sampling reuses the first one's compiled program (no new trace)."""
+    import dataclasses
+
+    import jax
+
+    import samplers
+    import schedules
+    from experiments.configs import toy2d_fm
+    from samplers import driver
+
+    experiment = train.build(toy2d_fm.get_config("smoke"))
+    init = experiment.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+    models, params = [], []
+    for seed in (0, 1):
+        # what a second build of the config makes: an equal module definition in a new NetworkFn
+        models.append(train.SamplerModel(dataclasses.replace(experiment.model_fn, net=experiment.net.clone())))
+        # every weight moved (the output layer starts at zero): two checkpoints with different predictions
+        params.append(jax.tree.map(lambda w: w + 0.05 * jax.random.normal(jax.random.PRNGKey(seed), w.shape), init))
+    assert models[0] == models[1] and hash(models[0]) == hash(models[1]) and models[0] is not models[1]
+    process = experiment.process
+    ts = schedules.get_timesteps("logsnr", process, 3)
+    x = jnp.ones((4, 2))
+    outputs = []
+    for model, p in zip(models, params):
+        before = driver._sample_compiled.cache_info()
+        y, _ = samplers.sample(model, "ddim", process, x, ts, prediction="velocity", args=p)
+        outputs.append(np.asarray(y))
+    after = driver._sample_compiled.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 1  # the second run: a cache hit
+    assert np.max(np.abs(outputs[0] - outputs[1])) > 1e-3  # and its own weights

@@ -242,7 +242,7 @@ def test_coefficients_are_differentiable_in_the_grid():
         for opts in ({}, dict(order=2, variant="bh1", lower_order_final=False)):
             solver = samplers.get_solver("unipc", **opts)
             loss = lambda t: sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(solver.coefficients(p, t)))
-            grad = jax.grad(loss)(ts)
+            grad = jax.jit(jax.grad(loss))(ts)
             assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.max(jnp.abs(grad))) > 0
 
 
@@ -259,6 +259,32 @@ def test_coefficients_are_differentiable_in_the_grid():
 def test_bad_options_are_clear_errors(opts, match):
     with pytest.raises(ValueError, match=match):
         samplers.get_solver("unipc", **opts)
+
+
+@pytest.mark.parametrize("num_steps", [3, 7, 16])
+def test_dpmpp_2m_with_the_unic_corrector_is_unipc_2_bh2(num_steps):
+    """UniC as an option of DPM-Solver++: the 2M update is UniP-2 bh2, so with the corrector (and one
+    lower_order_final rule) dpmpp_2m is UniPC-2 bh2, to rounding, also on a grid ending at sigma = 0."""
+    p = schedules.get_process("vp_linear")
+    gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=3, num_components=2)
+    x_init = p.prior(jax.random.PRNGKey(1), (8, 3))
+    ts = schedules.get_timesteps("logsnr", p, num_steps, append_zero=num_steps == 7)
+    model = gm.model_fn(p, "x0")
+    ours, info = samplers.sample(model, samplers.get_solver("dpmpp_2m", corrector=True, lower_order_final=False), p,
+                                 x_init, ts, prediction="x0")
+    theirs, _ = samplers.sample(model, samplers.get_solver("unipc", order=2, variant="bh2", lower_order_final=False),
+                                p, x_init, ts, prediction="x0")
+    plain, _ = samplers.sample(model, samplers.get_solver("dpmpp_2m", lower_order_final=False), p, x_init, ts,
+                               prediction="x0")
+    assert info["nfe"] == num_steps
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-13)
+    assert np.max(np.abs(np.asarray(ours) - np.asarray(plain))) > 1e-4  # the corrector does change the sample
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_the_unic_corrector_is_refused_on_the_sdes(name):
+    with pytest.raises(ValueError, match="probability-flow ODE"):
+        samplers.get_solver(name, corrector=True)
 
 
 def test_a_grid_shorter_than_the_order_is_refused_before_any_compute():

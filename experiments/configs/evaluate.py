@@ -8,8 +8,13 @@ Launch (from the repository root), after training the model it names:
 Variants (`evaluate.py:ARG`, comma-separated):
   model=digits_vp   the checkpoint of `digits_vp.py` in outputs/digits_vp (FD-digits; the default);
   model=digits_fm   the checkpoint of `digits_fm.py` in outputs/digits_fm (velocity model on the OT process);
+  model=digits_vp_cond, model=digits_fm_cond
+                    the class-conditional runs (`digits_vp.py:conditional`, `digits_fm.py:conditional`) in
+                    outputs/digits_*_cond, sampled with balanced labels; `--config.guidance_scale=2.0` guides them;
   model=oracle      the Gaussian-mixture oracle on vp_linear, scored by the exact error (no training needed);
-  smoke             two solvers, two grids, NFE 4 and 6, 64 samples: for tests.
+  smoke             two solvers, two grids, NFE 4 and 6, 64 samples: for tests;
+  solvers=knobs     instead of the table's rows: DEIS tAB3, iPNDM and DPM-Solver++(3M) with and without
+                    lower_order_final and denoise_to_zero, DPM-Solver++(2M) with UniC, and UniPC-3.
 Overrides: `--config.checkpoint_dir=...`, `--config.num_samples=2000`, `--config.nfes='(5, 10)'`,
 `--config.only='("DDIM", "DEIS tAB3")'`, `--config.grids='("logsnr",)'`, `--config.reference=False`,
 `--config.metric=fid --config.fid_weights=inception_fid.npz`. Grids may be "file:PATH" for distilled schedule files
@@ -35,15 +40,39 @@ SOLVERS = [
     dict(label="DPM-Solver++(2M)", name="dpmpp_2m", options={}),
     dict(label="DPM-Solver++(3M)", name="dpmpp_3m", options={}),
 ]
+# The multistep knobs (issue 15): the solvers that blow up on coarse grids of digits_vp, with lower_order_final (the
+# last steps drop to orders 1, 2, ... below 15 steps; "always": at every step count), denoise_to_zero (a final x0 step to sigma = 0; NFE + 1 within
+# the same budget) and both; and the UniC corrector on DPM-Solver++.
+KNOB_SOLVERS = [
+    dict(label=f"{label}{suffix}", name=name, options=dict(options, **knobs))
+    for label, name, options in (("DEIS tAB3", "deis_tab", dict(order=4)), ("iPNDM", "ipndm", dict(order=4)),
+                                 ("DPM-Solver++(3M)", "dpmpp_3m", {}))
+    for suffix, knobs in (("", {}), (" +lof", dict(lower_order_final=True)), (" +d2z", dict(denoise_to_zero=True)),
+                          (" +lof+d2z", dict(lower_order_final=True, denoise_to_zero=True)))
+    if not (name == "dpmpp_3m" and "lof" in suffix)  # on by default there
+] + [
+    dict(label=f"{label} +lof always", name=name, options=dict(options, lower_order_final="always"))
+    for label, name, options in (("DEIS tAB3", "deis_tab", dict(order=4)), ("iPNDM", "ipndm", dict(order=4)),
+                                 ("DPM-Solver++(3M)", "dpmpp_3m", {}))
+] + [
+    dict(label="DPM-Solver++(3M) -lof", name="dpmpp_3m", options=dict(lower_order_final=False)),
+    dict(label="DPM-Solver++(2M) +UniC", name="dpmpp_2m", options=dict(corrector=True)),
+    dict(label="UniPC-3 bh2", name="unipc", options={}),
+]
 MODELS = {
     "digits_vp": ("experiments/configs/digits_vp.py", "outputs/digits_vp", "fd_digits", "vp_linear"),
     "digits_fm": ("experiments/configs/digits_fm.py", "outputs/digits_fm", "fd_digits", "ot"),
+    "digits_vp_cond": ("experiments/configs/digits_vp.py:conditional", "outputs/digits_vp_cond", "fd_digits",
+                       "vp_linear"),
+    "digits_fm_cond": ("experiments/configs/digits_fm.py:conditional", "outputs/digits_fm_cond", "fd_digits", "ot"),
     "oracle": ("", "", "exact", "vp_linear"),
 }
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, model="digits_vp", smoke=False)
+    arg = parse_arg(arg, model="digits_vp", smoke=False, solvers="table")
+    if arg.solvers not in ("table", "knobs"):
+        raise ValueError(f"unknown solvers={arg.solvers!r}; valid: 'table' (the DEIS paper's rows), 'knobs'")
     if arg.model not in MODELS:
         raise ValueError(f"unknown model {arg.model!r}; valid: {sorted(MODELS)}")
     train_config, checkpoint_dir, metric, process = MODELS[arg.model]
@@ -53,6 +82,7 @@ def get_config(arg=None):
     c.train_config = train_config  # the training config of the checkpoint (file.py[:arg])
     c.checkpoint_dir = checkpoint_dir  # that run's --workdir
     c.use_ema = True
+    c.guidance_scale = 1.0  # class-conditional checkpoints: classifier-free guidance scale (1 = none)
     c.resolution = 0  # which of the run's resolutions (multi-resolution DiT runs)
     c.oracle = ml_collections.ConfigDict(dict(process=process, dim=16, num_components=6, prediction="eps"))
 
@@ -63,7 +93,8 @@ def get_config(arg=None):
     c.num_samples = 64 if arg.smoke else 10_000
     c.batch_size = 64 if arg.smoke else 2_000
 
-    c.solvers = SOLVERS[:: 5] if arg.smoke else SOLVERS
+    rows = SOLVERS if arg.solvers == "table" else KNOB_SOLVERS
+    c.solvers = rows[:: 5] if arg.smoke else rows
     c.only = ()  # a subset of the solver labels to run, e.g. --config.only='("DDIM", "DEIS tAB3")'; () = all
     c.grids = ("uniform", "logsnr") if arg.smoke else ("uniform", "quadratic", "logsnr", "edm")
     c.nfes = (4, 6) if arg.smoke else (4, 6, 8, 10, 15, 20)

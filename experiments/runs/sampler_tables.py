@@ -12,7 +12,9 @@ default) or the Gaussian-mixture oracle (`source = "oracle"`), and the metric is
   "exact"      oracle only: the RMSE between the sampler's x(t_min) and the exact probability-flow map of the same
                x(t_max) (`samplers.exact_flow_map`), over the batch and the dimensions.
 
-Every cell starts from the same noise (one key for the whole table). Samples with a non-finite entry are counted
+Every cell starts from the same noise (one key for the whole table). A class-conditional checkpoint is sampled with
+balanced labels (sample k gets class k mod num_classes) and classifier-free guidance of `guidance_scale` (1: the
+conditional model, no guidance). Samples with a non-finite entry are counted
 (`num_nonfinite`) and left out of the metric, never averaged in; a cell with fewer than two finite samples has
 metric NaN. The rows go to `rows.json`; `scripts/make_table.py` (`experiments.report.tables`) turns them into markdown
 tables and a metric-versus-NFE plot. The adaptive diffrax solver, when `reference` is set, adds a row at its own
@@ -94,7 +96,7 @@ def _timesteps(grid, process, num_steps, nfe, config):
     return schedules.get_timesteps(grid, process, num_steps, **_ends(config))
 
 
-def cell_sampler(target, solver):
+def cell_sampler(target, solver, guidance_scale=1.0):
     """The compiled sampler of one solver, the time grid an argument: (x, ts) -> (samples, nfe).
 
     `samplers.sample` keeps one compiled program per (model function, solver) with x and ts traced arguments, so
@@ -102,21 +104,25 @@ def cell_sampler(target, solver):
     outer `jax.jit`: a table compiles solvers x step counts programs instead of one per cell.
     """
 
-    def draw(x, ts):
-        x, info = samplers.sample(target.model_fn, solver, target.process, x, ts, prediction=target.prediction,
-                                  args=target.args, check_finite=False)
+    def draw(x, ts, labels=None):
+        model, args = target.conditioned(labels, guidance_scale)
+        x, info = samplers.sample(model, solver, target.process, x, ts, prediction=target.prediction, args=args,
+                                  check_finite=False)
         return x, info["nfe"]
 
     return draw
 
 
-def sample_cell(draw, ts, x_init, batch_size):
+def sample_cell(draw, ts, x_init, batch_size, num_classes=0):
     """Samples of one cell from the given starting noise, in batches of `draw` (`cell_sampler`): (numpy samples,
-    nfe per sample)."""
+    nfe per sample). A class-conditional model gets the labels 0, 1, ..., num_classes - 1, 0, ... in sample order,
+    so every cell has the same balanced classes."""
     ts = jnp.asarray(ts)
     outputs, nfe = [], 0
     for start in range(0, x_init.shape[0], batch_size):
-        x, nfe = draw(x_init[start:start + batch_size], ts)
+        x = x_init[start:start + batch_size]
+        labels = np.arange(start, start + x.shape[0]) % num_classes if num_classes else None
+        x, nfe = draw(x, ts, labels)
         outputs.append(np.asarray(x, np.float64))
     return np.concatenate(outputs), int(nfe)
 
@@ -188,6 +194,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          f"{config.batch_size}")
     target = (checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema, config.resolution)
               if config.source == "checkpoint" else oracle_target(config.oracle, config.seed))
+    if config.guidance_scale != 1.0 and not target.num_classes:
+        raise ValueError(f"guidance_scale={config.guidance_scale} needs a class-conditional model; "
+                         f"{target.description} is unconditional")
     cells = plan_cells(config, target.process)  # every name, NFE and schedule file checked before sampling
     os.makedirs(workdir, exist_ok=True)
     metric = Metric(config, target, workdir)
@@ -206,9 +215,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              f"{t_start}; every cell must start from the same noise")
         cell_start = time.perf_counter()
         if id(solver) not in draws:
-            draws[id(solver)] = cell_sampler(target, solver)
+            draws[id(solver)] = cell_sampler(target, solver, config.guidance_scale)
         draw = draws[id(solver)]
-        samples, nfe = sample_cell(draw, ts, x_init, config.batch_size)
+        samples, nfe = sample_cell(draw, ts, x_init, config.batch_size, target.num_classes)
         finite = np.all(np.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
         reference = None
         if metric.name == "exact":

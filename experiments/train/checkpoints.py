@@ -8,14 +8,18 @@ trained model reads it back through here: `restore_run` gives a run's config, ex
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+import samplers
 
 from experiments.train.experiment import Experiment, abstract_state, build
 
@@ -81,12 +85,49 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 class Target:
     """What is sampled: process, prediction kind, example shape, the model function and its `args` (model_fn(x, t,
     args) with a checkpoint's parameters as args, so they are traced, never compiled in; model_fn(x, t) with
-    args None); for the oracle also the oracle."""
+    args None); for the oracle also the oracle.
 
-    def __init__(self, process, prediction, shape, model_fn, oracle=None, dataset=None, description="", args=None):
+    A class-conditional model (num_classes > 0) is model_fn(x, t, (args, labels)), labels (batch,) int32 in
+    0..num_classes - 1 and num_classes the null label (the unconditional model); `conditioned` builds the model and
+    args of one batch, guided or not."""
+
+    def __init__(self, process, prediction, shape, model_fn, oracle=None, dataset=None, description="", args=None,
+                 num_classes=0):
         self.process, self.prediction, self.shape = process, prediction, tuple(shape)
         self.model_fn, self.oracle, self.dataset, self.description = model_fn, oracle, dataset, description
-        self.args = args
+        self.args, self.num_classes = args, num_classes
+        self._guided = {}
+
+    def conditioned(self, labels, guidance_scale=1.0):
+        """(model_fn(x, t, args), args) for a batch with these class labels, with classifier-free guidance of the
+        given scale (one model call on the doubled batch; the wrapper is cached per batch size, so the samplers'
+        compiled programs are reused). An unconditional target takes labels None and scale 1."""
+        if not self.num_classes:
+            if labels is not None or guidance_scale != 1.0:
+                raise ValueError(f"{self.description}: labels and guidance need a class-conditional model")
+            return self.model_fn, self.args
+        labels = jnp.asarray(labels, jnp.int32)
+        if guidance_scale == 1.0:
+            return self.model_fn, (self.args, labels)
+        key = (int(labels.shape[0]), float(guidance_scale))
+        if key not in self._guided:
+            null = jnp.full(labels.shape, self.num_classes, jnp.int32)
+            self._guided[key] = samplers.guided(self.model_fn, guidance_scale, uncond_args=(None, null),
+                                                batch_axes=(None, 0))
+        return self._guided[key], (self.args, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerModel:
+    """A network function fn(params, x, t[, labels]) as the samplers call it: model(x, t, params), or
+    model(x, t, (params, labels)) for a class-conditional network. Equal and hashable by value, so that two
+    checkpoints of one architecture share the samplers' compiled programs (their parameters are `args`)."""
+
+    fn: Callable
+    conditional: bool = False
+
+    def __call__(self, x, t, args):
+        return self.fn(args[0], x, t, args[1]) if self.conditional else self.fn(args, x, t)
 
 
 def restore_run(train_spec: str, checkpoint_dir: str,
@@ -143,6 +184,7 @@ def checkpoint_target(train_spec: str, checkpoint_dir: str, use_ema: bool = True
     if not 0 <= resolution < len(experiment.datasets):
         raise ValueError(f"resolution index {resolution} but the run has {len(experiment.datasets)} resolutions")
     dataset = experiment.datasets[resolution]
-    model_fn: Callable = lambda x, t, params: experiment.model_fn(params, x, t)
+    model_fn = SamplerModel(experiment.model_fn, experiment.conditional)
     return Target(experiment.process, config.loss.prediction, dataset.shape, model_fn, dataset=dataset,
-                  description=f"{train_spec} @ step {step} ({'EMA' if use_ema else 'raw'} weights)", args=params)
+                  description=f"{train_spec} @ step {step} ({'EMA' if use_ema else 'raw'} weights)", args=params,
+                  num_classes=experiment.net.num_classes if experiment.conditional else 0)
