@@ -1,0 +1,67 @@
+"""Published checkpoints as Flax models in the framework's conventions: `load(path, **options) -> Pretrained`.
+
+    m = models.pretrained.load("path/to/ddpm-cifar10-32")          # a diffusers pipeline root or UNet folder
+    m = models.pretrained.load("ckpt/checkpoint_48", layout="score_sde", config="ve/church_ncsnpp_continuous")
+    x, info = samplers.sample(m.model_fn, "ddim", m.process, x_init, ts, prediction=m.prediction, args=m.params)
+
+Layouts (`LAYOUTS`): "diffusers" (`models.pretrained.diffusers`: a UNet2DModel config.json with
+diffusion_pytorch_model.safetensors and a scheduler_config.json) and "score_sde" (`models.pretrained.score_sde`: a
+flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller). Both give the same
+Flax network, `models.pretrained.unet2d.UNet2D`. Only safe formats are read: safetensors and msgpack, never pickle
+(scripts/convert_to_safetensors.py converts a torch file once).
+"""
+
+from __future__ import annotations
+
+import os
+
+from models.pretrained import diffusers, score_sde
+from models.pretrained.model import Pretrained
+from models.pretrained.unet2d import UNet2D, UNet2DConfig
+
+LAYOUTS = ("diffusers", "score_sde")
+
+__all__ = ["LAYOUTS", "Pretrained", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
+
+
+def detect_layout(path: str) -> str:
+    """ "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a `checkpoint_N` file or a
+    folder of them; FileNotFoundError otherwise."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "unet",
+                                                                                            "config.json")):
+            return "diffusers"
+        if score_sde.checkpoint_files(path):
+            return "score_sde"
+        raise FileNotFoundError(f"{path}: neither a diffusers folder (config.json or unet/config.json) nor a score_sde "
+                                "checkpoint folder (checkpoint_N files)")
+    if os.path.basename(path).startswith("checkpoint_"):
+        return "score_sde"
+    raise FileNotFoundError(f"{path}: not a diffusers folder nor a score_sde checkpoint_N file; pass layout=... "
+                            f"(one of {list(LAYOUTS)})")
+
+
+def load(path: str, layout: str | None = None, **options) -> Pretrained:
+    """Load a published checkpoint.
+
+    Args:
+      path: a diffusers UNet folder / pipeline root, or a score_sde `checkpoint_N` file (or its folder).
+      layout: one of `LAYOUTS`; None detects it from the files (`detect_layout`).
+      **options: the layout's loader options: `models.pretrained.diffusers.load` (null_label, scheduler_config,
+        variant, image_size) or `models.pretrained.score_sde.load` (config, image_size, params, and score_sde model
+        config keys).
+
+    Returns:
+      A `Pretrained`: params, apply, model_fn, process, prediction, timestep, image_shape, num_classes, null_label.
+
+    Raises:
+      FileNotFoundError, ValueError, NotImplementedError: before any compute, naming the file and the key.
+    """
+    layout = detect_layout(path) if layout is None else layout
+    if layout == "diffusers":
+        return diffusers.load(path, **options)
+    if layout == "score_sde":
+        return score_sde.load(path, **options)
+    raise ValueError(f"unknown layout {layout!r}; valid layouts: {list(LAYOUTS)}")

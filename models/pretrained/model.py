@@ -1,0 +1,118 @@
+"""What a loaded checkpoint is (`Pretrained`), and the weight checks every loader makes before any compute."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax.numpy as jnp
+
+from models.pretrained.unet2d import UNet2D
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (samplers cache on model_fn, not params)
+class Pretrained:
+    """A published network in the framework's conventions.
+
+    Attributes:
+      params: the weights, a pytree of jnp float32 arrays (conv kernels HWIO, dense kernels (in, out)).
+      apply: apply(params, x, timestep, class_labels=None) -> output: the raw network on NHWC images x (B, H, W, C)
+        with the checkpoint's own time input (see `timestep`); its output is of kind `prediction`.
+      model_fn: model_fn(x, t, args) -> prediction, in the framework's time (t = 0 data ... t = 1 noise):
+        `apply(params, x, timestep(t), labels)`. args is `params` for an unconditional network and
+        `(params, labels)` for a class-conditional one (labels (B,) int, or None for `null_label`). It holds no
+        weights, so `samplers.sample(m.model_fn, ..., args=m.params)` compiles once for any parameter values.
+      process: the `schedules.Process` the checkpoint was trained for.
+      prediction: what the network predicts, one of `models.predictions.KINDS`.
+      timestep: timestep(t) -> the network's time input at framework time t: the (fractional) DDPM step index
+        `process.discrete_index(t)` = N t - 1 for a beta-table checkpoint, `process.sigma(t)` for an NCSN++ VE one,
+        999 t for a score_sde VP one.
+      image_shape: (H, W, C) of the images the checkpoint was trained on.
+      num_classes: the number of label embeddings of a class-conditional network (labels 0..num_classes-1), else None.
+      null_label: the label that means "no class" (for classifier-free guidance), where the checkpoint has one and
+        the caller named it, else None.
+      config: the network's architecture (`models.pretrained.unet2d.UNet2DConfig`).
+      source: the file or folder it was read from; layout: "diffusers" or "score_sde".
+    """
+
+    params: Any
+    apply: Callable
+    model_fn: Callable
+    process: Any
+    prediction: str
+    timestep: Callable
+    image_shape: tuple
+    num_classes: int | None = None
+    null_label: int | None = None
+    config: Any = None
+    source: str = ""
+    layout: str = ""
+
+
+TIME_INPUTS = ("index", "sigma", "t999")
+
+
+@functools.lru_cache(maxsize=32)
+def make_functions(config, process, time_input, num_classes, null_label):
+    """(timestep, apply, model_fn) of the `UNet2D` of `config` on `process` (see `Pretrained`); time_input "index"
+    (the network takes `process.discrete_index(t)`), "sigma" (`process.sigma(t)`) or "t999" (999 t, score_sde's
+    continuous VP label). Cached on these (hashable) arguments: checkpoints of one architecture and process (two
+    loads, EMA and raw weights) share the same function objects, hence jax's and the samplers' compiled programs."""
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"unknown time_input {time_input!r}; valid: {list(TIME_INPUTS)}")
+    net = UNet2D(config)
+
+    def timestep(t):
+        if time_input == "index":
+            return process.discrete_index(t)
+        return process.sigma(t) if time_input == "sigma" else 999.0 * jnp.asarray(t)
+
+    def apply(params, x, t_input, class_labels=None):
+        if num_classes is not None and class_labels is None:
+            if null_label is None:
+                raise ValueError(f"this network is class-conditional ({num_classes} classes) and has no null label: "
+                                 "pass class_labels (or load with null_label=...)")
+            class_labels = null_label
+        return net.apply({"params": params}, x, batch_times(t_input, x.shape[0]), class_labels)
+
+    if num_classes is None:
+        def model_fn(x, t, args):
+            return apply(args, x, timestep(batch_times(t, x.shape[0])))
+    else:
+        def model_fn(x, t, args):
+            params, labels = args
+            return apply(params, x, timestep(batch_times(t, x.shape[0])), labels)
+
+    return timestep, apply, model_fn
+
+
+def batch_times(t, batch):
+    """t (a scalar, (B,), or (B, 1, ..., 1)) as a (batch,) array."""
+    t = jnp.asarray(t)
+    if t.ndim:
+        t = jnp.reshape(t, (t.shape[0],))
+    return jnp.broadcast_to(t, (batch,))
+
+
+def check_weights(found: dict, expected: dict, source: str, origin: str) -> None:
+    """Raise ValueError naming `source` and the key unless `found` and `expected` ({name: shape}) have the same
+    names and shapes. `origin` says where the expected shapes come from (e.g. "config.json")."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) the {origin} needs: {_first(missing)}")
+        if extra:
+            parts.append(f"{len(extra)} unexpected key(s) the {origin} has no place for: {_first(extra)}")
+        raise ValueError(f"{source}: " + "; ".join(parts))
+    for name in sorted(expected):
+        if tuple(found[name]) != tuple(expected[name]):
+            raise ValueError(f"{source}: parameter {name!r} has shape {tuple(found[name])}, expected "
+                             f"{tuple(expected[name])} (from the {origin})")
+
+
+def _first(names, count=8):
+    shown = ", ".join(repr(n) for n in names[:count])
+    return shown + (f", ... ({len(names) - count} more)" if len(names) > count else "")
