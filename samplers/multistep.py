@@ -319,7 +319,7 @@ class _DPMSolverPP(LinearMultistep):
     def variants(cls):
         orders = super().variants()
         methods = orders + tuple(dict(o, variant="third_order") for o in orders if o["order"] == 3)
-        return methods + tuple(dict(m, corrector=True) for m in methods)
+        return methods + tuple(dict(o, corrector=True) for o in orders)  # UniC on the published updates
 
     @property
     def convergence_order(self):

@@ -121,8 +121,7 @@ class SASolver(Solver):
         # it would hide the formula's order. Then the stochastic default, checked in distribution.
         # (The predictor alone at order 2 with variant "exact" is DPM-Solver++(2M), tested in tests/test_sa_solver.py.)
         ode = dict(tau=0.0, lower_order_final=False)
-        return (dict(predictor_order=1, corrector_order=1, **ode), dict(predictor_order=2, corrector_order=2, **ode),
-                dict(predictor_order=3, corrector_order=3, **ode), dict(predictor_order=3, corrector_order=0, **ode),
+        return (dict(predictor_order=2, corrector_order=2, **ode), dict(predictor_order=3, corrector_order=3, **ode),
                 {})
 
     @property

@@ -2,8 +2,8 @@
 schedules distilled from a model.
 
 Layers: `processes`, `grids`, `files` and `published` are the bottom of the project and import nothing above them.
-`schedules.optimal` (distill, distill_many, refine) sits above the samplers, which it runs. So that `import
-schedules` stays cheap and acyclic while `schedules.distill` still works, the three are lazy attributes: this
+`schedules.optimal` (distill, distill_many, refine, learn) sits above the samplers, which it runs. So that `import
+schedules` stays cheap and acyclic while `schedules.distill` still works, the four are lazy attributes: this
 module's `__getattr__` is the one place in the project that imports upwards, on first use.
 """
 
@@ -12,7 +12,7 @@ from schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
 from schedules.process_transform import transform
 from schedules.processes import PROCESSES, Process, get_process
 
-_OPTIMAL = ("distill", "distill_many", "refine")
+_OPTIMAL = ("distill", "distill_many", "refine", "learn")
 
 
 def __getattr__(name):
@@ -28,4 +28,4 @@ def __dir__():
 
 
 __all__ = ["GRIDS", "PROCESSES", "Process", "distill", "distill_many", "get_process", "get_timesteps",
-           "interpolate_log_linear", "load_schedule", "refine", "save_schedule", "transform"]
+           "interpolate_log_linear", "learn", "load_schedule", "refine", "save_schedule", "transform"]
