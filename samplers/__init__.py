@@ -4,6 +4,6 @@ from samplers.base import Solver
 from samplers.driver import sample
 from samplers.guidance import guided
 from samplers.reference import exact_flow_map
-from samplers.solvers import SOLVERS, get_solver
+from samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
 
-__all__ = ["SOLVERS", "Solver", "exact_flow_map", "get_solver", "guided", "sample"]
+__all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "exact_flow_map", "get_solver", "guided", "load_learned", "sample"]

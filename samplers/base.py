@@ -122,6 +122,10 @@ class Solver:
     def check_grid(self, num_steps: int) -> None:
         """Raise ValueError when the solver cannot run on a grid of num_steps steps (checked before compute)."""
 
+    def check_times(self, process, ts) -> None:
+        """Raise ValueError when the solver cannot run on these concrete times of this process (checked before
+        compute, after `check_grid`); by default every grid of an allowed length will do."""
+
     def coefficients(self, process, ts: jax.Array) -> Any:
         """Everything that depends only on the time grid, as a pytree with a leading axis of num_steps: computed
         once, outside the loop, and differentiable with respect to ts.

@@ -61,6 +61,7 @@ def check_ts(ts, process: Process, solver: Solver, prediction: str) -> None:
     if ts_np[-1] < 0:
         raise ValueError(f"ts must end at t >= 0, got {ts_np[-1]}")
     solver.check_grid(ts_np.shape[0] - 1)
+    solver.check_times(process, ts_np)
     with jax.enable_x64(True), jax.ensure_compile_time_eval():  # host-side check, even inside an outer jit
         alpha = np.asarray(process.alpha(ts_np))
         sigma = np.asarray(process.sigma(ts_np))

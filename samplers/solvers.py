@@ -1,21 +1,58 @@
-"""The one registry of solvers: name -> class. `get_solver(name, **options)` builds one."""
+"""The one registry of solvers: name -> class, and beside it the learned samplers read from files (`schedules.learn`,
+`schedules.save_learned`). `get_solver(name, **options)` builds either.
+
+`SOLVERS` holds the methods that run on any grid (every test sweep goes through it); `FILE_SOLVERS` the names that
+load a learned sampler, valid on the grid saved with it: "file" (any learned file), "olss" and "solver_schedule"
+(which also check what the file holds).
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from core import Registry
 from samplers.adaptive import Adaptive
 from samplers.base import Solver
+from samplers.linear_table import LinearTable
 from samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE, DPMSolverPP3M,
                                 DPMSolverPP3MSDE, EulerAncestral)
 from samplers.runge_kutta import DEISRhoRK, EDMStochastic, Euler, Heun
 from samplers.sa_solver import SASolver
 from samplers.unipc import UniPC
+from schedules.files import read_learned
 
 SOLVERS = Registry("solver", {
     cls.name: cls
     for cls in (DDIM, Euler, Heun, DEISTab, DEISRhoAB, DEISRhoRK, IPNDM, DPMSolverPP2M, DPMSolverPP3M, UniPC, Adaptive,
                 EulerAncestral, EDMStochastic, DPMSolverPP2MSDE, DPMSolverPP3MSDE, SASolver)
 })
+
+
+
+
+def load_learned(path: str, method: str | None = None) -> tuple[Solver, np.ndarray]:
+    """(solver, ts) of a learned-sampler file (`schedules.save_learned`); with `method`, the file must hold it."""
+    ts, record = read_learned(path, method)
+    spec = record["solver"]
+    options = {k: _tupled(v) for k, v in spec["options"].items()}
+    if spec["name"] == LinearTable.name:
+        return LinearTable(**options), ts
+    return SOLVERS.build(spec["name"], **options), ts
+
+
+def _tupled(value):
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def _file_solver(method):
+    def build(path):
+        return load_learned(path, method)[0]
+
+    return build
+
+
+FILE_SOLVERS = Registry("solver", {"file": _file_solver(None), "olss": _file_solver("olss"),
+                                   "solver_schedule": _file_solver("search")})
 
 
 def get_solver(name: str, **options) -> Solver:
@@ -27,7 +64,8 @@ def get_solver(name: str, **options) -> Solver:
     max_steps, gamma_floor); the stochastic ones: ddim (eta), euler_ancestral (eta), edm_stochastic (S_churn, S_min,
     S_max, S_noise), dpmpp_2m_sde (eta, solver_type), dpmpp_3m_sde (eta), sa_solver (predictor_order, corrector_order, tau,
     tau_interval, variant, lower_order_final; tau = 0 is deterministic). Every solver takes denoise_to_zero. The
-    paper's tAB-r is deis_tab with order = r + 1.
+    paper's tAB-r is deis_tab with order = r + 1. A learned sampler loads from its file: "file", "olss" or
+    "solver_schedule" with path=... (it runs on the grid saved with it).
 
     Args:
       name: a key of `SOLVERS`.
@@ -44,4 +82,9 @@ def get_solver(name: str, **options) -> Solver:
         >>> solver.order
         3
     """
+    if isinstance(name, str) and name in FILE_SOLVERS:
+        return FILE_SOLVERS.build(name, **options)
+    if not isinstance(name, str) or name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; valid names: {sorted(SOLVERS)}, or a learned sampler from a file: "
+                         f"{sorted(FILE_SOLVERS)} with path=...")
     return SOLVERS.build(name, **options)

@@ -84,6 +84,24 @@ class UniPCTerms(NamedTuple):
     rho_c: jax.Array
 
 
+def corrector_rows(process, ts: jax.Array, terms: UniPCTerms) -> jax.Array:
+    """UniC's weights (N, width + 1): row i corrects the point x_{i+1} that step i made (of order terms.order[i]) on
+    the predictions (m_{i+1}, m_i, ..., m_{i+1-width}), m_{i+1} at the uncorrected x_{i+1}:
+    x_{i+1}^c = (sigma_{i+1} / sigma_i) x_i^c + row_i . m."""
+    alpha = process.alpha(ts)
+    width = terms.rho_c.shape[1]
+    eye = jnp.eye(width + 1, dtype=terms.h.dtype)
+    # x_{i+1}^c = a_i x_i^c - alpha phi1 m_i - alpha B (sum_m rho^c_m D_m + rho^c_K (m_{i+1} - m_i)).
+    m = np.arange(1, width)
+    old = m[None, :] < terms.order[:, None]
+    rho_c_old = jnp.where(old, terms.rho_c[:, : width - 1], 0.0)
+    rho_c_new = jnp.take_along_axis(terms.rho_c, (terms.order - 1)[:, None], axis=1)[:, 0]
+    d_corr = (eye[None, 2:] - eye[None, 1:2]) / terms.r[:, :, None]
+    return (-(alpha[1:] * phi1(terms.h))[:, None] * eye[None, 1]
+            - (alpha[1:] * terms.B)[:, None] * (jnp.einsum("nm,nmj->nj", rho_c_old, d_corr)
+                                                + rho_c_new[:, None] * (eye[None, 0] - eye[None, 1])))
+
+
 def with_corrector(process, ts: jax.Array, terms: UniPCTerms, b: jax.Array, corrector: bool) -> PCCoefficients:
     """The scan's table for a data-prediction predictor x_{i+1} = (sigma_{i+1} / sigma_i) x_i^c + b_i . m, with UniC
     (of the orders in `terms`) correcting each point it makes, or without a corrector.
@@ -92,29 +110,17 @@ def with_corrector(process, ts: jax.Array, terms: UniPCTerms, b: jax.Array, corr
     UniPC (b its UniP) and by the DPM-Solver++ multistep solvers' `corrector` option (b their own update): UniC does
     not depend on the predictor that made the point, only on the predictor's order (UniC-K for a K-th order step).
     """
-    alpha, sigma = process.alpha(ts), process.sigma(ts)
-    width = terms.rho_c.shape[1]
+    sigma = process.sigma(ts)
     dtype = terms.h.dtype
-    eye = jnp.eye(width + 1, dtype=dtype)
-    e1 = phi1(terms.h)  # e^{-h} - 1
     a = sigma[1:] / sigma[:-1]
     n = terms.h.shape[0]
     if not corrector:
         return PCCoefficients(a=a, b=b, keep=jnp.ones(n, dtype), prev=jnp.zeros(n, dtype), c=jnp.zeros_like(b))
-    # UniC of x_{i+1}, on the predictions at step i + 1 (m_{i+1}, m_i, ..., one index older than the predictor's):
-    # x_{i+1}^c = a_i x_i^c - alpha phi1 m_i - alpha B (sum_m rho^c_m D_m + rho^c_K (m_{i+1} - m_i)).
-    m = np.arange(1, width)
-    old = m[None, :] < terms.order[:, None]
-    rho_c_old = jnp.where(old, terms.rho_c[:, : width - 1], 0.0)
-    rho_c_new = jnp.take_along_axis(terms.rho_c, (terms.order - 1)[:, None], axis=1)[:, 0]
-    d_corr = (eye[None, 2:] - eye[None, 1:2]) / terms.r[:, :, None]
-    corrected = (-(alpha[1:] * e1)[:, None] * eye[None, 1]
-                 - (alpha[1:] * terms.B)[:, None] * (jnp.einsum("nm,nmj->nj", rho_c_old, d_corr)
-                                                     + rho_c_new[:, None] * (eye[None, 0] - eye[None, 1])))
+    corrected = corrector_rows(process, ts, terms)
     # Step i corrects with the terms of step i - 1; step 0 has nothing to correct.
     keep = (jnp.arange(n) == 0).astype(dtype)
     prev = jnp.concatenate([jnp.zeros(1, dtype), a[:-1]])
-    c = jnp.concatenate([jnp.zeros((1, width + 1), dtype), corrected[:-1]], axis=0)
+    c = jnp.concatenate([jnp.zeros((1, b.shape[1]), dtype), corrected[:-1]], axis=0)
     return PCCoefficients(a=a, b=b, keep=keep, prev=prev, c=c)
 
 

@@ -7,7 +7,7 @@ schedules` stays cheap and acyclic while `schedules.distill` still works, the fo
 module's `__getattr__` is the one place in the project that imports upwards, on first use.
 """
 
-from schedules.files import load_schedule, save_schedule
+from schedules.files import load_schedule, save_learned, save_schedule
 from schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
 from schedules.process_transform import transform
 from schedules.processes import PROCESSES, Process, get_process
@@ -28,4 +28,4 @@ def __dir__():
 
 
 __all__ = ["GRIDS", "PROCESSES", "Process", "distill", "distill_many", "get_process", "get_timesteps",
-           "interpolate_log_linear", "learn", "load_schedule", "refine", "save_schedule", "transform"]
+           "interpolate_log_linear", "learn", "load_schedule", "refine", "save_learned", "save_schedule", "transform"]

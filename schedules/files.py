@@ -6,10 +6,20 @@
 
 `load_schedule` validates the grid; `schedules.get_timesteps("file", process, num_steps, path=...)` loads it and
 resamples it log-linearly in gamma when num_steps differs from the file's.
+
+A learned sampler (`schedules.learn`) is a solver *and* its grid, saved together by `save_learned`:
+
+    {"format": "fastsamplers.learned", "version": 1, "ts": [...], "num_steps": M, "process": ..., "method": "olss",
+     "solver": {"name": "linear_table", "options": {"weights": [[...]], "grid": [...], ...}}, "nfe": M, ...}
+
+It is a schedule file too (its "ts" load through the "file" grid); `samplers.get_solver("file", path=...)` (or
+"olss", "solver_schedule", which also check the method) rebuilds its solver. This layer only writes and validates the
+record: building a solver belongs to the samplers above it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 
@@ -18,6 +28,7 @@ import numpy as np
 from core import write_json
 
 FORMAT = "fastsamplers.schedule"
+LEARNED_FORMAT = "fastsamplers.learned"
 
 
 def save_schedule(path: str, ts, *, process, solver, nfe: int, method: str, **provenance) -> str:
@@ -40,13 +51,45 @@ def save_schedule(path: str, ts, *, process, solver, nfe: int, method: str, **pr
     return write_json(path, record, indent=1)
 
 
+def save_learned(path: str, solver, ts, *, process, method: str, **provenance) -> str:
+    """Write a learned sampler, the pair (solver, ts) that `schedules.learn` returns, with its provenance (teacher,
+    calibration, cost, model, ...) to `path` atomically; `samplers.get_solver("file", path=path)` and
+    `get_timesteps("file", process, M, path=path)` load it back. Returns the path."""
+    if not dataclasses.is_dataclass(solver) or not isinstance(getattr(solver, "name", None), str):
+        raise TypeError(f"save_learned stores a samplers.Solver (a dataclass with a name), got {type(solver).__name__}")
+    options = {f.name: _jsonable(getattr(solver, f.name)) for f in dataclasses.fields(solver) if f.init}
+    return save_schedule(path, ts, process=process, solver={"name": solver.name, "options": options},
+                         nfe=solver.nfe(len(ts) - 1), method=method, format=LEARNED_FORMAT, **provenance)
+
+
+def read_learned(path: str, method: str | None = None) -> tuple[np.ndarray, dict]:
+    """(ts, record) of a learned-sampler file, validated (and, with `method`, checked to hold that method)."""
+    ts, record = load_schedule(path)
+    solver = record.get("solver")
+    if record.get("format") != LEARNED_FORMAT or not isinstance(solver, dict) or not isinstance(
+            solver.get("name"), str) or not isinstance(solver.get("options"), dict):
+        raise ValueError(f"{path} is not a learned-sampler file (format {LEARNED_FORMAT!r} with a 'solver' entry "
+                         f"holding 'name' and 'options'; save one with schedules.save_learned)")
+    if method is not None and record.get("method") != method:
+        raise ValueError(f"{path} holds a sampler learned by {record.get('method')!r}, not {method!r}")
+    return ts, record
+
+
+def _jsonable(value):
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def load_schedule(path: str) -> tuple[np.ndarray, dict]:
     """(ts as a float64 numpy array, the whole record) from a schedule file, validated."""
-    with open(path) as f:
-        try:
+    try:
+        with open(path) as f:
             record = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"schedule file {path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"schedule file {path} is not valid JSON: {err}") from err
     if not isinstance(record, dict) or "ts" not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise ValueError(f"schedule file {path} has no 'ts' entry (keys: {keys})")

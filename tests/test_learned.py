@@ -1,5 +1,5 @@
 """schedules.learn("dp"): the multistep-pricing DP against brute force, its local coefficient rows, its objective on
-a larger teacher, and bad input."""
+a larger teacher, and bad input (of `learn` as a whole)."""
 
 import itertools
 
@@ -11,10 +11,17 @@ import pytest
 import samplers
 import schedules
 from models import GaussianMixture
-from schedules.optimal import learned
+from schedules.optimal import multistep_dp
+from schedules.optimal.teacher import Teacher
 
 N, M = 10, 3
 SOLVERS = [("dpmpp_2m", {}), ("deis_tab", {"order": 3}), ("dpmpp_3m", {"lower_order_final": False})]
+
+
+def teacher_and_predictions(gm, p, x0, ts, native):
+    teacher = Teacher(gm.model_fn(p), p, "eps", None, len(ts) - 1, "logsnr", samplers.get_solver("deis_tab", order=3))
+    states, preds, _ = teacher.states_and_predictions(x0, jnp.asarray(ts), native)
+    return states, preds
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +50,7 @@ def test_dp_is_the_brute_force_optimum(small, name, options):
     solver, ts_out, info = schedules.learn("dp", gm.model_fn(p), p, x0, M, solver=name, teacher_steps=N,
                                            return_info=True, **options)
     ts = info["teacher_ts"]
-    teacher, preds, _ = learned.teacher_and_predictions(gm.model_fn(p), solver, p, x0, jnp.asarray(ts), "eps", None,
-                                                        ("deis_tab", {"order": 3}))
+    teacher, preds = teacher_and_predictions(gm, p, x0, jnp.asarray(ts), solver.native)
     paths = [(0,) + mid + (N,) for mid in itertools.combinations(range(1, N), M - 1)]
     costs = [_direct_cost(solver, p, jnp.asarray(ts), teacher, preds, q) for q in paths]
     best = int(np.argmin(costs))
@@ -60,8 +66,7 @@ def test_windowed_dp_is_the_windowed_brute_force_optimum(small):
     solver, _, info = schedules.learn("dp", gm.model_fn(p), p, x0, m, solver="deis_tab", order=3, teacher_steps=n,
                                       window=w, return_info=True)
     ts = jnp.asarray(info["teacher_ts"])
-    teacher, preds, _ = learned.teacher_and_predictions(gm.model_fn(p), solver, p, x0, ts, "eps", None,
-                                                        ("deis_tab", {"order": 3}))
+    teacher, preds = teacher_and_predictions(gm, p, x0, ts, solver.native)
     paths = [q for q in ((0,) + mid + (n,) for mid in itertools.combinations(range(1, n), m - 1))
              if max(np.diff(q)) <= w]
     costs = [_direct_cost(solver, p, ts, teacher, preds, q) for q in paths]
@@ -77,7 +82,7 @@ def test_local_row_is_the_full_grid_row(name, options):
     orders = np.minimum(np.arange(1, 6), solver.order)
     a, b = solver.table(p, ts, orders)
     for k, order in enumerate(orders):
-        la, lb = learned.local_row(solver, p, ts[k - order + 1: k + 2])
+        la, lb = multistep_dp.local_row(solver, p, ts[k - order + 1: k + 2])
         np.testing.assert_allclose(la, a[k], rtol=1e-12)
         np.testing.assert_allclose(lb, b[k], rtol=1e-10, atol=1e-14)
 
@@ -94,8 +99,7 @@ def test_on_a_larger_teacher_the_objective_is_below_every_uniform_path(small, na
         solver, ts_out, info = schedules.learn("dp", gm.model_fn(p), p, x0, m, solver=name, teacher_steps=n,
                                                return_info=True)
         ts = jnp.asarray(info["teacher_ts"])
-        teacher, preds, _ = learned.teacher_and_predictions(gm.model_fn(p), solver, p, x0, ts, "eps", None,
-                                                            ("deis_tab", {"order": 3}))
+        teacher, preds = teacher_and_predictions(gm, p, x0, ts, solver.native)
         uniform = tuple(int(i) for i in np.round(np.linspace(0, n, m + 1)))
         learned_cost = _direct_cost(solver, p, ts, teacher, preds, tuple(info["indices"]))
         np.testing.assert_allclose(info["cost"], learned_cost, rtol=1e-9)
@@ -106,11 +110,10 @@ def test_on_a_larger_teacher_the_objective_is_below_every_uniform_path(small, na
 def test_bad_input(small):
     p, gm, x0 = small
     f = gm.model_fn(p)
-    for method in ("olss", "search"):
-        with pytest.raises(NotImplementedError, match="not built yet"):
-            schedules.learn(method, f, p, x0, 3)
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ValueError, match=r"unknown learning method 'nope'; valid names: \['dp', 'olss', 'search'\]"):
         schedules.learn("nope", f, p, x0, 3)
+    with pytest.raises(ValueError, match=r"learning method 'olss' has no option\(s\) \['solver'\]"):
+        schedules.learn("olss", f, p, x0, 3, solver="ddim")
     with pytest.raises(ValueError, match="linear multistep"):
         schedules.learn("dp", f, p, x0, 3, solver="heun", teacher_steps=N)
     with pytest.raises(ValueError, match="stochastic"):

@@ -1,6 +1,6 @@
 """Schedule optimisation, the layer above the samplers: dynamic programs over a teacher trajectory (OSS, Bellman/BOSS,
 GITS; `distillation.py`), gradient refinement through the sampler (`refinement.py`) and learned samplers
-(`learned.py`: the DP that prices the multistep solver itself). `schedules.distill`, `schedules.distill_many`,
+(`learned.py`: the DP that prices the multistep solver itself, OLSS and the solver-schedule search). `schedules.distill`, `schedules.distill_many`,
 `schedules.refine` and `schedules.learn` are these functions."""
 
 from schedules.optimal.distillation import distill, distill_many

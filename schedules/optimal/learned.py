@@ -1,248 +1,88 @@
-"""Schedules learned for a multistep solver itself: `schedules.learn` (issue 17).
+"""`schedules.learn`: samplers learned from a teacher on a calibration batch, each returned as (solver, ts).
 
-Method "dp" prices the real multistep update, history included, on a teacher trajectory, and finds the best schedule
-of exactly M steps by dynamic programming (Bellman-style, as `distillation.cost_matrix`, but with history):
+- "dp" (`multistep_dp.py`): the best M-step schedule for a multistep solver, its own update priced by a DP.
+- "olss" (`olss.py`): OLSS, a linear table whose every step is fitted by least squares (Duan et al. 2023).
+- "search" (`solver_search.py`): a solver schedule, a per-step choice of method and time point, found by a local
+  search that scores whole samples against the teacher (after USF / S3).
 
-- Teacher: the fine trajectory T[0..N] of `distillation.teacher_trajectory` and the solver's native prediction
-  m_k = pred(T[k], t_k) at every teacher point (N + 1 model calls in one batched call).
-- A student schedule is a subsequence 0 = i_0 < i_1 < ... < i_M = N of teacher indices. Step k has the order
-  K_k = solver.step_orders(M)[k] (warm-up and lower-order final steps as the solver would run M steps) and goes from
-  the *teacher* state T[i_k], with the teacher predictions at i_k, i_{k-1}, ..., i_{k-K+1} as its history, to t of
-  i_{k+1}. Its cost is mean ||a T[i_k] + sum_j b_j m[i_{k-j}] - T[i_{k+1}]||^2 (mean over the batch and every
-  element, as cost_matrix), (a, b) the last row of the solver's own `table` on the local grid
-  (t_{i_{k-K+1}}, ..., t_{i_k}, t_{i_{k+1}}) with order K: the row the full grid gives (tests/test_learned.py).
-- The update is linear in the teacher vectors, so every cost is a quadratic form c^T G c in the Gram matrix G of
-  {T[k], m[k]} averaged over the batch ((2N + 2)^2, float64, computed once): no model call after the teacher.
-- The DP state is the last max(order, 2) chosen points (j, d_1, ..., d_{P-1}) with d the gaps between consecutive
-  points (0: no such point yet). Order 2 costs O(N^3) per stage, order 3 O(N^4): every step and every history gap
-  spans at most `window` teacher intervals. The default window is N for order <= 2 and otherwise the largest that
-  keeps (N + 1) (window + 1)^order within about 4e7 table entries, never below ceil(N / M) + 1 (so that M steps can
-  reach N); for N = 200, order 3 that is 57 (about 30 s on one CPU core, where the first step of an M = 5 or 10
-  schedule is held at the window). Back-tracking runs on the host.
-
-"olss" and "search" are named in DESIGN.md but not built yet.
+Each pair runs as `samplers.sample(model_fn, solver, process, x, ts, prediction=...)` and is saved with its
+provenance by `schedules.save_learned(path, solver, ts, process=..., method=...)`; `samplers.get_solver("file",
+path=path)` loads the solver back and `get_timesteps("file", process, M, path=path)` its grid.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 import samplers
+from core import Registry
 from models import predictions
-from samplers.multistep import LinearMultistep
-from schedules.grids import get_timesteps
-from schedules.optimal.distillation import _check_step_count, _check_teacher_steps, _with_args, teacher_trajectory
-from schedules.processes import as_float, get_process
+from schedules.optimal import multistep_dp, olss, solver_search
+from schedules.optimal.distillation import _check_step_count, _check_teacher_steps
+from schedules.optimal.teacher import Teacher
+from schedules.processes import get_process
 
-METHODS = ("dp", "olss", "search")
-NOT_BUILT = {
-    "olss": "OLSS (optimal linear subspace search) needs its least-squares fit of the update weights, which is not "
-            "written",
-    "search": "the greedy / random schedule search around a grid is not written",
-}
-TABLE_BUDGET = 4e7  # entries of the largest cost table (N + 1) (window + 1)^order that the default window allows
+METHODS = Registry("learning method", {"dp": multistep_dp.learn_dp, "olss": olss.learn_olss,
+                                       "search": solver_search.learn_search},
+                   reserved=("teacher", "x_init", "num_steps"))
 
 
-def _resolve_solver(solver, solver_options):
-    if isinstance(solver, str):
-        solver = samplers.get_solver(solver, **solver_options)
-    elif solver_options:
-        raise ValueError(f"solver options {sorted(solver_options)} are for a solver given by name; got a Solver")
-    if not isinstance(solver, LinearMultistep) or not hasattr(solver, "table"):
-        raise ValueError(f"learn('dp') prices a linear multistep solver's own update (a solver with a coefficient "
-                         f"`table`: ddim, deis_tab, deis_rhoab, ipndm, dpmpp_2m, dpmpp_3m); got {solver.name}")
-    if getattr(solver, "stochastic", False) or getattr(solver, "corrector", False):
-        raise ValueError(f"learn('dp') needs a deterministic multistep update without a corrector; {solver.name} "
-                         f"is stochastic or corrected")
-    return solver
+def learn(method: str, model_fn: Callable, process, x_init, num_steps: int, *, prediction: str = "eps",
+          args: Any = None, teacher_steps: int = 200, teacher_grid: str = "logsnr",
+          teacher_solver=("deis_tab", {"order": 3}), t_min: float | None = None, t_max: float | None = None,
+          return_info: bool = False, **options):
+    """Learn an M-step sampler from a teacher on the calibration batch x_init.
 
-
-def default_window(n, num_steps, order):
-    """The default step window (module docstring)."""
-    if order <= 2:
-        return n
-    w = int(math.floor((TABLE_BUDGET / (n + 1)) ** (1.0 / order))) - 1
-    return int(min(n, max(w, math.ceil(n / num_steps) + 1)))
-
-
-def local_row(solver, process, local_ts):
-    """(a, b (order,)) of the last row of solver.table on a local grid of K + 1 times, the last row of order K."""
-    k = local_ts.shape[0] - 1
-    a, b = solver.table(process, local_ts, np.arange(1, k + 1))
-    return a[-1], b[-1]
-
-
-def gram_matrix(teacher, preds):
-    """G[u, v] = mean over the batch and elements of V_u V_v, V = (T[0..N], m[0..N]); float64 on the host."""
-    n1 = teacher.shape[0]
-    v = np.concatenate([np.asarray(teacher, np.float64).reshape(n1, -1),
-                        np.asarray(preds, np.float64).reshape(n1, -1)], axis=0)
-    return v @ v.T / v.shape[1]
-
-
-def _gap_grid(k, w):
-    """All (e, d_1, ..., d_{k-1}) in [0, w]^k, flattened: (w + 1)^k rows, C-order."""
-    return np.stack(np.meshgrid(*([np.arange(w + 1)] * k), indexing="ij"), axis=-1).reshape(-1, k)
-
-
-def cost_table(solver, process, ts, gram, k, window, chunk=1 << 16):
-    """C[i, e, d_1, ..., d_{k-1}] (shape (N+1,) + (window+1,)*k): the cost of an order-k step from teacher index i
-    to i + e with history points i - d_1, i - d_1 - d_2, ...; inf where a gap is 0 or a point is off the grid."""
-    n1 = ts.shape[0]
-    gaps = _gap_grid(k, window)  # (R, k): e, d_1..d_{k-1}
-    i = np.repeat(np.arange(n1), gaps.shape[0])
-    gaps = np.tile(gaps, (n1, 1))
-    e, d = gaps[:, 0], gaps[:, 1:]
-    hist = i[:, None] - np.cumsum(d, axis=1) if k > 1 else np.zeros((i.shape[0], 0), np.int64)  # newest first
-    valid = (e >= 1) & (i + e < n1) & np.all(d >= 1, axis=1) & np.all(hist >= 0, axis=1)
-    sel = np.flatnonzero(valid)
-    out = np.full(i.shape[0], np.inf)
-    if sel.size == 0:
-        return out.reshape((n1,) + (window + 1,) * k)
-    pts = np.concatenate([hist[sel][:, ::-1], i[sel, None], (i + e)[sel, None]], axis=1)  # oldest first, (S, k+1)
-    nn = n1
-    # vector indices in the Gram matrix: x = T[i], m at i, i - d_1, ..., target T[i + e]
-    vidx = np.concatenate([i[sel, None], nn + i[sel, None], nn + hist[sel], (i + e)[sel, None]], axis=1)
-    g = jnp.asarray(gram)
-    ts = jnp.asarray(ts)
-
-    @jax.jit
-    def price(pts_c, vidx_c):
-        a, b = jax.vmap(lambda p: local_row(solver, process, ts[p]))(pts_c)
-        c = jnp.concatenate([a[:, None], b[:, :k].astype(a.dtype),
-                             -jnp.ones((a.shape[0], 1), a.dtype)], axis=1).astype(g.dtype)
-        sub = g[vidx_c[:, :, None], vidx_c[:, None, :]]
-        return jnp.einsum("sa,sab,sb->s", c, sub, c)
-
-    pad = (-sel.size) % chunk if sel.size > chunk else 0
-    pts_p = np.concatenate([pts, np.repeat(pts[:1], pad, axis=0)])
-    vidx_p = np.concatenate([vidx, np.repeat(vidx[:1], pad, axis=0)])
-    size = min(chunk, pts_p.shape[0])
-    vals = [np.asarray(price(pts_p[s:s + size], vidx_p[s:s + size])) for s in range(0, pts_p.shape[0], size)]
-    out[sel] = np.concatenate(vals)[: sel.size]
-    return out.reshape((n1,) + (window + 1,) * k)
-
-
-def dp_schedule(tables, step_orders, n, window, state_order):
-    """The best path 0 = i_0 < ... < i_M = n under per-step cost tables {K: cost_table(K)}.
-
-    State after a step: (j, d_1, ..., d_{P-1}), P = state_order >= 2, d the gaps to the earlier points, 0 when the
-    point does not exist. Returns (indices (M + 1,), total cost)."""
-    p = state_order
-    w1 = window + 1
-    n1 = n + 1
-    shape = (n1,) + (w1,) * (p - 1)
-    f = np.full(shape, np.inf)
-    f[(0,) + (0,) * (p - 1)] = 0.0
-    pointers = []
-    for k_order in step_orders:
-        k_order = int(k_order)
-        cost = tables[k_order]  # (n1, w1 [e], w1^(k-1) [d_1..d_{k-1}])
-        new = np.full(shape, np.inf)
-        ptr = np.zeros(shape, np.int64)
-        for e in range(1, w1):
-            c = cost[:, e]  # (n1, w1^(k-1)), broadcast over d_k..d_{p-1}
-            c = c.reshape(c.shape + (1,) * (p - k_order))
-            total = f + c  # (n1 [old j], d_1..d_{p-1})
-            best = np.argmin(total, axis=-1)
-            val = np.take_along_axis(total, best[..., None], axis=-1)[..., 0]  # (n1, d_1..d_{p-2})
-            new[e:, e] = val[: n1 - e]
-            ptr[e:, e] = best[: n1 - e]
-        pointers.append(ptr)
-        f = new
-    final = f[n]
-    flat = int(np.argmin(final))
-    total = float(final.reshape(-1)[flat])
-    if not np.isfinite(total):
-        raise ValueError(f"no {len(step_orders)}-step schedule reaches the last teacher index with steps of at most "
-                         f"window = {window} teacher intervals; raise the window")
-    state = (n,) + np.unravel_index(flat, final.shape)
-    path = [n]
-    for ptr in reversed(pointers):
-        j, gaps = state[0], state[1:]
-        dropped = int(ptr[state])
-        state = (j - gaps[0],) + tuple(gaps[1:]) + (dropped,)
-        path.append(int(state[0]))
-    return np.asarray(path[::-1]), total
-
-
-def path_cost_direct(solver, process, ts, teacher, preds, path, step_orders):
-    """The same objective, computed directly on the teacher vectors (no Gram matrix): for tests and checks."""
-    total = 0.0
-    for k, order in enumerate(step_orders):
-        order = int(order)
-        hist = path[k - order + 1: k + 1][::-1]  # newest first
-        local = jnp.asarray(ts)[np.asarray(list(path[k - order + 1: k + 2]))]
-        a, b = local_row(solver, process, local)
-        y = a * teacher[path[k]] + sum(b[j] * preds[hist[j]] for j in range(order))
-        total += float(jnp.mean((y - teacher[path[k + 1]]) ** 2))
-    return total
-
-
-def teacher_and_predictions(model_fn, solver, process, x_init, ts, prediction, args, teacher_solver):
-    teacher = samplers.get_solver(teacher_solver[0], **dict(teacher_solver[1]))
-    trajectory = teacher_trajectory(model_fn, process, x_init, ts, teacher, prediction, args)
-    native = predictions.converted(_with_args(model_fn, args), prediction, solver.native, process)
-    preds = jax.jit(jax.vmap(native))(trajectory, ts)
-    return trajectory, preds, teacher
-
-
-def learn(method: str, model_fn: Callable, process, x_init: jax.Array, num_steps: int, *, prediction: str = "eps",
-          args: Any = None, solver="dpmpp_2m", teacher_steps: int = 200, teacher_grid: str = "logsnr",
-          teacher_solver=("deis_tab", {"order": 3}), window: int | None = None, t_min: float | None = None,
-          t_max: float | None = None, return_info: bool = False, **solver_options):
-    """Learn a num_steps schedule for a multistep solver ("dp"; "olss" and "search" are not built yet).
-
-    Args: as `schedules.distill` (model_fn, process, x_init at t_max, prediction, args, teacher_steps, teacher_grid,
-      teacher_solver); solver a linear multistep solver (name, with `solver_options`, or a Solver) whose own update
-      the DP prices; window the largest span, in teacher intervals, of a step and of each history gap (module
-      docstring for the default).
+    Args:
+      method: "dp", "olss" or "search" (module docstring).
+      model_fn, process, x_init, prediction, args: as `samplers.sample` (x_init at t_max is the calibration batch:
+        evaluate the result on other noise).
+      num_steps: M, the student's steps.
+      teacher_steps, teacher_grid, teacher_solver: the teacher's fine solve from x_init (a (name, options) pair, a
+        name, or a Solver), as `schedules.distill`.
+      t_min, t_max: the ends of the grids (default: the process's).
+      return_info: also return a dict of what was found and what it cost (model calls per calibration sample).
+      **options: the method's own: dp (solver, window and the solver's options), olss (times, fit, rank), search
+        (solvers, grids, budget, moves, strategies).
 
     Returns:
-      (solver, ts): the solver object and ts (M + 1,) teacher times from t_max to t_min, so that
-      samplers.sample(model_fn, solver, process, x, ts, prediction=prediction) runs it; with return_info, also a dict
-      (indices, cost, window, timings).
+      (solver, ts) for `samplers.sample`, and info with return_info.
+
+    Example:
+        >>> import jax, schedules, samplers
+        >>> from models import GaussianMixture
+        >>> p = schedules.get_process("vp_linear")
+        >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=2)
+        >>> x_cal = p.prior(jax.random.PRNGKey(1), (64, 2))
+        >>> solver, ts = schedules.learn("olss", gm.model_fn(p), p, x_cal, 4, teacher_steps=40)
+        >>> x, info = samplers.sample(gm.model_fn(p), solver, p, p.prior(jax.random.PRNGKey(2), (8, 2)), ts)
+        >>> info["nfe"]
+        4
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown learning method {method!r}; valid names: {sorted(METHODS)}")
-    if method in NOT_BUILT:
-        raise NotImplementedError(f"schedules.learn({method!r}) is not built yet: {NOT_BUILT[method]}; use 'dp'")
-    solver = _resolve_solver(solver, solver_options)
+    fn = METHODS.lookup(method)
+    if not any(q.kind is inspect.Parameter.VAR_KEYWORD for q in inspect.signature(fn).parameters.values()):
+        METHODS.check_options(method, options)
     _check_teacher_steps(teacher_steps)
     _check_step_count(num_steps, teacher_steps)
-    solver.check_grid(int(num_steps))
     predictions.check_kind(prediction)
     process = get_process(process) if isinstance(process, str) else process
     if isinstance(teacher_solver, str):
         teacher_solver = (teacher_solver, {})
+    if not isinstance(teacher_solver, samplers.Solver):
+        teacher_solver = samplers.get_solver(teacher_solver[0], **dict(teacher_solver[1]))
     x_init = jnp.asarray(x_init)
     if x_init.ndim < 1 or x_init.shape[0] < 1:
         raise ValueError(f"x_init must have a leading batch axis with at least one sample, got shape {x_init.shape}")
-    n, m = int(teacher_steps), int(num_steps)
-    if window is None:
-        window = default_window(n, m, solver.order)
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 1 <= window:
-        raise ValueError(f"window must be an integer >= 1, got {window!r}")
-    window = int(min(window, n))
-    ts = get_timesteps(teacher_grid, process, n, t_min=t_min, t_max=t_max)
-    trajectory, preds, _ = teacher_and_predictions(model_fn, solver, process, x_init, ts, prediction, args,
-                                                   teacher_solver)
-    gram = gram_matrix(trajectory, preds)
-    orders = solver.step_orders(m)
-    tables = {int(k): cost_table(solver, process, np.asarray(ts), gram, int(k), window) for k in sorted(set(orders))}
-    indices, cost = dp_schedule(tables, orders, n, window, max(solver.order, 2))
-    ts_out = as_float(np.asarray(ts)[indices])
+    teacher = Teacher(model_fn=model_fn, process=process, prediction=prediction, args=args,
+                      num_steps=int(teacher_steps), grid_name=teacher_grid, solver=teacher_solver, t_min=t_min,
+                      t_max=t_max)
+    solver, ts, info = fn(teacher, x_init, int(num_steps), **options)
     if return_info:
-        info = dict(method=method, indices=indices, cost=cost, window=window, teacher_ts=np.asarray(ts),
-                    step_orders=np.asarray(orders), model_calls=n * samplers.get_solver(
-                        teacher_solver[0], **dict(teacher_solver[1])).stages + n + 1)
-        return solver, ts_out, info
-    return solver, ts_out
+        return solver, ts, dict(info, method=method)
+    return solver, ts
 
 
 __all__ = ["learn"]

@@ -1,0 +1,179 @@
+"""OLSS, Optimal Linear Subspace Search (Duan et al. 2023): a sampler whose every step is the least-squares
+combination of what the sampling has produced so far: `schedules.learn("olss", ...)`.
+
+The sampler is a linear table (`samplers.linear_table`): x_{r+1} = W[r, 0] d_0 + sum_{j <= r} W[r, 1 + j] e_j, with
+e_j the model's noise prediction at the sampler's own point x_j and d_0 = (x_T - sigma_0 e_0) / alpha_0 (the paper
+weighs x_T; the span is the same). Row r is fitted by least squares to the teacher's state at t_{r+1} over every
+element of every calibration sample (one weight per basis vector, shared by all of them), in float64 through the
+Gram matrix of the basis (d_0, e_0, ..., e_r):
+
+- fit="student" (default): e_j are the predictions at the student's own points, made by the rows already fitted (one
+  batched model call per step, M per calibration sample), so each row is fitted on the inputs it will see and
+  corrects the error the earlier rows left.
+- fit="teacher": e_j are the predictions at the teacher's states at t_j, as the authors' released code fits them
+  (no model call after the teacher); the student then runs on points it was not fitted on.
+- rank: the least squares in the principal subspace of the basis: only the `rank` eigenvectors of its Gram matrix
+  with the largest eigenvalues are used (None: all above rcond * the largest), which regularises nearly collinear
+  predictions at close times.
+
+The time points (`times`):
+- "olss", the paper's search, on the teacher grid and the Gram matrix of the teacher's states and predictions (no
+  model call): for a bound b, a greedy path goes from each chosen point to the furthest teacher index whose state the
+  least-squares fit on (x_T, the teacher's predictions at the points chosen so far) reaches within mean squared error
+  b (at least one index on); bisection on b finds the smallest bound whose path reaches t_min in at most M steps, and
+  a shorter path is filled up by halving its longest steps.
+- a grid name ("logsnr", "quadratic", ...): that grid of M steps; the teacher then runs on it refined into equal
+  log-SNR substeps (about teacher_steps in all), so that its states fall on the student's times.
+
+With M equal to the teacher's own steps and the teacher a linear sampler, the fit reproduces the teacher's table
+exactly; on a one-component isotropic Gaussian every flow map is affine in x_T, so two basis vectors fit it exactly
+(tests/test_olss.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samplers.linear_table import LinearTable
+from schedules.grids import get_timesteps
+from schedules.optimal.teacher import gram_matrix
+from schedules.processes import as_float
+
+FITS = ("student", "teacher")
+RCOND = 1e-12  # eigenvalues of the basis Gram matrix below RCOND * the largest are dropped
+BISECTION_STEPS = 60
+
+
+def least_squares(gram_basis: np.ndarray, cross: np.ndarray, rank: int | None = None) -> np.ndarray:
+    """w minimising mean ||w . V - y||^2 from G = mean V V^T (K, K) and c = mean V y (K, ...): the solution in the
+    span of G's leading eigenvectors (the `rank` largest, and none below RCOND * the largest eigenvalue)."""
+    eigval, eigvec = np.linalg.eigh(gram_basis)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    keep = eigval > RCOND * max(eigval[0], 0.0)
+    if rank is not None:
+        keep &= np.arange(eigval.size) < rank
+    inv = np.where(keep, 1.0 / np.where(keep, eigval, 1.0), 0.0)
+    return eigvec @ (inv[:, None] * (eigvec.T @ cross)) if cross.ndim == 2 else eigvec @ (inv * (eigvec.T @ cross))
+
+
+def residuals(gram: np.ndarray, basis: list[int], targets: np.ndarray, rank: int | None = None) -> np.ndarray:
+    """Mean squared error of the least-squares fit of each target vector (indices into gram) on the basis vectors."""
+    g_b = gram[np.ix_(basis, basis)]
+    cross = gram[np.ix_(basis, targets)]  # (K, J)
+    w = least_squares(g_b, cross, rank)
+    return np.diag(gram)[targets] - 2 * np.sum(w * cross, axis=0) + np.einsum("kj,kl,lj->j", w, g_b, w)
+
+
+def greedy_path(gram: np.ndarray, n: int, num_steps: int, bound: float, rank: int | None = None):
+    """The paper's greedy path under `bound` on the Gram matrix of (T[0..n], e[0..n]): from each chosen point, the
+    furthest teacher index whose state the least-squares fit on (T[0], e at the chosen points) reaches within mean
+    squared error `bound` (at least one index on). The path (a list), or None when it needs more than num_steps."""
+    states, preds = np.arange(n + 1), n + 1 + np.arange(n + 1)
+    path = [0]
+    while path[-1] < n and len(path) <= num_steps:
+        candidates = states[path[-1] + 1:]
+        err = residuals(gram, [0] + [int(preds[i]) for i in path], candidates, rank)
+        within = np.flatnonzero(err <= bound)
+        path.append(int(candidates[within[-1]]) if within.size else path[-1] + 1)
+    return path if path[-1] == n else None
+
+
+def olss_path(gram: np.ndarray, n: int, num_steps: int, rank: int | None = None) -> tuple[np.ndarray, float]:
+    """The paper's time search (module docstring): (indices (M + 1,), the smallest bound b, to bisection precision,
+    whose greedy path takes at most M steps)."""
+    lo, hi = 0.0, float(np.max(np.diag(gram)[: n + 1])) + 1.0
+    for _ in range(BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if greedy_path(gram, n, num_steps, mid, rank) is not None else (mid, hi)
+    path = greedy_path(gram, n, num_steps, hi, rank)
+    while len(path) < num_steps + 1:  # fewer steps than asked: halve the longest
+        k = int(np.argmax(np.diff(path)))
+        path.insert(k + 1, (path[k] + path[k + 1]) // 2)
+    return np.asarray(path), hi
+
+
+def refined_grid(process, ts: np.ndarray, per_step: int) -> np.ndarray:
+    """ts with every interval split into `per_step` substeps equal in log-SNR: ts are its points 0, per_step, ..."""
+    with jax.enable_x64(True):
+        lam = np.asarray(process.log_snr(jnp.asarray(ts, jnp.float64)))
+        frac = np.arange(per_step) / per_step
+        inner = (lam[:-1, None] + frac[None, :] * (lam[1:] - lam[:-1])[:, None]).reshape(-1)
+        fine = np.array(process.t_of_log_snr(jnp.asarray(inner)), np.float64)
+    fine[::per_step] = ts[:-1]  # the student's times exactly, not through log-SNR and back
+    return np.concatenate([fine, ts[-1:]])
+
+
+def fit_rows(basis_rows, targets, rank=None):
+    """Row weights by least squares: basis (K, n) float64, targets (n,). Returns (w (K,), mean squared residual)."""
+    g = basis_rows @ basis_rows.T / basis_rows.shape[1]
+    c = basis_rows @ targets / basis_rows.shape[1]
+    w = least_squares(g, c, rank)
+    return w, float(np.mean((w @ basis_rows - targets) ** 2))
+
+
+def learn_olss(teacher, x_init, num_steps, *, times: str = "olss", fit: str = "student", rank: int | None = None):
+    """The OLSS sampler of `num_steps` steps (module docstring).
+
+    Args:
+      teacher: the `teacher.Teacher` (model, process, teacher grid and solver).
+      times: "olss" (the paper's search on the teacher grid) or a grid name of `schedules.GRIDS`.
+      fit: "student" or "teacher" (whose predictions form the least-squares basis).
+      rank: keep this many principal directions of the basis (None: all that are numerically nonzero).
+
+    Returns:
+      (LinearTable, ts (M + 1,), info: indices on the teacher grid, fit_mse per row, bound, model calls per sample).
+    """
+    if fit not in FITS:
+        raise ValueError(f"unknown OLSS fit {fit!r}; valid fits: {list(FITS)}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1):
+        raise ValueError(f"rank must be None or an integer >= 1, got {rank!r}")
+    if not isinstance(times, str):
+        raise ValueError(f"times must be 'olss' or the name of a grid, got {times!r}")
+    m = int(num_steps)
+    process = teacher.process
+    eps_model = teacher.model("eps")
+    info = {"times": times, "fit": fit, "rank": rank}
+    if times == "olss":
+        ts_teacher = teacher.grid()
+        states, preds, _ = teacher.states_and_predictions(x_init, ts_teacher, "eps")
+        indices, bound = olss_path(gram_matrix(states, preds), teacher.num_steps, m, rank)
+        info.update(bound=bound)
+        calls = teacher.model_calls(teacher.num_steps) + teacher.num_steps + 1
+    else:
+        per_step = max(1, math.ceil(teacher.num_steps / m))
+        ts_student = np.asarray(get_timesteps(times, process, m, t_min=teacher.t_min, t_max=teacher.t_max),
+                                np.float64)
+        ts_teacher = as_float(refined_grid(process, ts_student, per_step))
+        indices = np.arange(m + 1) * per_step
+        states = teacher.states(x_init, ts_teacher)
+        preds = jax.jit(jax.vmap(eps_model))(states, ts_teacher) if fit == "teacher" else None
+        calls = teacher.model_calls(m * per_step) + (m * per_step + 1 if fit == "teacher" else 0)
+    ts = jnp.asarray(ts_teacher)[indices]
+    flat = lambda a: np.asarray(a, np.float64).reshape(-1)
+    with jax.enable_x64(True):
+        alpha0, sigma0 = float(process.alpha(ts[0])), float(process.sigma(ts[0]))
+    basis, weights, mse = [], np.zeros((m, m + 1)), []
+    x = jnp.asarray(x_init)
+    call = jax.jit(eps_model)
+    for r in range(m):
+        e = call(x, ts[r]) if fit == "student" else preds[indices[r]]
+        if r == 0:
+            basis.append((flat(x_init) - sigma0 * flat(e)) / alpha0)  # d_0
+        basis.append(flat(e))
+        w, err = fit_rows(np.stack(basis), flat(states[indices[r + 1]]), rank)
+        weights[r, : r + 2] = w
+        mse.append(err)
+        if fit == "student":
+            x = jnp.asarray((w @ np.stack(basis)).reshape(x.shape), x.dtype)
+    if fit == "student":
+        calls += m
+    info.update(indices=np.asarray(indices), fit_mse=np.asarray(mse), teacher_ts=np.asarray(ts_teacher),
+                model_calls=int(calls))
+    table = LinearTable.from_array(weights, np.asarray(ts), process, method="olss")
+    return table, as_float(np.asarray(ts)), info
+

@@ -1,0 +1,61 @@
+"""The teacher every learned sampler is fitted to: the model, its process, and a fine solve on a teacher grid from
+the calibration noise (`schedules.learn`'s methods share it), with the Gram matrix of its states and predictions on
+which the least-squares and DP costs are computed without further model calls."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+import samplers
+from models import predictions
+from schedules.grids import get_timesteps
+from schedules.optimal.distillation import _with_args, teacher_trajectory
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """model_fn (x, t[, args]) -> `prediction`; num_steps and grid_name the teacher grid (from t_max to t_min);
+    solver the teacher's (fine, fixed-step) solver."""
+
+    model_fn: Callable
+    process: Any
+    prediction: str
+    args: Any
+    num_steps: int
+    grid_name: str
+    solver: samplers.Solver
+    t_min: float | None = None
+    t_max: float | None = None
+
+    def grid(self, num_steps: int | None = None) -> jax.Array:
+        """The teacher grid (num_steps + 1,), by default of the teacher's own number of steps."""
+        return get_timesteps(self.grid_name, self.process, num_steps or self.num_steps, t_min=self.t_min,
+                             t_max=self.t_max)
+
+    def model(self, native: str) -> Callable:
+        """(x, t) -> the model's `native` prediction (args bound)."""
+        return predictions.converted(_with_args(self.model_fn, self.args), self.prediction, native, self.process)
+
+    def states(self, x_init, ts) -> jax.Array:
+        """The teacher's state at every point of ts: (len(ts), *x_init.shape)."""
+        return teacher_trajectory(self.model_fn, self.process, x_init, ts, self.solver, self.prediction, self.args)
+
+    def states_and_predictions(self, x_init, ts, native: str):
+        """(states, the `native` prediction at each state (one batched call), the teacher solver)."""
+        trajectory = self.states(x_init, ts)
+        return trajectory, jax.jit(jax.vmap(self.model(native)))(trajectory, ts), self.solver
+
+    def model_calls(self, num_steps: int) -> int:
+        """Model calls of a teacher solve of num_steps steps, per sample."""
+        return self.solver.nfe(num_steps)
+
+
+def gram_matrix(*stacks) -> np.ndarray:
+    """G[u, v] = mean over the batch and elements of V_u V_v, V the vectors of the stacks (each (K, *shape))
+    concatenated; float64 on the host."""
+    v = np.concatenate([np.asarray(s, np.float64).reshape(s.shape[0], -1) for s in stacks], axis=0)
+    return v @ v.T / v.shape[1]
