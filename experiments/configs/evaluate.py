@@ -12,13 +12,17 @@ Variants (`evaluate.py:ARG`, comma-separated):
                     the class-conditional runs (`digits_vp.py:conditional`, `digits_fm.py:conditional`) in
                     outputs/digits_*_cond, sampled with balanced labels; `--config.guidance_scale=2.0` guides them;
   model=oracle      the Gaussian-mixture oracle on vp_linear, scored by the exact error (no training needed);
+  model=boss_fm4, model=boss_fm6
+                    digits_fm straightened on its 4 or 6 Bellman steps (`boss_straighten.py`, outputs/boss_fm*);
   smoke             two solvers, two grids, NFE 4 and 6, 64 samples: for tests;
   solvers=knobs     instead of the table's rows: DEIS tAB3, iPNDM and DPM-Solver++(3M) with and without
                     lower_order_final and denoise_to_zero, DPM-Solver++(2M) with UniC, and UniPC-3.
 Overrides: `--config.checkpoint_dir=...`, `--config.num_samples=2000`, `--config.nfes='(5, 10)'`,
 `--config.only='("DDIM", "DEIS tAB3")'`, `--config.grids='("logsnr",)'`, `--config.reference=False`,
 `--config.metric=fid --config.fid_weights=inception_fid.npz`. Grids may be "file:PATH" for distilled schedule files
-({nfe} and {num_steps} in PATH are filled in), e.g. "file:outputs/oss/vp_nfe{nfe}.json".
+({nfe} and {num_steps} in PATH are filled in), e.g. "file:outputs/oss/vp_nfe{nfe}.json". Learned samplers
+(`scripts/learn_sampler.py`, one file per NFE) add rows on their own grids:
+`--config.learned='("OLSS=outputs/learned_vp/olss_nfe{nfe}.json",)'`.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ MODELS = {
                        "vp_linear"),
     "digits_fm_cond": ("experiments/configs/digits_fm.py:conditional", "outputs/digits_fm_cond", "fd_digits", "ot"),
     "oracle": ("", "", "exact", "vp_linear"),
+    # digits_fm straightened by BOSS on its 4 or 6 Bellman steps (boss_straighten.py); grid
+    # "file:outputs/boss_fm6/bellman_s6.json" gives those steps
+    "boss_fm4": ("experiments/configs/boss_straighten.py:num_steps=4", "outputs/boss_fm4", "fd_digits", "ot"),
+    "boss_fm6": ("experiments/configs/boss_straighten.py:num_steps=6", "outputs/boss_fm6", "fd_digits", "ot"),
 }
 
 
@@ -98,6 +106,7 @@ def get_config(arg=None):
     c.only = ()  # a subset of the solver labels to run, e.g. --config.only='("DDIM", "DEIS tAB3")'; () = all
     c.grids = ("uniform", "logsnr") if arg.smoke else ("uniform", "quadratic", "logsnr", "edm")
     c.nfes = (4, 6) if arg.smoke else (4, 6, 8, 10, 15, 20)
+    c.learned = ()  # learned samplers, "LABEL=PATH" with {nfe} in PATH (schedules.save_learned files), a row each
     c.t_min = ml_collections.config_dict.placeholder(float)  # the grids' ends; None = the process's
     c.t_max = ml_collections.config_dict.placeholder(float)
     c.reference = not arg.smoke  # add the adaptive diffrax solver's row

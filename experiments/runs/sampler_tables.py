@@ -75,12 +75,35 @@ def plan_cells(config, process):
                 row = {"label": entry["label"], "solver": entry["name"], "options": dict(entry.get("options", {})),
                        "grid": grid, "nfe_budget": int(nfe), "num_steps": num_steps}
                 cells.append((row, solver, ts))
+    for entry in config.learned:
+        cells.extend(_learned_cells(entry, config.nfes))
     if config.reference:
         solver = samplers.get_solver("adaptive", **dict(config.reference_options))
         ts = np.asarray(schedules.get_timesteps("uniform", process, 1, **_ends(config)))
         cells.append(({"label": "adaptive reference", "solver": "adaptive",
                        "options": dict(config.reference_options), "grid": "adaptive", "nfe_budget": None,
                        "num_steps": None}, solver, ts))
+    return cells
+
+
+def _learned_cells(entry, nfes):
+    """The cells of a learned sampler (`schedules.learn`, saved by `schedules.save_learned`), one file per NFE:
+    entry "LABEL=PATH" or "PATH", with {nfe} in PATH; the grid is the file's own ("learned")."""
+    label, has_label, template = entry.partition("=")
+    if not has_label:
+        label, template = os.path.basename(entry).split("{nfe}")[0].rstrip("_") or entry, entry
+    if "{nfe}" not in template:
+        raise ValueError(f"learned entry {entry!r}: the path needs {{nfe}} (one learned file per NFE of the table)")
+    cells = []
+    for nfe in nfes:
+        path = template.format(nfe=nfe)
+        solver, ts = samplers.load_learned(path)
+        num_steps = ts.shape[0] - 1
+        if solver.nfe(num_steps) != nfe:
+            raise ValueError(f"{path}: a sampler of {solver.nfe(num_steps)} model calls in the column of NFE {nfe}")
+        row = {"label": label, "solver": solver.name, "options": {"path": path}, "grid": "learned",
+               "nfe_budget": int(nfe), "num_steps": num_steps}
+        cells.append((row, solver, ts))
     return cells
 
 
