@@ -57,8 +57,8 @@ def least_squares(gram_basis: np.ndarray, cross: np.ndarray, rank: int | None = 
     keep = eigval > RCOND * max(eigval[0], 0.0)
     if rank is not None:
         keep &= np.arange(eigval.size) < rank
-    inv = np.where(keep, 1.0 / np.where(keep, eigval, 1.0), 0.0)
-    return eigvec @ (inv[:, None] * (eigvec.T @ cross)) if cross.ndim == 2 else eigvec @ (inv * (eigvec.T @ cross))
+    inv = np.where(keep, 1.0 / np.where(keep, eigval, 1.0), 0.0).reshape((-1,) + (1,) * (cross.ndim - 1))
+    return eigvec @ (inv * (eigvec.T @ cross))
 
 
 def residuals(gram: np.ndarray, basis: list[int], targets: np.ndarray, rank: int | None = None) -> np.ndarray:
@@ -150,8 +150,10 @@ def learn_olss(teacher, x_init, num_steps, *, times: str = "olss", fit: str = "s
                                 np.float64)
         ts_teacher = as_float(refined_grid(process, ts_student, per_step))
         indices = np.arange(m + 1) * per_step
-        states = teacher.states(x_init, ts_teacher)
-        preds = jax.jit(jax.vmap(eps_model))(states, ts_teacher) if fit == "teacher" else None
+        if fit == "teacher":
+            states, preds, _ = teacher.states_and_predictions(x_init, ts_teacher, "eps")
+        else:
+            states, preds = teacher.states(x_init, ts_teacher), None
         calls = teacher.model_calls(m * per_step) + (m * per_step + 1 if fit == "teacher" else 0)
     ts = jnp.asarray(ts_teacher)[indices]
     flat = lambda a: np.asarray(a, np.float64).reshape(-1)

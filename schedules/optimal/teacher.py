@@ -45,9 +45,13 @@ class Teacher:
         return teacher_trajectory(self.model_fn, self.process, x_init, ts, self.solver, self.prediction, self.args)
 
     def states_and_predictions(self, x_init, ts, native: str):
-        """(states, the `native` prediction at each state (one batched call), the teacher solver)."""
+        """(states, the `native` prediction at each state, the teacher solver). The predictions are one compiled
+        loop over the teacher's points, a batch at a time: a network's activations for every point at once would
+        not fit in memory (200 points x 512 digits images are 100,000 images)."""
         trajectory = self.states(x_init, ts)
-        return trajectory, jax.jit(jax.vmap(self.model(native)))(trajectory, ts), self.solver
+        model = self.model(native)
+        preds = jax.jit(lambda xs, t: jax.lax.map(lambda a: model(*a), (xs, t)))(trajectory, ts)
+        return trajectory, preds, self.solver
 
     def model_calls(self, num_steps: int) -> int:
         """Model calls of a teacher solve of num_steps steps, per sample."""
