@@ -73,6 +73,19 @@ def test_the_time_search_meets_its_bound_and_no_smaller_one(mixture):
     assert olss.greedy_path(gram, n, m, 0.99 * bound) is None
 
 
+def test_refining_the_times_only_lowers_the_calibration_error(mixture):
+    gm, x_cal, _ = mixture
+    runs = {budget: schedules.learn("olss", gm.model_fn(P), P, x_cal, 4, teacher_steps=40, refine=budget,
+                                    return_info=True) for budget in (0, 30)}
+    (_, _, before), (solver, ts, after) = runs[0], runs[30]
+    assert after["mse"] <= before["mse"] and after["fits"] <= 32
+    teacher_ts = jnp.asarray(after["teacher_ts"])
+    target = samplers.sample(gm.model_fn(P), samplers.get_solver("deis_tab", order=3), P, x_cal, teacher_ts)[0]
+    x = samplers.sample(gm.model_fn(P), solver, P, x_cal, ts)[0]
+    np.testing.assert_allclose(float(jnp.mean((x - target) ** 2)), after["mse"], rtol=1e-6)
+    assert after["model_calls"] == 40 + 41 + after["fits"] * 4
+
+
 def test_olss_beats_the_fixed_solvers_on_held_out_noise(mixture):
     gm, x_cal, x_eval = mixture
     m = 5
@@ -130,6 +143,8 @@ def test_bad_learned_files_fail_clearly(mixture, tmp_path):
         samplers.get_solver("file", path=bad)
     with pytest.raises(ValueError, match="unknown OLSS fit"):
         schedules.learn("olss", gm.model_fn(P), P, x_cal, 3, teacher_steps=30, fit="both")
+    with pytest.raises(ValueError, match="refine must be"):
+        schedules.learn("olss", gm.model_fn(P), P, x_cal, 3, teacher_steps=30, refine=-1)
     with pytest.raises(ValueError, match="rank must be"):
         schedules.learn("olss", gm.model_fn(P), P, x_cal, 3, teacher_steps=30, rank=0)
     with pytest.raises(ValueError, match="unknown grid|valid names"):
