@@ -28,6 +28,7 @@ restated here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -151,28 +152,33 @@ def table_of(solver: Solver, process, ts) -> np.ndarray:
                          f"it has no table on (d_0, e_0, ...)")
     with jax.enable_x64(True):
         ts = jnp.asarray(np.asarray(ts, np.float64))
-        m = ts.shape[0] - 1
-        basis = jnp.eye(m + 1)
-        calls = []
+        return np.asarray(_symbolic_run(solver, process, ts.shape[0] - 1)(ts))
+
+
+@functools.lru_cache(maxsize=64)
+def _symbolic_run(solver, process, m):
+    """The solver's own steps on coefficient vectors, unrolled over the m steps and compiled once: ts -> rows."""
+
+    def run(ts):
+        basis = jnp.eye(m + 1, dtype=ts.dtype)
+        calls = []  # filled while tracing: the unrolled loop traces every step's model call once
 
         def model(x, t):
-            i = len(calls)
-            if i >= m or float(t) != float(ts[i]):
-                raise ValueError(f"{solver.name} calls the model at t = {float(t)} on its step {i}; a table needs one "
-                                 f"call per step at the step's start")
-            calls.append(i)
-            return predictions.convert(basis[i + 1], "eps", solver.native, x, t, process)
+            calls.append(len(calls))
+            return predictions.convert(basis[min(len(calls), m)], "eps", solver.native, x, t, process)
 
         inputs = step_inputs(solver, process, ts)
         x = process.alpha(ts[0]) * basis[0] + process.sigma(ts[0]) * basis[1]  # x_T = alpha_0 d_0 + sigma_0 e_0
         state, rows = solver.init(x), []
         for i in range(m):
-            inp = jax.tree.map(lambda leaf: leaf[i], inputs)
-            x, state = solver.step(model, process, x, state, inp)
+            x, state = solver.step(model, process, x, state, jax.tree.map(lambda leaf: leaf[i], inputs))
             if len(calls) != i + 1:
-                raise ValueError(f"{solver.name} made {len(calls)} model calls in {i + 1} steps; a table needs one")
-            rows.append(np.asarray(x))
-    return np.stack(rows)
+                raise ValueError(f"{solver.name} made {len(calls)} model calls in {i + 1} steps; a table needs one "
+                                 f"per step")
+            rows.append(x)
+        return jnp.stack(rows)
+
+    return jax.jit(run)
 
 
 __all__ = ["LinearTable", "run_table", "table_of"]

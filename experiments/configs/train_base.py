@@ -107,6 +107,23 @@ def base_config():
     c.eval.num_samples = 1000
     c.eval.loss_batches = 4
     c.eval.w2 = True  # exact W2 between samples and data (scipy assignment; cost grows as num_samples^3)
+
+    # BOSS straightening (experiments/train/straighten.py, experiments/configs/boss_straighten.py): fine-tune a
+    # trained velocity model on its own Bellman-optimal steps. Off while teacher_workdir is None. When on, the
+    # model, data and process sections must be the teacher's, train.batch_size counts teacher trajectories (each
+    # gives num_steps intervals), and samples (grids, eval.json) use sample.solver on the Bellman steps, not
+    # sample.grid / sample.nfe.
+    c.boss = ml_collections.ConfigDict()
+    c.boss.teacher_workdir = placeholder(str)  # the teacher run's --workdir (its latest checkpoint)
+    c.boss.teacher_config = placeholder(str)  # that run's training config, "file.py[:arg]"
+    c.boss.teacher_use_ema = True  # start from (and integrate) the teacher's EMA weights, else its raw ones
+    c.boss.num_steps = 6  # K: the student's Euler steps, chosen by the Bellman DP among the teacher's times
+    c.boss.teacher_steps = 100  # the fine grid: the candidate times, and the teacher solver's steps on it
+    c.boss.teacher_grid = "uniform"  # schedules.GRIDS, between sample.t_max and sample.t_min
+    c.boss.teacher_solver = "heun"  # samplers.SOLVERS
+    c.boss.calibration_size = 256  # noises whose teacher trajectories price the Bellman DP
+    c.boss.pool_size = 2048  # teacher trajectories at the chosen times, made once into WORKDIR/boss_pool.npz
+    c.boss.pool_batch = 256  # trajectories per compiled teacher solve while making the pool
     return c
 
 

@@ -1,5 +1,6 @@
 """The training library: the loop (`train`), the experiment a config builds (`build`), checkpoints and restoring a
-run (`restore_run`, `checkpoint_target`, `load_config`), the losses, the minibatch couplings and the datasets.
+run (`restore_run`, `checkpoint_target`, `load_config`), the losses, the minibatch couplings, the datasets, and BOSS
+straightening of a trained flow (`straighten`: its teacher, Bellman steps and trajectory pool).
 
 It may import `core`, `schedules`, `models`, `samplers` and, within experiments, `experiments.report` (sample
 figures) and `experiments.metrics.transport` (the W2 of the final evaluation); never `experiments.runs`.

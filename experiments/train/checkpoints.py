@@ -92,10 +92,11 @@ class Target:
     args of one batch, guided or not."""
 
     def __init__(self, process, prediction, shape, model_fn, oracle=None, dataset=None, description="", args=None,
-                 num_classes=0):
+                 num_classes=0, step=None):
         self.process, self.prediction, self.shape = process, prediction, tuple(shape)
         self.model_fn, self.oracle, self.dataset, self.description = model_fn, oracle, dataset, description
         self.args, self.num_classes = args, num_classes
+        self.step = step  # a checkpoint's training step (None for the oracle)
         self._guided = {}
 
     def conditioned(self, labels, guidance_scale=1.0):
@@ -171,7 +172,7 @@ def checkpoint_target(train_spec: str, checkpoint_dir: str, use_ema: bool = True
 
     Returns:
       A `Target` with the run's process, prediction kind, example shape, `model_fn(x, t, params)` with the
-      parameters as `args`, and dataset.
+      parameters as `args`, dataset and checkpoint step.
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
@@ -187,4 +188,4 @@ def checkpoint_target(train_spec: str, checkpoint_dir: str, use_ema: bool = True
     model_fn = SamplerModel(experiment.model_fn, experiment.conditional)
     return Target(experiment.process, config.loss.prediction, dataset.shape, model_fn, dataset=dataset,
                   description=f"{train_spec} @ step {step} ({'EMA' if use_ema else 'raw'} weights)", args=params,
-                  num_classes=experiment.net.num_classes if experiment.conditional else 0)
+                  num_classes=experiment.net.num_classes if experiment.conditional else 0, step=step)

@@ -4,6 +4,8 @@
 the process, the datasets (one per training resolution), the network, its loss, the optimizer, the device mesh and
 the sampler of its samples. On it: the state at step 0 (`init_state`, `abstract_state`), a compiled chunk of training
 steps (`make_train_chunk`) and a compiled sampler (`make_sampler`); the loop that runs them is `experiments.train.loop`.
+A BOSS straightening run (`experiments.train.straighten.build`) is the `Experiment` of its config with the teacher's
+weights as `initial_params`, the teacher's trajectories as its dataset and the straightening loss.
 
 Randomness: the root key is `config.seed`; step s uses `fold_in(train_key, s)` and the data batch
 `dataset.batch(data_key, s, batch_size)`, so a resumed run draws exactly what an uninterrupted one does.
@@ -35,8 +37,11 @@ from samplers import causal
 from samplers.driver import check_ts
 
 
-# Streams of the root key (fold_in(root, stream)): each random draw stays put when another is added.
+# Streams of the root key (fold_in(root, stream)): each random draw stays put when another is added. The last three
+# are BOSS straightening's noises (experiments.train.straighten): the Bellman DP's calibration batch, the teacher
+# pool, and held-out noise for measuring the few-step error.
 INIT_STREAM, TRAIN_STREAM, DATA_STREAM, SAMPLE_STREAM, EVAL_STREAM = range(5)
+CALIBRATION_STREAM, POOL_STREAM, HELDOUT_STREAM = range(5, 8)
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -57,6 +62,7 @@ class Experiment:
     ts: np.ndarray | None
     generate: Any  # fn(params, key, n, shape) -> n samples
     sampler_info: dict  # how `generate` samples, for titles and eval.json
+    initial_params: Any = None  # the parameters at step 0 (a fine-tuning run's); None = the network's random init
 
     @property
     def is_flow(self):
@@ -204,6 +210,17 @@ def _diffusion_parts(config, net, process, datasets, num_devices, mesh):
     if scale != 1.0 and not num_classes:
         raise ValueError(f"sample.guidance_scale={scale} needs a class-conditional model "
                          f"(model.{config.model.name}.num_classes > 0)")
+    generate = make_generate(model_fn, solver, process, ts, loss.prediction, constrain, num_classes, scale)
+    info = {"solver": solver.name, "grid": config.sample.grid, "nfe": config.sample.nfe, "num_steps": int(ts.size - 1)}
+    if num_classes:
+        info["guidance_scale"] = scale
+    return dict(model_fn=model_fn, loss_fn=loss_fn, solver=solver, ts=ts, generate=generate, sampler_info=info)
+
+
+def make_generate(model_fn, solver, process, ts, prediction, constrain, num_classes=0, scale=1.0):
+    """The sampler of an ODE model: fn(params, key, n, shape) -> n samples, `solver` on the grid `ts` from the
+    process's prior noise (class-conditional: the rows cycle through the classes, guided with `scale` != 1)."""
+
     def generate(params, key, n, shape):
         x_init = constrain(process.prior(key, (n, *shape), t=ts[0], dtype=jnp.float32))
         if not num_classes:  # the parameters are the model's traced args, never closed over
@@ -217,14 +234,11 @@ def _diffusion_parts(config, net, process, datasets, num_devices, mesh):
                 # call on the doubled batch.
                 null = constrain(jnp.full((n,), num_classes, jnp.int32))
                 model = samplers.guided(model, scale, uncond_args=(None, null), batch_axes=(None, 0))
-        x, _ = samplers.sample(model, solver, process, x_init, ts, prediction=loss.prediction, check_finite=False,
+        x, _ = samplers.sample(model, solver, process, x_init, ts, prediction=prediction, check_finite=False,
                                args=args)
         return x
 
-    info = {"solver": solver.name, "grid": config.sample.grid, "nfe": config.sample.nfe, "num_steps": int(ts.size - 1)}
-    if num_classes:
-        info["guidance_scale"] = scale
-    return dict(model_fn=model_fn, loss_fn=loss_fn, solver=solver, ts=ts, generate=generate, sampler_info=info)
+    return generate
 
 
 def _flow_parts(config, net, process, datasets, num_devices, mesh):
@@ -277,14 +291,17 @@ def _lr_schedule(train):
 
 
 def _init_fn(experiment):
-    """A function () -> the state at step 0: params at the first resolution's shape, EMA = params, optimizer state."""
+    """A function (params) -> the state at step 0: EMA = params and a fresh optimizer state. `params` is
+    `experiment.initial_params` (an argument, never a compiled-in constant); None draws the network's
+    initialisation at the first resolution's shape."""
     config = experiment.config
     shape = experiment.datasets[0].shape
 
     second = jnp.zeros((1,), jnp.int32 if experiment.is_flow else jnp.float32)  # labels or times
 
-    def init():
-        params = experiment.net.init(_init_key(config.seed), jnp.zeros((1, *shape), jnp.float32), second)
+    def init(params):
+        if params is None:
+            params = experiment.net.init(_init_key(config.seed), jnp.zeros((1, *shape), jnp.float32), second)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
                 "opt_state": experiment.optimizer.init(params)}
 
@@ -304,15 +321,16 @@ def init_state(experiment: Experiment) -> dict:
       experiment: from `build`.
 
     Returns:
-      {"step", "params", "ema_params" (= params), "opt_state"}.
+      {"step", "params" (`experiment.initial_params`, or the network's initialisation), "ema_params" (= params),
+      "opt_state"}.
     """
-    return jax.jit(_init_fn(experiment), out_shardings=experiment.replicated)()
+    return jax.jit(_init_fn(experiment), out_shardings=experiment.replicated)(experiment.initial_params)
 
 
 def abstract_state(experiment):
     """Shapes, dtypes and shardings of the state, without computing it (for restoring and checking)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=experiment.replicated),
-                        jax.eval_shape(_init_fn(experiment)))
+                        jax.eval_shape(_init_fn(experiment), experiment.initial_params))
 
 
 def make_train_chunk(experiment: Experiment, num_steps: int) -> Callable:

@@ -1,6 +1,10 @@
 """The training loop: `train(config, workdir)`, what `scripts/train.py` runs (configs: `experiments/configs/*_fm.py`,
 `digits_vp.py`, `digits_dit.py`, `digits_tarflow.py`; every key is documented in `experiments/configs/train_base.py`).
 
+BOSS straightening (`config.boss.teacher_workdir` set, `experiments/configs/boss_straighten.py`) is a run like any
+other: `experiments.train.straighten.build` gives its experiment (the teacher's weights at step 0, the teacher's pool
+as the data, the straightening loss), kept resumable by the pool file in WORKDIR.
+
 One run is a pure function of the config (`experiments.train.experiment`: the root key is `config.seed`, step s
 uses `fold_in(train_key, s)`). The state is a plain pytree, checkpointed with orbax into `WORKDIR/checkpoints`
 (`experiments.train.checkpoints`). Rerunning the same command restores the newest checkpoint and continues, and the
@@ -28,7 +32,7 @@ import orbax.checkpoint as ocp
 import core
 from experiments.metrics.transport import w2_exact
 from experiments.report import figures
-from experiments.train import checkpoints
+from experiments.train import checkpoints, straighten
 from experiments.train.experiment import (EVAL_STREAM, SAMPLE_STREAM, Experiment, abstract_state, build,
                                           data_batch, init_state, make_sampler, make_train_chunk)
 from experiments.train.writers import MetricsWriter, progress_bar
@@ -49,11 +53,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       per resolution the sample statistics and the exact W2 distance to the data.
 
     Raises:
-      ValueError / FileNotFoundError: a config key, dataset, size or checkpoint that does not fit, before training.
+      ValueError / FileNotFoundError: a config key, dataset, size or checkpoint that does not fit (for
+        straightening: a missing or unfit teacher), before training.
       FloatingPointError: a non-finite loss or parameters; the message names the step, and the checkpoints
         written before it are left intact.
     """
-    experiment = build(config)
+    # A straightening run (boss.teacher_workdir set) starts from its teacher and trains on the teacher's pool.
+    experiment = straighten.build(config, workdir) if config.boss.teacher_workdir else build(config)
     train_cfg = config.train
     is_main = jax.process_index() == 0
     workdir = os.path.abspath(workdir)

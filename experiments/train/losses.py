@@ -8,6 +8,8 @@ With x_t = alpha(t) x0 + sigma(t) eps, a model of kind `prediction` regresses th
   - denoising score matching (Ho et al. 2020; Salimans & Ho 2022; Karras et al. 2022) with eps, x0 or v prediction
     on VP, cosine and EDM processes.
 The pairs (eps, x0) are the coupling's (`experiments.train.couplings`): independent, exact minibatch OT or Sinkhorn.
+Besides: a normalizing flow's likelihood (`make_flow_loss`) and BOSS straightening, the fine-tuning of a velocity
+model on a teacher's trajectories at its Bellman steps (`make_straightening_loss`, `experiments.train.straighten`).
 
 Time sampling (`TIME_SAMPLINGS`):
   "uniform"       t ~ U(t_min, t_max);
@@ -22,6 +24,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models import predictions
 
@@ -139,6 +142,59 @@ def make_loss(model_fn, process, prediction, *, coupling=None, time_sampling="un
         x_t = (process.alpha(t_x) * x0 + process.sigma(t_x) * eps).astype(x0.dtype)
         target = predictions.from_x0_eps(prediction, x0, eps, t_x, process).astype(x0.dtype)
         error = model_fn(params, x_t, t, *(() if labels is None else (labels,))) - target
+        return jnp.mean(jnp.square(error.astype(jnp.float32)))
+
+    return Loss(draw, regress)
+
+
+def make_straightening_loss(model_fn, ts, constrain=None):
+    """BOSS straightening (Nguyen et al. 2023, "Bellman Optimal Step-size Straightening of Flow-Matching Models"):
+    one Euler step of the velocity model along each chosen interval, from the teacher's state, lands on the
+    teacher's next state,
+
+        loss = mean_k mean || x(t_k) + (t_{k+1} - t_k) v_theta(x(t_k), t_k) - x(t_{k+1}) ||^2
+
+    (the mean over the K intervals, the batch and the elements), x the teacher's trajectory at the chosen times.
+
+    Args:
+      model_fn: fn(params, x, t) -> velocity dx/dt, t of shape (batch,) (`models.conditioning.network_fn`).
+      ts: the K + 1 chosen times, strictly decreasing (the Bellman steps: `schedules.distill("bellman", ...)`).
+      constrain: optional fn applied to every batch-shaped array (a sharding constraint).
+
+    Returns:
+      A `Loss`: `draw(key, trajectories)`, trajectories (batch, K + 1, *shape) the teacher's states at ts, gives
+      every interval of every trajectory as (x_start, x_end, t_start, dt), batch * K rows (no randomness: the key is
+      unused); `regress(params, x_start, x_end, t_start, dt) -> scalar` float32.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> loss = make_straightening_loss(lambda p, x, t: p * jnp.ones_like(x), np.array([1.0, 0.5, 0.0]))
+        >>> straight = jnp.linspace(1.0, 0.0, 3).reshape(1, 3, 1)  # x = t: the exact velocity is 1
+        >>> float(loss(1.0, None, straight)), float(loss(0.0, None, straight))
+        (0.0, 0.25)
+    """
+    ts = np.asarray(ts, np.float64)
+    if ts.ndim != 1 or ts.size < 2 or not np.all(np.diff(ts) < 0):
+        raise ValueError(f"ts must hold K + 1 >= 2 strictly decreasing times, got {ts}")
+    t_start, dt = ts[:-1].astype(np.float32), np.diff(ts).astype(np.float32)
+    num_intervals = t_start.size
+    constrain = constrain or (lambda x: x)
+
+    def draw(key, trajectories):
+        del key  # every interval of every trajectory
+        if trajectories.ndim < 3 or trajectories.shape[1] != num_intervals + 1:
+            raise ValueError(f"expected teacher trajectories (batch, {num_intervals + 1}, *shape), got shape "
+                             f"{trajectories.shape}")
+        rows = (trajectories.shape[0] * num_intervals, *trajectories.shape[2:])  # row b * K + k: interval k of b
+        x_start = jnp.reshape(trajectories[:, :-1], rows)
+        x_end = jnp.reshape(trajectories[:, 1:], rows)
+        batch = trajectories.shape[0]
+        return (constrain(x_start), constrain(x_end), constrain(jnp.tile(jnp.asarray(t_start), batch)),
+                constrain(jnp.tile(jnp.asarray(dt), batch)))
+
+    def regress(params, x_start, x_end, t_start, dt):
+        dt_x = jnp.reshape(dt, dt.shape + (1,) * (x_start.ndim - 1)).astype(x_start.dtype)
+        error = x_start + dt_x * model_fn(params, x_start, t_start) - x_end
         return jnp.mean(jnp.square(error.astype(jnp.float32)))
 
     return Loss(draw, regress)
