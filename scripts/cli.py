@@ -9,7 +9,10 @@ Imported first by every script (`import cli`; `python scripts/x.py` puts scripts
   the environment variable FASTSAMPLERS_VERBOSE=1 on any script;
 - `main(fn)` is the whole entry of a config script: it defines `--config` (an ml_collections config file,
   file.py or file.py:arg, locked: a misspelt override fails) and `--workdir`, parses the flags and calls
-  fn(config, workdir). A script with more flags defines them with absl's `flags` before calling it.
+  fn(config, workdir). A script with more flags defines them with absl's `flags` before calling it;
+- `main(fn, distributed=True)` adds the multi-host flags (`--distributed`, `--coordinator_address`,
+  `--num_processes`, `--process_id`) and calls `jax.distributed.initialize` with them before fn, so before anything
+  touches the devices (scripts/train.py, scripts/fid_pretrained.py).
 
     import cli  # noqa: F401  (first: it puts the repository on sys.path)
     from experiments.runs import oracle_quickstart
@@ -54,11 +57,37 @@ def configure_logs() -> None:
 configure_logs()
 
 
+def distributed_flags() -> None:
+    """Define the multi-host flags: `--distributed` (call `jax.distributed.initialize()` first; on a cluster with a
+    supported scheduler, SLURM, TPU pods, ..., it finds the coordinator by itself) and, elsewhere,
+    `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each host. Read by `init_distributed`."""
+    from absl import flags
+
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (one process per host).")
+    flags.DEFINE_string("coordinator_address", None, "With --distributed: HOST:PORT of process 0.")
+    flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
+    flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+
+
+def init_distributed() -> None:
+    """With --distributed (flags of `distributed_flags`, parsed): `jax.distributed.initialize` from them. Call it
+    before anything touches the devices."""
+    from absl import flags
+
+    if flags.FLAGS.distributed:
+        import jax
+
+        jax.distributed.initialize(coordinator_address=flags.FLAGS.coordinator_address,
+                                   num_processes=flags.FLAGS.num_processes, process_id=flags.FLAGS.process_id)
+
+
 def main(fn: Callable[[Any, str], Any], *, workdir: str | None = None, workdir_help: str = "Directory for the outputs.",
-         config_help: str = "Path to an experiment config file (file.py or file.py:arg).") -> None:
+         config_help: str = "Path to an experiment config file (file.py or file.py:arg).",
+         distributed: bool = False) -> None:
     """Run fn(config, workdir) from the command line: `--config FILE.py[:ARG]` (required, with `--config.key=value`
     overrides) and `--workdir` (required when `workdir` is None, else its default), then absl's own flags
-    (`--verbosity`, ...). Does not return: absl's `app.run` exits."""
+    (`--verbosity`, ...). With `distributed`, also the flags of `distributed_flags`, and `init_distributed()` runs
+    before fn. Does not return: absl's `app.run` exits."""
     from absl import app, flags
     from absl import logging as absl_logging
     from ml_collections import config_flags
@@ -66,6 +95,8 @@ def main(fn: Callable[[Any, str], Any], *, workdir: str | None = None, workdir_h
     config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     flags.DEFINE_string("workdir", workdir, workdir_help)
     flags.mark_flags_as_required(["config"] + (["workdir"] if workdir is None else []))
+    if distributed:
+        distributed_flags()
 
     def entry(argv):
         if len(argv) > 1:
@@ -75,6 +106,8 @@ def main(fn: Callable[[Any, str], Any], *, workdir: str | None = None, workdir_h
                 logging.getLogger(name).setLevel(logging.NOTSET)
         else:  # app.run raised absl's default to INFO; keep the terminal to warnings
             absl_logging.set_verbosity(absl_logging.WARNING)
+        if distributed:
+            init_distributed()
         fn(flags.FLAGS.config, flags.FLAGS.workdir)
 
     app.run(entry)

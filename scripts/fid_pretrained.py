@@ -7,25 +7,15 @@
 --config FILE.py[:ARG]  the config (every key, the reference formats and the DEIS-table loop are in
                         experiments/configs/fid_pretrained.py); override keys with --config.KEY=VALUE.
 --workdir DIR           shards/, results.json, samples.png; rerunning the same command resumes.
-Several hosts: the same command on each, with the flags below. Writes WORKDIR/results.json (process 0).
+Several hosts: the same command on each with --distributed (and, without a scheduler jax finds by itself,
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I; scripts/cli.py). Writes WORKDIR/results.json
+(process 0).
 """
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from absl import flags
-
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (one process per host).")
-flags.DEFINE_string("coordinator_address", None, "With --distributed: HOST:PORT of process 0.")
-flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
-flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
-FLAGS = flags.FLAGS
 
 
 def fid_pretrained(config, workdir):
-    import jax
-
-    if FLAGS.distributed:  # before anything touches the devices
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from experiments.runs import fid_protocol
 
     fid_protocol.run(config, workdir)
@@ -33,4 +23,4 @@ def fid_pretrained(config, workdir):
 
 if __name__ == "__main__":
     cli.main(fid_pretrained, workdir_help="Directory for the shards and results.json (rerun to resume).",
-             config_help="Path to experiments/configs/fid_pretrained.py (file.py or file.py:arg).")
+             config_help="Path to experiments/configs/fid_pretrained.py (file.py or file.py:arg).", distributed=True)

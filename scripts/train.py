@@ -12,25 +12,13 @@ from all of them into the shared --workdir.
 """
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from absl import flags
-
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host training).")
-flags.DEFINE_string("coordinator_address", None, "With --distributed: HOST:PORT of process 0.")
-flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
-flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
-FLAGS = flags.FLAGS
 
 
 def train(config, workdir):
-    import jax
-
-    if FLAGS.distributed:  # before anything touches the devices
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from experiments.train import loop
 
     loop.train(config, workdir)
 
 
 if __name__ == "__main__":
-    cli.main(train, workdir_help="Directory for checkpoints, metrics, samples and eval.json.")
+    cli.main(train, workdir_help="Directory for checkpoints, metrics, samples and eval.json.", distributed=True)

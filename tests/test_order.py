@@ -72,6 +72,14 @@ def exact_start_errors(solver, process_name):
     gm, process, x_init, exact, grids = problem(process_name)
     k = solver.order  # points of history
     model = gm.model_fn(process, solver.native)
+
+    @jax.jit  # one program per grid, as `sample` compiles it (step by step, eagerly, it is ~100 small compilations)
+    def from_grid_point(x, state, ts):
+        inputs = jax.tree.map(lambda a: a[k - 1:], step_inputs(solver, process, ts))
+        step = lambda carry, inp: (solver.step(model, process, *carry, inp), None)
+        (x, _), _ = jax.lax.scan(step, (x, state), inputs)
+        return x
+
     errors = []
     for n in STEPS:
         ts = grids[int(n)]
@@ -80,9 +88,7 @@ def exact_start_errors(solver, process_name):
         state = solver.past_state(past, preds)
         if state is None:
             state = jnp.stack(preds[::-1] + [jnp.zeros_like(x_init)])
-        inputs = jax.tree.map(lambda a: a[k - 1:], step_inputs(solver, process, ts))
-        step = lambda carry, inp: (solver.step(model, process, *carry, inp), None)
-        (x, _), _ = jax.lax.scan(step, (past[k - 1], state), inputs)
+        x = from_grid_point(past[k - 1], state, ts)
         errors.append(np.max(np.abs(np.asarray(x) - exact)))
     return np.array(errors)
 

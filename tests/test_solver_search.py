@@ -41,11 +41,10 @@ def mixture():
     return gm, P.prior(jax.random.PRNGKey(1), (128, 4)), P.prior(jax.random.PRNGKey(2), (128, 4))
 
 
-@pytest.mark.parametrize("grid", ["logsnr", "edm"])
-def test_one_strategy_everywhere_is_that_fixed_solver(grid):
+def test_one_strategy_everywhere_is_that_fixed_solver():
     """The schedule's table, built from local rows, against the solver's own table (from its own step). Equal to
-    rounding, not bit for bit: a table re-associates the solver's sums."""
-    ts = schedules.get_timesteps(grid, P, M)
+    rounding, not bit for bit: a table re-associates the solver's sums. The EDM grid: unequal log-SNR steps."""
+    ts = schedules.get_timesteps("edm", P, M)
     for strategy, name, opts in FIXED:
         ours = solver_search.strategy_table(P, ts, [strategy(i) for i in range(M)])
         theirs = table_of(samplers.get_solver(name, **opts), P, ts)
@@ -54,9 +53,9 @@ def test_one_strategy_everywhere_is_that_fixed_solver(grid):
 
 def test_the_search_is_never_worse_than_the_fixed_solvers_it_starts_from(mixture):
     gm, x_cal, x_eval = mixture
-    budget = 150
+    budget = 80
     solver, ts, info = schedules.learn("search", gm.model_fn(P), P, x_cal, M, teacher_steps=60, budget=budget,
-                                       grids=("logsnr", "quadratic"), return_info=True)
+                                       grids=("quadratic",), return_info=True)
     assert isinstance(solver, LinearTable) and solver.method == "search" and info["candidates"] <= budget
     target = samplers.sample(gm.model_fn(P), samplers.get_solver("deis_tab", order=3), P, x_cal,
                              schedules.get_timesteps("logsnr", P, 60))[0]
@@ -64,7 +63,7 @@ def test_the_search_is_never_worse_than_the_fixed_solvers_it_starts_from(mixture
     found = mse(samplers.sample(gm.model_fn(P), solver, P, x_cal, ts)[0])
     np.testing.assert_allclose(found, info["mse"], rtol=1e-8)
     assert found <= info["start"]["mse"] < np.inf
-    for grid in ("logsnr", "quadratic"):  # every start with a registered twin, run by that solver itself
+    for grid in ("quadratic",):  # every start with a registered twin, run by that solver itself
         grid_ts = schedules.get_timesteps(grid, P, M)
         for _, name, opts in FIXED:
             fixed = mse(samplers.sample(gm.model_fn(P), samplers.get_solver(name, **opts), P, x_cal, grid_ts)[0])
