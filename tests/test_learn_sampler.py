@@ -29,7 +29,7 @@ def test_one_scored_file_per_nfe(learned):
         assert saved["fingerprint"] == record["fingerprint"] and saved["learn"]["model_calls"] > 0
         # On the oracle the learned sampler beats DEIS tAB2 on both grids at the same NFE (held out).
         assert row["rmse"] < min(row["rmse_quadratic"], row["rmse_logsnr"])
-    assert json.load(open(os.path.join(workdir, "learned.json")))["rows"] == record["rows"]
+    assert json.load(open(os.path.join(workdir, f"learned_{config.method}.json")))["rows"] == record["rows"]
 
 
 def test_a_rerun_resumes_from_the_files(learned, monkeypatch):
@@ -41,6 +41,10 @@ def test_a_rerun_resumes_from_the_files(learned, monkeypatch):
     monkeypatch.setattr(schedules, "learn", refuse)
     again = learned_samplers.run(config, workdir)
     assert [r["rmse"] for r in again["rows"]] == [r["rmse"] for r in record["rows"]]
+    fewer = learn_sampler.get_config("model=oracle,method=olss,smoke")  # the NFE list is not part of a file's config
+    with fewer.unlocked():
+        fewer.nfes = (4,)
+    assert learned_samplers.run(fewer, workdir)["rows"][0]["rmse"] == record["rows"][1]["rmse"]
 
 
 def test_another_configs_files_are_refused(learned):

@@ -50,6 +50,6 @@ def get_config(arg=None):
     c.teacher = ml_collections.ConfigDict(dict(steps=20 if arg.smoke else 200, grid="logsnr", solver="deis_tab",
                                                options=dict(order=3)))
     c.reference_steps = 40 if arg.smoke else 400  # the scoring reference: the teacher solver with this many steps
-    c.outputs = ml_collections.ConfigDict(dict(sampler=f"{arg.method}_nfe{{nfe}}.json", json="learned.json"))
+    c.outputs = ml_collections.ConfigDict(dict(sampler=f"{arg.method}_nfe{{nfe}}.json", json=f"learned_{arg.method}.json"))
     c.lock()
     return c

@@ -9,8 +9,8 @@ against the reference (the teacher solver on `reference_steps` steps of the teac
 to DEIS tAB order 3 on the quadratic and logSNR grids at the same NFE. The oracle's batches are exact draws of the
 marginal at t_max; a checkpoint's are the process's prior noise.
 
-A rerun with the same config loads the NFEs already written (a file with another fingerprint is refused, not
-overwritten), so a killed run resumes where it stopped; WORKDIR/`config.outputs.json` (the rows) is rewritten after
+A rerun with the same config (the NFEs aside) loads the NFEs already written (a file with another fingerprint is
+refused, not overwritten), so a killed run resumes where it stopped, and a run with more NFEs adds them; WORKDIR/`config.outputs.json` (the rows) is rewritten after
 every NFE.
 """
 
@@ -62,7 +62,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     reference_ts = schedules.get_timesteps(config.teacher.grid, process, config.reference_steps)
     reference = np.asarray(sample(teacher_solver, reference_ts, x_held), np.float64)
     rmse = lambda x: float(np.sqrt(np.mean((np.asarray(x, np.float64) - reference) ** 2)))
-    fingerprint = hashlib.sha256(json.dumps({k: v for k, v in config.to_dict().items() if k != "outputs"},
+    # Everything that shapes one NFE's file; not the list of NFEs (a rerun may add NFEs) nor the output names.
+    fingerprint = hashlib.sha256(json.dumps({k: v for k, v in config.to_dict().items() if k not in ("outputs", "nfes")},
                                             sort_keys=True, default=str).encode()).hexdigest()[:16]
     rows, start = [], time.perf_counter()
     for nfe in config.nfes:
