@@ -152,19 +152,24 @@ def table_of(solver: Solver, process, ts) -> np.ndarray:
                          f"it has no table on (d_0, e_0, ...)")
     with jax.enable_x64(True):
         ts = jnp.asarray(np.asarray(ts, np.float64))
-        return np.asarray(_symbolic_run(solver, process, ts.shape[0] - 1)(ts))
+        rows, called = _symbolic_run(solver, process, ts.shape[0] - 1)(ts)
+        if not np.array_equal(np.asarray(called), np.asarray(ts[:-1])):
+            raise ValueError(f"{solver.name} calls the model at t = {np.asarray(called).tolist()}, not at its steps' "
+                             f"starts {np.asarray(ts[:-1]).tolist()}; a table needs one call per step at its start")
+        return np.asarray(rows)
 
 
 @functools.lru_cache(maxsize=64)
 def _symbolic_run(solver, process, m):
-    """The solver's own steps on coefficient vectors, unrolled over the m steps and compiled once: ts -> rows."""
+    """The solver's own steps on coefficient vectors, unrolled over the m steps and compiled once: ts -> (rows, the
+    times at which the model was called)."""
 
     def run(ts):
         basis = jnp.eye(m + 1, dtype=ts.dtype)
-        calls = []  # filled while tracing: the unrolled loop traces every step's model call once
+        calls = []  # the call times, filled while tracing: the unrolled loop traces every step's model call once
 
         def model(x, t):
-            calls.append(len(calls))
+            calls.append(jnp.asarray(t, ts.dtype))
             return predictions.convert(basis[min(len(calls), m)], "eps", solver.native, x, t, process)
 
         inputs = step_inputs(solver, process, ts)
@@ -176,7 +181,7 @@ def _symbolic_run(solver, process, m):
                 raise ValueError(f"{solver.name} made {len(calls)} model calls in {i + 1} steps; a table needs one "
                                  f"per step")
             rows.append(x)
-        return jnp.stack(rows)
+        return jnp.stack(rows), jnp.stack(calls)
 
     return jax.jit(run)
 

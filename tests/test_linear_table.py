@@ -99,3 +99,10 @@ def test_bad_tables_and_untabulable_solvers_fail_clearly(problem):
     for solver in (samplers.get_solver("heun"), samplers.get_solver("ddim", eta=1.0)):
         with pytest.raises(ValueError, match="no table"):
             table_of(solver, P, ts)
+    # One call per step, but not at the step's start: its weights would not be a table on (d_0, e_0, ...).
+    class Late(type(samplers.get_solver("ddim"))):
+        def step(self, model, *args):
+            return super().step(lambda x, t: model(x, 0.9 * t), *args)
+
+    with pytest.raises(ValueError, match="not at its steps' starts"):
+        table_of(Late(), P, ts)

@@ -37,6 +37,7 @@ exactly; on a one-component isotropic Gaussian every flow map is affine in x_T, 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -121,10 +122,11 @@ def fit_rows(basis_rows, targets, rank=None):
     return w, float(np.mean((w @ basis_rows - targets) ** 2))
 
 
-def fit_table(eps_model, process, x_init, states, ts_teacher, indices, preds=None, rank=None):
+def fit_table(eps_model, process, x_init, states, ts_teacher, indices, preds=None, rank=None, run=None):
     """Fit the table on the teacher indices `indices` (module docstring): with `preds` (the teacher's predictions at
-    its states) the "teacher" fit, else the "student" fit (one model call per step). Returns (weights (M, M + 1),
-    mse per row, the calibration sample's final mean squared error against the teacher, model calls made)."""
+    its states) the "teacher" fit, scored by `run(weights, ts, x_init)` (a compiled `run_table`), else the "student"
+    fit (one model call per step). Returns (weights (M, M + 1), mse per row, the calibration sample's final mean
+    squared error against the teacher, model calls made)."""
     m = len(indices) - 1
     ts = np.asarray(ts_teacher, np.float64)[np.asarray(indices)]
     flat = lambda a: np.asarray(a, np.float64).reshape(-1)
@@ -145,8 +147,8 @@ def fit_table(eps_model, process, x_init, states, ts_teacher, indices, preds=Non
     if preds is None:  # the last row's residual is the student's own final error
         return weights, np.asarray(mse), mse[-1], m
     table = LinearTable.from_array(weights, ts, process)
-    final = run_table(eps_model, process, jnp.asarray(table.coefficients(process, ts)), jnp.asarray(ts),
-                      jnp.asarray(x_init))
+    run = run or functools.partial(run_table, eps_model, process)
+    final = run(jnp.asarray(table.coefficients(process, ts)), jnp.asarray(ts), jnp.asarray(x_init))
     return weights, np.asarray(mse), float(np.mean((np.asarray(final, np.float64) - flat(states[-1]).reshape(
         final.shape)) ** 2)), m
 
@@ -217,8 +219,9 @@ def learn_olss(teacher, x_init, num_steps, *, times: str = "olss", fit: str = "s
             states, preds = teacher.states(x_init, ts_teacher), None
         calls = teacher.model_calls(m * per_step) + (m * per_step + 1 if fit == "teacher" else 0)
     eps_model = jax.jit(teacher.model("eps"))
+    run = jax.jit(functools.partial(run_table, eps_model, process))  # compiled once: every refit's tables are traced
     fit_on = lambda idx: fit_table(eps_model, process, x_init, states, ts_teacher, idx,
-                                   preds if fit == "teacher" else None, rank)
+                                   preds if fit == "teacher" else None, rank, run)
     indices, _, fits = refine_indices(lambda idx: fit_on(idx)[2], indices, refine)
     weights, mse, final, last_calls = fit_on(indices)
     ts = np.asarray(ts_teacher, np.float64)[indices]
