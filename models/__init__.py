@@ -1,13 +1,13 @@
 """Networks, the analytic Gaussian-mixture oracle and exact prediction conversions."""
 
-from models.dit import DiT
-from models.mlp import MLP
-from models.networks import FLOWS, NETWORKS, get_network
-from models.oracle import GaussianMixture
-from models import pretrained
-from models.predictions import KINDS, convert, converted
-from models.tarflow import TarFlow
-from models.unet import UNet
+from fastsamplers.models.dit import DiT
+from fastsamplers.models.mlp import MLP
+from fastsamplers.models.networks import FLOWS, NETWORKS, get_network
+from fastsamplers.models.oracle import GaussianMixture
+from fastsamplers.models import pretrained
+from fastsamplers.models.predictions import KINDS, convert, converted
+from fastsamplers.models.tarflow import TarFlow
+from fastsamplers.models.unet import UNet
 
 __all__ = ["MLP", "UNet", "DiT", "TarFlow", "FLOWS", "NETWORKS", "get_network", "GaussianMixture", "KINDS", "convert",
            "converted", "pretrained"]

@@ -86,8 +86,9 @@ def network_fn(net, process, input_scaling="none", sigma_data=0.5):
       dtype.
 
     Example:
-        >>> import jax, jax.numpy as jnp, schedules
-        >>> from models import MLP
+        >>> import jax, jax.numpy as jnp
+        >>> from fastsamplers import schedules
+        >>> from fastsamplers.models import MLP
         >>> net = MLP(hidden=8, depth=1)
         >>> fn = network_fn(net, schedules.get_process("ot"))
         >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), 0.5)

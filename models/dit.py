@@ -6,8 +6,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.conditioning import add_label_embedding
-from models.mlp import time_embedding
+from fastsamplers.models.conditioning import add_label_embedding
+from fastsamplers.models.mlp import time_embedding
 
 # DiT's Linear layers use Xavier-uniform init (Peebles & Xie 2023, sec. 3.2 and their initialize_weights).
 _dense_init = nn.initializers.xavier_uniform()

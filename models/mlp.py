@@ -7,7 +7,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from core import Registry
+from fastsamplers.core import Registry
 
 ACTIVATIONS = Registry("activation", {"silu": nn.silu, "selu": nn.selu, "relu": nn.relu, "gelu": nn.gelu,
                                       "tanh": jnp.tanh})

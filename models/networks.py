@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from core import Registry
-from models.dit import DiT
-from models.mlp import MLP
-from models.tarflow import TarFlow
-from models.unet import UNet
+from fastsamplers.core import Registry
+from fastsamplers.models.dit import DiT
+from fastsamplers.models.mlp import MLP
+from fastsamplers.models.tarflow import TarFlow
+from fastsamplers.models.unet import UNet
 
 NETWORKS = Registry("network", {"mlp": MLP, "unet": UNet, "dit": DiT})
 FLOWS = Registry("network", {"tarflow": TarFlow})

@@ -26,8 +26,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from models import predictions
-from schedules.processes import as_float
+from fastsamplers.models import predictions
+from fastsamplers.schedules.processes import as_float
 
 
 @flax.struct.dataclass

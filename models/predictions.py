@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from schedules.processes import as_float
+from fastsamplers.schedules.processes import as_float
 
 KINDS = ("eps", "x0", "v", "velocity", "score")
 
@@ -82,7 +82,8 @@ def convert(pred: jax.Array, from_kind: str, to_kind: str, x: jax.Array, t, proc
       The prediction of kind `to_kind`, in pred's dtype.
 
     Example:
-        >>> import jax.numpy as jnp, schedules
+        >>> import jax.numpy as jnp
+        >>> from fastsamplers import schedules
         >>> p = schedules.get_process("vp_linear")
         >>> x, eps = jnp.ones(3), jnp.full(3, 0.5)
         >>> x0 = convert(eps, "eps", "x0", x, 0.5, p)

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.conditioning import class_labels
+from fastsamplers.models.conditioning import class_labels
 
 _init = nn.initializers.normal(0.02)
 

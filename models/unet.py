@@ -7,8 +7,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.conditioning import add_label_embedding
-from models.mlp import time_embedding
+from fastsamplers.models.conditioning import add_label_embedding
+from fastsamplers.models.mlp import time_embedding
 
 # DDPM++ "skip_rescale": residual sums are divided by sqrt(2) so their variance stays ~1 through deep stacks.
 _SKIP_SCALE = 1.0 / math.sqrt(2.0)

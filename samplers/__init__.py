@@ -1,9 +1,9 @@
 """Integrators of the probability-flow ODE: a registry of solvers and the `sample` driver."""
 
-from samplers.base import Solver
-from samplers.driver import sample
-from samplers.guidance import guided
-from samplers.reference import exact_flow_map
-from samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
+from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers.driver import sample
+from fastsamplers.samplers.guidance import guided
+from fastsamplers.samplers.reference import exact_flow_map
+from fastsamplers.samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
 
 __all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "exact_flow_map", "get_solver", "guided", "load_learned", "sample"]

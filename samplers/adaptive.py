@@ -14,7 +14,7 @@ import dataclasses
 import diffrax
 import jax.numpy as jnp
 
-from samplers.base import Solver
+from fastsamplers.samplers.base import Solver
 
 # name -> (diffrax solver class, order, model calls per step)
 # FSAL methods (Tsit5, Dopri5, Dopri8, Bosh3) reuse the last stage: stages - 1 calls per step (accepted or

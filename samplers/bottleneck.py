@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import predictions
-from samplers.driver import sample
-from samplers.solvers import get_solver
-from schedules.grids import get_timesteps
-from schedules.processes import get_process
+from fastsamplers.models import predictions
+from fastsamplers.samplers.driver import sample
+from fastsamplers.samplers.solvers import get_solver
+from fastsamplers.schedules.grids import get_timesteps
+from fastsamplers.schedules.processes import get_process
 
 RESIZE_METHODS = {"lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5", "bilinear": "linear",
                   "bicubic": "cubic", "nearest": "nearest"}

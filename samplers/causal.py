@@ -36,7 +36,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from models.tarflow import TarFlow, block_order, denoise, empty_cache
+from fastsamplers.models.tarflow import TarFlow, block_order, denoise, empty_cache
 
 MODES = ("sequential", "jacobi", "gs_jacobi")
 INITS = ("z", "z0")

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.tarflow import TarFlow
+from fastsamplers.models.tarflow import TarFlow
 
 
 def _spectral_norm(matrix):

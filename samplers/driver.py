@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import predictions
-from samplers.base import Solver
-from samplers import noise as noises
-from samplers.solvers import get_solver
-from schedules.processes import Process, as_float, get_process
+from fastsamplers.models import predictions
+from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers import noise as noises
+from fastsamplers.samplers.solvers import get_solver
+from fastsamplers.schedules.processes import Process, as_float, get_process
 
 
 def _is_tracer(value):
@@ -113,8 +113,9 @@ def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_i
       info["num_nonfinite"] the number of non-finite entries of x (and info["trajectory"] when asked for).
 
     Example:
-        >>> import jax, schedules, samplers
-        >>> from models.oracle import GaussianMixture
+        >>> import jax
+        >>> from fastsamplers import schedules, samplers
+        >>> from fastsamplers.models.oracle import GaussianMixture
         >>> process = schedules.get_process("vp_linear")
         >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=3)
         >>> x_init = process.prior(jax.random.PRNGKey(1), (16, 2))

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from samplers.base import cast_like
+from fastsamplers.samplers.base import cast_like
 
 
 class PCCoefficients(NamedTuple):

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import predictions
-from samplers.base import Solver, StepInputs, cast_like, step_inputs
+from fastsamplers.models import predictions
+from fastsamplers.samplers.base import Solver, StepInputs, cast_like, step_inputs
 
 GRID_RTOL = 1e-6  # how closely a grid handed to a table must match the grid it was made for
 

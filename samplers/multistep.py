@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers.base import Solver, cast_like
-from samplers.exponential import pc_init, pc_past_state, pc_step
-from samplers.unipc import UniPC, with_corrector
+from fastsamplers.samplers.base import Solver, cast_like
+from fastsamplers.samplers.exponential import pc_init, pc_past_state, pc_step
+from fastsamplers.samplers.unipc import UniPC, with_corrector
 
 LOWER_ORDER_FINAL_BELOW = 15
 

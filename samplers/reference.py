@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers.adaptive import solve_log_gamma
+from fastsamplers.samplers.adaptive import solve_log_gamma
 
 
 def exact_flow_map(oracle, process, x, t_start: float, t_end: float, rtol: float = 1e-11, atol: float = 1e-11,

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from samplers.base import Solver, cast_like
+from fastsamplers.samplers.base import Solver, cast_like
 
 # Butcher tableaus: (c, a, b, order).
 TABLEAUS = {

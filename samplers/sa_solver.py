@@ -45,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers.base import Solver
-from samplers.exponential import PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, solve_moments
+from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers.exponential import PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, solve_moments
 
 ALLOWED_ORDERS = (1, 2, 3, 4)
 VARIANTS = ("published", "exact")
@@ -74,8 +74,9 @@ class SASolver(Solver):
     Returns (from `samplers.sample`, which needs a key when tau > 0): the sample at ts[-1], num_steps model calls.
 
     Example:
-        >>> import jax, schedules, samplers
-        >>> from models.oracle import GaussianMixture
+        >>> import jax
+        >>> from fastsamplers import schedules, samplers
+        >>> from fastsamplers.models.oracle import GaussianMixture
         >>> process = schedules.get_process("vp_linear")
         >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=3)
         >>> x_init = process.prior(jax.random.PRNGKey(1), (16, 2))

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from core import Registry
-from samplers.adaptive import Adaptive
-from samplers.base import Solver
-from samplers.linear_table import LinearTable
-from samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE, DPMSolverPP3M,
+from fastsamplers.core import Registry
+from fastsamplers.samplers.adaptive import Adaptive
+from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers.linear_table import LinearTable
+from fastsamplers.samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE, DPMSolverPP3M,
                                 DPMSolverPP3MSDE, EulerAncestral)
-from samplers.runge_kutta import DEISRhoRK, EDMStochastic, Euler, Heun
-from samplers.sa_solver import SASolver
-from samplers.unipc import UniPC
-from schedules.files import read_learned
+from fastsamplers.samplers.runge_kutta import DEISRhoRK, EDMStochastic, Euler, Heun
+from fastsamplers.samplers.sa_solver import SASolver
+from fastsamplers.samplers.unipc import UniPC
+from fastsamplers.schedules.files import read_learned
 
 SOLVERS = Registry("solver", {
     cls.name: cls

@@ -59,8 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers.base import Solver
-from samplers.exponential import (PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, phi1,
+from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers.exponential import (PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, phi1,
                                   solve_moments)
 
 VARIANTS = ("bh1", "bh2")
@@ -141,8 +141,9 @@ class UniPC(Solver):
     returns x0_hat.
 
     Example:
-        >>> import jax, schedules, samplers
-        >>> from models.oracle import GaussianMixture
+        >>> import jax
+        >>> from fastsamplers import schedules, samplers
+        >>> from fastsamplers.models.oracle import GaussianMixture
         >>> process = schedules.get_process("vp_linear")
         >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=3)
         >>> x_init = process.prior(jax.random.PRNGKey(1), (16, 2))

@@ -7,20 +7,20 @@ schedules` stays cheap and acyclic while `schedules.distill` still works, the fo
 module's `__getattr__` is the one place in the project that imports upwards, on first use.
 """
 
-from schedules.files import load_schedule, save_learned, save_schedule
-from schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
-from schedules.process_transform import transform
-from schedules.processes import PROCESSES, Process, get_process
+from fastsamplers.schedules.files import load_schedule, save_learned, save_schedule
+from fastsamplers.schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
+from fastsamplers.schedules.process_transform import transform
+from fastsamplers.schedules.processes import PROCESSES, Process, get_process
 
 _OPTIMAL = ("distill", "distill_many", "refine", "learn")
 
 
 def __getattr__(name):
     if name in _OPTIMAL:
-        from schedules import optimal  # the documented upward import (see the module docstring)
+        from fastsamplers.schedules import optimal  # the documented upward import (see the module docstring)
 
         return getattr(optimal, name)
-    raise AttributeError(f"module 'schedules' has no attribute {name!r}")
+    raise AttributeError(f"module 'fastsamplers.schedules' has no attribute {name!r}")
 
 
 def __dir__():

@@ -25,7 +25,7 @@ import json
 
 import numpy as np
 
-from core import write_json
+from fastsamplers.core import write_json
 
 FORMAT = "fastsamplers.schedule"
 LEARNED_FORMAT = "fastsamplers.learned"

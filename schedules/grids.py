@@ -13,10 +13,10 @@ import math
 import jax
 import numpy as np
 
-from core import Registry
-from schedules import published
-from schedules.files import load_schedule
-from schedules.processes import Process, as_float, get_process
+from fastsamplers.core import Registry
+from fastsamplers.schedules import published
+from fastsamplers.schedules.files import load_schedule
+from fastsamplers.schedules.processes import Process, as_float, get_process
 
 GRIDS = Registry("time grid", reserved=("process", "num_steps", "t_min", "t_max"))
 _grid = GRIDS.register
@@ -184,7 +184,7 @@ def get_timesteps(name: str, process: Process | str, num_steps: int, *, t_min: f
       A 1-D array of the default float type.
 
     Example:
-        >>> import schedules
+        >>> from fastsamplers import schedules
         >>> ts = schedules.get_timesteps("logsnr", "vp_linear", num_steps=10)
         >>> ts.shape
         (11,)

@@ -12,8 +12,9 @@ is the original's, and every solver and grid of B (the flow solvers on the OT pa
 an OT velocity model) samples A's model.
 
 Example:
-    >>> import jax, schedules
-    >>> from models import GaussianMixture
+    >>> import jax
+    >>> from fastsamplers import schedules
+    >>> from fastsamplers.models import GaussianMixture
     >>> vp, ot = schedules.get_process("vp_linear"), schedules.get_process("ot")
     >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=2)
     >>> on_ot = schedules.transform(gm.model_fn(vp, "eps"), "eps", vp, ot)
@@ -30,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import predictions
-from schedules.processes import Process, as_float, get_process
+from fastsamplers.models import predictions
+from fastsamplers.schedules.processes import Process, as_float, get_process
 
 
 def matched_time(trained: Process, target: Process, t) -> jax.Array:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core import Registry
+from fastsamplers.core import Registry
 
 
 def as_float(t) -> jax.Array:

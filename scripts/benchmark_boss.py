@@ -36,12 +36,12 @@ import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 import jax
 import numpy as np
 
-import core
-import samplers
-import schedules
-from experiments.report.tables import render_table
-from experiments.train import checkpoints, losses, straighten
-from experiments.train.experiment import CALIBRATION_STREAM
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.report.tables import render_table
+from fastsamplers.experiments.train import checkpoints, losses, straighten
+from fastsamplers.experiments.train.experiment import CALIBRATION_STREAM
 
 
 def run_spec(config_spec, k):
@@ -133,7 +133,7 @@ def main():
                 rmse = straighten.few_step_rmse(teacher.model_fn, params, process, table[nfe], noise, reference)
                 rows.append({"model": name, "grid": grid, "nfe": nfe, "rmse": rmse})
     if args.fd_samples:
-        from experiments.metrics.fd_digits import fd_digits
+        from fastsamplers.experiments.metrics.fd_digits import fd_digits
 
         fd_noise = straighten.heldout_noise(config, args.fd_samples, shape, process)
         fd_teacher = float(fd_digits(straighten.teacher_states(config, teacher, fd_noise)))

@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from experiments.runs import bottleneck_benchmark
-from experiments.train import load_config
+from fastsamplers.experiments.runs import bottleneck_benchmark
+from fastsamplers.experiments.train import load_config
 
 
 def main(argv=None):

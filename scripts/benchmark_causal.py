@@ -21,8 +21,8 @@ import platform
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 import jax
 
-import core
-from experiments.runs import causal_inversion
+from fastsamplers import core
+from fastsamplers.experiments.runs import causal_inversion
 
 
 def main(argv=None):

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import core
-from experiments.report.tables import render_table
-from experiments.train import couplings, data
+from fastsamplers import core
+from fastsamplers.experiments.report.tables import render_table
+from fastsamplers.experiments.train import couplings, data
 
 SOLVERS = {"scipy": {"solver": "scipy"}, "scipy_cold": {"solver": "scipy", "warm_start": 0},
            "optax": {"solver": "optax"}}

@@ -28,13 +28,13 @@ import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 import jax
 import numpy as np
 
-import core
-import samplers
-import schedules
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
 from cli import ROOT
-from experiments import metrics, train
-from experiments.configs import toy2d_fm
-from experiments.report.tables import render_table
+from fastsamplers.experiments import metrics, train
+from fastsamplers.experiments.configs import toy2d_fm
+from fastsamplers.experiments.report.tables import render_table
 
 
 def ours(coupling, steps, num_eval, eval_steps, target, seed):

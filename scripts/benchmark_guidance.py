@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import core
-import samplers
-import schedules
-from experiments.report import render_table, versions
-from models import GaussianMixture
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.report import render_table, versions
+from fastsamplers.models import GaussianMixture
 
 SCALES = (1.0, 2.0, 4.0)
 

@@ -29,11 +29,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import core  # noqa: E402
-import samplers  # noqa: E402
-import schedules  # noqa: E402
-from experiments.report.tables import render_table  # noqa: E402
-from models import GaussianMixture  # noqa: E402
+from fastsamplers import core  # noqa: E402
+from fastsamplers import samplers  # noqa: E402
+from fastsamplers import schedules  # noqa: E402
+from fastsamplers.experiments.report.tables import render_table  # noqa: E402
+from fastsamplers.models import GaussianMixture  # noqa: E402
 
 FIXED = {
     "DDIM": ("ddim", {}), "DEIS tAB2": ("deis_tab", {"order": 3}), "DEIS tAB3": ("deis_tab", {"order": 4}),

@@ -251,8 +251,8 @@ def jax_worker(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    import models.pretrained as pretrained
-    import samplers
+    from fastsamplers.models import pretrained
+    from fastsamplers import samplers
 
     m = pretrained.load(args.model_dir)
     b = args.batch
@@ -507,8 +507,8 @@ def main() -> None:
         return
 
     sys.path.insert(0, ROOT)
-    import core
-    from experiments.report.tables import render_table
+    from fastsamplers import core
+    from fastsamplers.experiments.report.tables import render_table
 
     command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__), ROOT)] + sys.argv[1:])
     load_before = load_average()

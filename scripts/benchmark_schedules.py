@@ -25,11 +25,11 @@ import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 import jax
 import numpy as np
 
-import core
-import samplers
-import schedules
-from experiments.report import render_table, versions
-from models import GaussianMixture
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.report import render_table, versions
+from fastsamplers.models import GaussianMixture
 
 SOLVERS = {"ddim": ("ddim", {}), "deis_tab3": ("deis_tab", {"order": 3}), "deis_tab4": ("deis_tab", {"order": 4}),
            "dpmpp_2m": ("dpmpp_2m", {})}

@@ -43,11 +43,11 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-import core  # noqa: E402
-import samplers  # noqa: E402
-import schedules  # noqa: E402
-from experiments.report.tables import render_table  # noqa: E402
-from models import MLP, GaussianMixture  # noqa: E402
+from fastsamplers import core  # noqa: E402
+from fastsamplers import samplers  # noqa: E402
+from fastsamplers import schedules  # noqa: E402
+from fastsamplers.experiments.report.tables import render_table  # noqa: E402
+from fastsamplers.models import MLP, GaussianMixture  # noqa: E402
 
 ORACLE_DIM, ORACLE_COMPONENTS = 8, 6
 MLP_HIDDEN, MLP_DEPTH = 256, 3

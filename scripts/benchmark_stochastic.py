@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import core
-import samplers
-import schedules
-from experiments.report import render_table, versions
-from models import MLP, GaussianMixture
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.report import render_table, versions
+from fastsamplers.models import MLP, GaussianMixture
 
 SOLVERS = (
     ("ddim eta=1 (DDPM)", "ddim", {"eta": 1.0}),

@@ -13,9 +13,9 @@ import argparse
 import json
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-import core
-from experiments.runs import causal_inversion
-from samplers import causal_metrics
+from fastsamplers import core
+from fastsamplers.experiments.runs import causal_inversion
+from fastsamplers.samplers import causal_metrics
 
 
 def main(argv=None):

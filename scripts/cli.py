@@ -15,7 +15,7 @@ Imported first by every script (`import cli`; `python scripts/x.py` puts scripts
   touches the devices (scripts/train.py, scripts/fid_pretrained.py).
 
     import cli  # noqa: F401  (first: it puts the repository on sys.path)
-    from experiments.runs import oracle_quickstart
+    from fastsamplers.experiments.runs import oracle_quickstart
 
     if __name__ == "__main__":
         cli.main(oracle_quickstart.run, workdir="outputs/quickstart")

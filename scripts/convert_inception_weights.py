@@ -17,7 +17,7 @@ import re
 import sys
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from experiments.metrics import inception
+from fastsamplers.experiments.metrics import inception
 
 
 def main(argv=None):

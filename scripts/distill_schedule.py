@@ -7,7 +7,7 @@ Config variants and overrides: `--config experiments/configs/distill_oracle.py:s
 """
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from experiments.runs import schedule_distillation
+from fastsamplers.experiments.runs import schedule_distillation
 
 if __name__ == "__main__":
     cli.main(schedule_distillation.run, workdir="outputs/distill",

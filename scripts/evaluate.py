@@ -8,9 +8,9 @@ Writes WORKDIR/rows.json, then the markdown table (WORKDIR/table.md) and the plo
 import os
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-import core
-from experiments.report import tables
-from experiments.runs import sampler_tables
+from fastsamplers import core
+from fastsamplers.experiments.report import tables
+from fastsamplers.experiments.runs import sampler_tables
 
 
 def evaluate(config, workdir):

@@ -16,7 +16,7 @@ import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 
 
 def fid_pretrained(config, workdir):
-    from experiments.runs import fid_protocol
+    from fastsamplers.experiments.runs import fid_protocol
 
     fid_protocol.run(config, workdir)
 

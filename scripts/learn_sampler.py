@@ -8,7 +8,7 @@ Config variants and overrides: `learn_sampler.py:model=oracle,method=search`, `-
 """
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from experiments.runs import learned_samplers
+from fastsamplers.experiments.runs import learned_samplers
 
 if __name__ == "__main__":
     cli.main(learned_samplers.run, workdir="outputs/learned",

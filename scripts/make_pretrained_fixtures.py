@@ -207,8 +207,8 @@ def save_score_sde(out_dir: str, repo: str) -> str:
     import jax
     import jax.numpy as jnp
 
-    import models.pretrained as pretrained
-    from models.pretrained import score_sde
+    from fastsamplers.models import pretrained
+    from fastsamplers.models.pretrained import score_sde
 
     folder = os.path.join(out_dir, "ncsnpp")
     m = pretrained.load(folder)
@@ -254,7 +254,7 @@ DDPMPP_TIMES = (1e-3, 0.25, 0.6, 1.0)
 def _score_sde_config(flat):
     import ml_collections
 
-    from models.pretrained import score_sde
+    from fastsamplers.models.pretrained import score_sde
 
     resolved = score_sde.resolve_config(flat)
     config = ml_collections.ConfigDict()

@@ -10,8 +10,8 @@ import json
 import os
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-import core
-from experiments.report import tables
+from fastsamplers import core
+from fastsamplers.experiments.report import tables
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ Config variants and overrides: `--config experiments/configs/quickstart.py:smoke
 """
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from experiments.runs import oracle_quickstart
+from fastsamplers.experiments.runs import oracle_quickstart
 
 if __name__ == "__main__":
     cli.main(oracle_quickstart.run, workdir="outputs/quickstart",

@@ -9,7 +9,7 @@ bottleneck.png and bottleneck.json (NFE per stage, model FLOPs per sample, wall 
 """
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from experiments.runs import bottleneck_benchmark
+from fastsamplers.experiments.runs import bottleneck_benchmark
 
 
 def sample(config, workdir):

@@ -15,7 +15,7 @@ import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 
 
 def train(config, workdir):
-    from experiments.train import loop
+    from fastsamplers.experiments.train import loop
 
     loop.train(config, workdir)
 

@@ -14,7 +14,7 @@ import os
 import time
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from experiments.metrics import fd_digits
+from fastsamplers.experiments.metrics import fd_digits
 
 
 def parse_sizes(text):

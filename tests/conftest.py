@@ -16,7 +16,7 @@ import tempfile
 import jax
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's fastsamplers
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -33,6 +33,6 @@ def pytest_sessionfinish(session):
 
 @pytest.fixture(scope="session")
 def oracle():
-    from models import GaussianMixture
+    from fastsamplers.models import GaussianMixture
 
     return GaussianMixture.random(jax.random.PRNGKey(0), dim=8, num_components=6)

@@ -14,8 +14,11 @@ The layer order, written once, here (bottom first; a module may import its own l
   6 runners                   experiments.runs.* (the `run(config, workdir)` behind each script)
   7 scripts                   scripts/*.py, thin entry points
 
+Installed, the folders are one package, `fastsamplers` (`fastsamplers.samplers`, ...): every import of the project
+names it so, and a bare `import samplers` (which would claim a generic top-level name) fails the test.
+
 One upward import is allowed and documented where it is made: `schedules/__init__.py` resolves `schedules.distill`,
-`distill_many` and `refine` lazily from `schedules.optimal` (so `import schedules` gives the whole public API).
+`distill_many` and `refine` lazily from `schedules.optimal` (so `from fastsamplers import schedules` gives the whole public API).
 """
 
 import ast
@@ -25,6 +28,7 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = "fastsamplers"
 PACKAGES = ("core", "schedules", "models", "samplers", "experiments")
 
 # (module prefix, layer); the longest matching prefix decides.
@@ -67,8 +71,11 @@ MODULES = _modules()
 
 
 def _resolve(name):
-    """The project module an imported dotted name refers to (its longest prefix that is a module), or None."""
-    parts = name.split(".")
+    """The project module an imported dotted name (`fastsamplers.x.y`) refers to (its longest prefix that is a
+    module, without the package prefix), or None."""
+    if not name.startswith(PACKAGE + "."):
+        return None
+    parts = name.removeprefix(PACKAGE + ".").split(".")
     for k in range(len(parts), 0, -1):
         if ".".join(parts[:k]) in MODULES:
             return ".".join(parts[:k])
@@ -89,10 +96,20 @@ def _imports(module, path):
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             # `from a import b` imports the submodule a.b when there is one, else a name defined in a.
-            names += [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+            names += [f"{base}.{alias.name}" if _resolve(f"{base}.{alias.name}") == f"{base}.{alias.name}"
+                      .removeprefix(PACKAGE + ".") else base for alias in node.names]
     if module.startswith("scripts."):  # a script imports its sibling helpers by their bare names
-        names += ["scripts." + name for name in names if "scripts." + name.split(".")[0] in MODULES]
+        names += [f"{PACKAGE}.scripts.{name}" for name in names if "scripts." + name.split(".")[0] in MODULES]
     return {target for target in map(_resolve, names) if target is not None and target != module}
+
+
+def _bare_imports(path):
+    """The imports in a file that name one of the project's packages without the `fastsamplers.` prefix."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level
+              and node.module]
+    return sorted(name for name in names if name.split(".")[0] in PACKAGES)
 
 
 GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}
@@ -106,6 +123,14 @@ def layer(module):
 
 def test_every_module_has_a_layer():
     assert [m for m in MODULES if layer(m) is None] == []
+
+
+def test_every_import_names_the_one_package():
+    """Tests and scripts included: `from fastsamplers import samplers`, never `import samplers`."""
+    files = list(MODULES.values()) + [os.path.join(ROOT, "tests", f) for f in os.listdir(os.path.join(ROOT, "tests"))
+                                      if f.endswith(".py")]
+    bare = {os.path.relpath(path, ROOT): found for path in files if (found := _bare_imports(path))}
+    assert bare == {}
 
 
 def test_no_module_imports_a_higher_layer():
@@ -168,11 +193,13 @@ def test_no_two_modules_share_a_file_name():
 
 
 @pytest.mark.parametrize("source, expected", [
-    ("import samplers.driver\n", {"samplers.driver"}),
-    ("from samplers import driver\n", {"samplers.driver"}),
-    ("from samplers.driver import sample\n", {"samplers.driver"}),
-    ("def f():\n    from schedules.optimal import refinement\n", {"schedules.optimal.refinement"}),
-    ("from models import GaussianMixture\n", {"models"}),
+    ("import fastsamplers.samplers.driver\n", {"samplers.driver"}),
+    ("from fastsamplers.samplers import driver\n", {"samplers.driver"}),
+    ("from fastsamplers import samplers, schedules\n", {"samplers", "schedules"}),
+    ("from fastsamplers.samplers.driver import sample\n", {"samplers.driver"}),
+    ("def f():\n    from fastsamplers.schedules.optimal import refinement\n", {"schedules.optimal.refinement"}),
+    ("from fastsamplers.models import GaussianMixture\n", {"models"}),
+    ("import samplers\n", set()),
 ])
 def test_the_parser_sees_every_form_of_import(source, expected, tmp_path):
     path = tmp_path / "probe.py"

@@ -15,9 +15,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import train
-from experiments.configs import boss_straighten, toy2d_fm
-from experiments.train import straighten
+from fastsamplers.experiments import train
+from fastsamplers.experiments.configs import boss_straighten, toy2d_fm
+from fastsamplers.experiments.train import straighten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "experiments", "configs")

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import schedules
-from models import predictions
-from samplers import bottleneck, get_solver, sample
-from samplers.bottleneck import Stage
+from fastsamplers import schedules
+from fastsamplers.models import predictions
+from fastsamplers.samplers import bottleneck, get_solver, sample
+from fastsamplers.samplers.bottleneck import Stage
 
 KEY = jax.random.PRNGKey(0)
 

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import train
-from experiments.runs import bottleneck_benchmark
-from experiments.configs import digits_bottleneck, digits_dit
+from fastsamplers.experiments import train
+from fastsamplers.experiments.runs import bottleneck_benchmark
+from fastsamplers.experiments.configs import digits_bottleneck, digits_dit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SMOKE = os.path.join(ROOT, "experiments/configs/digits_dit.py:smoke")
@@ -123,7 +123,7 @@ def test_benchmark_script_writes_every_row(run_dir, tmp_path, monkeypatch):
 
 
 def test_fd_scores_the_finite_samples(monkeypatch, run_dir):
-    from experiments.metrics import fd_digits, frechet
+    from fastsamplers.experiments.metrics import fd_digits, frechet
 
     seen = {}
 

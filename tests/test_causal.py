@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import train
-from experiments.runs import causal_inversion
-from experiments.train import data, losses
-from experiments.train.experiment import data_batch
-from experiments.configs import digits_tarflow
-from models.tarflow import TarFlow, block_order, denoise, nll, patchify, unpatchify
-from samplers import causal, causal_metrics
+from fastsamplers.experiments import train
+from fastsamplers.experiments.runs import causal_inversion
+from fastsamplers.experiments.train import data, losses
+from fastsamplers.experiments.train.experiment import data_batch
+from fastsamplers.experiments.configs import digits_tarflow
+from fastsamplers.models.tarflow import TarFlow, block_order, denoise, nll, patchify, unpatchify
+from fastsamplers.samplers import causal, causal_metrics
 
 SIZE, P = 8, 2
 T = (SIZE // P) ** 2  # 16 tokens

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-import samplers
-import schedules
-from samplers.multistep import IPNDM_WEIGHTS
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.samplers.multistep import IPNDM_WEIGHTS
 
 
 def _lagrange(nodes, j, u):

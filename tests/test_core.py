@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-import core
+from fastsamplers import core
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +40,14 @@ def test_registry_builds_and_checks_names_and_options():
 
 
 def test_every_get_function_uses_the_one_registry():
-    import experiments.train.couplings as couplings
-    import experiments.train.data as data
-    import models.mlp
-    import models.networks
-    import samplers
-    import schedules
+    from fastsamplers.experiments.train import couplings
+    from fastsamplers.experiments.train import data
+    from fastsamplers import models
+    import fastsamplers.models.mlp  # noqa: F401
+    from fastsamplers import models
+    import fastsamplers.models.networks  # noqa: F401
+    from fastsamplers import samplers
+    from fastsamplers import schedules
 
     for registry in (samplers.SOLVERS, schedules.PROCESSES, schedules.GRIDS, models.networks.NETWORKS,
                      models.mlp.ACTIVATIONS, data.DATASETS, couplings.COUPLINGS):

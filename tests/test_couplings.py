@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.train import couplings
+from fastsamplers.experiments.train import couplings
 
 KEY = jax.random.PRNGKey(0)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,7 +243,7 @@ def test_clear_errors():
 SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-    from experiments.train import couplings
+    from fastsamplers.experiments.train import couplings
     assert jax.device_count() == 4
     x_noise = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
     x_data = 1.0 + jax.random.normal(jax.random.PRNGKey(1), (16, 2))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.train import data
+from fastsamplers.experiments.train import data
 
 KEY = jax.random.PRNGKey(0)
 PROCEDURAL = ("moons", "8gaussians", "checkerboard", "swissroll")

@@ -14,13 +14,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import samplers
-import schedules
-from experiments import train
-from experiments.runs import sampler_tables, schedule_distillation
-from experiments.train.experiment import abstract_state
-from experiments.configs import digits_vp, distill_checkpoint, distill_oracle
-from experiments.configs import evaluate as evaluate_config
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments import train
+from fastsamplers.experiments.runs import sampler_tables, schedule_distillation
+from fastsamplers.experiments.train.experiment import abstract_state
+from fastsamplers.experiments.configs import digits_vp, distill_checkpoint, distill_oracle
+from fastsamplers.experiments.configs import evaluate as evaluate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-import schedules
-from experiments.runs import schedule_distillation
-from experiments.configs import distill_oracle
+from fastsamplers import schedules
+from fastsamplers.experiments.runs import schedule_distillation
+from fastsamplers.experiments.configs import distill_oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import train
-from experiments.report import tables
-from experiments.runs import sampler_tables
-from experiments.configs import evaluate as evaluate_config
+from fastsamplers.experiments import train
+from fastsamplers.experiments.report import tables
+from fastsamplers.experiments.runs import sampler_tables
+from fastsamplers.experiments.configs import evaluate as evaluate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +95,7 @@ def test_clear_errors_before_sampling(tmp_path):
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
-    from experiments.configs import toy2d_fm
+    from fastsamplers.experiments.configs import toy2d_fm
 
     config = toy2d_fm.get_config("smoke")
     config.unlock()
@@ -113,8 +113,8 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
 
 def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
     # End to end on the smallest real case: a few steps of the digits_vp smoke run, FD-digits on 64 samples.
-    from experiments.metrics import fd_digits
-    from experiments.configs import digits_vp
+    from fastsamplers.experiments.metrics import fd_digits
+    from fastsamplers.experiments.configs import digits_vp
 
     monkeypatch.setenv("FASTSAMPLERS_CACHE", str(tmp_path / "cache"))
     config = digits_vp.get_config("smoke")
@@ -142,7 +142,7 @@ def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
 def test_a_conditional_target_is_guided_per_batch_with_one_cached_wrapper():
     """`Target.conditioned`: labels go in args, scale 1 is the conditional model, another scale the CFG combination
     with the null label (= num_classes), one wrapper per batch size (so the compiled samplers are reused)."""
-    import schedules
+    from fastsamplers import schedules
 
     model = lambda x, t, a: x * a[0] * (1.0 + a[1][:, None]) + t  # a = (params, labels)
     target = train.Target(schedules.get_process("vp_linear"), "eps", (2,), model, args=jnp.float32(0.5),
@@ -172,10 +172,10 @@ def test_two_checkpoints_of_one_architecture_share_one_compiled_sampler():
 
     import jax
 
-    import samplers
-    import schedules
-    from experiments.configs import toy2d_fm
-    from samplers import driver
+    from fastsamplers import samplers
+    from fastsamplers import schedules
+    from fastsamplers.experiments.configs import toy2d_fm
+    from fastsamplers.samplers import driver
 
     experiment = train.build(toy2d_fm.get_config("smoke"))
     init = experiment.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.metrics import fd_digits
-from experiments.metrics.frechet import FeatureStats, frechet_distance
+from fastsamplers.experiments.metrics import fd_digits
+from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_distance
 
 
 @pytest.fixture(scope="module")

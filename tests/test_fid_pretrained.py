@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models.pretrained as pretrained
-import samplers
-import schedules
-from experiments.configs import fid_pretrained as fid_config
-from experiments.metrics import frechet
-from experiments.runs import fid_protocol
+from fastsamplers.models import pretrained
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.configs import fid_pretrained as fid_config
+from fastsamplers.experiments.metrics import frechet
+from fastsamplers.experiments.runs import fid_protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "pretrained")
@@ -247,7 +247,7 @@ def test_inception_feature_path(reference_images, tmp_path, monkeypatch):
     not 299 (the smallest input of Inception-v3; the weights do not depend on it): 16x cheaper on a CPU. The 2048-d
     matrix square root of the distance itself (tens of seconds on a CPU) is replaced by a recorder: the distance is
     the smoke test's, on 8-d features."""
-    from experiments.metrics import inception
+    from fastsamplers.experiments.metrics import inception
 
     monkeypatch.setattr(inception, "INPUT_SIZE", 75)
     compared = []

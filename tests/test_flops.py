@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.metrics.flops import count_flops
+from fastsamplers.experiments.metrics.flops import count_flops
 
 
 def _struct(*shape):

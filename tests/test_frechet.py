@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from experiments.metrics import frechet
-from experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_from_moments
+from fastsamplers.experiments.metrics import frechet
+from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_from_moments
 
 
 def random_moments(rng, dim):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import schedules
+from fastsamplers import schedules
 
 PROCESSES = ["vp_linear", "vp_cosine", "vp_discrete", "ve", "edm", "ot"]
 STANDARD = ["uniform", "quadratic", "power", "logsnr", "edm", "flow_shift"]

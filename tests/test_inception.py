@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.metrics import inception
+from fastsamplers.experiments.metrics import inception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-import schedules
-from experiments.configs import evaluate, learn_sampler
-from experiments.runs import learned_samplers, sampler_tables
+from fastsamplers import schedules
+from fastsamplers.experiments.configs import evaluate, learn_sampler
+from fastsamplers.experiments.runs import learned_samplers, sampler_tables
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import GaussianMixture
-from schedules.optimal import multistep_dp
-from schedules.optimal.teacher import Teacher
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture
+from fastsamplers.schedules.optimal import multistep_dp
+from fastsamplers.schedules.optimal.teacher import Teacher
 
 N, M = 10, 3
 SOLVERS = [("dpmpp_2m", {}), ("deis_tab", {"order": 3}), ("dpmpp_3m", {"lower_order_final": False})]

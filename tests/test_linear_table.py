@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import GaussianMixture
-from samplers.linear_table import LinearTable, table_of
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture
+from fastsamplers.samplers.linear_table import LinearTable, table_of
 
 P = schedules.get_process("vp_linear")
 # Every registered deterministic solver variant with one model call per step at its start: the ones with a table.

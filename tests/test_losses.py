@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import schedules
-from experiments.train import losses
-from models import predictions
-from models.conditioning import network_fn
+from fastsamplers import schedules
+from fastsamplers.experiments.train import losses
+from fastsamplers.models import predictions
+from fastsamplers.models.conditioning import network_fn
 
 CASES = [
     ("ot", "velocity", {}),

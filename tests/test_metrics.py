@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from experiments.metrics import transport
+from fastsamplers.experiments.metrics import transport
 
 
 def test_w2_between_gaussian_samples_matches_the_closed_form():

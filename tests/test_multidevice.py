@@ -15,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPARE = r"""
 import json, sys
 import jax, numpy as np
-from experiments.train.experiment import build, init_state, make_sampler, make_train_chunk
-from experiments.configs import digits_fm, toy2d_fm
+from fastsamplers.experiments.train.experiment import build, init_state, make_sampler, make_train_chunk
+from fastsamplers.experiments.configs import digits_fm, toy2d_fm
 
 def run(config, num_devices):
     config = config.copy_and_resolve_references()

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import MLP, NETWORKS, DiT, UNet, get_network
-from models.dit import sincos_1d, sincos_2d
-from models.mlp import ACTIVATIONS, get_activation
+from fastsamplers.models import MLP, NETWORKS, DiT, UNet, get_network
+from fastsamplers.models.dit import sincos_1d, sincos_2d
+from fastsamplers.models.mlp import ACTIVATIONS, get_activation
 
 # name -> (network, per-example shape); float32 throughout (the conftest turns x64 on).
 CASES = {

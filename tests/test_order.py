@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import GaussianMixture
-from samplers.base import step_inputs
-from samplers.multistep import IPNDM
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture
+from fastsamplers.samplers.base import step_inputs
+from fastsamplers.samplers.multistep import IPNDM
 
 STEPS = np.array([32, 64, 128, 256])
 # Every registered solver, in every variant it declares (`Solver.variants`): a new solver is tested unnamed.

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import schedules
-from models import GaussianMixture, predictions
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture, predictions
 
 PROCESSES = ["vp_linear", "vp_cosine", "ve", "edm", "ot"]
 KINDS = predictions.KINDS

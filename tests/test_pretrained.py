@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models.pretrained as pretrained
-import samplers
-import schedules
-from models.pretrained import score_sde
+from fastsamplers.models import pretrained
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models.pretrained import score_sde
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "pretrained")
@@ -182,7 +182,7 @@ def test_matches_diffusers_live(name, tmp_path):
 def test_beta_tables_match_diffusers_live(schedule, extra):
     pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
-    from models.pretrained.diffusers import alphas_cumprod
+    from fastsamplers.models.pretrained.diffusers import alphas_cumprod
 
     theirs = diffusers.DDPMScheduler(beta_schedule=schedule, **extra).alphas_cumprod.numpy()
     ours = alphas_cumprod(dict(beta_schedule=schedule, **extra), "scheduler_config.json")

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models.pretrained as pretrained
-import samplers
+from fastsamplers.models import pretrained
+from fastsamplers import samplers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm")

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import GaussianMixture, predictions
-from schedules.process_transform import matched_time, matching_range
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture, predictions
+from fastsamplers.schedules.process_transform import matched_time, matching_range
 
 PROCESSES = ["vp_linear", "vp_cosine", "ve", "edm", "ot"]
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import schedules
-from schedules.processes import ddpm_alphas_cumprod
+from fastsamplers import schedules
+from fastsamplers.schedules.processes import ddpm_alphas_cumprod
 
 NAMES = ["vp_linear", "vp_cosine", "vp_discrete", "ve", "edm", "ot"]
 

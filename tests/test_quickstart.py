@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from experiments.runs import oracle_quickstart
-from experiments.configs import quickstart
+from fastsamplers.experiments.runs import oracle_quickstart
+from fastsamplers.experiments.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

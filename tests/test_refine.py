@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import GaussianMixture
-from schedules.optimal.refinement import grid_from_logits, initial_logits, refine
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture
+from fastsamplers.schedules.optimal.refinement import grid_from_logits, initial_logits, refine
 
 SOLVERS = [("deis_tab", dict(order=3)), ("dpmpp_2m", {}), ("ddim", {})]
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import GaussianMixture
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sasolver_diffusers.npz")

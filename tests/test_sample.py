@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import MLP, GaussianMixture
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import MLP, GaussianMixture
 
 # Read from the registry, so a new solver gets these tests without being named: every variant for the NFE count,
 # each solver's defaults for the rest; FIXED leaves out the error-controlled ones (no fixed trajectory on ts).

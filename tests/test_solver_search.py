@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import GaussianMixture
-from samplers.linear_table import LinearTable, table_of
-from schedules.optimal import solver_search
-from schedules.optimal.solver_search import Strategy
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture
+from fastsamplers.samplers.linear_table import LinearTable, table_of
+from fastsamplers.schedules.optimal import solver_search
+from fastsamplers.schedules.optimal.solver_search import Strategy
 
 P = schedules.get_process("vp_linear")
 M = 6

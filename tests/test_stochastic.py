@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import samplers
-import schedules
-from models import GaussianMixture
-from samplers.multistep import DDIM
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.models import GaussianMixture
+from fastsamplers.samplers.multistep import DDIM
 
 STOCHASTIC = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()
               if samplers.get_solver(name, **opts).stochastic]

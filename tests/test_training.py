@@ -14,8 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import train
-from experiments.configs import digits_dit, digits_fm, digits_vp, toy2d_fm
+from fastsamplers.experiments import train
+from fastsamplers.experiments.configs import digits_dit, digits_fm, digits_vp, toy2d_fm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from experiments import train
-from experiments.configs import digits_dit, digits_fm, digits_vp
+from fastsamplers.experiments import train
+from fastsamplers.experiments.configs import digits_dit, digits_fm, digits_vp
 
 
 @pytest.mark.parametrize("module,arg", [(digits_fm, "smoke,coupling=ot"), (digits_dit, "smoke"),

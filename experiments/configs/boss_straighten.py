@@ -34,7 +34,7 @@ Overrides: `--config.boss.pool_size=4096 --config.train.num_steps=2000 --config.
 
 from __future__ import annotations
 
-from experiments.configs import digits_fm, parse_arg, toy2d_fm
+from fastsamplers.experiments.configs import digits_fm, parse_arg, toy2d_fm
 
 TEACHERS = {"digits_fm": digits_fm, "toy2d_fm": toy2d_fm}
 

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import parse_arg
+from fastsamplers.experiments.configs import parse_arg
 
 TRAIN_CONFIG = "experiments/configs/digits_dit.py"
 CHECKPOINT_DIR = "outputs/digits_dit"

@@ -14,8 +14,8 @@ Overrides: `--config.model.dit.depth=6 --config.data.image_sizes="(16, 32)"`.
 
 from __future__ import annotations
 
-from experiments.configs import parse_arg
-from experiments.configs.train_base import base_config
+from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs.train_base import base_config
 
 
 def get_config(arg=None):

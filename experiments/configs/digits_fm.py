@@ -17,8 +17,8 @@ Overrides: `--config.train.num_steps=20000 --config.sample.solver=heun --config.
 
 from __future__ import annotations
 
-from experiments.configs import parse_arg
-from experiments.configs.train_base import digits_unet
+from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs.train_base import digits_unet
 
 
 def get_config(arg=None):

@@ -16,8 +16,8 @@ Overrides: `--config.sample.plan=jacobi --config.sample.guidance=1.0`.
 
 from __future__ import annotations
 
-from experiments.configs import parse_arg
-from experiments.configs.train_base import base_config
+from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs.train_base import base_config
 
 
 def get_config(arg=None):

@@ -17,8 +17,8 @@ conditional: `--config.sample.guidance_scale=1.0` (unguided), `--config.loss.lab
 
 from __future__ import annotations
 
-from experiments.configs import parse_arg
-from experiments.configs.train_base import digits_unet
+from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs.train_base import digits_unet
 
 
 def get_config(arg=None):

@@ -34,9 +34,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-import samplers
-from experiments.configs import evaluate, parse_arg
-from experiments.configs.distill_oracle import add_method_options
+from fastsamplers import samplers
+from fastsamplers.experiments.configs import evaluate, parse_arg
+from fastsamplers.experiments.configs.distill_oracle import add_method_options
 
 CHECKPOINT_MODELS = ("digits_vp", "digits_fm")  # the trained models of evaluate.MODELS (not its oracle)
 

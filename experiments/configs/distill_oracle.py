@@ -23,8 +23,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from experiments.configs import parse_arg
-from experiments.configs.oracle_base import add_oracle
+from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs.oracle_base import add_oracle
 
 
 def add_method_options(config):

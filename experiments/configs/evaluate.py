@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import parse_arg
+from fastsamplers.experiments.configs import parse_arg
 
 # The table's solvers. The paper's tAB-r is deis_tab with order r + 1; DDIM = deis_tab order 1 on eps models.
 SOLVERS = [

@@ -55,7 +55,7 @@ import os
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from experiments.configs import parse_arg
+from fastsamplers.experiments.configs import parse_arg
 
 # The rows of the DEIS paper's tables: name -> (row label, registered solver, options). tAB-r is deis_tab of order
 # r + 1; the labels are those of experiments/configs/evaluate.py.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import evaluate, parse_arg
+from fastsamplers.experiments.configs import evaluate, parse_arg
 
 METHODS = ("olss", "search", "dp")
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import parse_arg
-from experiments.configs.oracle_base import add_oracle
+from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs.oracle_base import add_oracle
 
 
 def get_config(arg=None):

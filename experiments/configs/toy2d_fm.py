@@ -13,8 +13,8 @@ Overrides: `--config.train.num_steps=20000 --config.loss.sinkhorn_epsilon=0.1 --
 
 from __future__ import annotations
 
-from experiments.configs import parse_arg
-from experiments.configs.train_base import base_config
+from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs.train_base import base_config
 
 
 def get_config(arg=None):

@@ -7,10 +7,10 @@ digits FD-digits is trained and scored on); never `experiments.runs`.
 
 # Not the function `fd_digits.fd_digits` itself: its name is its module's, which `from experiments.metrics import
 # fd_digits` must give.
-from experiments.metrics.fd_digits import score_samples
-from experiments.metrics.flops import count_flops
-from experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_extrapolated
-from experiments.metrics.transport import straightness, w2_exact
+from fastsamplers.experiments.metrics.fd_digits import score_samples
+from fastsamplers.experiments.metrics.flops import count_flops
+from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_extrapolated
+from fastsamplers.experiments.metrics.transport import straightness, w2_exact
 
 __all__ = ["FeatureStats", "count_flops", "frechet_distance", "frechet_distance_extrapolated",
            "score_samples", "straightness", "w2_exact"]

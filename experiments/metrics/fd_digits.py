@@ -7,7 +7,7 @@ fitted to the classifier's 128 penultimate features of the samples and of the re
 distance is computed by `experiments.metrics.frechet` (float64 statistics, scipy's sqrtm as pytorch-fid does). Lower is
 better; 0 means equal feature means and covariances.
 
-    from experiments.metrics.fd_digits import fd_digits
+    from fastsamplers.experiments.metrics.fd_digits import fd_digits
     score = fd_digits(samples)  # samples (n, H, W, 1) in [-1, 1], H = W in {8, 16, 32}; or an iterable of batches
 
 Samples are clipped to [-1, 1] before scoring (as image pipelines do when writing samples; `clip=False` turns this
@@ -70,8 +70,8 @@ import numpy as np
 import optax
 from flax import serialization
 
-import core
-from experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_extrapolated
+from fastsamplers import core
+from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_extrapolated
 
 VERSION = "v1"
 SIZES = (8, 16, 32)
@@ -159,7 +159,7 @@ def _digits_numpy(size):
     """All 1797 digits at `size` px (float32 numpy (1797, size, size, 1) in [-1, 1]) and their labels (int32)."""
     from sklearn.datasets import load_digits as sklearn_digits
 
-    from experiments.train.data import load_digits  # the digits as the generative models see them
+    from fastsamplers.experiments.train.data import load_digits  # the digits as the generative models see them
 
     with jax.enable_x64(False):
         images = np.asarray(load_digits(image_size=size).data, np.float32)

@@ -5,8 +5,8 @@ It imports no other part of experiments and none of the numerical packages (sche
 above `core` may use it, `experiments.runs` and `scripts` most of all.
 """
 
-from experiments.report.figures import image_grid, save_samples
-from experiments.report.provenance import versions
-from experiments.report.tables import markdown, plot, render_table
+from fastsamplers.experiments.report.figures import image_grid, save_samples
+from fastsamplers.experiments.report.provenance import versions
+from fastsamplers.experiments.report.tables import markdown, plot, render_table
 
 __all__ = ["image_grid", "markdown", "plot", "render_table", "save_samples", "versions"]

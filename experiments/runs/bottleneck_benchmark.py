@@ -35,15 +35,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import core
-import samplers
-from experiments.metrics import fd_digits
-from experiments.metrics.flops import count_flops
-from experiments.report import figures
-from experiments.report.tables import render_table
-from experiments.train.checkpoints import checkpoint_target, load_config
-from samplers import bottleneck
-from samplers.bottleneck import Stage
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers.experiments.metrics import fd_digits
+from fastsamplers.experiments.metrics.flops import count_flops
+from fastsamplers.experiments.report import figures
+from fastsamplers.experiments.report.tables import render_table
+from fastsamplers.experiments.train.checkpoints import checkpoint_target, load_config
+from fastsamplers.samplers import bottleneck
+from fastsamplers.samplers.bottleneck import Stage
 
 METRICS = ("fd_digits", "none")
 NOISE_STREAM, RENOISE_STREAM = 7, 8  # fold_in(root, stream): the shared initial noise, the re-noising draws

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.metrics import fd_digits
-from experiments.report.tables import render_table
-from experiments.train.checkpoints import restore_run
-from models.tarflow import denoise
-from samplers import causal, causal_metrics
+from fastsamplers.experiments.metrics import fd_digits
+from fastsamplers.experiments.report.tables import render_table
+from fastsamplers.experiments.train.checkpoints import restore_run
+from fastsamplers.models.tarflow import denoise
+from fastsamplers.samplers import causal, causal_metrics
 
 
 def load_flow(train_spec, workdir, use_ema=True):

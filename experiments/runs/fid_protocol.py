@@ -59,14 +59,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import core
-import models.pretrained as pretrained
-import samplers
-import schedules
-from experiments.metrics import frechet
-from experiments.report.figures import save_samples
-from experiments.report.provenance import versions
-from models.pretrained import diffusers as diffusers_layout
+from fastsamplers import core
+from fastsamplers.models import pretrained
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.metrics import frechet
+from fastsamplers.experiments.report.figures import save_samples
+from fastsamplers.experiments.report.provenance import versions
+from fastsamplers.models.pretrained import diffusers as diffusers_layout
 
 FEATURES = ("inception", "random_projection")
 METRICS = {"inception": "fid", "random_projection": "fd_random_projection"}
@@ -128,7 +128,7 @@ def make_feature(config, image_shape) -> Feature:
     """The configured feature network (`check_feature` first); the Inception weights are read here."""
     check_feature(config)
     if config.feature == "inception":
-        from experiments.metrics import inception
+        from fastsamplers.experiments.metrics import inception
 
         path = os.path.abspath(config.fid_weights)
         params = inception.load_params(path)
@@ -156,7 +156,7 @@ def _feature_program(kind, mesh):
     def extract(params, images):
         x = images.astype(jnp.float32) / 127.5 - 1.0
         if kind == "inception":
-            from experiments.metrics import inception
+            from fastsamplers.experiments.metrics import inception
 
             return inception.InceptionV3().apply(params, x)
         return jnp.dot(x.reshape(x.shape[0], -1), params, precision=jax.lax.Precision.HIGHEST)

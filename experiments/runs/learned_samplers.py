@@ -26,13 +26,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import core
-import samplers
-import schedules
-from experiments.report.provenance import versions
-from experiments.report.tables import render_table
-from experiments.runs.sampler_tables import oracle_target
-from experiments.train.checkpoints import checkpoint_target
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.report.provenance import versions
+from fastsamplers.experiments.report.tables import render_table
+from fastsamplers.experiments.runs.sampler_tables import oracle_target
+from fastsamplers.experiments.train.checkpoints import checkpoint_target
 
 CALIBRATION_STREAM, HELDOUT_STREAM = 1, 2
 BASELINE = ("deis_tab", {"order": 3}, ("quadratic", "logsnr"))  # the context rows: DEIS tAB2 on two grids

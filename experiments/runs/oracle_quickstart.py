@@ -15,12 +15,12 @@ import jax
 import ml_collections
 import numpy as np
 
-import core
-import samplers
-import schedules
-from experiments.report.provenance import versions
-from experiments.report.tables import render_table
-from models import GaussianMixture, predictions
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.report.provenance import versions
+from fastsamplers.experiments.report.tables import render_table
+from fastsamplers.models import GaussianMixture, predictions
 
 # Streams of the root key (fold_in(root, stream)), so that each random draw stays put when others are added.
 ORACLE_STREAM = 0

@@ -31,12 +31,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import core
-import samplers
-import schedules
-from experiments.metrics import fd_digits, frechet
-from experiments.train.checkpoints import Target, checkpoint_target
-from models import GaussianMixture, predictions
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.metrics import fd_digits, frechet
+from fastsamplers.experiments.train.checkpoints import Target, checkpoint_target
+from fastsamplers.models import GaussianMixture, predictions
 
 METRICS = ("fd_digits", "fid", "exact")
 SOURCES = ("checkpoint", "oracle")
@@ -166,7 +166,7 @@ class Metric:
         if self.name == "fd_digits":  # the reference first: it may train the classifier, before any sampling
             self._reference = fd_digits.reference_stats(target.shape[0], split=config.fd_reference)
         elif self.name == "fid":
-            from experiments.metrics import inception
+            from fastsamplers.experiments.metrics import inception
 
             if not config.fid_weights:
                 raise ValueError("metric 'fid' needs fid_weights: the .npz from scripts/convert_inception_weights.py")

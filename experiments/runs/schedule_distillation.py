@@ -39,14 +39,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import core
-import samplers
-import schedules
-from experiments.report.provenance import versions
-from experiments.report.tables import render_table
-from experiments.train.checkpoints import Target, checkpoint_target
-from models import GaussianMixture, predictions
-from schedules.optimal import distillation
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.report.provenance import versions
+from fastsamplers.experiments.report.tables import render_table
+from fastsamplers.experiments.train.checkpoints import Target, checkpoint_target
+from fastsamplers.models import GaussianMixture, predictions
+from fastsamplers.schedules.optimal import distillation
 
 # Streams of the root key (fold_in(root, stream)), the convention of `experiments.runs.oracle_quickstart`: each draw
 # stays put when others are added.

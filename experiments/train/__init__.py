@@ -6,11 +6,11 @@ It may import `core`, `schedules`, `models`, `samplers` and, within experiments,
 figures) and `experiments.metrics.transport` (the W2 of the final evaluation); never `experiments.runs`.
 """
 
-from experiments.train.checkpoints import SamplerModel, Target, checkpoint_target, load_config, restore_run
-from experiments.train.couplings import COUPLINGS, get_coupling
-from experiments.train.data import DATASETS, get_dataset
-from experiments.train.experiment import Experiment, build, init_state, make_train_chunk
-from experiments.train.loop import train
+from fastsamplers.experiments.train.checkpoints import SamplerModel, Target, checkpoint_target, load_config, restore_run
+from fastsamplers.experiments.train.couplings import COUPLINGS, get_coupling
+from fastsamplers.experiments.train.data import DATASETS, get_dataset
+from fastsamplers.experiments.train.experiment import Experiment, build, init_state, make_train_chunk
+from fastsamplers.experiments.train.loop import train
 
 __all__ = ["COUPLINGS", "DATASETS", "Experiment", "SamplerModel", "Target", "build", "checkpoint_target", "get_coupling",
            "get_dataset", "init_state", "load_config", "make_train_chunk", "restore_run", "train"]

@@ -19,9 +19,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-import samplers
+from fastsamplers import samplers
 
-from experiments.train.experiment import Experiment, abstract_state, build
+from fastsamplers.experiments.train.experiment import Experiment, abstract_state, build
 
 
 def manager(workdir: str, *, read_only: bool = False, max_to_keep: int | None = None,

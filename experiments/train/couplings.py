@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core import Registry
+from fastsamplers.core import Registry
 
 OT_SOLVERS = ("scipy", "optax")
 DEFAULT_OT_SOLVER = "scipy"  # the faster one at batch 256 (module docstring)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from core import Registry
+from fastsamplers.core import Registry
 
 _INT32_LIMIT = 2**31
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -28,13 +28,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import samplers
-import schedules
-from experiments.train import couplings, data, losses
-from models import conditioning
-from models.networks import FLOWS, get_network
-from samplers import causal
-from samplers.driver import check_ts
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.train import couplings, data, losses
+from fastsamplers.models import conditioning
+from fastsamplers.models.networks import FLOWS, get_network
+from fastsamplers.samplers import causal
+from fastsamplers.samplers.driver import check_ts
 
 
 # Streams of the root key (fold_in(root, stream)): each random draw stays put when another is added. The last three

@@ -29,13 +29,13 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-import core
-from experiments.metrics.transport import w2_exact
-from experiments.report import figures
-from experiments.train import checkpoints, straighten
-from experiments.train.experiment import (EVAL_STREAM, SAMPLE_STREAM, Experiment, abstract_state, build,
+from fastsamplers import core
+from fastsamplers.experiments.metrics.transport import w2_exact
+from fastsamplers.experiments.report import figures
+from fastsamplers.experiments.train import checkpoints, straighten
+from fastsamplers.experiments.train.experiment import (EVAL_STREAM, SAMPLE_STREAM, Experiment, abstract_state, build,
                                           data_batch, init_state, make_sampler, make_train_chunk)
-from experiments.train.writers import MetricsWriter, progress_bar
+from fastsamplers.experiments.train.writers import MetricsWriter, progress_bar
 
 
 # ----------------------------------------------------------------------------------------------------- the loop

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import predictions
+from fastsamplers.models import predictions
 
 TIME_SAMPLINGS = ("uniform", "logit_normal", "log_normal")
 
@@ -35,7 +35,8 @@ def sample_times(key, n, process, method="uniform", t_min=None, t_max=None, mean
     """n training times in [t_min, t_max] (defaults: the process's ends), float32.
 
     Example:
-        >>> import jax, schedules
+        >>> import jax
+        >>> from fastsamplers import schedules
         >>> t = sample_times(jax.random.PRNGKey(0), 5, schedules.get_process("ot"), t_min=0.0, t_max=1.0)
         >>> bool(((t >= 0) & (t <= 1)).all())
         True
@@ -215,7 +216,7 @@ def make_flow_loss(flow, noise_std, label_dropout=0.0, constrain=None):
     Returns:
       A `Loss`: `draw(key, x0, labels=None) -> (x, labels)`, `regress(params, x, labels) -> scalar` (float32).
     """
-    from models.tarflow import nll
+    from fastsamplers.models.tarflow import nll
 
     if not noise_std >= 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")

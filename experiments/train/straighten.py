@@ -51,16 +51,16 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-import core
-import samplers
-import schedules
-from experiments.train import checkpoints, losses
-from experiments.train.data import ArrayDataset
-from experiments.train.experiment import (CALIBRATION_STREAM, HELDOUT_STREAM, POOL_STREAM, Experiment,
+from fastsamplers import core
+from fastsamplers import samplers
+from fastsamplers import schedules
+from fastsamplers.experiments.train import checkpoints, losses
+from fastsamplers.experiments.train.data import ArrayDataset
+from fastsamplers.experiments.train.experiment import (CALIBRATION_STREAM, HELDOUT_STREAM, POOL_STREAM, Experiment,
                                           abstract_state, build as build_experiment, make_generate)
-from models.networks import FLOWS
-from samplers.driver import check_ts
-from schedules.optimal.distillation import teacher_trajectory
+from fastsamplers.models.networks import FLOWS
+from fastsamplers.samplers.driver import check_ts
+from fastsamplers.schedules.optimal.distillation import teacher_trajectory
 
 POOL_FILE = "boss_pool.npz"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-import core
+from fastsamplers import core
 
 
 class MetricsWriter:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 
-from models.pretrained import diffusers, score_sde
-from models.pretrained.model import Pretrained
-from models.pretrained.unet2d import UNet2D, UNet2DConfig
+from fastsamplers.models.pretrained import diffusers, score_sde
+from fastsamplers.models.pretrained.model import Pretrained
+from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 LAYOUTS = ("diffusers", "score_sde")
 

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.pretrained.model import Pretrained, check_weights, make_functions
-from models.pretrained.unet2d import UNet2D, UNet2DConfig
-from schedules.processes import get_process
+from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions
+from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
+from fastsamplers.schedules.processes import get_process
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 PICKLED = (".bin", ".ckpt", ".pt", ".pth", ".pkl")

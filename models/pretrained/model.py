@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from models.pretrained.unet2d import UNet2D
+from fastsamplers.models.pretrained.unet2d import UNet2D
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (samplers cache on model_fn, not params)

@@ -48,10 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.pretrained.diffusers import expected_params, unflatten
-from models.pretrained.model import Pretrained, check_weights, make_functions
-from models.pretrained.unet2d import UNet2D, UNet2DConfig
-from schedules.processes import get_process
+from fastsamplers.models.pretrained.diffusers import expected_params, unflatten
+from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions
+from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
+from fastsamplers.schedules.processes import get_process
 
 PARAMS_KEYS = ("params_ema", "params")
 VE_SAMPLING_EPS = 1e-5  # score_sde's run_lib: the sampling eps (t_min) of VE and of VP models

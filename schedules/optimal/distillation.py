@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import samplers
-from models import predictions
-from samplers.base import Solver, step_inputs
-from schedules.grids import get_timesteps
-from schedules.processes import Process, as_float, get_process
+from fastsamplers import samplers
+from fastsamplers.models import predictions
+from fastsamplers.samplers.base import Solver, step_inputs
+from fastsamplers.schedules.grids import get_timesteps
+from fastsamplers.schedules.processes import Process, as_float, get_process
 
 
 def student_step_fn(solver, process):

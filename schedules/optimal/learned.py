@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-import samplers
-from core import Registry
-from models import predictions
-from schedules.optimal import multistep_dp, olss, solver_search
-from schedules.optimal.distillation import _check_step_count, _check_teacher_steps
-from schedules.optimal.teacher import Teacher
-from schedules.processes import get_process
+from fastsamplers import samplers
+from fastsamplers.core import Registry
+from fastsamplers.models import predictions
+from fastsamplers.schedules.optimal import multistep_dp, olss, solver_search
+from fastsamplers.schedules.optimal.distillation import _check_step_count, _check_teacher_steps
+from fastsamplers.schedules.optimal.teacher import Teacher
+from fastsamplers.schedules.processes import get_process
 
 METHODS = Registry("learning method", {"dp": multistep_dp.learn_dp, "olss": olss.learn_olss,
                                        "search": solver_search.learn_search},
@@ -52,8 +52,9 @@ def learn(method: str, model_fn: Callable, process, x_init, num_steps: int, *, p
       (solver, ts) for `samplers.sample`, and info with return_info.
 
     Example:
-        >>> import jax, schedules, samplers
-        >>> from models import GaussianMixture
+        >>> import jax
+        >>> from fastsamplers import schedules, samplers
+        >>> from fastsamplers.models import GaussianMixture
         >>> p = schedules.get_process("vp_linear")
         >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=2, num_components=2)
         >>> x_cal = p.prior(jax.random.PRNGKey(1), (64, 2))

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import samplers
-from samplers.multistep import LinearMultistep
-from schedules.optimal.teacher import gram_matrix
-from schedules.processes import as_float
+from fastsamplers import samplers
+from fastsamplers.samplers.multistep import LinearMultistep
+from fastsamplers.schedules.optimal.teacher import gram_matrix
+from fastsamplers.schedules.processes import as_float
 
 TABLE_BUDGET = 4e7  # entries of the largest cost table (N + 1) (window + 1)^order that the default window allows
 

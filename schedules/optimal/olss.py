@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers.linear_table import LinearTable, run_table
-from schedules.grids import get_timesteps
-from schedules.optimal.teacher import gram_matrix
-from schedules.processes import as_float
+from fastsamplers.samplers.linear_table import LinearTable, run_table
+from fastsamplers.schedules.grids import get_timesteps
+from fastsamplers.schedules.optimal.teacher import gram_matrix
+from fastsamplers.schedules.processes import as_float
 
 FITS = ("student", "teacher")
 RCOND = 1e-12  # eigenvalues of the basis Gram matrix below RCOND * the largest are dropped

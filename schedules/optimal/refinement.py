@@ -36,9 +36,10 @@ best valid grid is returned. A non-finite loss or gradient stops the loop; the b
 `info["stopped_reason"]` says "non_finite".
 
 Example:
-    >>> import jax, schedules, samplers
-    >>> from models import GaussianMixture
-    >>> from schedules.optimal.refinement import refine
+    >>> import jax
+    >>> from fastsamplers import schedules, samplers
+    >>> from fastsamplers.models import GaussianMixture
+    >>> from fastsamplers.schedules.optimal.refinement import refine
     >>> process = schedules.get_process("vp_linear")
     >>> gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=4, num_components=3)
     >>> x_init = gm.marginal_sample(jax.random.PRNGKey(1), 64, process.t_max, process)
@@ -60,11 +61,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from samplers.base import Solver
-from samplers.driver import check_ts, resolve_inputs, sample
-from samplers.solvers import get_solver
-from schedules.grids import get_timesteps
-from schedules.processes import as_float
+from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers.driver import check_ts, resolve_inputs, sample
+from fastsamplers.samplers.solvers import get_solver
+from fastsamplers.schedules.grids import get_timesteps
+from fastsamplers.schedules.processes import as_float
 
 
 def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_init: jax.Array, *,

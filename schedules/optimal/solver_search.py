@@ -39,11 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import samplers
-from samplers.linear_table import LinearTable, run_table
-from samplers.unipc import UniPC, corrector_rows
-from schedules.grids import get_timesteps
-from schedules.optimal.multistep_dp import local_row
+from fastsamplers import samplers
+from fastsamplers.samplers.linear_table import LinearTable, run_table
+from fastsamplers.samplers.unipc import UniPC, corrector_rows
+from fastsamplers.schedules.grids import get_timesteps
+from fastsamplers.schedules.optimal.multistep_dp import local_row
 
 PREDICTIONS = ("eps", "x0")
 ORDERS = (1, 2, 3)

@@ -10,10 +10,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-import samplers
-from models import predictions
-from schedules.grids import get_timesteps
-from schedules.optimal.distillation import _with_args, teacher_trajectory
+from fastsamplers import samplers
+from fastsamplers.models import predictions
+from fastsamplers.schedules.grids import get_timesteps
+from fastsamplers.schedules.optimal.distillation import _with_args, teacher_trajectory
 
 
 @dataclasses.dataclass(frozen=True)
