@@ -177,4 +177,7 @@ def test_bad_configs_fail_before_training(tmp_path):
     run = subprocess.run(_train_command(tmp_path / "x", "--config.train.num_stepz=5"), capture_output=True,
                          text=True)
     assert run.returncode != 0 and "num_stepz" in run.stderr
+    # One line naming the key and the closest valid one, not ml_collections' traceback (scripts/cli.py).
+    assert run.stderr.strip() == ("error: --config.train.num_stepz: config.train has no key 'num_stepz'; "
+                                  "did you mean 'num_steps'?")
     assert not (tmp_path / "x").exists()
