@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from fastsamplers import samplers, schedules
 from fastsamplers.experiments import train
 from fastsamplers.experiments.configs import digits_dit, digits_fm, digits_vp, toy2d_fm
 from fastsamplers.experiments.train import checkpoints
@@ -134,6 +136,16 @@ def test_conditional_unet_trains_samples_guided_and_resumes_bitwise(tmp_path):
     assert result["sampler"]["guidance_scale"] == config.sample.guidance_scale and np.isfinite(result["eval_loss"])
     assert os.listdir(whole / "samples") == ["step_0000020.png"]
     assert _final_params(whole, 20)["params"]["label_embed"]["embedding"].shape == (11, 32)
+    # Sampled without labels (args the parameters alone): one sentence, not the parameter tree.
+    target = train.checkpoint_target(os.path.join(ROOT, "experiments", "configs", "digits_vp.py:conditional,smoke"),
+                                     str(whole))
+    x_init = target.process.prior(jax.random.PRNGKey(0), (2, *target.shape))
+    ts = schedules.get_timesteps("uniform", target.process, num_steps=2)
+    with pytest.raises(ValueError, match=r"args a dict of \d+ arrays \([\d,]+ numbers\): the model is class-"
+                                         r"conditional: pass args=\(params, labels\), labels of shape \(batch,\), "
+                                         r"not a dict"):
+        samplers.sample(target.model_fn, "ddim", target.process, x_init, ts, prediction=target.prediction,
+                        args=target.args)
     # A run killed after its step-10 checkpoint: the same workdir without the later checkpoint and log lines.
     killed = tmp_path / "killed"
     shutil.copytree(whole, killed)

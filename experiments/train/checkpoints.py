@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fastsamplers import core, samplers
+from fastsamplers.models.conditioning import split_conditional_args
 
 from fastsamplers.experiments.train.experiment import Experiment, abstract_state, build
 
@@ -196,7 +197,10 @@ class SamplerModel:
     conditional: bool = False
 
     def __call__(self, x, t, args):
-        return self.fn(args[0], x, t, args[1]) if self.conditional else self.fn(args, x, t)
+        if not self.conditional:
+            return self.fn(args, x, t)
+        params, labels = split_conditional_args(args)
+        return self.fn(params, x, t, labels)
 
 
 def restore_run(train_spec: str, checkpoint_dir: str,
