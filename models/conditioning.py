@@ -28,6 +28,28 @@ def class_labels(labels, num_classes, batch):
     return jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
 
 
+def split_conditional_args(args, num_classes=None):
+    """(params, labels) from the `args` of a class-conditional model function, model_fn(x, t, (params, labels));
+    anything else, most often the parameters alone, is a ValueError of one sentence (not the parameter tree), which
+    names the label range when `num_classes` is given.
+
+    Example:
+        >>> split_conditional_args(({"w": 1.0}, [3, 7]), 10)
+        ({'w': 1.0}, [3, 7])
+        >>> split_conditional_args({"w": 1.0}, 10)
+        Traceback (most recent call last):
+        ...
+        ValueError: the model is class-conditional (10 classes): pass args=(params, labels), labels of shape (batch,) in 0..9, not a dict
+    """
+    if isinstance(args, (tuple, list)) and len(args) == 2:
+        return args[0], args[1]
+    given = f"a {type(args).__name__}" + (f" of {len(args)}" if isinstance(args, (tuple, list)) else "")
+    classes, labels = "", "labels of shape (batch,)"
+    if num_classes is not None:
+        classes, labels = f" ({num_classes} classes)", f"{labels} in 0..{num_classes - 1}"
+    raise ValueError(f"the model is class-conditional{classes}: pass args=(params, labels), {labels}, not {given}")
+
+
 def add_label_embedding(module, emb, labels, num_classes, embedding_init=nn.initializers.normal(0.02)):
     """`emb` (B, D) plus a learned embedding of the labels (num_classes + 1 rows, the last the null label), for a
     network with `num_classes` > 0; `emb` unchanged (and no parameter) for num_classes = 0, which takes no labels.

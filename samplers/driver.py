@@ -165,8 +165,23 @@ def check_key(solver: Solver, key, noise: str, x_init: jax.Array):
     return key
 
 
-def _shape_of(leaf):
-    return jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf))
+def describe_args(args, max_leaves: int = 4) -> str:
+    """`args` in a few words for an error message: a small pytree as its leaves' shapes and dtypes, a larger one (a
+    network's parameters) by its type and size, a tuple or list element by element; never the whole tree.
+
+    Example:
+        >>> import numpy as np
+        >>> params = {f"w{i}": np.zeros((2, 3), np.float32) for i in range(6)}
+        >>> describe_args((params, np.zeros(2, np.int32)))
+        '(a dict of 6 arrays (36 numbers), ShapeDtypeStruct(shape=(2,), dtype=int32))'
+    """
+    leaves = jax.tree.leaves(args)
+    if len(leaves) <= max_leaves:
+        return str(jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf)), args))
+    if isinstance(args, (tuple, list)) and len(args) <= max_leaves:
+        return "(" + ", ".join(describe_args(item, max_leaves) for item in args) + ")"
+    size = sum(int(np.prod(jnp.shape(leaf))) for leaf in leaves)
+    return f"a {type(args).__name__} of {len(leaves)} arrays ({size:,} numbers)"
 
 
 def checked_model(model_fn, has_args):
@@ -179,7 +194,7 @@ def checked_model(model_fn, has_args):
         try:
             out = model_fn(x, t, args) if has_args else model_fn(x, t)
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
-            given = f" and args {jax.tree.map(_shape_of, args)}" if has_args else ""
+            given = f" and args {describe_args(args)}" if has_args else ""
             raise ValueError(f"{signature} failed for x of shape {x.shape} ({x.dtype}){given}: {err}") from err
         shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
         if shape != x.shape or dtype is None or not jnp.issubdtype(dtype, jnp.floating):

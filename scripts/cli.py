@@ -8,8 +8,9 @@ Imported first by every script (`import cli`; `python scripts/x.py` puts scripts
   out of the terminal. They come back with absl's `--verbosity=0` (or 1 for debug) on the config scripts, or with
   the environment variable FASTSAMPLERS_VERBOSE=1 on any script;
 - `main(fn)` is the whole entry of a config script: it defines `--config` (an ml_collections config file,
-  file.py or file.py:arg, locked: a misspelt override fails) and `--workdir`, parses the flags and calls
-  fn(config, workdir). A script with more flags defines them with absl's `flags` before calling it;
+  file.py or file.py:arg, locked: a misspelt `--config.key=` override fails with one line naming the key and the
+  closest valid one, `override_error`) and `--workdir`, parses the flags and calls fn(config, workdir). A script
+  with more flags defines them with absl's `flags` before calling it;
 - `main(fn, distributed=True)` adds the multi-host flags (`--distributed`, `--coordinator_address`,
   `--num_processes`, `--process_id`) and calls `jax.distributed.initialize` with them before fn, so before anything
   touches the devices (scripts/train.py, scripts/fid_pretrained.py).
@@ -23,10 +24,11 @@ Imported first by every script (`import cli`; `python scripts/x.py` puts scripts
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if sys.path[:1] != [ROOT]:
@@ -81,6 +83,70 @@ def init_distributed() -> None:
                                    num_processes=flags.FLAGS.num_processes, process_id=flags.FLAGS.process_id)
 
 
+def override_error(config: Any, path: str) -> str | None:
+    """Why the override `--config.PATH=...` names no key of `config`, as one sentence naming the closest valid key;
+    None when every part of PATH is a key (or PATH indexes a list, which this does not follow).
+
+    Example:
+        >>> import ml_collections
+        >>> config = ml_collections.ConfigDict({"train": {"num_steps": 10, "lr": 0.1}})
+        >>> override_error(config, "train.num_stepz")
+        "config.train has no key 'num_stepz'; did you mean 'num_steps'?"
+        >>> override_error(config, "train.num_steps") is None
+        True
+    """
+    node, walked = config, "config"
+    for part in path.split("."):
+        if not hasattr(node, "keys"):
+            if "[" in part or node is None:  # a list index, or a placeholder that the override may fill
+                return None
+            return f"{walked} is a value ({type(node).__name__}), not a section: it has no key {part!r}"
+        keys = [str(key) for key in node.keys()]
+        if part not in keys:
+            close = difflib.get_close_matches(part, keys, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"its keys: {', '.join(sorted(keys))}"
+            return f"{walked} has no key {part!r}; {hint}"
+        node, walked = node[part], f"{walked}.{part}"
+    return None
+
+
+def overrides(argv: Sequence[str], name: str = "config") -> list[str]:
+    """The paths of the `--NAME.PATH=...` (or `--NAME.PATH VALUE`) overrides in argv, in order."""
+    prefixes = (f"--{name}.", f"-{name}.")
+    return [arg.split("=", 1)[0].split(".", 1)[1] for arg in argv if arg.startswith(prefixes)]
+
+
+def _config_spec(argv: Sequence[str], name: str = "config") -> str | None:
+    """The value of `--NAME=SPEC` or `--NAME SPEC` in argv."""
+    for i, arg in enumerate(argv):
+        for flag in (f"--{name}", f"-{name}"):
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1:]
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+    return None
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing (`app.parse_flags_with_usage`), but a misspelt `--config.key=` override exits with one
+    line on stderr, `error: --config.PATH: ...` (`override_error`), instead of ml_collections' traceback."""
+    from absl import app, flags
+
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):  # how ml_collections reports an override path that names no key
+        spec = _config_spec(argv[1:])
+        try:
+            config = flags.FLAGS["config"].parser.parse(spec)  # the config file once more, without the overrides
+        except Exception:  # noqa: BLE001  (the original error is the one to show then)
+            config = None
+        for path in overrides(argv[1:]) if config is not None else ():
+            message = override_error(config, path)
+            if message is not None:
+                sys.exit(f"error: --config.{path}: {message}")
+        raise
+
+
 def main(fn: Callable[[Any, str], Any], *, workdir: str | None = None, workdir_help: str = "Directory for the outputs.",
          config_help: str = "Path to an experiment config file (file.py or file.py:arg).",
          distributed: bool = False) -> None:
@@ -110,4 +176,4 @@ def main(fn: Callable[[Any, str], Any], *, workdir: str | None = None, workdir_h
             init_distributed()
         fn(flags.FLAGS.config, flags.FLAGS.workdir)
 
-    app.run(entry)
+    app.run(entry, flags_parser=parse_flags)

@@ -2,6 +2,7 @@
 the markdown table and the make_table script."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -94,7 +95,12 @@ def test_clear_errors_before_sampling(tmp_path):
         train.load_config("experiments/configs/nope.py")
 
 
-def test_checkpoint_of_another_config_is_refused(tmp_path):
+def _tree(directory):
+    return {os.path.join(folder, name): os.stat(os.path.join(folder, name)).st_mtime_ns
+            for folder, subfolders, files in os.walk(directory) for name in subfolders + files}
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path, caplog):
     from fastsamplers.experiments.configs import toy2d_fm
 
     config = toy2d_fm.get_config("smoke")
@@ -103,8 +109,13 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     config.train.progress = False
     config.lock()
     train.train(config, str(tmp_path))
-    target = train.checkpoint_target(os.path.join(ROOT, "experiments/configs/toy2d_fm.py:smoke"), str(tmp_path))
+    before = _tree(tmp_path / "checkpoints")
+    with caplog.at_level(logging.INFO):
+        target = train.checkpoint_target(os.path.join(ROOT, "experiments/configs/toy2d_fm.py:smoke"), str(tmp_path))
     assert target.shape == (2,) and "step 2" in target.description
+    # Reading a run neither writes in it nor warns (orbax's read_only option logged "Given directory is read only").
+    assert _tree(tmp_path / "checkpoints") == before
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     x = target.model_fn(jnp.zeros((3, 2), jnp.float32), jnp.asarray(0.5, jnp.float32), target.args)
     assert x.shape == (3, 2)
     with pytest.raises(ValueError, match="does not fit|another config"):

@@ -247,6 +247,34 @@ def test_null_label(loaded):
     assert _max_error(nines, d["out"])[0] > 1e-2
 
 
+def test_a_conditional_checkpoint_without_labels_is_one_sentence(loaded):
+    """The parameters alone as args: a sentence saying to pass (params, labels), not the parameter tree."""
+    m, _ = loaded["conditional"]
+    with jax.enable_x64(False):
+        x_init = m.process.prior(jax.random.PRNGKey(0), (2,) + m.image_shape, dtype=jnp.float32)
+        ts = schedules.get_timesteps("uniform", m.process, num_steps=2)
+        with pytest.raises(ValueError) as raised:
+            samplers.sample(m.model_fn, "ddim", m.process, x_init, ts, prediction=m.prediction, args=m.params)
+    message = str(raised.value).split("\n")[0]  # (jax may add a line about its traceback filtering)
+    leaves = jax.tree.leaves(m.params)
+    assert message == (
+        f"model_fn(x, t, args) failed for x of shape (2, 8, 8, 3) (float32) and args a dict of {len(leaves)} arrays "
+        f"({sum(leaf.size for leaf in leaves):,} numbers): the model is class-conditional (10 classes): pass "
+        "args=(params, labels), labels of shape (batch,) in 0..9, not a dict")
+
+
+def test_a_broken_config_json_names_the_file(tmp_path):
+    root = _copy("conditional", tmp_path)
+    (root / "config.json").write_text('{"_class_name": "UNet2DModel",')
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON") as raised:
+        pretrained.load(str(root))
+    assert str(root / "config.json") in str(raised.value)
+    recorded = json.load(open(os.path.join(SCORE_SDE_DIR, "tree.json")))
+    (tmp_path / "score_sde.json").write_text(json.dumps(recorded["config"])[:-5])
+    with pytest.raises(ValueError, match="score_sde.json is not valid JSON"):
+        pretrained.load(os.path.join(SCORE_SDE_DIR, "checkpoint_1"), config=str(tmp_path / "score_sde.json"))
+
+
 # ---- errors, before any compute --------------------------------------------------------------------------------
 
 def _copy(name, tmp_path):

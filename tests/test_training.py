@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from fastsamplers import samplers, schedules
 from fastsamplers.experiments import train
 from fastsamplers.experiments.configs import digits_dit, digits_fm, digits_vp, toy2d_fm
+from fastsamplers.experiments.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
@@ -45,9 +48,17 @@ def _final_params(workdir, step):
     return state["params"]
 
 
-def test_toy_flow_matching_learns_and_resumes_finished_run(tmp_path):
+def test_toy_flow_matching_learns_and_resumes_finished_run(tmp_path, capsys):
     config = _override(toy2d_fm.get_config("smoke"), eval__num_samples=400)
     result = train.train(config, str(tmp_path))
+    # The smoke run says what it will do and, at the end, the evaluation and where the files are.
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:3] == [f"training in {tmp_path}: a new run", "  devices: 1 (cpu), batch 256",
+                           "  steps: 300 to run, to step 300; a checkpoint every 100, metrics every 100 in "
+                           "metrics.jsonl"]
+    assert printed[-1] == (f"done at step 300: eval loss {result['eval_loss']:.4g} (raw weights), W2 "
+                           f"{result['resolutions']['2']['w2']:.4g}; in {tmp_path}: eval.json, metrics.jsonl, "
+                           "config.json, checkpoints/, samples: samples/step_0000300.png")
     lines = _metrics(tmp_path)
     assert [line["step"] for line in lines] == [100, 200, 300]
     assert lines[-1]["loss"] < lines[0]["loss"]
@@ -59,6 +70,62 @@ def test_toy_flow_matching_learns_and_resumes_finished_run(tmp_path):
     # Rerunning a finished run restores it and evaluates again, identically.
     assert train.train(config, str(tmp_path)) == result
     assert len(_metrics(tmp_path)) == 3
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"training in {tmp_path}: resuming from the checkpoint at step 300"
+    assert printed[2].startswith("  steps: 0 to run, to step 300") and printed[-1].startswith("done at step 300")
+    assert len(printed) == 4 and not [name for name in os.listdir(tmp_path) if name.startswith("config_step")]
+
+
+def test_resuming_with_a_changed_config_names_the_keys_and_keeps_the_earlier_config(tmp_path, capsys):
+    config = _override(toy2d_fm.get_config("smoke"), train__num_steps=100, eval__num_samples=50)
+    train.train(config, str(tmp_path))
+    earlier = json.loads((tmp_path / "config.json").read_text())
+    capsys.readouterr()
+    train.train(_override(config, train__num_steps=200, train__lr=2e-3), str(tmp_path))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"training in {tmp_path}: resuming from the checkpoint at step 100"
+    assert printed[3:6] == ["  the config changed since the earlier run (2 keys; the earlier config is kept as "
+                            "config_step_0000100.json):", "    train.lr: 0.001 -> 0.002",
+                            "    train.num_steps: 100 -> 200"]
+    assert json.loads((tmp_path / "config_step_0000100.json").read_text()) == earlier
+    now = json.loads((tmp_path / "config.json").read_text())
+    assert (now["train"]["num_steps"], now["train"]["lr"]) == (200, 2e-3)
+    assert [line["step"] for line in _metrics(tmp_path)] == [100, 200]
+
+
+def test_save_config_keeps_every_earlier_config(tmp_path):
+    config = toy2d_fm.get_config("smoke")
+    assert checkpoints.save_config(str(tmp_path), config, 0) == ([], None)  # a new run
+    assert checkpoints.save_config(str(tmp_path), config, 5) == ([], None)  # resumed, unchanged
+    assert os.listdir(tmp_path) == ["config.json"]
+    changes, kept = checkpoints.save_config(str(tmp_path), _override(config, seed=1), 5)
+    assert changes == ["seed: 0 -> 1"] and kept == str(tmp_path / "config_step_0000005.json")
+    changes, kept = checkpoints.save_config(str(tmp_path), _override(config, seed=2), 5)  # again at step 5
+    assert changes == ["seed: 1 -> 2"] and kept == str(tmp_path / "config_step_0000005_1.json")
+    assert [json.loads((tmp_path / name).read_text())["seed"] for name in
+            ("config_step_0000005.json", "config_step_0000005_1.json", "config.json")] == [0, 1, 2]
+    (tmp_path / "config.json").write_text("{broken")
+    changes, kept = checkpoints.save_config(str(tmp_path), config, 7)
+    assert changes == [f"{tmp_path / 'config.json'} is not valid JSON"]
+    assert (tmp_path / "config_step_0000007.json").read_text() == "{broken"
+    assert checkpoints.config_changes({"a": {"b": 1}}, {"a": {"c": 2}}) == ["a.b: 1 -> (absent)",
+                                                                                  "a.c: (absent) -> 2"]
+
+
+def test_the_progress_bar_of_a_resumed_run_counts_only_its_own_steps():
+    from fastsamplers.experiments.train import writers
+
+    config = _override(toy2d_fm.get_config("smoke"), train__num_steps=1000, train__progress=True)
+    bar = writers.progress_bar(config.train, 900, enabled=True)
+    try:
+        assert (bar.n, bar.initial, bar.total) == (900, 900, 1000)
+        time.sleep(0.2)  # past tqdm's mininterval, so that the update sets the rate
+        bar.update(50)
+        stats = bar.format_dict
+        # 50 steps in about `elapsed` seconds: 950 / elapsed (the resume step counted as run) would be 19x that.
+        assert 0.5 < stats["rate"] * stats["elapsed"] / 50 < 2, stats
+    finally:
+        bar.close()
 
 
 def test_conditional_unet_trains_samples_guided_and_resumes_bitwise(tmp_path):
@@ -69,6 +136,16 @@ def test_conditional_unet_trains_samples_guided_and_resumes_bitwise(tmp_path):
     assert result["sampler"]["guidance_scale"] == config.sample.guidance_scale and np.isfinite(result["eval_loss"])
     assert os.listdir(whole / "samples") == ["step_0000020.png"]
     assert _final_params(whole, 20)["params"]["label_embed"]["embedding"].shape == (11, 32)
+    # Sampled without labels (args the parameters alone): one sentence, not the parameter tree.
+    target = train.checkpoint_target(os.path.join(ROOT, "experiments", "configs", "digits_vp.py:conditional,smoke"),
+                                     str(whole))
+    x_init = target.process.prior(jax.random.PRNGKey(0), (2, *target.shape))
+    ts = schedules.get_timesteps("uniform", target.process, num_steps=2)
+    with pytest.raises(ValueError, match=r"args a dict of \d+ arrays \([\d,]+ numbers\): the model is class-"
+                                         r"conditional: pass args=\(params, labels\), labels of shape \(batch,\), "
+                                         r"not a dict"):
+        samplers.sample(target.model_fn, "ddim", target.process, x_init, ts, prediction=target.prediction,
+                        args=target.args)
     # A run killed after its step-10 checkpoint: the same workdir without the later checkpoint and log lines.
     killed = tmp_path / "killed"
     shutil.copytree(whole, killed)
@@ -159,6 +236,9 @@ def test_checkpoint_of_another_shape_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"does not fit this config: .*\(64,\) float32 there, \(32,\) float32 here"):
         train.train(wider, str(tmp_path))
     assert [line["step"] for line in _metrics(tmp_path)] == [100]
+    # A refused run leaves the run's config as it was.
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["mlp"]["hidden"] == 64
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("config_step")]
 
 
 def test_bad_configs_fail_before_training(tmp_path):
@@ -177,4 +257,7 @@ def test_bad_configs_fail_before_training(tmp_path):
     run = subprocess.run(_train_command(tmp_path / "x", "--config.train.num_stepz=5"), capture_output=True,
                          text=True)
     assert run.returncode != 0 and "num_stepz" in run.stderr
+    # One line naming the key and the closest valid one, not ml_collections' traceback (scripts/cli.py).
+    assert run.stderr.strip() == ("error: --config.train.num_stepz: config.train has no key 'num_stepz'; "
+                                  "did you mean 'num_steps'?")
     assert not (tmp_path / "x").exists()

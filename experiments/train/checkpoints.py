@@ -1,15 +1,18 @@
-"""Checkpoints of a training run: orbax in `WORKDIR/checkpoints`, checked against the config before they are read.
+"""Checkpoints of a training run: orbax in `WORKDIR/checkpoints`, checked against the config before they are read,
+and the run's config beside them in `WORKDIR/config.json`.
 
 The loop (`experiments.train.loop`) saves the state (step, params, EMA params, optimizer state) there; a step
-directory appears only when complete, so a killed run leaves only whole checkpoints. Everything that samples a
-trained model reads it back through here: `restore_run` gives a run's config, experiment and latest weights,
-`checkpoint_target` the model function of one of its resolutions, ready for the samplers.
+directory appears only when complete, so a killed run leaves only whole checkpoints. A run resumed with another
+config keeps the earlier one (`save_config`). Everything that samples a trained model reads it back through here:
+`restore_run` gives a run's config, experiment and latest weights, `checkpoint_target` the model function of one of
+its resolutions, ready for the samplers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 from typing import Any, Callable
 
@@ -19,17 +22,20 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fastsamplers import samplers
+from fastsamplers import core, samplers
+from fastsamplers.models.conditioning import split_conditional_args
 
 from fastsamplers.experiments.train.experiment import Experiment, abstract_state, build
 
 
 def manager(workdir: str, *, read_only: bool = False, max_to_keep: int | None = None,
             async_checkpointing: bool = False) -> ocp.CheckpointManager:
-    """The orbax manager of `WORKDIR/checkpoints` (created when writing; `read_only` for a run that is only read)."""
+    """The orbax manager of `WORKDIR/checkpoints` (created when writing; `read_only` for a run that is only read: the
+    folder must exist, and the manager neither creates, cleans nor saves anything. orbax's own `read_only` option is
+    not used for that: it logs a warning, "Given directory is read only", at every restore)."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if read_only:
-        options = ocp.CheckpointManagerOptions(read_only=True)
+    if read_only:  # never asked to save, with nothing to clean up or delete: it writes nothing
+        options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
     else:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_checkpointing,
@@ -59,6 +65,69 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract: Any) -> d
     """The state saved at `step`, after `check_checkpoint`; laid out (sharded) as `abstract` says."""
     check_checkpoint(manager, step, abstract)
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def config_changes(before: dict, after: dict) -> list[str]:
+    """The keys whose values differ between two configs given as nested dicts (`json.loads(config.to_json())`), as
+    "key: before -> after" lines, dotted keys in sorted order; a key that only one of them has is "(absent)" in the
+    other.
+
+    Example:
+        >>> config_changes({"train": {"lr": 0.1, "num_steps": 10}}, {"train": {"lr": 0.1, "num_steps": 20}})
+        ['train.num_steps: 10 -> 20']
+    """
+    flat_before, flat_after = _flatten(before), _flatten(after)
+    absent = object()
+    show = lambda value: "(absent)" if value is absent else json.dumps(value)
+    return [f"{key}: {show(flat_before.get(key, absent))} -> {show(flat_after.get(key, absent))}"
+            for key in sorted(set(flat_before) | set(flat_after))
+            if flat_before.get(key, absent) != flat_after.get(key, absent)]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> tuple[list[str], str | None]:
+    """Write the run's config to WORKDIR/config.json. Where that file holds another config (the run is resumed
+    with changed keys), it is first kept as WORKDIR/config_step_NNNNNNN.json (the config of the steps before `step`,
+    the step the run resumes from; a second change at the same step adds _1, _2, ...), never overwritten.
+
+    Args:
+      workdir: the run's directory.
+      config: the config the run goes on with.
+      step: the step it resumes from (0 for a new run).
+
+    Returns:
+      (changes, kept): the `config_changes` lines (empty when the config is the same or new) and the path of the
+      kept earlier config, or None.
+    """
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json(indent=2)
+    changes, kept = [], None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            earlier = f.read()
+        try:
+            changes = config_changes(json.loads(earlier), json.loads(text))
+        except json.JSONDecodeError:  # a damaged file: keep it too, whatever it holds
+            changes = [f"{path} is not valid JSON"]
+        if changes:
+            kept = os.path.join(workdir, f"config_step_{step:07d}.json")
+            n = 0
+            while os.path.exists(kept):
+                n += 1
+                kept = os.path.join(workdir, f"config_step_{step:07d}_{n}.json")
+            core.write_atomic(kept, earlier)
+    if kept is not None or not os.path.isfile(path):
+        core.write_atomic(path, text)
+    return changes, kept
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -128,7 +197,10 @@ class SamplerModel:
     conditional: bool = False
 
     def __call__(self, x, t, args):
-        return self.fn(args[0], x, t, args[1]) if self.conditional else self.fn(args, x, t)
+        if not self.conditional:
+            return self.fn(args, x, t)
+        params, labels = split_conditional_args(args)
+        return self.fn(params, x, t, labels)
 
 
 def restore_run(train_spec: str, checkpoint_dir: str,
@@ -154,10 +226,13 @@ def restore_run(train_spec: str, checkpoint_dir: str,
                                 f"python scripts/train.py --config {train_spec} --workdir {checkpoint_dir}")
     experiment = build(config)
     reader = manager(checkpoint_dir, read_only=True)
-    step = reader.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-    state = restore_state(reader, step, abstract_state(experiment))
+    try:
+        step = reader.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+        state = restore_state(reader, step, abstract_state(experiment))
+    finally:
+        reader.close()
     return config, experiment, state["ema_params" if use_ema else "params"], step
 
 

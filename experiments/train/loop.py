@@ -13,8 +13,9 @@ that was never killed.
 
 Outputs in WORKDIR: `metrics.jsonl` (one line per `log_every` steps: step, loss, learning rate, steps/s; also
 TensorBoard event files when `tensorboardX` is installed), `samples/step_NNNNNNN[_RES].png` every `sample_every`
-steps, `config.json`, and at the end `eval.json` (EMA eval loss, and the exact W2 distance of `eval.num_samples`
-samples to as many data points).
+steps, `config.json` (resumed with changed keys, the earlier config stays as `config_step_NNNNNNN.json`), and at the
+end `eval.json` (EMA eval loss, and the exact W2 distance of `eval.num_samples` samples to as many data points).
+Process 0 prints what the run will do before it starts and, at the end, the evaluation and where the files are.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from fastsamplers.experiments.report import figures
 from fastsamplers.experiments.train import checkpoints, straighten
 from fastsamplers.experiments.train.experiment import (EVAL_STREAM, SAMPLE_STREAM, Experiment, abstract_state, build,
                                           data_batch, init_state, make_sampler, make_train_chunk)
-from fastsamplers.experiments.train.writers import MetricsWriter, progress_bar
+from fastsamplers.experiments.train.writers import MetricsWriter, end_line, progress_bar, start_lines
 
 
 # ----------------------------------------------------------------------------------------------------- the loop
@@ -74,7 +75,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step > train_cfg.num_steps:
         raise ValueError(f"{workdir} holds a checkpoint at step {step}, past train.num_steps={train_cfg.num_steps}")
     if is_main:
-        core.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+        changes, kept = checkpoints.save_config(workdir, config, step)
+        print("\n".join(start_lines(config, workdir, step, list(experiment.mesh.devices.flat), changes, kept)), flush=True)
     writer = MetricsWriter(workdir, resume_step=step, enabled=is_main)
     progress = progress_bar(train_cfg, step, is_main)
 
@@ -117,9 +119,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
         manager.close()
     result = evaluate(experiment, state)
-    save_samples(experiment, state, os.path.join(workdir, "samples"), step, write=is_main)
+    paths = save_samples(experiment, state, os.path.join(workdir, "samples"), step, write=is_main)
     if is_main:
         core.write_json(os.path.join(workdir, "eval.json"), result, indent=2)
+        print(end_line(result, workdir, paths), flush=True)
     return result
 
 

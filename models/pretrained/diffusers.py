@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import math
 import os
 import re
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions
+from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions, read_json
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 from fastsamplers.schedules.processes import get_process
 
@@ -90,13 +89,6 @@ def find_files(path: str, variant: str | None = None, scheduler_config: str | No
         raise FileNotFoundError("missing scheduler_config.json (it gives the noise schedule): looked for "
                                 + ", ".join(scheduler_candidates) + "; or pass scheduler_config=PATH")
     return os.path.join(unet_dir, "config.json"), weights, scheduler
-
-
-def read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing file {path}")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def unet_config(raw: dict, source: str, image_size=None) -> UNet2DConfig:

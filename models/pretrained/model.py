@@ -1,13 +1,17 @@
-"""What a loaded checkpoint is (`Pretrained`), and the weight checks every loader makes before any compute."""
+"""What a loaded checkpoint is (`Pretrained`), and the checks every loader makes before any compute: its JSON files
+(`read_json`) and its weights (`check_weights`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Any, Callable
 
 import jax.numpy as jnp
 
+from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.pretrained.unet2d import UNet2D
 
 
@@ -81,7 +85,7 @@ def make_functions(config, process, time_input, num_classes, null_label):
             return apply(args, x, timestep(batch_times(t, x.shape[0])))
     else:
         def model_fn(x, t, args):
-            params, labels = args
+            params, labels = split_conditional_args(args, num_classes)
             return apply(params, x, timestep(batch_times(t, x.shape[0])), labels)
 
     return timestep, apply, model_fn
@@ -93,6 +97,18 @@ def batch_times(t, batch):
     if t.ndim:
         t = jnp.reshape(t, (t.shape[0],))
     return jnp.broadcast_to(t, (batch,))
+
+
+def read_json(path: str) -> Any:
+    """The contents of the JSON file `path`; FileNotFoundError or ValueError naming the file when it is missing or
+    not valid JSON."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
 def check_weights(found: dict, expected: dict, source: str, origin: str) -> None:

@@ -39,7 +39,6 @@ Mapping (score_sde's flax auto-names, counted in the order NCSNpp.__call__ creat
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import re
@@ -49,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.models.pretrained.diffusers import expected_params, unflatten
-from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions
+from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions, read_json
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 from fastsamplers.schedules.processes import get_process
 
@@ -120,10 +119,7 @@ def resolve_config(config=None, **overrides) -> dict:
             raw = dict(PRESETS[name])
             source = f"preset {config!r}"
         elif config.endswith(".json"):
-            if not os.path.isfile(config):
-                raise FileNotFoundError(f"missing config file {config}")
-            with open(config, encoding="utf-8") as f:
-                raw = json.load(f)
+            raw = read_json(config)
             source = f"config file {config}"
         else:
             raise ValueError(f"unknown score_sde config {config!r}; valid presets: {sorted(PRESETS)} (aliases "
