@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader (or a resumed run) never sees half a file, whatever kills the writer."""
+"""Atomic file writes (bytes, JSON, .npz): a reader (or a resumed run) never sees half a file, whatever kills the
+writer."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -50,6 +52,14 @@ def write_json(path: str, record: Any, *, indent: int | None = 1) -> str:
         {'ts': [1.0, 0.5]}
     """
     return write_atomic(path, json.dumps(record, indent=indent, default=jsonable))
+
+
+def write_npz(path: str, arrays: dict) -> str:
+    """Write named arrays as an .npz atomically (strings as numpy string arrays: loadable without pickles). Returns
+    the path."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return write_atomic(path, buffer.getvalue())
 
 
 def jsonable(value: Any) -> Any:

@@ -34,9 +34,15 @@ LEARNED_FORMAT = "fastsamplers.learned"
 def save_schedule(path: str, ts, *, process, solver, nfe: int, method: str, **provenance) -> str:
     """Write `ts` and its provenance (process, solver, NFE, method, and any JSON-serialisable extras such as teacher,
     cost, model or config) to `path` atomically. Returns the path."""
+    return write_json(path, schedule_record(ts, process=process, solver=solver, nfe=nfe, method=method, path=path,
+                                            **provenance), indent=1)
+
+
+def schedule_record(ts, *, process, solver, nfe: int, method: str, path: str = "(unsaved)", **provenance) -> dict:
+    """The record of a schedule file (`save_schedule` writes it); `path` names it in a bad grid's error."""
     ts = np.asarray(ts, np.float64)
     _check(ts, path)
-    record = {
+    return {
         "format": FORMAT,
         "version": 1,
         "ts": ts.tolist(),
@@ -48,18 +54,22 @@ def save_schedule(path: str, ts, *, process, solver, nfe: int, method: str, **pr
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **provenance,
     }
-    return write_json(path, record, indent=1)
 
 
 def save_learned(path: str, solver, ts, *, process, method: str, **provenance) -> str:
     """Write a learned sampler, the pair (solver, ts) that `schedules.learn` returns, with its provenance (teacher,
     calibration, cost, model, ...) to `path` atomically; `samplers.get_solver("file", path=path)` and
     `get_timesteps("file", process, M, path=path)` load it back. Returns the path."""
+    return write_json(path, learned_record(solver, ts, process=process, method=method, **provenance), indent=1)
+
+
+def learned_record(solver, ts, *, process, method: str, **provenance) -> dict:
+    """The record of a learned-sampler file (`save_learned` writes it; a resumable run stores it itself)."""
     if not dataclasses.is_dataclass(solver) or not isinstance(getattr(solver, "name", None), str):
         raise TypeError(f"save_learned stores a samplers.Solver (a dataclass with a name), got {type(solver).__name__}")
     options = {f.name: _jsonable(getattr(solver, f.name)) for f in dataclasses.fields(solver) if f.init}
-    return save_schedule(path, ts, process=process, solver={"name": solver.name, "options": options},
-                         nfe=solver.nfe(len(ts) - 1), method=method, format=LEARNED_FORMAT, **provenance)
+    return schedule_record(ts, process=process, solver={"name": solver.name, "options": options},
+                           nfe=solver.nfe(len(ts) - 1), method=method, format=LEARNED_FORMAT, **provenance)
 
 
 def read_learned(path: str, method: str | None = None) -> tuple[np.ndarray, dict]:

@@ -5,7 +5,7 @@
 Weights are cached as `classifier_{size}px_{VERSION}.msgpack` (with a `.json` record of accuracy, seed and version)
 in DIR, by default `$FASTSAMPLERS_CACHE/fd_digits` or `~/.cache/fastsamplers/fd_digits`. A cached classifier is
 reused unless --retrain is given (training is deterministic from the seed, so retraining on the same platform
-reproduces it). See `experiments/metrics/fd_digits.py` for the metric.
+reproduces it). See `experiments/metrics/fd_digits.py` for the metric, `digits_training.py` for the recipe.
 """
 
 import argparse
@@ -14,7 +14,7 @@ import os
 import time
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-from fastsamplers.experiments.metrics import fd_digits
+from fastsamplers.experiments.metrics import digits_classifier, digits_training, fd_digits
 
 
 def parse_sizes(text):
@@ -22,7 +22,7 @@ def parse_sizes(text):
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--size takes comma-separated sizes from 8, 16, 32, got {text!r}") from None
-    bad = [s for s in sizes if s not in fd_digits.SIZES]
+    bad = [s for s in sizes if s not in digits_classifier.SIZES]
     if not sizes or bad:
         raise argparse.ArgumentTypeError(f"--size takes comma-separated sizes from 8, 16, 32, got {text!r}")
     return sizes
@@ -30,23 +30,24 @@ def parse_sizes(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=parse_sizes, default=list(fd_digits.SIZES),
+    parser.add_argument("--size", type=parse_sizes, default=list(digits_classifier.SIZES),
                         help="comma-separated image sizes (8, 16, 32); default all")
-    parser.add_argument("--cache", default=None, help=f"cache directory (default {fd_digits.default_cache_dir()})")
+    parser.add_argument("--cache", default=None,
+                        help=f"cache directory (default {digits_classifier.default_cache_dir()})")
     parser.add_argument("--retrain", action="store_true", help="train even if cached weights exist, overwriting them")
     parser.add_argument("--no-floor", action="store_true", help="skip the data-vs-data FD floors")
     args = parser.parse_args(argv)
 
     results = {}
     for size in args.size:
-        path = fd_digits.weights_path(size, args.cache)
+        path = digits_classifier.weights_path(size, args.cache)
         start = time.perf_counter()
         if args.retrain or not os.path.exists(path):
-            classifier = fd_digits.train_classifier(size, verbose=True)
-            classifier = dataclasses.replace(classifier, path=fd_digits.save_classifier(classifier, args.cache))
+            classifier = digits_training.train_classifier(size, verbose=True)
+            classifier = dataclasses.replace(classifier, path=digits_classifier.save_classifier(classifier, args.cache))
             action = f"trained in {time.perf_counter() - start:.1f} s"
         else:
-            classifier = fd_digits.load_classifier(size, args.cache, train_if_missing=False)
+            classifier = digits_training.load_classifier(size, args.cache, train_if_missing=False)
             action = "cached"
         info = classifier.info
         line = (f"{size:2d} px: held-out accuracy {info['test_accuracy']:.4f} ({info['test_errors']} errors of "

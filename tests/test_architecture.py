@@ -4,7 +4,8 @@ on two modules of the project that share a file name.
 
 The layer order, written once, here (bottom first; a module may import its own layer and those below it):
 
-  0 core                      the registry helper and atomic writes: no numerics, imports no other package
+  0 core                      the registry, atomic writes, the shard store, batches: no numerics, imports
+                              no other package
   1 processes, grids, conversions
                               schedules.{processes, grids, files, published}, models.predictions
   2 networks and the oracle   models.*

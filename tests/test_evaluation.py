@@ -13,7 +13,7 @@ import pytest
 
 from fastsamplers.experiments import train
 from fastsamplers.experiments.report import tables
-from fastsamplers.experiments.runs import sampler_tables
+from fastsamplers.experiments.runs import sampler_tables, sources
 from fastsamplers.experiments.configs import evaluate as evaluate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,14 +68,14 @@ def test_rows_json_and_table(oracle_results, tmp_path):
 
 def test_nonfinite_samples_are_counted_and_left_out(tmp_path, monkeypatch):
     config = smoke_config(nfes=(4,), grids=("logsnr",), num_samples=64, batch_size=64)
-    real = sampler_tables.oracle_target(config.oracle, config.seed)
+    real = sources.oracle_target(config.oracle, config.seed)
 
     def broken(x, t):  # the first sample's prediction is NaN
         out = real.model_fn(x, t)
         return out.at[0].set(jnp.nan)
 
     target = train.Target(real.process, real.prediction, real.shape, broken, oracle=real.oracle)
-    monkeypatch.setattr(sampler_tables, "oracle_target", lambda *args: target)
+    monkeypatch.setattr(sources, "oracle_target", lambda *args: target)
     rows = sampler_tables.run(config, str(tmp_path))["rows"]
     for row in rows:
         assert row["num_nonfinite"] == 1 and np.isfinite(row["value"])
@@ -124,7 +124,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path, caplog):
 
 def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
     # End to end on the smallest real case: a few steps of the digits_vp smoke run, FD-digits on 64 samples.
-    from fastsamplers.experiments.metrics import fd_digits
+    from fastsamplers.experiments.metrics import digits_classifier, fd_digits
     from fastsamplers.experiments.configs import digits_vp
 
     monkeypatch.setenv("FASTSAMPLERS_CACHE", str(tmp_path / "cache"))
@@ -142,7 +142,7 @@ def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
     evaluation_config.lock()
     rows = sampler_tables.run(evaluation_config, str(tmp_path / "eval"))["rows"]
     assert [row["metric"] for row in rows] == ["fd_digits", "fd_digits"]
-    assert os.path.exists(fd_digits.weights_path(8))  # the classifier was trained into the test's cache
+    assert os.path.exists(digits_classifier.weights_path(8))  # the classifier was trained into the test's cache
     real = fd_digits.reference_stats(8)
     data_floor = fd_digits.data_floor(8)["half_vs_half"]
     for row in rows:  # 3 training steps: far from the data, and far above the data's own floor

@@ -1,5 +1,6 @@
-"""FD-digits: the classifier (accuracy, split, cache), the features (batch invariance, input checks) and the metric
-(zero on itself, small between halves of the data, growing with corruption). The 8 px classifier is trained once
+"""FD-digits (`fd_digits`, `digits_classifier`, `digits_training`): the classifier (accuracy, split, cache), the
+features (batch invariance, input checks) and the metric (zero on itself, small between halves of the data, growing
+with corruption). The 8 px classifier is trained once
 into a temporary cache (a module fixture), so these tests never touch the user's cache."""
 
 import json
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from fastsamplers.experiments.metrics import fd_digits
+from fastsamplers.experiments.metrics import digits_classifier, digits_training, fd_digits
 from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_distance
 
 
@@ -18,15 +19,15 @@ from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_dista
 def cache(tmp_path_factory):
     """A cache directory holding the 8 px classifier, trained (from the seed) by `load_classifier` itself."""
     directory = str(tmp_path_factory.mktemp("fd_digits_cache"))
-    classifier = fd_digits.load_classifier(8, cache_dir=directory)
-    assert classifier.path == fd_digits.weights_path(8, directory) and os.path.exists(classifier.path)
+    classifier = digits_training.load_classifier(8, cache_dir=directory)
+    assert classifier.path == digits_classifier.weights_path(8, directory) and os.path.exists(classifier.path)
     return directory
 
 
 @pytest.fixture(scope="module")
 def halves():
-    images, _ = fd_digits.digits(8)
-    first, second = fd_digits.half_indices()
+    images, _ = digits_classifier.digits(8)
+    first, second = digits_classifier.half_indices()
     return images[first], images[second]
 
 
@@ -35,26 +36,26 @@ def _fd(cache, a, b):
 
 
 def test_split_is_stratified_disjoint_and_fixed():
-    train, test = fd_digits.split_indices()
-    _, labels = fd_digits.digits(8)
+    train, test = digits_classifier.split_indices()
+    _, labels = digits_classifier.digits(8)
     assert (train.size, test.size) == (1438, 359)
     assert np.intersect1d(train, test).size == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(1797))
     for c in range(10):
         count = np.sum(labels == c)
         assert np.sum(labels[test] == c) == round(0.2 * count)
-    train_again, test_again = fd_digits.split_indices.__wrapped__()  # recomputed, not the memo
+    train_again, test_again = digits_classifier.split_indices.__wrapped__()  # recomputed, not the memo
     np.testing.assert_array_equal(test, test_again)
     np.testing.assert_array_equal(train, train_again)
-    first, second = fd_digits.half_indices()
+    first, second = digits_classifier.half_indices()
     assert (first.size, second.size) == (898, 899) and np.intersect1d(first, second).size == 0
 
 
 def test_heldout_accuracy_above_97_percent(cache):
-    classifier = fd_digits.load_classifier(8, cache_dir=cache, train_if_missing=False)
+    classifier = digits_training.load_classifier(8, cache_dir=cache, train_if_missing=False)
     assert classifier.accuracy > 0.97
     # Recomputed from the saved weights, independently of the recorded number.
-    images, labels = fd_digits.digits(8, "test")
+    images, labels = digits_classifier.digits(8, "test")
     with jax.enable_x64(False):
         logits = np.asarray(classifier.model.apply({"params": classifier.params}, images))
     accuracy = np.mean(np.argmax(logits, axis=-1) == labels)
@@ -62,16 +63,16 @@ def test_heldout_accuracy_above_97_percent(cache):
     assert accuracy == pytest.approx(classifier.accuracy, abs=1e-12)
     with open(os.path.splitext(classifier.path)[0] + ".json") as f:
         info = json.load(f)
-    assert info["version"] == fd_digits.VERSION and info["seed"] == fd_digits.SEED and info["size"] == 8
+    assert info["version"] == digits_classifier.VERSION and info["seed"] == digits_classifier.SEED and info["size"] == 8
     assert info["test_accuracy"] == pytest.approx(accuracy)
-    assert fd_digits.VERSION in os.path.basename(classifier.path)
+    assert digits_classifier.VERSION in os.path.basename(classifier.path)
 
 
 def test_features_shape_dtype_and_batch_invariance(cache):
-    images, _ = fd_digits.digits(8)
+    images, _ = digits_classifier.digits(8)
     one = fd_digits.features(8, images, batch_size=2000, cache_dir=cache)
     many = fd_digits.features(8, images, batch_size=100, cache_dir=cache)  # 18 batches, the last one padded
-    assert one.shape == (1797, fd_digits.FEATURE_DIM) and one.dtype == np.float64
+    assert one.shape == (1797, digits_classifier.FEATURE_DIM) and one.dtype == np.float64
     assert np.all(np.isfinite(one)) and np.min(np.std(one, axis=0)) > 0  # no dead feature
     np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fd_digits.features(None, images[:5], cache_dir=cache), one[:5], rtol=1e-5, atol=1e-5)
@@ -96,10 +97,10 @@ def test_features_shape_dtype_and_batch_invariance(cache):
 
 
 def test_fd_of_the_digits_against_themselves_is_zero(cache):
-    images, _ = fd_digits.digits(8)
+    images, _ = digits_classifier.digits(8)
     assert abs(fd_digits.fd_digits(images, cache_dir=cache)) < 1e-6
     assert abs(fd_digits.fd_digits(images[..., 0], size=8, cache_dir=cache)) < 1e-6  # (n, H, W) accepted
-    test_images, _ = fd_digits.digits(8, "test")
+    test_images, _ = digits_classifier.digits(8, "test")
     assert abs(fd_digits.fd_digits(test_images, reference="test", cache_dir=cache)) < 1e-6
 
 
@@ -107,7 +108,7 @@ def test_disjoint_halves_are_close_and_corruptions_are_far(cache, halves):
     first, second = halves
     floors = fd_digits.data_floor(8, cache)  # FD(first, second) and FD(train split, test split)
     floor = floors["half_vs_half"]
-    images, labels = fd_digits.digits(8)
+    images, labels = digits_classifier.digits(8)
     other_classes = _fd(cache, images[labels < 5], images[labels >= 5])
     assert 0 < floor < 0.05 * other_classes
     assert 0 < floors["train_vs_test"] < 0.05 * other_classes
@@ -124,7 +125,7 @@ def test_disjoint_halves_are_close_and_corruptions_are_far(cache, halves):
 
 
 def test_fd_grows_with_noise_strength(cache):
-    images, _ = fd_digits.digits(8)
+    images, _ = digits_classifier.digits(8)
     noise = np.random.default_rng(1).standard_normal(images.shape)
     scores = [fd_digits.fd_digits(images + std * noise, cache_dir=cache) for std in (0.1, 0.3, 1.0)]
     assert 0.1 < scores[0] < scores[1] < scores[2]
@@ -132,7 +133,7 @@ def test_fd_grows_with_noise_strength(cache):
 
 
 def test_non_finite_samples_are_rejected_with_their_count(cache):
-    images = np.array(fd_digits.digits(8)[0])
+    images = np.array(digits_classifier.digits(8)[0])
     images[[3, 10, 500], 2, 2, 0] = np.nan
     images[[7, 8], 0, 0, 0] = np.inf
     images[10, 1, 1, 0] = -np.inf  # a sample counts once
@@ -155,7 +156,7 @@ def test_unsupported_sizes_and_shapes_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"8, 16 and 32"):
         fd_digits.reference_stats(12, cache_dir=empty)
     with pytest.raises(ValueError, match=r"8, 16 and 32"):
-        fd_digits.load_classifier(64, cache_dir=empty)
+        digits_training.load_classifier(64, cache_dir=empty)
     with pytest.raises(ValueError, match=r"size=16 but the images are 8x8"):
         fd_digits.fd_digits(np.zeros((10, 8, 8, 1)), size=16, cache_dir=empty)
     with pytest.raises(ValueError, match=r"one-channel"):
@@ -170,16 +171,16 @@ def test_unsupported_sizes_and_shapes_give_clear_errors(tmp_path):
 
 
 def test_cached_classifier_is_reused_not_retrained(cache, monkeypatch):
-    path = fd_digits.weights_path(8, cache)
+    path = digits_classifier.weights_path(8, cache)
     stamp = os.stat(path).st_mtime_ns
-    first = fd_digits.load_classifier(8, cache_dir=cache)
+    first = digits_training.load_classifier(8, cache_dir=cache)
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached classifier was retrained")
 
-    monkeypatch.setattr(fd_digits, "train_classifier", no_training)
-    fd_digits._LOADED.clear()  # force a read from disk
-    second = fd_digits.load_classifier(8, cache_dir=cache)
+    monkeypatch.setattr(digits_training, "train_classifier", no_training)
+    digits_training._LOADED.clear()  # force a read from disk
+    second = digits_training.load_classifier(8, cache_dir=cache)
     fd_digits.features(8, np.zeros((4, 8, 8, 1)), cache_dir=cache)
     assert os.stat(path).st_mtime_ns == stamp
     jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
@@ -190,37 +191,37 @@ def test_cached_classifier_is_reused_not_retrained(cache, monkeypatch):
 def test_bad_or_missing_weights_files_give_clear_errors(cache, tmp_path):
     other = str(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"scripts/train_fd_digits.py --size 16"):
-        fd_digits.load_classifier(16, cache_dir=other, train_if_missing=False)
+        digits_training.load_classifier(16, cache_dir=other, train_if_missing=False)
     # The 8 px weights where the 16 px ones belong: wrong shapes, named in the error.
-    with open(fd_digits.weights_path(8, cache), "rb") as f:
+    with open(digits_classifier.weights_path(8, cache), "rb") as f:
         data = f.read()
     os.makedirs(other, exist_ok=True)
-    with open(fd_digits.weights_path(16, other), "wb") as f:
+    with open(digits_classifier.weights_path(16, other), "wb") as f:
         f.write(data)
     with pytest.raises(ValueError, match=r"does not hold the 16px FD-digits classifier.*delete it"):
-        fd_digits.load_classifier(16, cache_dir=other, train_if_missing=False)
+        digits_training.load_classifier(16, cache_dir=other, train_if_missing=False)
     with pytest.raises(ValueError, match=r"does not hold the 16px"):  # and is not silently retrained
-        fd_digits.load_classifier(16, cache_dir=other)
-    with open(fd_digits.weights_path(32, other), "wb") as f:
+        digits_training.load_classifier(16, cache_dir=other)
+    with open(digits_classifier.weights_path(32, other), "wb") as f:
         f.write(b"not a weights file")
     with pytest.raises(ValueError, match=r"not a readable FD-digits weights file"):
-        fd_digits.load_classifier(32, cache_dir=other)
+        digits_training.load_classifier(32, cache_dir=other)
 
 
 def test_training_is_deterministic_from_the_seed():
-    first = fd_digits.train_classifier(8, epochs=1)
-    second = fd_digits.train_classifier(8, epochs=1)
+    first = digits_training.train_classifier(8, epochs=1)
+    second = digits_training.train_classifier(8, epochs=1)
     jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(first.params))
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTSAMPLERS_CACHE", str(tmp_path))
-    assert fd_digits.default_cache_dir() == os.path.join(str(tmp_path), "fd_digits")
-    assert fd_digits.weights_path(16) == os.path.join(str(tmp_path), "fd_digits",
-                                                      f"classifier_16px_{fd_digits.VERSION}.msgpack")
+    assert digits_classifier.default_cache_dir() == os.path.join(str(tmp_path), "fd_digits")
+    assert digits_classifier.weights_path(16) == os.path.join(str(tmp_path), "fd_digits",
+                                                      f"classifier_16px_{digits_classifier.VERSION}.msgpack")
     monkeypatch.delenv("FASTSAMPLERS_CACHE")
-    assert fd_digits.default_cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "fastsamplers",
+    assert digits_classifier.default_cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "fastsamplers",
                                                          "fd_digits")
 
 
@@ -236,7 +237,7 @@ def test_script_reports_the_cached_classifier(cache, capsys):
     spec.loader.exec_module(script)
     results = script.main(["--size", "8", "--cache", cache, "--no-floor"])
     out = capsys.readouterr().out
-    assert "held-out accuracy" in out and "cached" in out and fd_digits.VERSION in out
+    assert "held-out accuracy" in out and "cached" in out and digits_classifier.VERSION in out
     assert results[8]["accuracy"] > 0.97
     with pytest.raises(SystemExit):
         script.main(["--size", "8,12", "--cache", cache])

@@ -19,7 +19,7 @@ from fastsamplers.models import pretrained
 from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.experiments.configs import fid_pretrained as fid_config
-from fastsamplers.experiments.metrics import frechet
+from fastsamplers.experiments.metrics import features, frechet
 from fastsamplers.experiments.runs import fid_protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,15 +52,15 @@ def smoke(tmp_path_factory, reference_images):
 def projection(images):
     """The random_projection feature in numpy float64 (the runner's matrix)."""
     size = int(np.prod(images.shape[1:]))
-    matrix = np.random.default_rng(fid_protocol.PROJECTION_SEED).standard_normal((size, 8)) / np.sqrt(size)
+    matrix = np.random.default_rng(features.PROJECTION_SEED).standard_normal((size, 8)) / np.sqrt(size)
     return (images.reshape(images.shape[0], -1).astype(np.float64) / 127.5 - 1.0) @ matrix.astype(np.float32)
 
 
 def test_quantise_is_round_clip():
     x = np.array([-1.5, -1.0, -0.9961, -0.9960, 0.0, 0.5, 0.9999, 1.0, 2.0, np.inf, -np.inf, np.nan])
     # (x + 1) * 127.5: 0, 0, 0.497 -> 0, 0.51 -> 1, 127.5 -> 128 (ties to even), 191.25 -> 191, 254.99 -> 255
-    assert np.asarray(fid_protocol.quantise(x)).tolist() == [0, 0, 0, 1, 128, 191, 255, 255, 255, 255, 0, 0]
-    assert fid_protocol.quantise(jnp.zeros((2, 3))).dtype == jnp.uint8
+    assert np.asarray(features.quantise(x)).tolist() == [0, 0, 0, 1, 128, 191, 255, 255, 255, 255, 0, 0]
+    assert features.quantise(jnp.zeros((2, 3))).dtype == jnp.uint8
 
 
 def test_smoke_run_records_its_provenance(smoke, reference_images):
@@ -92,16 +92,17 @@ def test_smoke_run_records_its_provenance(smoke, reference_images):
 
 
 def test_shard_statistics_are_those_of_the_uint8_samples(smoke):
-    """Shard 0's running sums are the features of its saved uint8 samples (test_guidance_... checks that these are
-    the quantised sampler outputs)."""
+    """Shard 0's running statistics are those of the features of its saved uint8 samples (test_guidance_... checks
+    that these are the quantised sampler outputs)."""
     results, workdir = smoke
     saved = np.load(os.path.join(workdir, "samples.npz"))["images"]
     assert saved.dtype == np.uint8 and saved.shape == (4, 8, 8, 3)
     assert 0 < np.mean((saved > 0) & (saved < 255))  # not only saturated pixels
     shard = np.load(os.path.join(workdir, "shards", "shard_000000.npz"))
-    assert int(shard["count"]) == 4
-    np.testing.assert_allclose(shard["sum"], projection(saved).sum(0), atol=1e-5)
-    np.testing.assert_allclose(shard["outer"], projection(saved).T @ projection(saved), atol=1e-5)
+    assert int(shard["count"]) == 4 and int(shard["num_nonfinite"]) == 0
+    centred = projection(saved) - projection(saved).mean(0)
+    np.testing.assert_allclose(shard["mean"], projection(saved).mean(0), atol=1e-5)
+    np.testing.assert_allclose(shard["m2"], centred.T @ centred, atol=1e-5)
 
 
 def test_killed_run_resumes_to_the_same_value(smoke, reference_images, tmp_path, monkeypatch):
@@ -199,7 +200,7 @@ def test_bad_input_fails_before_compute(case, overrides, error, match, reference
         raise AssertionError("sampling started")
 
     monkeypatch.setattr(fid_protocol, "_sample_program", no_compute)
-    monkeypatch.setattr(fid_protocol, "_feature_program", no_compute)
+    monkeypatch.setattr(features, "_program", no_compute)
     with pytest.raises(error, match=match):
         fid_protocol.run(config, str(tmp_path / "w"))
 
@@ -251,7 +252,8 @@ def test_inception_feature_path(reference_images, tmp_path, monkeypatch):
 
     monkeypatch.setattr(inception, "INPUT_SIZE", 75)
     compared = []
-    monkeypatch.setattr(frechet, "frechet_distance_from_moments", lambda *moments: compared.append(moments) or 1.0)
+    monkeypatch.setattr(frechet, "frechet_distance_from_moments",
+                        lambda *moments: compared.append(moments[:4]) or 1.0)
     params = inception.init_random_params(0)
     weights = tmp_path / "inception.npz"
     inception.save_params(params, weights)

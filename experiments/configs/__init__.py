@@ -6,7 +6,12 @@ big_vision's style: comma-separated `key=value` pairs and bare flags, e.g. `smok
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
+import numpy as np
+
+from fastsamplers import schedules
 
 
 def parse_arg(arg, **defaults):
@@ -50,3 +55,34 @@ def _convert(key, text, default):
         return type(default)(text)
     except ValueError as err:
         raise ValueError(f"config arg {key!r} expects a {type(default).__name__}, got {text!r}") from err
+
+
+FILE_GRID = "file:"  # a grid "file:PATH" names a schedule file; {nfe} and {num_steps} in PATH are filled in
+
+
+def grid_file(grid: str, nfe: int, num_steps: int) -> str | None:
+    """The schedule file a grid "file:PATH" names for one cell (None for a grid name); FileNotFoundError when it
+    does not exist, so a table fails before sampling.
+
+    Example:
+        >>> grid_file("logsnr", 10, 5) is None
+        True
+    """
+    if not grid.startswith(FILE_GRID):
+        return None
+    path = grid[len(FILE_GRID):].format(nfe=nfe, num_steps=num_steps)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"schedule file {path!r} not found (grid {grid!r})")
+    return path
+
+
+def grid_timesteps(grid: str, process, num_steps: int, nfe: int, t_min: float | None = None,
+                   t_max: float | None = None) -> np.ndarray:
+    """The time grid of one cell: a grid name of `schedules.GRIDS` (between t_min and t_max, None: the process's
+    ends), or "file:PATH" (a distilled schedule file, resampled to num_steps by `get_timesteps("file", ...)`).
+    Returns float numpy (num_steps + 1,)."""
+    path = grid_file(grid, nfe, num_steps)
+    if path is not None:
+        return np.asarray(schedules.get_timesteps("file", process, num_steps, path=path))
+    ends = {k: v for k, v in (("t_min", t_min), ("t_max", t_max)) if v is not None}
+    return np.asarray(schedules.get_timesteps(grid, process, num_steps, **ends))

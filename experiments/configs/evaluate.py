@@ -86,7 +86,7 @@ def get_config(arg=None):
     train_config, checkpoint_dir, metric, process = MODELS[arg.model]
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.source = "oracle" if arg.model == "oracle" else "checkpoint"  # experiments.runs.sampler_tables.SOURCES
+    c.source = "oracle" if arg.model == "oracle" else "checkpoint"  # experiments.runs.sources.SOURCES
     c.train_config = train_config  # the training config of the checkpoint (file.py[:arg])
     c.checkpoint_dir = checkpoint_dir  # that run's --workdir
     c.use_ema = True
@@ -94,10 +94,11 @@ def get_config(arg=None):
     c.resolution = 0  # which of the run's resolutions (multi-resolution DiT runs)
     c.oracle = ml_collections.ConfigDict(dict(process=process, dim=16, num_components=6, prediction="eps"))
 
-    c.metric = metric  # "fd_digits" | "fid" | "exact"
+    c.metric = metric  # "fd_digits" | "fid" | "exact" | "fd_random_projection" (a test feature, not FID)
     c.fd_reference = "all"  # fd_digits: the real digits it compares with ("all", "train", "test")
     c.fid_weights = ""  # fid: the .npz of scripts/convert_inception_weights.py
-    c.fid_reference = ""  # fid: precomputed statistics (.npz of mu, sigma, count); "" = the training data's
+    c.fid_reference = ""  # fid: a reference file (experiments.metrics.references); "" = the training data's
+    c.feature_dim = 8  # fd_random_projection: its dimension
     c.num_samples = 64 if arg.smoke else 10_000
     c.batch_size = 64 if arg.smoke else 2_000
 

@@ -45,7 +45,8 @@ Variants (`fid_pretrained.py:ARG`, comma-separated):
                `random_projection` test feature (not FID): for tests, seconds on a CPU.
 Overrides: `--config.num_samples=10000`, `--config.guidance_scale=2.0 --config.null_label=10` (a class-conditional
 checkpoint), `--config.grid=file:outputs/oss/oss_s{num_steps}.json` (a distilled schedule; {nfe} and {num_steps} are
-filled in), `--config.batch_size=1000`, `--config.num_devices=1`.
+filled in), `--config.batch_size=1000`, `--config.num_devices=1`. `source` names where the model comes from
+(`experiments.runs.sources`; "pretrained" reads the checkpoint keys below).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0  # sample k starts from fold_in(fold_in(PRNGKey(seed), 0), k); stochastic solvers use stream 1
 
-    # The checkpoint (models.pretrained.load); the options of one layout only.
+    # The model: experiments.runs.sources ("pretrained": models.pretrained.load; the options of one layout only).
+    c.source = "pretrained"
     c.checkpoint = SMOKE_CHECKPOINT if arg.smoke else ""  # a diffusers folder or a score_sde checkpoint_N
     c.layout = ""  # "" = detected; "diffusers" | "score_sde"
     c.model_config = ""  # score_sde: the model config (a preset name such as vp/cifar10_ddpmpp_continuous, or .json)
@@ -108,7 +110,7 @@ def get_config(arg=None):
     c.feature_dim = 8  # random_projection only: its dimension
     c.fid_weights = ""  # inception: the .npz of scripts/convert_inception_weights.py
     c.reference = ""  # mu/sigma .npz, pool_3 .npz, uint8 images .npz, or a folder of images (see above)
-    c.allow_nonfinite = False  # True: non-finite samples are quantised (NaN -> 0) and counted instead of stopping
+    c.allow_nonfinite = False  # True: non-finite samples are counted and left out instead of stopping the run
 
     # Scale and resumption.
     c.batch_size = 4 if arg.smoke else 500  # samples per device call, over all the devices (rounded up to them)

@@ -1,6 +1,11 @@
 """Evaluation metrics on samples: Fréchet distances (FID with the Inception network, FD-digits with a small digits
 classifier), the exact empirical W2 and straightness of flows, and model FLOPs counted from the jaxpr.
 
+The Fréchet distances are one layer that every runner scores through: `features` (the feature networks by name, the
+uint8 quantisation, samples streamed into statistics), `references` (the reference files and their statistics),
+`frechet` (`FeatureStats`, the NaN policy, the distance). The FD-digits classifier is `digits_classifier`, its
+training `digits_training`, its scoring `fd_digits`; the FID network is `inception`.
+
 It may import `core`, `schedules`, `models`, `samplers` and, within experiments, `experiments.train.data` (the
 digits FD-digits is trained and scored on); never `experiments.runs`.
 """

@@ -12,7 +12,9 @@ a smaller one is dropped), so our numbers are comparable with theirs.
 
 Statistics are accumulated in float64 over batches with Chan et al.'s pairwise update of the mean and the centred
 second moment, so feeding the features in one batch or in many gives the same mean and covariance (to rounding).
-The covariance is the unbiased one (divided by n - 1), as numpy's `np.cov(features, rowvar=False)`.
+The covariance is the unbiased one (divided by n - 1), as numpy's `np.cov(features, rowvar=False)`. Samples that
+hold NaN or Inf are counted and left out (`FeatureStats.update(features, finite)`), never averaged in: the one NaN
+policy of every Fréchet distance of the project.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -27,27 +29,41 @@ import dataclasses
 
 import numpy as np
 
+from fastsamplers.core import write_npz
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureStats:
-    """Count, mean and centred second moment (sum of outer products of deviations) of d-dimensional features."""
+    """Count, mean and centred second moment (sum of outer products of deviations) of d-dimensional features, and
+    the number of samples left out as non-finite.
 
-    count: int
+    The NaN policy of every Fréchet distance here, in one place: `update(features, finite)` counts the samples
+    whose `finite` entry is False in `num_nonfinite` and leaves them out of the moments (a sampler's failures are
+    reported beside the distance, never averaged into it); features of samples marked finite must be finite.
+    """
+
+    count: int  # the samples in the moments
     mean: np.ndarray  # (d,) float64
     m2: np.ndarray  # (d, d) float64: sum_i (x_i - mean)(x_i - mean)^T
+    num_nonfinite: int = 0  # samples left out
 
     @classmethod
     def empty(cls, dim):
         return cls(0, np.zeros(dim), np.zeros((dim, dim)))
 
     @classmethod
-    def from_features(cls, features):
-        """Statistics of an (n, d) array of features."""
-        return cls.empty(_check_features(features).shape[1]).update(features)
+    def from_features(cls, features, finite=None):
+        """Statistics of an (n, d) array of features (`finite`: see `update`)."""
+        return cls.empty(_check_features(features, finite).shape[1]).update(features, finite)
 
     @property
     def dim(self):
         return self.mean.shape[0]
+
+    @property
+    def num_samples(self):
+        """Every sample seen: those in the moments and those left out."""
+        return self.count + self.num_nonfinite
 
     @property
     def covariance(self):
@@ -56,40 +72,57 @@ class FeatureStats:
             raise ValueError(f"a covariance needs at least 2 features, got {self.count}")
         return self.m2 / (self.count - 1)
 
-    def update(self, features):
-        """These statistics merged with those of another (n, d) batch of features (a new object)."""
-        features = _check_features(features)
+    def update(self, features, finite=None):
+        """These statistics merged with those of another (n, d) batch of features (a new object).
+
+        Args:
+          features: (n, d).
+          finite: None (every sample counts), or (n,) booleans: the samples marked False (their sample held NaN or
+            Inf) are counted in `num_nonfinite` and left out of the moments.
+        """
+        features = _check_features(features, finite)  # the samples kept
+        left_out = 0 if finite is None else int(np.size(finite) - np.count_nonzero(finite))
         if features.shape[1] != self.dim:
             raise ValueError(f"features of dimension {features.shape[1]} added to statistics of dimension {self.dim}")
         if features.shape[0] == 0:
-            return self
+            return dataclasses.replace(self, num_nonfinite=self.num_nonfinite + left_out)
         batch_mean = features.mean(axis=0)
         centred = features - batch_mean
-        return self.merge(FeatureStats(features.shape[0], batch_mean, centred.T @ centred))
+        return self.merge(FeatureStats(features.shape[0], batch_mean, centred.T @ centred, left_out))
 
     def merge(self, other):
         """The statistics of the union of two feature sets (Chan, Golub & LeVeque 1979)."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge statistics of dimensions {self.dim} and {other.dim}")
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
+        num_nonfinite = self.num_nonfinite + other.num_nonfinite
+        if other.count == 0 or self.count == 0:
+            kept = self if other.count == 0 else other
+            return dataclasses.replace(kept, num_nonfinite=num_nonfinite)
         count = self.count + other.count
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / count)
         m2 = self.m2 + other.m2 + np.outer(delta, delta) * (self.count * other.count / count)
-        return FeatureStats(count, mean, m2)
+        return FeatureStats(count, mean, m2, num_nonfinite)
+
+    def arrays(self):
+        """{count, mean, m2, num_nonfinite}: the exact state, for a file (`from_arrays` reads it back)."""
+        return {"count": np.asarray(self.count), "mean": self.mean, "m2": self.m2,
+                "num_nonfinite": np.asarray(self.num_nonfinite)}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        return cls(int(arrays["count"]), np.array(arrays["mean"], np.float64), np.array(arrays["m2"], np.float64),
+                   int(arrays["num_nonfinite"]))
 
     def save(self, path):
-        """Write mean, covariance and count to an .npz (the layout of pytorch-fid's precomputed statistics: mu and
-        sigma), so that reference statistics are computed once."""
-        np.savez(path, mu=self.mean, sigma=self.covariance, count=np.asarray(self.count))
+        """Write mean, covariance and count to an .npz atomically (the layout of pytorch-fid's precomputed
+        statistics: mu and sigma), so that reference statistics are computed once."""
+        write_npz(str(path), {"mu": self.mean, "sigma": self.covariance, "count": self.count})
 
     @classmethod
     def load(cls, path):
         """Read statistics written by `save` (or any .npz with mu, sigma and count)."""
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             missing = {"mu", "sigma", "count"} - set(f.files)
             if missing:
                 raise ValueError(f"{path}: not a statistics file (missing {sorted(missing)}; has {f.files})")
@@ -97,8 +130,22 @@ class FeatureStats:
             return cls(count, np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64) * (count - 1))
 
 
-def frechet_distance(stats1: FeatureStats, stats2: FeatureStats, offset: float = 1e-6) -> float:
-    """The Fréchet distance between the Gaussians of two `FeatureStats`.
+@dataclasses.dataclass(frozen=True)
+class Moments:
+    """A mean and a covariance given as they are (a statistics file without a sample count): what
+    `frechet_distance` needs of a reference."""
+
+    mean: np.ndarray
+    covariance: np.ndarray
+    count: int | None = None
+
+    @property
+    def dim(self):
+        return self.mean.shape[0]
+
+
+def frechet_distance(stats1: FeatureStats | Moments, stats2: FeatureStats | Moments, offset: float = 1e-6) -> float:
+    """The Fréchet distance between the Gaussians of two `FeatureStats` (or `Moments`).
 
     Args:
       stats1, stats2: statistics of the same feature dimension.
@@ -178,10 +225,21 @@ def _sqrtm(matrix):
         return linalg.sqrtm(matrix)
 
 
-def _check_features(features):
+def frechet_score(stats: FeatureStats, reference: FeatureStats | Moments) -> float:
+    """The Fréchet distance of the finite samples' statistics to a reference; NaN when fewer than two samples are
+    finite (a cell whose sampler failed has no distance, and says how many samples it left out in
+    `stats.num_nonfinite`)."""
+    return frechet_distance(stats, reference) if stats.count >= 2 else float("nan")
+
+
+def _check_features(features, finite=None):
     features = np.asarray(features, np.float64)
     if features.ndim != 2:
         raise ValueError(f"features must be (n, d), got shape {features.shape}")
+    if finite is not None:
+        if np.shape(finite) != features.shape[:1]:
+            raise ValueError(f"finite must be ({features.shape[0]},) booleans, got shape {np.shape(finite)}")
+        features = features[np.asarray(finite, bool)]
     if not np.all(np.isfinite(features)):
         raise ValueError(f"features have {int(np.sum(~np.isfinite(features)))} non-finite entries; count non-finite "
                          "samples separately instead of averaging them in")

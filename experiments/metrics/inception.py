@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from fastsamplers import core
+
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 # float32 convolutions and resize without TF32/bf16 passes on accelerators: FID is sensitive to feature rounding.
@@ -229,15 +231,9 @@ def features(params, images, batch_size=50):
     (the last batch is padded, so one shape compiles once)."""
     if np.ndim(images) != 4 or np.shape(images)[-1] not in (1, 3):
         raise ValueError(f"images must be (n, h, w, 1 or 3), got shape {np.shape(images)}")
-    n = images.shape[0]
-    batch_size = max(1, min(batch_size, n))
-    out = []
-    for start in range(0, n, batch_size):
-        batch = jnp.asarray(images[start:start + batch_size], jnp.float32)
-        m = batch.shape[0]
-        if m < batch_size:
-            batch = jnp.pad(batch, ((0, batch_size - m), (0, 0), (0, 0), (0, 0)))
-        out.append(np.asarray(_apply(params, batch))[:m])
+    batch_size = max(1, min(batch_size, images.shape[0]))
+    out = [np.asarray(_apply(params, jnp.asarray(batch, jnp.float32)))[:m]
+           for _, batch, m in core.padded_batches(np.asarray(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 

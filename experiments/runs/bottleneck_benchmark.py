@@ -37,7 +37,7 @@ import numpy as np
 
 from fastsamplers import core
 from fastsamplers import samplers
-from fastsamplers.experiments.metrics import fd_digits
+from fastsamplers.experiments.metrics import digits_classifier, fd_digits
 from fastsamplers.experiments.metrics.flops import count_flops
 from fastsamplers.experiments.report import figures
 from fastsamplers.experiments.report.tables import render_table
@@ -137,8 +137,8 @@ def check_config(config):
     if config.metric not in METRICS:
         raise ValueError(f"unknown metric {config.metric!r}; valid: {list(METRICS)}")
     if config.metric == "fd_digits":
-        if int(config.baseline.resolution) not in fd_digits.SIZES:
-            raise ValueError(f"FD-digits scores {fd_digits.SIZES} px images; baseline.resolution is "
+        if int(config.baseline.resolution) not in digits_classifier.SIZES:
+            raise ValueError(f"FD-digits scores {digits_classifier.SIZES} px images; baseline.resolution is "
                              f"{config.baseline.resolution} (set metric='none' to time and count only)")
     for key in ("num_samples", "batch_size", "grid_samples", "timing_repeats"):
         if config[key] < 1:
@@ -200,10 +200,8 @@ def sample_row(target, process, stages, x_init, key, config, batch_size):
     the warm-up that compiles it (its time, compilation included, is `warmup_seconds`).
     """
     n = x_init.shape[0]
-    batch_size = min(batch_size, n)
-    padded = -(-n // batch_size) * batch_size  # the last batch is padded: one program per stage and row
-    x_all = np.concatenate([x_init, np.zeros((padded - n, *x_init.shape[1:]), x_init.dtype)])
-    batches = [jnp.asarray(x_all[i:i + batch_size]) for i in range(0, padded, batch_size)]
+    batch_size = min(batch_size, n)  # the last batch is padded: one program per stage and row
+    batches = [jnp.asarray(batch) for _, batch, _ in core.padded_batches(x_init, batch_size)]
     keys = [jax.random.fold_in(key, i) for i in range(len(batches))]
 
     def draw(x, k):  # bottleneck_sample compiles the whole row once (x and k traced): no outer jit needed

@@ -2,22 +2,20 @@
 
 `run(config, workdir)` is what `scripts/learn_sampler.py` calls (config: `experiments/configs/learn_sampler.py`).
 For each NFE, `schedules.learn(config.method, ...)` fits the sampler to the teacher (`config.teacher`) on the
-calibration batch (stream CALIBRATION_STREAM of the root key); the pair is saved by `schedules.save_learned` as
-WORKDIR/`config.outputs.sampler` with its provenance (model, teacher, calibration size, what the method found and
-cost) and a fingerprint of the config, and scored on the held-out batch (another stream) by the RMSE of its samples
-against the reference (the teacher solver on `reference_steps` steps of the teacher grid, from the same noise), next
+calibration batch (stream CALIBRATION_STREAM of the root key); the pair is saved (`schedules.files.learned_record`,
+in a `core.ShardStore` of the workdir) as WORKDIR/`config.outputs.sampler` with its provenance (model, teacher,
+calibration size, what the method found and cost) and the config as its identity and fingerprint, and scored on the
+held-out batch (another stream) by the RMSE of its samples against the reference (the teacher solver on `reference_steps` steps of the teacher grid, from the same noise), next
 to DEIS tAB order 3 on the quadratic and logSNR grids at the same NFE. The oracle's batches are exact draws of the
 marginal at t_max; a checkpoint's are the process's prior noise.
 
 A rerun with the same config (the NFEs aside) loads the NFEs already written (a file with another fingerprint is
-refused, not overwritten), so a killed run resumes where it stopped, and a run with more NFEs adds them; WORKDIR/`config.outputs.json` (the rows) is rewritten after
-every NFE.
+refused, not overwritten), so a killed run resumes where it stopped, and a run with more NFEs adds them;
+WORKDIR/`config.outputs.json` (the rows) is rewritten after every NFE.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 
@@ -31,8 +29,7 @@ from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.experiments.report.provenance import versions
 from fastsamplers.experiments.report.tables import render_table
-from fastsamplers.experiments.runs.sampler_tables import oracle_target
-from fastsamplers.experiments.train.checkpoints import checkpoint_target
+from fastsamplers.experiments.runs import sources
 
 CALIBRATION_STREAM, HELDOUT_STREAM = 1, 2
 BASELINE = ("deis_tab", {"order": 3}, ("quadratic", "logsnr"))  # the context rows: DEIS tAB2 on two grids
@@ -40,12 +37,7 @@ BASELINE = ("deis_tab", {"order": 3}, ("quadratic", "logsnr"))  # the context ro
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Learn, save and score the sampler of every NFE of config.nfes; returns the record written to the JSON file."""
-    if config.source == "checkpoint":
-        target = checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema, config.resolution)
-    elif config.source == "oracle":
-        target = oracle_target(config.oracle, config.seed)
-    else:
-        raise ValueError(f"unknown source {config.source!r}; valid: ['checkpoint', 'oracle']")
+    target = sources.load(config).target
     if target.num_classes:
         raise NotImplementedError(f"{target.description} is class-conditional; learned samplers are fitted here on "
                                   f"unconditional calls only (labels and guidance are not passed to the teacher)")
@@ -63,12 +55,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     reference = np.asarray(sample(teacher_solver, reference_ts, x_held), np.float64)
     rmse = lambda x: float(np.sqrt(np.mean((np.asarray(x, np.float64) - reference) ** 2)))
     # Everything that shapes one NFE's file; not the list of NFEs (a rerun may add NFEs) nor the output names.
-    fingerprint = hashlib.sha256(json.dumps({k: v for k, v in config.to_dict().items() if k not in ("outputs", "nfes")},
-                                            sort_keys=True, default=str).encode()).hexdigest()[:16]
+    store = core.ShardStore(workdir, {k: v for k, v in config.to_dict().items() if k not in ("outputs", "nfes")},
+                            refuse=_refusal)
     rows, start = [], time.perf_counter()
     for nfe in config.nfes:
-        path = os.path.join(workdir, config.outputs.sampler.format(nfe=nfe))
-        solver, ts, info, seconds = _learned(config, target, x_cal, nfe, path, fingerprint, teacher_solver)
+        solver, ts, info, seconds = _learned(config, target, x_cal, nfe, store, teacher_solver)
+        path = store.path(config.outputs.sampler.format(nfe=nfe))
         row = dict(nfe=int(nfe), path=path, rmse=rmse(sample(solver, ts, x_held)), learn_seconds=seconds,
                    model_calls=info.get("model_calls"), ts=np.asarray(ts).tolist())
         name, options, grids = BASELINE
@@ -78,7 +70,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rows.append(row)
         print(f"{config.method} NFE {nfe:>3}: rmse {row['rmse']:.4f} (DEIS tAB2 quadratic "
               f"{row['rmse_quadratic']:.4f}, logsnr {row['rmse_logsnr']:.4f}); learned in {seconds:.1f} s", flush=True)
-        record = _record(config, target, rows, fingerprint, start, versions())
+        record = _record(config, target, rows, store.fingerprint, start, versions())
         core.write_json(os.path.join(workdir, config.outputs.json), record, indent=1)
     print(format_table(config.method, rows))
     return record
@@ -90,15 +82,20 @@ def _draw(target, key, n, t_max):
     return target.process.prior(key, (n, *target.shape), t=t_max, dtype=jnp.float32)
 
 
-def _learned(config, target, x_cal, nfe, path, fingerprint, teacher_solver):
+def _refusal(path, differences, stored, expected):
+    return (f"{path} was written by another config (fingerprint {str(stored)[:16]}, this one {expected[:16]}); use "
+            "another workdir or remove it")
+
+
+def _learned(config, target, x_cal, nfe, store, teacher_solver):
     """(solver, ts, info, seconds) of one NFE: loaded from its file when a run with this config wrote it."""
-    if os.path.exists(path):
-        _, record = schedules.files.read_learned(path, config.method)
-        if record.get("fingerprint") != fingerprint:
-            raise ValueError(f"{path} was written by another config (fingerprint {record.get('fingerprint')}, this "
-                             f"one {fingerprint}); use another workdir or remove it")
+    name = config.outputs.sampler.format(nfe=nfe)
+    entry = store.read(name)
+    if entry is not None:
+        path = store.path(name)
+        schedules.files.read_learned(path, config.method)  # a file of this method, valid
         solver, ts = samplers.load_learned(path)
-        return solver, jnp.asarray(ts), record["learn"], float(record["learn"]["seconds"])
+        return solver, jnp.asarray(ts), entry.record["learn"], float(entry.record["learn"]["seconds"])
     start = time.perf_counter()
     solver, ts, info = schedules.learn(config.method, target.model_fn, target.process, x_cal, nfe,
                                        prediction=target.prediction, args=target.args,
@@ -106,9 +103,9 @@ def _learned(config, target, x_cal, nfe, path, fingerprint, teacher_solver):
                                        teacher_solver=teacher_solver, return_info=True, **dict(config.options))
     info = {k: v for k, v in info.items() if k not in ("teacher_ts", "fixed")}
     info["seconds"] = time.perf_counter() - start
-    schedules.save_learned(path, solver, ts, process=target.process, method=config.method,
-                           model=target.description, fingerprint=fingerprint, learn=info,
-                           teacher=config.teacher.to_dict(), calibration=int(config.calibration))
+    store.write(name, record=schedules.files.learned_record(
+        solver, ts, process=target.process, method=config.method, model=target.description, learn=info,
+        teacher=config.teacher.to_dict(), calibration=int(config.calibration)))
     return solver, ts, info, info["seconds"]
 
 

@@ -1,24 +1,29 @@
 """Sampler-by-schedule evaluation: every solver x time grid x NFE cell sampled and scored, as in the DEIS tables.
 
 `run(config, workdir)` is what `scripts/evaluate.py` calls (configs: `experiments/configs/evaluate.py`). The model
-is either a trained checkpoint (`source = "checkpoint"`: the training config and its workdir; the EMA weights by
-default) or the Gaussian-mixture oracle (`source = "oracle"`), and the metric is one of `METRICS`:
+comes from `config.source` (`experiments.runs.sources`: a trained checkpoint, the EMA weights by default, or the
+Gaussian-mixture oracle), and the metric is "exact" or the metric of a registered feature
+(`experiments.metrics.features`):
 
-  "fd_digits"  Fréchet distance in the features of a digits classifier (`experiments.metrics.fd_digits`), against all
-               1797 digits at the model's resolution; the offline metric for the digits models.
-  "fid"        Fréchet distance in the FID Inception's pool3 features (`experiments.metrics.inception`, weights from
-               `fid_weights`), against `fid_reference` statistics (an .npz of mu / sigma / count) or, when that is
-               empty, the training data's statistics (computed once and cached in the workdir).
+  "fd_digits"  Fréchet distance in the features of a digits classifier (`experiments.metrics.fd_digits`), against
+               the real digits of the split `fd_reference` at the model's resolution; the offline metric for the
+               digits models.
+  "fid"        Fréchet distance in the FID Inception's pool3 features (weights from `fid_weights`), of the samples
+               quantised to uint8 as `fid_protocol` does, against `fid_reference` (any reference file of
+               `experiments.metrics.references`) or, when that is empty, the training data's statistics (computed
+               once and cached in the workdir). "fd_random_projection" is the same with the random-projection test
+               feature (`feature_dim` columns).
   "exact"      oracle only: the RMSE between the sampler's x(t_min) and the exact probability-flow map of the same
                x(t_max) (`samplers.exact_flow_map`), over the batch and the dimensions.
 
-Every cell starts from the same noise (one key for the whole table). A class-conditional checkpoint is sampled with
-balanced labels (sample k gets class k mod num_classes) and classifier-free guidance of `guidance_scale` (1: the
-conditional model, no guidance). Samples with a non-finite entry are counted
-(`num_nonfinite`) and left out of the metric, never averaged in; a cell with fewer than two finite samples has
-metric NaN. The rows go to `rows.json`; `scripts/make_table.py` (`experiments.report.tables`) turns them into markdown
-tables and a metric-versus-NFE plot. The adaptive diffrax solver, when `reference` is set, adds a row at its own
-NFE (the "adaptive reference").
+The Fréchet metrics score a cell as the FID protocol scores a shard (`features.stream_stats`), so the same samples
+give the same number in both runners. Every cell starts from the same noise (one key for the whole table). A
+class-conditional checkpoint is sampled with balanced labels (sample k gets class k mod num_classes) and
+classifier-free guidance of `guidance_scale` (1: the conditional model, no guidance). Samples with a non-finite entry
+are counted (`num_nonfinite`) and left out of the metric, never averaged in; a cell with fewer than two finite
+samples has metric NaN. The rows go to `rows.json`; `scripts/make_table.py` (`experiments.report.tables`) turns them
+into markdown tables and a metric-versus-NFE plot. The adaptive diffrax solver, when `reference` is set, adds a row
+at its own NFE (the "adaptive reference").
 """
 
 from __future__ import annotations
@@ -33,25 +38,12 @@ import numpy as np
 
 from fastsamplers import core
 from fastsamplers import samplers
-from fastsamplers import schedules
-from fastsamplers.experiments.metrics import fd_digits, frechet
-from fastsamplers.experiments.train.checkpoints import Target, checkpoint_target
-from fastsamplers.models import GaussianMixture, predictions
+from fastsamplers.experiments.configs import grid_timesteps
+from fastsamplers.experiments.metrics import fd_digits, features, references
+from fastsamplers.experiments.metrics.frechet import frechet_score
+from fastsamplers.experiments.runs import sources
 
-METRICS = ("fd_digits", "fid", "exact")
-SOURCES = ("checkpoint", "oracle")
 NOISE_STREAM = 7  # fold_in(root, NOISE_STREAM): the starting noise shared by every cell
-
-
-def oracle_target(oracle_cfg, seed):
-    """The Gaussian-mixture oracle: exact predictions, so every sampler error is measurable."""
-    process = schedules.get_process(oracle_cfg.process)
-    predictions.check_kind(oracle_cfg.prediction)
-    oracle = GaussianMixture.random(jax.random.fold_in(jax.random.PRNGKey(seed), 0), dim=oracle_cfg.dim,
-                                    num_components=oracle_cfg.num_components)
-    return Target(process, oracle_cfg.prediction, (oracle_cfg.dim,), oracle.model_fn(process, oracle_cfg.prediction),
-                  oracle=oracle, description=f"oracle: {oracle_cfg.num_components}-component mixture in "
-                                             f"{oracle_cfg.dim}-d, {oracle_cfg.process}")
 
 
 def plan_cells(config, process):
@@ -71,7 +63,7 @@ def plan_cells(config, process):
             for nfe in config.nfes:
                 num_steps = solver.steps_for_nfe(nfe)
                 solver.check_grid(num_steps)
-                ts = np.asarray(_timesteps(grid, process, num_steps, nfe, config))
+                ts = grid_timesteps(grid, process, num_steps, nfe, config.t_min, config.t_max)
                 row = {"label": entry["label"], "solver": entry["name"], "options": dict(entry.get("options", {})),
                        "grid": grid, "nfe_budget": int(nfe), "num_steps": num_steps}
                 cells.append((row, solver, ts))
@@ -79,7 +71,7 @@ def plan_cells(config, process):
         cells.extend(_learned_cells(entry, config.nfes))
     if config.reference:
         solver = samplers.get_solver("adaptive", **dict(config.reference_options))
-        ts = np.asarray(schedules.get_timesteps("uniform", process, 1, **_ends(config)))
+        ts = grid_timesteps("uniform", process, 1, 1, config.t_min, config.t_max)
         cells.append(({"label": "adaptive reference", "solver": "adaptive",
                        "options": dict(config.reference_options), "grid": "adaptive", "nfe_budget": None,
                        "num_steps": None}, solver, ts))
@@ -105,18 +97,6 @@ def _learned_cells(entry, nfes):
                "nfe_budget": int(nfe), "num_steps": num_steps}
         cells.append((row, solver, ts))
     return cells
-
-
-def _ends(config):
-    return {k: config[k] for k in ("t_min", "t_max") if config[k] is not None}
-
-
-def _timesteps(grid, process, num_steps, nfe, config):
-    """A grid name, or "file:PATH" for a distilled schedule file ({nfe} and {num_steps} in PATH are filled in)."""
-    if grid.startswith("file:"):
-        path = grid[len("file:"):].format(nfe=nfe, num_steps=num_steps)
-        return schedules.get_timesteps("file", process, num_steps, path=path)
-    return schedules.get_timesteps(grid, process, num_steps, **_ends(config))
 
 
 def cell_sampler(target, solver, guidance_scale=1.0):
@@ -151,50 +131,45 @@ def sample_cell(draw, ts, x_init, batch_size, num_classes=0):
 
 
 class Metric:
-    """fn(samples (n, *shape) finite) -> float, with the data it compares against prepared once."""
+    """fn(samples (n, *shape)) -> (value, number of non-finite samples left out), with the data it compares against
+    prepared once."""
 
     def __init__(self, config, target, workdir):
         self.name = config.metric
-        if self.name not in METRICS:
-            raise ValueError(f"unknown metric {self.name!r}; valid: {list(METRICS)}")
+        by_metric = features.metrics()
+        if self.name != "exact" and self.name not in by_metric:
+            raise ValueError(f"unknown metric {self.name!r}; valid: {['exact', *sorted(by_metric)]}")
         if self.name == "exact" and target.oracle is None:
             raise ValueError("metric 'exact' needs source='oracle' (a trained model has no exact flow map)")
-        if self.name in ("fd_digits", "fid") and len(target.shape) != 3:
+        if self.name != "exact" and len(target.shape) != 3:
             raise ValueError(f"metric {self.name!r} scores images (H, W, C); the samples have shape {target.shape}")
-        self.target, self.config, self.workdir = target, config, workdir
-        self._reference = None
-        if self.name == "fd_digits":  # the reference first: it may train the classifier, before any sampling
-            self._reference = fd_digits.reference_stats(target.shape[0], split=config.fd_reference)
-        elif self.name == "fid":
-            from fastsamplers.experiments.metrics import inception
-
-            if not config.fid_weights:
-                raise ValueError("metric 'fid' needs fid_weights: the .npz from scripts/convert_inception_weights.py")
-            params = inception.load_params(config.fid_weights)
-            self._features = lambda x: inception.features(params, x)
-            self._reference = self._fid_reference()
-
-    def _fid_reference(self):
-        if self.config.fid_reference:
-            return frechet.FeatureStats.load(self.config.fid_reference)
-        path = os.path.join(self.workdir, "fid_reference_stats.npz")
-        if os.path.exists(path):
-            return frechet.FeatureStats.load(path)
-        dataset = self.target.dataset
-        if dataset is None or dataset.num_examples is None:
-            raise ValueError("metric 'fid' without fid_reference needs a checkpoint source with a finite dataset")
-        stats = frechet.FeatureStats.from_features(self._features(np.asarray(dataset.data)))
-        stats.save(path)
-        return stats
-
-    def __call__(self, samples, x_init=None, ts=None, exact=None):
+        self.batch_size = config.batch_size
         if self.name == "exact":
-            return float(np.sqrt(np.mean((samples - exact) ** 2)))
-        if samples.shape[0] < 2:
-            return float("nan")
+            return
+        # The reference first: it may train a classifier or read a large file, before any sampling.
+        self.feature = features.from_config(config, by_metric[self.name]).build(target.shape)
         if self.name == "fd_digits":
-            return fd_digits.score_samples(samples, self._reference)["fd_digits"]
-        return frechet.frechet_distance(frechet.FeatureStats.from_features(self._features(samples)), self._reference)
+            self.reference = fd_digits.reference_stats(target.shape[0], split=config.fd_reference)
+        elif config.fid_reference:
+            reference = references.check(config.fid_reference, self.feature, target.shape)
+            self.reference, _ = references.load(reference, self.feature, batch_size=self.batch_size,
+                                                cache_dir=os.path.join(workdir, "reference_stats"))
+        else:
+            dataset = target.dataset
+            if dataset is None or dataset.num_examples is None:
+                raise ValueError(f"metric {self.name!r} without fid_reference needs a checkpoint source with a "
+                                 "finite dataset")
+            tag = core.fingerprint(self.feature.identity())[:12]
+            self.reference = references.of_images(
+                np.asarray(dataset.data), self.feature, batch_size=self.batch_size,
+                cache=os.path.join(workdir, "reference_stats", f"training_data_{self.feature.name}_{tag}.npz"))
+
+    def __call__(self, samples, exact=None):
+        finite = features.finite_rows(samples)
+        if self.name == "exact":
+            return float(np.sqrt(np.mean((samples[finite] - exact[finite]) ** 2))), int((~finite).sum())
+        stats = features.stream_stats(self.feature, samples, self.batch_size)
+        return frechet_score(stats, self.reference), stats.num_nonfinite
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -210,13 +185,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "runtime_s" and "complete".
     """
     start = time.perf_counter()
-    if config.source not in SOURCES:
-        raise ValueError(f"unknown source {config.source!r}; valid: {list(SOURCES)}")
     if config.num_samples < 2 or config.batch_size < 1:
         raise ValueError(f"num_samples must be >= 2 and batch_size >= 1, got {config.num_samples}, "
                          f"{config.batch_size}")
-    target = (checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema, config.resolution)
-              if config.source == "checkpoint" else oracle_target(config.oracle, config.seed))
+    target = sources.load(config).target
     if config.guidance_scale != 1.0 and not target.num_classes:
         raise ValueError(f"guidance_scale={config.guidance_scale} needs a class-conditional model; "
                          f"{target.description} is unconditional")
@@ -241,16 +213,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             draws[id(solver)] = cell_sampler(target, solver, config.guidance_scale)
         draw = draws[id(solver)]
         samples, nfe = sample_cell(draw, ts, x_init, config.batch_size, target.num_classes)
-        finite = np.all(np.isfinite(samples.reshape(samples.shape[0], -1)), axis=1)
-        reference = None
-        if metric.name == "exact":
-            ends = (float(ts[0]), float(ts[-1]))
-            if ends not in exact:
-                exact[ends] = np.asarray(samplers.exact_flow_map(target.oracle, target.process, x_init, *ends))
-            reference = exact[ends][finite]
-        value = metric(samples[finite], exact=reference)
+        ends = (float(ts[0]), float(ts[-1]))
+        if metric.name == "exact" and ends not in exact:
+            exact[ends] = np.asarray(samplers.exact_flow_map(target.oracle, target.process, x_init, *ends))
+        value, num_nonfinite = metric(samples, exact=exact.get(ends))
         row.update({"nfe": nfe, "metric": metric.name, "value": value, "num_samples": int(samples.shape[0]),
-                    "num_nonfinite": int((~finite).sum()), "seconds": time.perf_counter() - cell_start})
+                    "num_nonfinite": num_nonfinite, "seconds": time.perf_counter() - cell_start})
         rows.append(row)
         print(f"{row['label']:>24} {row['grid']:>12} NFE {nfe:>4}: {metric.name} {value:.4f}"
               + (f"  ({row['num_nonfinite']} non-finite samples left out)" if row["num_nonfinite"] else ""),

@@ -22,9 +22,9 @@ Why a pool made once rather than fresh teacher pairs every step: one fresh traje
 in the training step (forward and backward), about 10x the step's own work at K = 6. Measured on digits_fm (K = 6,
 2 shared CPU cores): 1000 steps of 32 trajectories took 15 min; fresh pairs would add 6.4M teacher calls (~75 min at
 the pool's measured rate), the 2048-trajectory pool took 0.41M calls (5 min). The pool is paid once, and it is saved
-atomically to `WORKDIR/boss_pool.npz` with the chosen times and the settings and teacher checkpoint step it was
-made for, so a killed run reloads it instead of recomputing it, and a mismatch (another teacher step, other boss
-settings) fails clearly instead of mixing two pools. Batches are a pure function of (data key, step) like every
+atomically to `WORKDIR/boss_pool.npz` (an entry of a `core.ShardStore`) with the chosen times and the settings and
+teacher checkpoint step it was made for, so a killed run reloads it instead of recomputing it, and a mismatch
+(another teacher step, other boss settings) fails clearly instead of mixing two pools. Batches are a pure function of (data key, step) like every
 dataset's (`data.ArrayDataset`), so a resumed run draws exactly the batches of an uninterrupted one. The price is a
 finite set of trajectories: with few of them the student can fit the pool rather than the flow, which is why the
 few-step error is measured on held-out noise (`HELDOUT_STREAM`).
@@ -36,8 +36,6 @@ Randomness: the calibration and pool noises are `fold_in(root, CALIBRATION_STREA
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import os
 import sys
 import time
@@ -177,7 +175,7 @@ def _check_student(config, student, teacher):
 # ------------------------------------------------------------------------------------------------- the pool
 
 
-def _fingerprint(config, teacher):
+def _identity(config, teacher):
     """What the pool depends on: compared with the stored pool's before it is reused."""
     boss = config.boss.to_dict()
     boss.pop("teacher_workdir")  # the same run may be read from another path
@@ -207,14 +205,14 @@ def teacher_states(config, teacher, x_init, indices=None, progress=False):
     solver = samplers.get_solver(boss.teacher_solver)
     ts = teacher_grid(config, teacher.process)
     rows = np.asarray([ts.size - 1] if indices is None else indices)
-    n, size = x_init.shape[0], min(boss.pool_batch, x_init.shape[0])
-    padded = jnp.concatenate([x_init, x_init[: (-n) % size]]) if n % size else x_init  # one compiled batch size
+    size = min(boss.pool_batch, x_init.shape[0])  # one compiled batch size
     out = []
-    for start in tqdm(range(0, padded.shape[0], size), desc="teacher solves", unit="batch", disable=not progress):
-        trajectory = teacher_trajectory(teacher.model_fn, teacher.process, padded[start:start + size], ts, solver,
-                                        "velocity", teacher.args)
-        out.append(np.asarray(trajectory[rows], np.float32).swapaxes(0, 1))
-    states = np.concatenate(out)[:n]
+    for _, batch, n in tqdm(core.padded_batches(x_init, size), total=-(-x_init.shape[0] // size),
+                            desc="teacher solves", unit="batch", disable=not progress):
+        trajectory = teacher_trajectory(teacher.model_fn, teacher.process, batch, ts, solver, "velocity",
+                                        teacher.args)
+        out.append(np.asarray(trajectory[rows], np.float32).swapaxes(0, 1)[:n])
+    states = np.concatenate(out)
     return states if indices is not None else states[:, 0]
 
 
@@ -245,7 +243,6 @@ def make_pool(config, teacher) -> Pool:
         raise FloatingPointError(f"the teacher's pool trajectories are not finite ({teacher.description})")
     pool_batches = -(-boss.pool_size // min(boss.pool_batch, boss.pool_size))
     record = {
-        "fingerprint": _fingerprint(config, teacher),
         "teacher": teacher.description,
         "bellman_cost": float(info["cost"]),
         "model_calls": {"bellman_dp": int(info["model_calls"]) * boss.calibration_size,
@@ -256,35 +253,36 @@ def make_pool(config, teacher) -> Pool:
                 states=states, record=record)
 
 
-def save_pool(path: str, pool: Pool) -> None:
-    """Write the pool as one .npz, atomically (a killed writer leaves no half file)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, ts=pool.ts, indices=pool.indices, teacher_ts=pool.teacher_ts, states=pool.states,
-             record=np.asarray(json.dumps(pool.record)))
-    core.write_atomic(path, buffer.getvalue())
+def _pool_store(config, workdir, teacher) -> core.ShardStore:
+    """The run's pool, an entry of a `core.ShardStore` stamped with what it depends on (`_identity`)."""
+    return core.ShardStore(workdir, _identity(config, teacher), refuse=_refusal)
+
+
+def _refusal(path, differences, stored, expected):
+    diff = "; ".join(f"{k}: {there} there, {here} here" for k, (there, here) in (differences or {}).items())
+    return (f"{path} was made for other settings ({diff or 'a different fingerprint'}); use another --workdir, or "
+            "delete the file to make the pool again")
 
 
 def read_pool(path: str) -> Pool:
-    """A pool written by `save_pool` (no pickles)."""
-    with np.load(path, allow_pickle=False) as f:
-        return Pool(ts=f["ts"], indices=f["indices"], teacher_ts=f["teacher_ts"], states=f["states"],
-                    record=json.loads(str(f["record"])))
+    """A pool written by `load_or_make_pool` (no pickles)."""
+    return _pool(core.shards.read_entry(path))
+
+
+def _pool(entry) -> Pool:
+    arrays = entry.arrays
+    return Pool(ts=arrays["ts"], indices=arrays["indices"], teacher_ts=arrays["teacher_ts"], states=arrays["states"],
+                record=entry.record)
 
 
 def load_or_make_pool(config, workdir, teacher, write=True) -> Pool:
     """The run's pool: read from WORKDIR/boss_pool.npz when there, after checking it was made for these settings
     and this teacher checkpoint; else made (`make_pool`) and written, with the Bellman schedule file beside it."""
-    path = os.path.join(workdir, POOL_FILE)
-    want = json.loads(json.dumps(_fingerprint(config, teacher)))  # as JSON gives it back
-    if os.path.exists(path):
-        pool = read_pool(path)
-        have = pool.record["fingerprint"]
-        if have != want:
-            diff = "; ".join(f"{k}: {have.get(k)} there, {want.get(k)} here"
-                             for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
-            raise ValueError(f"{path} was made for other settings ({diff}); use another --workdir, or delete the "
-                             f"file to make the pool again")
-        return pool
+    store = _pool_store(config, workdir, teacher)
+    path = store.path(POOL_FILE)
+    entry = store.read(POOL_FILE)
+    if entry is not None:
+        return _pool(entry)
     pool = make_pool(config, teacher)
     if write:  # the schedule file first: the pool file is the last thing written, so both exist once it does
         schedules.save_schedule(
@@ -293,7 +291,8 @@ def load_or_make_pool(config, workdir, teacher, write=True) -> Pool:
             teacher=dict(solver=config.boss.teacher_solver, grid=config.boss.teacher_grid,
                          steps=config.boss.teacher_steps), indices=pool.indices, cost=pool.record["bellman_cost"],
             model_calls=pool.record["model_calls"], seconds=pool.record["seconds"])
-        save_pool(path, pool)
+        store.write(POOL_FILE, dict(ts=pool.ts, indices=pool.indices, teacher_ts=pool.teacher_ts, states=pool.states),
+                    pool.record)
     if config.train.progress:
         calls, seconds = pool.record["model_calls"], pool.record["seconds"]
         print(f"BOSS: Bellman steps {np.round(pool.ts, 4).tolist()} ({calls['bellman_dp']} model calls, "

@@ -1,0 +1,147 @@
+"""Where a runner's model comes from, by name (`config.source`): one registry for every runner that samples.
+
+  "checkpoint"  a training run of this repository: its training config and workdir (`experiments.train`), the EMA
+                weights by default (keys train_config, checkpoint_dir, use_ema, resolution);
+  "oracle"      the Gaussian-mixture oracle: exact predictions, so every sampler error is measurable (keys oracle,
+                seed);
+  "pretrained"  a published checkpoint, `models.pretrained.load` (keys checkpoint, layout, model_config, params,
+                scheduler_config, variant, null_label).
+
+`load(config)` checks that the config has the keys its source reads, then returns a `Source`: the `Target` that is
+sampled, the labels a class-conditional model is sampled with, and what decides the samples (`identity`, for the
+fingerprints of resumable runs) and where they came from (`record`, for results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+from fastsamplers import core
+from fastsamplers import schedules
+from fastsamplers.experiments.train.checkpoints import Target, checkpoint_target
+from fastsamplers.models import GaussianMixture, predictions
+from fastsamplers.models import pretrained as pretrained_models
+
+SOURCES = core.Registry("source")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A model to sample, from `load`.
+
+    `target` is what is sampled (process, prediction, example shape, model_fn and its args). A class-conditional
+    model is sampled with balanced labels, sample k with `classes[k % len(classes)]`, and guided with `null_label`
+    as the unconditional call (None: it has none); `classes` is None for an unconditional model.
+    """
+
+    target: Target
+    classes: tuple | None
+    null_label: int | None
+    identity: dict
+    record: dict
+
+
+def _source(name, *config_keys):
+    def add(factory):
+        factory.config_keys = config_keys
+        return SOURCES.register(name)(factory)
+
+    return add
+
+
+def load(config) -> Source:
+    """The `Source` named by `config.source`, after checking that the config has the keys it reads."""
+    factory = SOURCES.lookup(config.source)
+    missing = [k for k in factory.config_keys if k not in config]
+    if missing:
+        raise ValueError(f"source {config.source!r} reads the config keys {missing}, which this config does not have")
+    return factory(config)
+
+
+def _trained(target, identity, record):
+    """A Source of a Target of this repository (the null label after the classes, as the training runs use)."""
+    classes = tuple(range(target.num_classes)) if target.num_classes else None
+    return Source(target, classes, target.num_classes or None, identity, record)
+
+
+@_source("checkpoint", "train_config", "checkpoint_dir", "use_ema", "resolution")
+def checkpoint(config) -> Source:
+    target = checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema, config.resolution)
+    identity = {"source": "checkpoint", "train_config": config.train_config,
+                "checkpoint_dir": os.path.abspath(config.checkpoint_dir), "step": target.step,
+                "use_ema": bool(config.use_ema), "resolution": int(config.resolution)}
+    return _trained(target, identity, dict(identity, description=target.description))
+
+
+def oracle_target(oracle_cfg, seed) -> Target:
+    """The Gaussian-mixture oracle: exact predictions, so every sampler error is measurable."""
+    process = schedules.get_process(oracle_cfg.process)
+    predictions.check_kind(oracle_cfg.prediction)
+    oracle = GaussianMixture.random(jax.random.fold_in(jax.random.PRNGKey(seed), 0), dim=oracle_cfg.dim,
+                                    num_components=oracle_cfg.num_components)
+    return Target(process, oracle_cfg.prediction, (oracle_cfg.dim,), oracle.model_fn(process, oracle_cfg.prediction),
+                  oracle=oracle, description=f"oracle: {oracle_cfg.num_components}-component mixture in "
+                                             f"{oracle_cfg.dim}-d, {oracle_cfg.process}")
+
+
+@_source("oracle", "oracle", "seed")
+def oracle(config) -> Source:
+    identity = {"source": "oracle", "oracle": config.oracle.to_dict(), "seed": config.seed}
+    target = oracle_target(config.oracle, config.seed)
+    return _trained(target, identity, dict(identity, description=target.description))
+
+
+@_source("pretrained", "checkpoint", "layout", "model_config", "params", "scheduler_config", "variant", "null_label")
+def pretrained(config) -> Source:
+    if not config.checkpoint:
+        raise ValueError("config.checkpoint is empty: give a diffusers folder or a score_sde checkpoint_N file")
+    if not os.path.exists(config.checkpoint):
+        raise FileNotFoundError(f"checkpoint {config.checkpoint!r} not found")
+    if config.layout and config.layout not in pretrained_models.LAYOUTS:
+        raise ValueError(f"unknown layout {config.layout!r}; valid: {list(pretrained_models.LAYOUTS)} "
+                         "(or '' to detect)")
+    layout = config.layout or pretrained_models.detect_layout(config.checkpoint)
+    options = _load_options(config, layout)
+    model = pretrained_models.load(config.checkpoint, layout=layout, **options)
+    files = _checkpoint_files(model, config, layout, options)
+    record = {"path": os.path.abspath(config.checkpoint), "layout": layout, "load_options": options, "files": files,
+              "sha256": core.fingerprint(list(files.values()))}
+    identity = {"checkpoint_sha256": record["sha256"], "layout": layout,
+                "load_options": {k: v for k, v in options.items() if k != "scheduler_config"}}
+    num_classes = model.num_classes
+    classes = None if num_classes is None else tuple(c for c in range(num_classes) if c != model.null_label)
+    target = Target(model.process, model.prediction, model.image_shape, model.model_fn, args=model.params,
+                    num_classes=num_classes or 0,
+                    description=os.path.basename(os.path.normpath(config.checkpoint)))
+    return Source(target, classes, model.null_label, identity, record)
+
+
+def _load_options(config, layout):
+    """The keywords of models.pretrained.load for the layout; a set option of the other layout is an error."""
+    diffusers_options = {"scheduler_config": config.scheduler_config or None, "variant": config.variant or None,
+                         "null_label": config.null_label}
+    score_sde_options = {"config": config.model_config or None,
+                         "params": None if config.params == "params_ema" else config.params}
+    ours, theirs, their_names = ((diffusers_options, score_sde_options, ("model_config", "params"))
+                                 if layout == "diffusers" else
+                                 (score_sde_options, diffusers_options, ("scheduler_config", "variant", "null_label")))
+    wrong = [name for name, value in zip(their_names, theirs.values()) if value is not None]
+    if wrong:
+        raise ValueError(f"{config.checkpoint} is a {layout} checkpoint: the option(s) {wrong} are for the other "
+                         f"layout ({list(pretrained_models.LAYOUTS)})")
+    return {k: v for k, v in ours.items() if v is not None}
+
+
+def _checkpoint_files(model, config, layout, options):
+    """{absolute path: SHA-256} of the files the checkpoint was read from."""
+    if layout == "diffusers":
+        from fastsamplers.models.pretrained import diffusers as diffusers_layout
+
+        files = list(diffusers_layout.find_files(config.checkpoint, options.get("variant"),
+                                                 options.get("scheduler_config")))
+    else:
+        files = [model.source] + ([config.model_config] if os.path.isfile(config.model_config) else [])
+    return {os.path.abspath(f): core.sha256_file(f) for f in files}
