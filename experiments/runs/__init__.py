@@ -2,7 +2,8 @@
 calls, and tests call it too. `oracle_quickstart` (scripts/sample.py), `schedule_distillation`
 (scripts/distill_schedule.py), `sampler_tables` (scripts/evaluate.py), `bottleneck_benchmark`
 (scripts/sample_bottleneck.py, scripts/benchmark_bottleneck.py), `causal_inversion` (scripts/causal_metrics.py,
-scripts/benchmark_causal.py).
+scripts/benchmark_causal.py), `solver_benchmark` (scripts/benchmark_solvers.py), `pretrained_benchmark` with its two
+worker sides `pretrained_benchmark_jax` and `pretrained_benchmark_torch` (scripts/benchmark_pretrained.py).
 
 The top layer of the library: it may import every other part of experiments (configs, train, metrics, report) and
 the packages below; only `scripts` import it.
