@@ -98,11 +98,15 @@ def baseline_stages(config, num_steps=None, scale=1):
                   _grid_options(b.grid, b.shift), b.solver)]
 
 
+def plans(config) -> core.Registry:
+    """The config's plans by name (`config.plans`), the registry its plan names are checked by."""
+    return core.Registry("plan", {name: config.plans[name] for name in config.plans},
+                         unknown="plan {name!r} is not one of the config's plans {valid}")
+
+
 def plan_stages(config, name, scale=1):
     """The stages of the plan `config.plans[name]` (resolutions x `scale`); ValueError with the reason if malformed."""
-    if name not in config.plans:
-        raise ValueError(f"unknown plan {name!r}; the config's plans: {sorted(config.plans)}")
-    p = config.plans[name]
+    p = plans(config).lookup(name)
     n = len(p.resolutions)
     lengths = {"steps": len(p.steps), "strengths": len(p.strengths)}
     if p.ends:
@@ -148,8 +152,7 @@ def check_config(config):
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
     if config.metric != "none" and config.num_samples < 2:
         raise ValueError(f"a Fréchet distance needs num_samples >= 2, got {config.num_samples}")
-    if config.plan not in config.plans:
-        raise ValueError(f"plan {config.plan!r} is not one of the config's plans {sorted(config.plans)}")
+    plans(config).check(config.plan)
     RESIZE_METHODS.check(config.resize_method)
     RENOISE_MODES.check(config.renoise_mode)
     if not 0.0 <= config.process.t_min < config.process.t_max:
