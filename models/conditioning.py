@@ -16,7 +16,10 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-INPUT_SCALINGS = ("none", "edm")
+from fastsamplers.core import Registry
+
+INPUT_SCALINGS = Registry.of_names("input_scaling", ("none", "edm"), ordered=True,
+                                   unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 def class_labels(labels, num_classes, batch):
@@ -77,8 +80,7 @@ class NetworkFn:
     sigma_data: float = 0.5
 
     def __post_init__(self):
-        if self.input_scaling not in INPUT_SCALINGS:
-            raise ValueError(f"unknown input_scaling {self.input_scaling!r}; valid: {list(INPUT_SCALINGS)}")
+        INPUT_SCALINGS.check(self.input_scaling)
 
     def __call__(self, params, x, t, labels=None):
         process = self.process

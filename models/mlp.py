@@ -11,7 +11,8 @@ from fastsamplers.core import Registry
 
 ACTIVATIONS = Registry("activation", {"silu": nn.silu, "selu": nn.selu, "relu": nn.relu, "gelu": nn.gelu,
                                       "tanh": jnp.tanh})
-TIME_INPUTS = ("sinusoidal", "concat")
+# How the MLP sees t: a sinusoidal embedding added to the hidden units, or t concatenated to x.
+TIME_INPUTS = Registry.of_names("time_input", ("sinusoidal", "concat"), ordered=True)
 
 
 def time_embedding(t, dim, max_period=10_000.0):
@@ -62,8 +63,7 @@ class MLP(nn.Module):
     def __post_init__(self):
         # Wrong names fail when the net is built, not at its first call inside a jitted training step.
         get_activation(self.activation)
-        if self.time_input not in TIME_INPUTS:
-            raise ValueError(f"unknown time_input {self.time_input!r}; valid names: {list(TIME_INPUTS)}")
+        TIME_INPUTS.check(self.time_input)
         super().__post_init__()
 
     @nn.compact

@@ -16,16 +16,16 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from fastsamplers.core import Registry
 from fastsamplers.schedules.processes import as_float
 
-KINDS = ("eps", "x0", "v", "velocity", "score")
+KINDS = Registry.of_names("prediction", ("eps", "x0", "v", "velocity", "score"), ordered=True,
+                          unknown="unknown {kind} {name!r}; valid predictions: {valid}")
 
 
 def check_kind(kind: str) -> str:
     """`kind` if it is one of `KINDS`; ValueError listing them otherwise."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown prediction {kind!r}; valid predictions: {list(KINDS)}")
-    return kind
+    return KINDS.check(kind)
 
 
 def _coefficients(process, t):

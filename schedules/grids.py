@@ -19,6 +19,8 @@ from fastsamplers.schedules.files import load_schedule
 from fastsamplers.schedules.processes import Process, as_float, get_process
 
 GRIDS = Registry("time grid", reserved=("process", "num_steps", "t_min", "t_max"))
+# What the numbers of a "list" grid are: t's, noise levels gamma = sigma / alpha, or rectified-flow sigmas.
+SPACES = Registry.of_names("space", ("t", "gamma", "flow"), unknown="unknown space {name!r}; valid: {valid}")
 _grid = GRIDS.register
 
 
@@ -124,6 +126,7 @@ def from_list(process, num_steps, t_min, t_max, values=None, space="t"):
     rectified-flow sigmas with space="flow"). Resampled log-linearly in gamma when its length is not num_steps + 1."""
     if values is None:
         raise ValueError("the 'list' grid needs values=[...]")
+    SPACES.check(space)
     values = np.asarray(values, np.float64)
     if values.ndim != 1 or len(values) < 2:
         raise ValueError(f"values must be a 1-D list of at least 2 entries, got shape {values.shape}")
@@ -133,12 +136,10 @@ def from_list(process, num_steps, t_min, t_max, values=None, space="t"):
         gamma = _gamma(process, values)
     elif space == "gamma":
         gamma = values
-    elif space == "flow":
+    else:  # "flow"
         if np.any(values >= 1) or np.any(values < 0):
             raise ValueError("rectified-flow sigmas must lie in [0, 1)")
         gamma = values / (1.0 - values)
-    else:
-        raise ValueError(f"unknown space {space!r}; valid: ['flow', 'gamma', 't']")
     if len(values) == num_steps + 1 and space == "t":
         return values
     return _t_of_gamma(process, interpolate_log_linear(gamma, num_steps + 1))
@@ -147,9 +148,7 @@ def from_list(process, num_steps, t_min, t_max, values=None, space="t"):
 @_grid("published")
 def from_published(process, num_steps, t_min, t_max, schedule=None):
     """A published list from `schedules.published.LISTS` (option schedule=...), resampled to num_steps."""
-    if schedule not in published.LISTS:
-        raise ValueError(f"unknown published schedule {schedule!r}; valid names: {sorted(published.LISTS)}")
-    entry = published.LISTS[schedule]
+    entry = published.LISTS.lookup(schedule)
     return from_list(process, num_steps, t_min, t_max, values=entry["values"], space=entry["space"])
 
 

@@ -4,7 +4,9 @@ space "gamma": noise levels sigma/alpha (EDM / k-diffusion sigmas); space "flow"
 `ot` process). Other step counts come from log-linear interpolation (`grids.interpolate_log_linear`).
 """
 
-LISTS = {
+from fastsamplers.core import Registry
+
+LISTS = Registry("published schedule", {
     # Align Your Steps (Sabour et al. 2024), Stable Diffusion 1.5, 10 steps.
     "ays_sd15": {
         "space": "gamma",
@@ -15,4 +17,4 @@ LISTS = {
         "space": "flow",
         "values": [0.9968, 0.9886, 0.9819, 0.975, 0.966, 0.9471, 0.9158, 0.8287, 0.5512, 0.2808, 0.001],
     },
-}
+})

@@ -1,95 +1,23 @@
-"""Flow matching on the 2-D benchmark, side by side with TorchCFM: training speed, W2 and straightness per coupling.
-
-Task (TorchCFM's, Tong et al. 2023): N(0, I) -> moons (sklearn make_moons(noise=0.2) * 3 - 1), MLP 3 x 64 SELU
-with t appended to the input, Adam lr 1e-3, batch 256, fresh samples every step. For each coupling both
-frameworks train --steps steps; then Euler with 100, 4 and 2 steps from the same kind of noise, and the exact W2
-distance (scipy assignment) between 2000 samples and one fixed set of 2000 target points (the TorchCFM script's
-sklearn draw), and the straightness (Liu et al. 2022) of the 100-step Euler trajectories.
+"""Flow matching on the 2-D benchmark, side by side with TorchCFM: training speed, W2 and straightness per coupling
+(`experiments.runs.fm_benchmark`, whose docstring says what is measured).
 
     python scripts/benchmark_fm.py --json outputs/bench/fm.json \
-        --torchcfm-python /path/to/torch-venv/bin/python     # a virtualenv with torchcfm, pot, scikit-learn
+        --torchcfm-python TORCH_VENV/bin/python     # a virtualenv with torchcfm, pot, scikit-learn
 
-Without --torchcfm-python only this framework is measured. Our "ot" is exact minibatch OT as a permutation (each
-noise and data point used once); TorchCFM's draws 256 pairs from the exact plan with replacement. Our "sinkhorn"
-uses epsilon relative to the mean cost (0.05); TorchCFM's reg is absolute, so it is given 0.05 x the mean cost of a
-batch (--torchcfm-reg, default 0.6).
+Without --torchcfm-python only this framework is measured; TorchCFM's side is scripts/torchcfm_baseline.py, run by
+that python.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import tempfile
-import time
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
-import jax
-import numpy as np
-
-from fastsamplers import core
-from fastsamplers import samplers
-from fastsamplers import schedules
-from cli import ROOT
-from fastsamplers.experiments import metrics, train
-from fastsamplers.experiments.configs import toy2d_fm
-from fastsamplers.experiments.report.tables import render_table
+from fastsamplers.experiments.runs import fm_benchmark
 
 
-def ours(coupling, steps, num_eval, eval_steps, target, seed):
-    config = toy2d_fm.get_config(f"coupling={coupling}")
-    config.unlock()
-    config.train.num_steps, config.seed = steps, seed
-    config.lock()
-    experiment = train.build(config)
-    state = train.init_state(experiment)
-    per_call = config.train.steps_per_call
-    chunk = train.make_train_chunk(experiment, per_call)
-    chunk = chunk.lower(state, experiment.datasets).compile()  # compile outside the timed loop
-    losses = []
-    start = time.perf_counter()
-    for _ in range(steps // per_call):
-        state, chunk_losses, _ = chunk(state, experiment.datasets)
-        losses.append(chunk_losses)
-    jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
-    losses = np.concatenate([np.asarray(x) for x in losses])
-    if not np.all(np.isfinite(losses)):
-        raise FloatingPointError(f"ours/{coupling}: non-finite training loss")
-    process = experiment.process
-    x_init = jax.random.normal(jax.random.PRNGKey(seed + 1), (num_eval, 2))
-    model = lambda x, t: experiment.model_fn(state["params"], x, t)
-    row = {"steps_per_s": steps / seconds, "train_seconds": seconds, "final_loss": float(losses[-100:].mean())}
-    for n in eval_steps:
-        ts = schedules.get_timesteps("uniform", process, n, t_min=0.0, t_max=1.0)
-        x, info = samplers.sample(model, "euler", process, x_init, ts, prediction="velocity", save_trajectory=True)
-        row[f"w2_euler{n}"] = metrics.w2_exact(np.asarray(x), target)
-        if n == max(eval_steps):
-            row["straightness"] = metrics.straightness(np.asarray(info["trajectory"]), np.asarray(ts))
-    return row
-
-
-def torchcfm(python, couplings, steps, num_eval, eval_steps, seed, reg, workdir):
-    out, js = os.path.join(workdir, "torchcfm.npz"), os.path.join(workdir, "torchcfm.json")
-    command = [python, os.path.join(ROOT, "scripts", "torchcfm_baseline.py"), "--steps", str(steps), "--couplings",
-               ",".join(couplings), "--seed", str(seed), "--num-eval", str(num_eval), "--eval-steps",
-               ",".join(map(str, eval_steps)), "--reg", str(reg), "--out", out, "--json", js]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    arrays, report = np.load(out), json.load(open(js))
-    rows = {}
-    for coupling in couplings:
-        row = dict(report["results"][coupling])
-        for n in eval_steps:
-            trajectory = arrays[f"{coupling}_euler{n}_trajectory"]
-            row[f"w2_euler{n}"] = metrics.w2_exact(trajectory[-1], arrays["target"])
-            if n == max(eval_steps):
-                row["straightness"] = metrics.straightness(trajectory, arrays[f"{coupling}_euler{n}_ts"])
-        rows[coupling] = row
-    return rows, arrays["target"], {k: v for k, v in report.items() if k != "results"}
-
-
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--couplings", default="independent,ot,sinkhorn")
@@ -98,36 +26,11 @@ def main():
     parser.add_argument("--torchcfm-python", default=None, help="python of a virtualenv with torchcfm, pot, sklearn")
     parser.add_argument("--torchcfm-reg", type=float, default=0.6, help="POT's absolute reg for sinkhorn")
     parser.add_argument("--json", required=True)
-    args = parser.parse_args()
-    couplings, eval_steps = args.couplings.split(","), [100, 4, 2]
-
-    results = {"task": "N(0,I) -> moons*3-1, MLP 3x64 SELU, Adam 1e-3, batch 256", "steps": args.steps,
-               "jax": jax.__version__, "devices": [str(d) for d in jax.devices()], "rows": []}
-    with tempfile.TemporaryDirectory() as workdir:
-        if args.torchcfm_python:
-            theirs, target, info = torchcfm(args.torchcfm_python, couplings, args.steps, args.num_eval, eval_steps,
-                                            args.seed, args.torchcfm_reg, workdir)
-            results["torchcfm"] = info
-        else:
-            from sklearn.datasets import make_moons
-
-            theirs, target = {}, make_moons(args.num_eval, noise=0.2, random_state=args.seed + 2)[0] * 3 - 1
-    for coupling in couplings:
-        row = {"framework": "ours", "coupling": coupling,
-               **ours(coupling, args.steps, args.num_eval, eval_steps, target, args.seed)}
-        results["rows"].append(row)
-        if coupling in theirs:
-            results["rows"].append({"framework": "torchcfm", "coupling": coupling, **theirs[coupling]})
-            row["speedup_vs_torchcfm"] = row["steps_per_s"] / theirs[coupling]["steps_per_s"]
-
-    headers = ["framework", "coupling", "steps/s", "speedup", "loss", *(f"W2 E{n}" for n in eval_steps), "straight"]
-    cells = [[row["framework"], row["coupling"], f"{row['steps_per_s']:.1f}",
-              f"{row['speedup_vs_torchcfm']:.2f}x" if "speedup_vs_torchcfm" in row else "",
-              f"{row['final_loss']:.3f}", *(f"{row[f'w2_euler{n}']:.3f}" for n in eval_steps),
-              f"{row['straightness']:.3f}"] for row in results["rows"]]
-    print(render_table(headers, cells, style="text", align="ll" + "r" * (len(headers) - 2),
-                       widths=[10, 12, 9, 8, 7, *(8 for _ in eval_steps), 9], sep=" ", rule=False))
-    core.write_json(args.json, results, indent=2)
+    args = parser.parse_args(argv)
+    fm_benchmark.benchmark(args.json, steps=args.steps, couplings=args.couplings.split(","), num_eval=args.num_eval,
+                           seed=args.seed, torchcfm_python=args.torchcfm_python,
+                           torchcfm_script=os.path.join(cli.ROOT, "scripts", "torchcfm_baseline.py"),
+                           torchcfm_reg=args.torchcfm_reg)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Write small random-weight diffusers `UNet2DModel` checkpoints and their torch outputs, for tests/test_pretrained.py.
 
-    /work/venv_ref/bin/python scripts/make_pretrained_fixtures.py [--out tests/fixtures/pretrained]
+    TORCH_VENV/bin/python scripts/make_pretrained_fixtures.py [--out tests/fixtures/pretrained]
     python scripts/make_pretrained_fixtures.py --score-sde-repo /path/to/score_sde [--out ...]
 
 The second command (this project's environment: jax, flax, ml_collections) writes the score_sde fixtures with
 score_sde's own network code from a checkout, see `save_score_sde` and `save_score_sde_ddpmpp`.
 
 Needs numpy, torch, diffusers and safetensors (not this project's packages): run it in a separate environment, e.g.
-`python3 -m venv /work/venv_ref && /work/venv_ref/bin/pip install torch diffusers safetensors numpy`.
+`python3 -m venv TORCH_VENV && TORCH_VENV/bin/pip install torch diffusers safetensors numpy`.
 tests/test_pretrained.py reads what it writes and, where torch and diffusers import, calls `build` and `run` live on
 every spec in `SPECS` (the committed fixtures are the ones with `fixture=True`).
 

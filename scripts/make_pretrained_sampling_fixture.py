@@ -1,10 +1,10 @@
 r"""Record diffusers' DDIM and DPM-Solver++(2M) scheduler loops on the ddpm fixture UNet, for the sampling parity test.
 
-    /work/venv_ref/bin/python scripts/make_pretrained_sampling_fixture.py \
+    TORCH_VENV/bin/python scripts/make_pretrained_sampling_fixture.py \
         [--out tests/fixtures/pretrained/sampling_diffusers.npz]
 
 Needs numpy, torch, diffusers and safetensors (not this project's packages): run it in a separate environment, e.g.
-`python3 -m venv /work/venv_ref && /work/venv_ref/bin/pip install torch diffusers safetensors numpy`.
+`python3 -m venv TORCH_VENV && TORCH_VENV/bin/pip install torch diffusers safetensors numpy`.
 tests/test_pretrained_sampling.py reads the file it writes and, where torch and diffusers import, calls `run_case`
 live.
 

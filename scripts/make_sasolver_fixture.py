@@ -1,7 +1,7 @@
 """Record diffusers' SA-Solver (`SASolverScheduler`, data prediction) on the toy model of make_unipc_fixture.py, for
 the parity test.
 
-    /work/venv_ref/bin/python scripts/make_sasolver_fixture.py [--out tests/fixtures/sasolver_diffusers.npz]
+    TORCH_VENV/bin/python scripts/make_sasolver_fixture.py [--out tests/fixtures/sasolver_diffusers.npz]
 
 Needs numpy, torch and diffusers (run it in a separate environment, as make_unipc_fixture.py). The problem is that
 script's: DDPM's linear-beta table, 10 "linspace" inference steps, a (4, 6) sample, `toy_eps`. The scheduler's noise

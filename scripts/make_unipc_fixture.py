@@ -1,9 +1,9 @@
 """Record diffusers' UniPC (`UniPCMultistepScheduler`, predict_x0=True) on a fixed toy model, for the parity test.
 
-    /work/venv_ref/bin/python scripts/make_unipc_fixture.py [--out tests/fixtures/unipc_diffusers.npz]
+    TORCH_VENV/bin/python scripts/make_unipc_fixture.py [--out tests/fixtures/unipc_diffusers.npz]
 
 Needs numpy, torch and diffusers (not this project's packages): run it in a separate environment, e.g.
-`python3 -m venv /work/venv_ref && /work/venv_ref/bin/pip install torch diffusers numpy`. tests/test_unipc.py reads
+`python3 -m venv TORCH_VENV && TORCH_VENV/bin/pip install torch diffusers numpy`. tests/test_unipc.py reads
 the file it writes and, where diffusers imports, calls `run_case` live.
 
 The problem: DDPM's linear-beta 1000-step table (diffusers' own alphas_cumprod, float32, saved as float64), 10

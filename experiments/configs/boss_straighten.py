@@ -34,15 +34,16 @@ Overrides: `--config.boss.pool_size=4096 --config.train.num_steps=2000 --config.
 
 from __future__ import annotations
 
+from fastsamplers.core import Registry
 from fastsamplers.experiments.configs import digits_fm, parse_arg, toy2d_fm
 
-TEACHERS = {"digits_fm": digits_fm, "toy2d_fm": toy2d_fm}
+TEACHERS = Registry("teacher", {"digits_fm": digits_fm, "toy2d_fm": toy2d_fm},
+                    unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, teacher="digits_fm", num_steps=0, smoke=False, teacher_workdir="")
-    if arg.teacher not in TEACHERS:
-        raise ValueError(f"unknown teacher {arg.teacher!r}; valid: {sorted(TEACHERS)}")
+    arg = parse_arg(arg, teacher="digits_fm", num_steps=0, smoke=False, teacher_workdir="",
+                    choices=dict(teacher=TEACHERS))
     smoke, digits = arg.smoke, arg.teacher == "digits_fm"
     # The student is the teacher's network, process and data: start from the teacher's own config.
     c = TEACHERS[arg.teacher].get_config("smoke" if smoke else None)

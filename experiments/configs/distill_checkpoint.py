@@ -35,10 +35,15 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from fastsamplers import samplers
+from fastsamplers.core import Registry
 from fastsamplers.experiments.configs import evaluate, parse_arg
 from fastsamplers.experiments.configs.distill_oracle import add_method_options
+from fastsamplers.schedules.optimal import distillation
 
-CHECKPOINT_MODELS = ("digits_vp", "digits_fm")  # the trained models of evaluate.MODELS (not its oracle)
+# The trained models of evaluate.MODELS (not its oracle).
+CHECKPOINT_MODELS = Registry("model", {name: evaluate.MODELS[name] for name in ("digits_vp", "digits_fm")},
+                             ordered=True, unknown="unknown {kind} {name!r}; valid: {valid} (the oracle has its own "
+                                                   "config, distill_oracle.py)")
 
 
 def table_step_counts(model):
@@ -52,11 +57,9 @@ def table_step_counts(model):
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, model="digits_vp", method="oss", checkpoint_dir="", smoke=False)
-    if arg.model not in CHECKPOINT_MODELS:
-        raise ValueError(f"unknown model {arg.model!r}; valid: {list(CHECKPOINT_MODELS)} (the oracle has its own "
-                         f"config, distill_oracle.py)")
-    train_config, checkpoint_dir = evaluate.MODELS[arg.model][:2]
+    arg = parse_arg(arg, model="digits_vp", method="oss", checkpoint_dir="", smoke=False,
+                    choices=dict(model=CHECKPOINT_MODELS, method=distillation.METHODS))
+    train_config, checkpoint_dir = CHECKPOINT_MODELS[arg.model][:2]
     table = evaluate.get_config(f"model={arg.model}")
     config = ml_collections.ConfigDict()
     config.seed = 0

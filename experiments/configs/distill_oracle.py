@@ -25,6 +25,7 @@ from ml_collections.config_dict import placeholder
 
 from fastsamplers.experiments.configs import parse_arg
 from fastsamplers.experiments.configs.oracle_base import add_oracle
+from fastsamplers.schedules.optimal import distillation
 
 
 def add_method_options(config):
@@ -41,7 +42,7 @@ def add_method_options(config):
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, smoke=False, method="oss", nfe=10)
+    arg = parse_arg(arg, smoke=False, method="oss", nfe=10, choices=dict(method=distillation.METHODS))
     config = add_oracle(ml_collections.ConfigDict())  # seed, oracle, process, prediction
     config.method = arg.method  # oss | bellman | gits (schedules.distill)
     # The solver the schedule is FOR: it sets the number of steps (solver.steps_for_nfe(nfe)), it is the solver the

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from fastsamplers.core import Registry
 from fastsamplers.experiments.configs import parse_arg
 
 # The table's solvers. The paper's tAB-r is deis_tab with order r + 1; DDIM = deis_tab order 1 on eps models.
@@ -63,7 +64,8 @@ KNOB_SOLVERS = [
     dict(label="DPM-Solver++(2M) +UniC", name="dpmpp_2m", options=dict(corrector=True)),
     dict(label="UniPC-3 bh2", name="unipc", options={}),
 ]
-MODELS = {
+# name -> (training config, its workdir, metric, process).
+MODELS = Registry("model", {
     "digits_vp": ("experiments/configs/digits_vp.py", "outputs/digits_vp", "fd_digits", "vp_linear"),
     "digits_fm": ("experiments/configs/digits_fm.py", "outputs/digits_fm", "fd_digits", "ot"),
     "digits_vp_cond": ("experiments/configs/digits_vp.py:conditional", "outputs/digits_vp_cond", "fd_digits",
@@ -74,15 +76,15 @@ MODELS = {
     # "file:outputs/boss_fm6/bellman_s6.json" gives those steps
     "boss_fm4": ("experiments/configs/boss_straighten.py:num_steps=4", "outputs/boss_fm4", "fd_digits", "ot"),
     "boss_fm6": ("experiments/configs/boss_straighten.py:num_steps=6", "outputs/boss_fm6", "fd_digits", "ot"),
-}
+}, unknown="unknown {kind} {name!r}; valid: {valid}")
+# The rows of a table: the DEIS paper's ("table") or the multistep knobs ("knobs").
+SOLVER_SETS = Registry("solvers", {"table": SOLVERS, "knobs": KNOB_SOLVERS}, ordered=True,
+                       unknown="unknown {kind}={name!r}; valid: {valid}")
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, model="digits_vp", smoke=False, solvers="table")
-    if arg.solvers not in ("table", "knobs"):
-        raise ValueError(f"unknown solvers={arg.solvers!r}; valid: 'table' (the DEIS paper's rows), 'knobs'")
-    if arg.model not in MODELS:
-        raise ValueError(f"unknown model {arg.model!r}; valid: {sorted(MODELS)}")
+    arg = parse_arg(arg, model="digits_vp", smoke=False, solvers="table",
+                    choices=dict(model=MODELS, solvers=SOLVER_SETS))
     train_config, checkpoint_dir, metric, process = MODELS[arg.model]
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -102,7 +104,7 @@ def get_config(arg=None):
     c.num_samples = 64 if arg.smoke else 10_000
     c.batch_size = 64 if arg.smoke else 2_000
 
-    rows = SOLVERS if arg.solvers == "table" else KNOB_SOLVERS
+    rows = SOLVER_SETS[arg.solvers]
     c.solvers = rows[:: 5] if arg.smoke else rows
     c.only = ()  # a subset of the solver labels to run, e.g. --config.only='("DDIM", "DEIS tAB3")'; () = all
     c.grids = ("uniform", "logsnr") if arg.smoke else ("uniform", "quadratic", "logsnr", "edm")

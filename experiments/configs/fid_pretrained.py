@@ -56,11 +56,12 @@ import os
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from fastsamplers.core import Registry
 from fastsamplers.experiments.configs import parse_arg
 
 # The rows of the DEIS paper's tables: name -> (row label, registered solver, options). tAB-r is deis_tab of order
 # r + 1; the labels are those of experiments/configs/evaluate.py.
-TABLE_SOLVERS = {
+TABLE_SOLVERS = Registry("solver", {
     "ddim": ("DDIM", "ddim", {}),
     "tab1": ("DEIS tAB1", "deis_tab", {"order": 2}),
     "tab2": ("DEIS tAB2", "deis_tab", {"order": 3}),
@@ -69,7 +70,8 @@ TABLE_SOLVERS = {
     "ipndm": ("iPNDM", "ipndm", {"order": 4}),
     "dpmpp_2m": ("DPM-Solver++(2M)", "dpmpp_2m", {}),
     "dpmpp_3m": ("DPM-Solver++(3M)", "dpmpp_3m", {}),
-}
+}, unknown="unknown {kind}={name!r}; the table's solvers: {valid} (any registered solver: --config.solver=NAME "
+           "--config.solver_options=\"{{...}}\")")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE_CHECKPOINT = os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm")
 
@@ -77,10 +79,7 @@ SMOKE_CHECKPOINT = os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm")
 def get_config(arg=None):
     arg = parse_arg(arg, smoke=False, solver="")
     name = arg.solver or ("ddim" if arg.smoke else "tab3")
-    if name not in TABLE_SOLVERS:
-        raise ValueError(f"unknown solver={name!r}; the table's solvers: {sorted(TABLE_SOLVERS)} (any "
-                         "registered solver: --config.solver=NAME --config.solver_options=\"{...}\")")
-    label, solver, options = TABLE_SOLVERS[name]
+    label, solver, options = TABLE_SOLVERS.lookup(name)
     c = ml_collections.ConfigDict()
     c.seed = 0  # sample k starts from fold_in(fold_in(PRNGKey(seed), 0), k); stochastic solvers use stream 1
 

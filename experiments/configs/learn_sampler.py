@@ -23,16 +23,12 @@ from __future__ import annotations
 import ml_collections
 
 from fastsamplers.experiments.configs import evaluate, parse_arg
-
-METHODS = ("olss", "search", "dp")
+from fastsamplers.schedules.optimal import learned
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, model="digits_vp", method="olss", checkpoint_dir="", smoke=False)
-    if arg.model not in evaluate.MODELS:
-        raise ValueError(f"unknown model {arg.model!r}; valid: {sorted(evaluate.MODELS)}")
-    if arg.method not in METHODS:
-        raise ValueError(f"unknown method {arg.method!r}; valid: {list(METHODS)}")
+    arg = parse_arg(arg, model="digits_vp", method="olss", checkpoint_dir="", smoke=False,
+                    choices=dict(model=evaluate.MODELS, method=learned.METHODS))
     train_config, checkpoint_dir, _, process = evaluate.MODELS[arg.model]
     c = ml_collections.ConfigDict()
     c.seed = 0

@@ -17,6 +17,10 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+from fastsamplers.core import Registry
+
+STYLES = Registry.of_names("table style", ("markdown", "text"), unknown="unknown {kind} {name!r}; valid: {valid}")
+
 METRIC_NAMES = {"fd_digits": "FD-digits", "fid": "FID", "exact": "RMSE vs exact"}
 
 
@@ -52,6 +56,7 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence], *, style: str
         ------  ---
         ddim     10
     """
+    STYLES.check(style)
     headers = [str(h) for h in headers]
     rows = [[str(c) for c in row] for row in rows]
     for row in rows:
@@ -60,8 +65,6 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence], *, style: str
     if style == "markdown":
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] if header else []
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-    if style != "text":
-        raise ValueError(f"unknown table style {style!r}; valid: ['markdown', 'text']")
     align = align or "l" * len(headers)
     if len(align) != len(headers) or set(align) - {"l", "r"}:
         raise ValueError(f"align needs one of 'l' or 'r' per column ({len(headers)}), got {align!r}")

@@ -45,7 +45,11 @@ from fastsamplers.experiments.train.checkpoints import checkpoint_target, load_c
 from fastsamplers.samplers import bottleneck
 from fastsamplers.samplers.bottleneck import Stage
 
-METRICS = ("fd_digits", "none")
+_UNKNOWN = "unknown {kind} {name!r}; valid: {valid}"
+METRICS = core.Registry.of_names("metric", ("fd_digits", "none"), ordered=True, unknown=_UNKNOWN)
+# The config's checks of the names samplers.bottleneck defines (its RESIZE_METHODS and RENOISE), before any sampling.
+RESIZE_METHODS = core.Registry("resize_method", bottleneck.RESIZE_METHODS, unknown=_UNKNOWN)
+RENOISE_MODES = core.Registry.of_names("renoise_mode", bottleneck.RENOISE, ordered=True, unknown=_UNKNOWN)
 NOISE_STREAM, RENOISE_STREAM = 7, 8  # fold_in(root, stream): the shared initial noise, the re-noising draws
 NO_FD_64 = ("not evaluated: the model was trained at 16 and 32 px only, the digits data and the FD-digits "
             "classifier stop at 32 px; 64 px rows give wall time and FLOPs only")
@@ -94,11 +98,15 @@ def baseline_stages(config, num_steps=None, scale=1):
                   _grid_options(b.grid, b.shift), b.solver)]
 
 
+def plans(config) -> core.Registry:
+    """The config's plans by name (`config.plans`), the registry its plan names are checked by."""
+    return core.Registry("plan", {name: config.plans[name] for name in config.plans},
+                         unknown="plan {name!r} is not one of the config's plans {valid}")
+
+
 def plan_stages(config, name, scale=1):
     """The stages of the plan `config.plans[name]` (resolutions x `scale`); ValueError with the reason if malformed."""
-    if name not in config.plans:
-        raise ValueError(f"unknown plan {name!r}; the config's plans: {sorted(config.plans)}")
-    p = config.plans[name]
+    p = plans(config).lookup(name)
     n = len(p.resolutions)
     lengths = {"steps": len(p.steps), "strengths": len(p.strengths)}
     if p.ends:
@@ -134,8 +142,7 @@ def equal_cost_steps(config, flops, call_flops, scale=1):
 
 def check_config(config):
     """Everything that can be checked without the model; raises ValueError naming the key."""
-    if config.metric not in METRICS:
-        raise ValueError(f"unknown metric {config.metric!r}; valid: {list(METRICS)}")
+    METRICS.check(config.metric)
     if config.metric == "fd_digits":
         if int(config.baseline.resolution) not in digits_classifier.SIZES:
             raise ValueError(f"FD-digits scores {digits_classifier.SIZES} px images; baseline.resolution is "
@@ -145,12 +152,9 @@ def check_config(config):
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
     if config.metric != "none" and config.num_samples < 2:
         raise ValueError(f"a Fréchet distance needs num_samples >= 2, got {config.num_samples}")
-    if config.plan not in config.plans:
-        raise ValueError(f"plan {config.plan!r} is not one of the config's plans {sorted(config.plans)}")
-    if config.resize_method not in bottleneck.RESIZE_METHODS:
-        raise ValueError(f"unknown resize_method {config.resize_method!r}; valid: {sorted(bottleneck.RESIZE_METHODS)}")
-    if config.renoise_mode not in bottleneck.RENOISE:
-        raise ValueError(f"unknown renoise_mode {config.renoise_mode!r}; valid: {list(bottleneck.RENOISE)}")
+    plans(config).check(config.plan)
+    RESIZE_METHODS.check(config.resize_method)
+    RENOISE_MODES.check(config.renoise_mode)
     if not 0.0 <= config.process.t_min < config.process.t_max:
         raise ValueError(f"need 0 <= process.t_min < process.t_max, got {config.process.t_min}, "
                          f"{config.process.t_max}")

@@ -53,7 +53,8 @@ from fastsamplers.schedules.optimal import distillation
 ORACLE_STREAM = 0
 DISTILL_STREAM = 1  # the batch the dynamic program (and refinement) fits on
 HELDOUT_STREAM = 2  # the batch every schedule is scored on
-SOURCES = ("oracle", "checkpoint")
+SOURCES = core.Registry.of_names("source", ("oracle", "checkpoint"), ordered=True,
+                                 unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +196,8 @@ def _validate(config):
     checkpoint source is loaded here (it gives the process the grids are checked on), after every name that does not
     need it. Returns a `DistillSetup`."""
     source = config.get("source", "oracle")
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; valid: {list(SOURCES)}")
-    if config.method not in distillation.METHODS:
-        raise ValueError(f"unknown distillation method {config.method!r}; valid names: {sorted(distillation.METHODS)}")
+    SOURCES.check(source)
+    distillation.METHODS.check(config.method)
     for key in ("nfe", "batch", "eval_batch"):
         if config[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
@@ -229,16 +228,14 @@ def _validate(config):
     options = dict(teacher_steps=config.teacher.steps, teacher_grid=config.teacher.grid,
                    teacher_solver=(config.teacher.solver, _options(config.teacher.options)), student=config.student)
     if config.method == "oss":
-        if config.oss.aggregate not in ("mean", "median"):
-            raise ValueError(f"oss.aggregate must be 'mean' or 'median', got {config.oss.aggregate!r}")
+        distillation.AGGREGATES.check(config.oss.aggregate, kind="oss.aggregate")
         if not config.oss.exact_steps and len(step_counts) > 1:
             raise ValueError(f"oss.exact_steps=False (the best of at most k steps) is for a single step count; with "
                              f"step_counts {list(step_counts)} every schedule has exactly its count of steps")
         options.update(exact_steps=config.oss.exact_steps, start_at_t_max=config.oss.start_at_t_max,
                        aggregate=config.oss.aggregate)
     else:
-        if config.bellman.metric not in ("l2", "l1"):
-            raise ValueError(f"bellman.metric must be 'l2' or 'l1', got {config.bellman.metric!r}")
+        distillation.METRICS.check(config.bellman.metric, kind="bellman.metric")
         options.update(metric=config.bellman.metric, coeff=config.bellman.coeff)
     if config.refine.enabled:
         if config.refine.num_iters is not None and config.refine.num_iters < 1:

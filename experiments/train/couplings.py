@@ -58,12 +58,13 @@ import numpy as np
 
 from fastsamplers.core import Registry
 
-OT_SOLVERS = ("scipy", "optax")
+_OPTION = "coupling {coupling!r}: {kind} must be one of {choices}, got {name!r}"  # an option's unknown value
+OT_SOLVERS = Registry.of_names("solver", ("scipy", "optax"), ordered=True, unknown=_OPTION)
 DEFAULT_OT_SOLVER = "scipy"  # the faster one at batch 256 (module docstring)
 WARM_START_ITERATIONS = 30  # Sinkhorn iterations before scipy's exact solve (`_linear_sum_assignment`)
 WARM_START_EPSILON = 0.03  # their epsilon, relative to the mean cost
-SINKHORN_SAMPLING = ("joint", "conditional")
-RELATIVE_EPSILON = ("mean", "std", None)
+SINKHORN_SAMPLING = Registry.of_names("sampling", ("joint", "conditional"), ordered=True, unknown=_OPTION)
+RELATIVE_EPSILON = Registry.of_names("relative_epsilon", ("mean", "std", None), ordered=True, unknown=_OPTION)
 SINKHORN_MAX_MARGINAL_ERROR = 0.1  # L1 error of the plan's two marginals (each sums to 1) beyond which pairs are NaN
 
 
@@ -101,7 +102,7 @@ def ot(key, x_noise, x_data, *, solver=DEFAULT_OT_SOLVER, warm_start=None):
     """
     del key
     _check_batch(x_noise, x_data)
-    _check_choice("ot", "solver", solver, OT_SOLVERS)
+    OT_SOLVERS.check(solver, coupling="ot")
     return _ot(x_noise, x_data, solver, _warm_start(solver, warm_start))
 
 
@@ -153,8 +154,8 @@ def sinkhorn(key, x_noise, x_data, *, epsilon=0.05, relative_epsilon="mean", sam
       (x_noise[i], x_data[j]) for the drawn index pairs (i = arange(n) for "conditional").
     """
     _check_batch(x_noise, x_data)
-    _check_choice("sinkhorn", "sampling", sampling, SINKHORN_SAMPLING)
-    _check_choice("sinkhorn", "relative_epsilon", relative_epsilon, RELATIVE_EPSILON)
+    SINKHORN_SAMPLING.check(sampling, coupling="sinkhorn")
+    RELATIVE_EPSILON.check(relative_epsilon, coupling="sinkhorn")
     if isinstance(epsilon, (int, float, np.number)) and not epsilon > 0:
         raise ValueError(f"coupling 'sinkhorn': epsilon must be > 0, got {epsilon!r}")
     # epsilon is traced (one compilation serves every value); the rest shapes the program and is static.
@@ -282,7 +283,7 @@ def assignment(cost, solver=DEFAULT_OT_SOLVER, warm_start=None):
     """
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
         raise ValueError(f"assignment needs a square cost matrix, got shape {cost.shape}")
-    _check_choice("ot", "solver", solver, OT_SOLVERS)
+    OT_SOLVERS.check(solver, coupling="ot")
     warm_start = _warm_start(solver, warm_start)
     if solver == "scipy":
         # "expand_dims": under vmap the callback gets the whole stack of problems at once, one host round trip,
@@ -383,11 +384,6 @@ def _flat(x):
     return x.reshape(x.shape[0], -1)
 
 
-def _check_choice(name, option, value, choices):
-    if value not in choices:
-        raise ValueError(f"coupling {name!r}: {option} must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-
 def _check_batch(x_noise, x_data):
     if x_noise.ndim < 1 or x_noise.shape != x_data.shape:
         raise ValueError(f"a coupling needs x_noise and x_data of one shape (n, ...), got {x_noise.shape} and "
@@ -422,7 +418,7 @@ def get_coupling(name: str, **options: Any) -> functools.partial:
     COUPLINGS.check_options(name, options)
     for option, value in options.items():
         if (name, option) in _CHOICES:
-            _check_choice(name, option, value, _CHOICES[(name, option)])
+            _CHOICES[(name, option)].check(value, coupling=name)
     if name == "ot" and "warm_start" in options:
         _warm_start(options.get("solver", DEFAULT_OT_SOLVER), options["warm_start"])
     if name == "sinkhorn" and "epsilon" in options and not options["epsilon"] > 0:

@@ -37,7 +37,9 @@ from fastsamplers.core import Registry
 
 _INT32_LIMIT = 2**31
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-RESIZE_METHODS = ("nearest", "bilinear", "cubic", "lanczos3", "lanczos5")
+# `jax.image.resize` methods for the images of a dataset.
+RESIZE_METHODS = Registry.of_names("resize_method", ("nearest", "bilinear", "cubic", "lanczos3", "lanczos5"),
+                                   ordered=True, unknown="{dataset}: {kind} must be one of {choices}, got {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -326,7 +328,7 @@ def load_folder(path, channels=3, image_size=None, resize_method="bilinear"):
             raise ValueError(f"folder: images in {path} differ in size ({sizes[:5]}...); pass image_size=")
         return ArrayDataset.from_array(np.stack(images), name="folder")
     target = _size_pair(image_size, "folder")
-    _check_resize_method(resize_method, "folder")
+    RESIZE_METHODS.check(resize_method, dataset="folder")
     # One resize call per distinct source size (a batched call instead of one per image).
     out = np.empty((len(images),) + target + (channels,), np.float32)
     for size in sizes:
@@ -386,14 +388,9 @@ def _size_pair(image_size, name):
     return tuple(int(s) for s in size)
 
 
-def _check_resize_method(method, name):
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"{name}: resize_method must be one of {', '.join(RESIZE_METHODS)}, got {method!r}")
-
-
 def _resize(images, image_size, method, name):
     """Resizes (N, H, W, C) images in [-1, 1] to image_size (an int or a pair) and clips back to [-1, 1]."""
-    _check_resize_method(method, name)
+    RESIZE_METHODS.check(method, dataset=name)
     size = _size_pair(image_size, name)
     if tuple(images.shape[1:3]) == size:
         return np.asarray(images, np.float32)

@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fastsamplers import samplers
 from fastsamplers import schedules
+from fastsamplers.core import Registry
 from fastsamplers.experiments.train import couplings, data, losses
 from fastsamplers.models import conditioning
 from fastsamplers.models.networks import FLOWS, get_network
@@ -42,7 +43,6 @@ from fastsamplers.samplers.driver import check_ts
 # pool, and held-out noise for measuring the few-step error.
 INIT_STREAM, TRAIN_STREAM, DATA_STREAM, SAMPLE_STREAM, EVAL_STREAM = range(5)
 CALIBRATION_STREAM, POOL_STREAM, HELDOUT_STREAM = range(5, 8)
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: compiled functions are cached per experiment
@@ -140,8 +140,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
             raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
     if config.train.batch_size % num_devices:
         raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the {num_devices} devices")
-    if config.train.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown train.lr_schedule {config.train.lr_schedule!r}; valid: {list(LR_SCHEDULES)}")
+    LR_SCHEDULES.check(config.train.lr_schedule)
 
     _check_labels(config, net, datasets)
     parts = (_flow_parts if is_flow else _diffusion_parts)(config, net, process, datasets, num_devices, mesh)
@@ -276,15 +275,23 @@ def _coupling_options(loss):
 
 
 def _lr_schedule(train):
-    """Linear warm-up from 0 to lr over warmup_steps, then constant or cosine decay to 0 at num_steps."""
-    warmup = max(int(train.warmup_steps), 0)
-    if train.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, train.lr, warmup, max(train.num_steps, warmup + 1),
-                                                  end_value=0.0)
+    """Linear warm-up from 0 to lr over warmup_steps, then `train.lr_schedule` (`LR_SCHEDULES`)."""
+    return LR_SCHEDULES.lookup(train.lr_schedule)(train.lr, max(int(train.warmup_steps), 0), train.num_steps)
+
+
+def _constant(lr, warmup, num_steps):
     if warmup == 0:
-        return optax.constant_schedule(train.lr)
-    return optax.join_schedules([optax.linear_schedule(0.0, train.lr, warmup), optax.constant_schedule(train.lr)],
-                                [warmup])
+        return optax.constant_schedule(lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+
+
+def _cosine(lr, warmup, num_steps):
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1), end_value=0.0)
+
+
+# After the warm-up: constant, or cosine decay to 0 at num_steps. name -> fn(lr, warmup, num_steps) -> optax schedule.
+LR_SCHEDULES = Registry("train.lr_schedule", {"constant": _constant, "cosine": _cosine}, ordered=True,
+                        unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 # ---------------------------------------------------------------------------------------------------------- state

@@ -26,9 +26,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.models import predictions
 
-TIME_SAMPLINGS = ("uniform", "logit_normal", "log_normal")
+
+def _uniform(key, n, process, t_min, t_max, mean, std):
+    return jax.random.uniform(key, (n,), jnp.float32, t_min, t_max)
+
+
+def _logit_normal(key, n, process, t_min, t_max, mean, std):
+    normal = mean + std * jax.random.normal(key, (n,), jnp.float32)
+    return (t_min + (t_max - t_min) * jax.nn.sigmoid(normal)).astype(jnp.float32)
+
+
+def _log_normal(key, n, process, t_min, t_max, mean, std):
+    normal = mean + std * jax.random.normal(key, (n,), jnp.float32)
+    return jnp.clip(process.t_of_log_snr(-normal), t_min, t_max).astype(jnp.float32)
+
+
+# The module docstring's time samplings: name -> fn(key, n, process, t_min, t_max, mean, std) -> (n,) times.
+TIME_SAMPLINGS = Registry("time sampling", {"uniform": _uniform, "logit_normal": _logit_normal,
+                                            "log_normal": _log_normal},
+                          ordered=True, unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 def sample_times(key, n, process, method="uniform", t_min=None, t_max=None, mean=0.0, std=1.0):
@@ -41,16 +60,10 @@ def sample_times(key, n, process, method="uniform", t_min=None, t_max=None, mean
         >>> bool(((t >= 0) & (t <= 1)).all())
         True
     """
-    if method not in TIME_SAMPLINGS:
-        raise ValueError(f"unknown time sampling {method!r}; valid: {list(TIME_SAMPLINGS)}")
+    draw = TIME_SAMPLINGS.lookup(method)
     t_min = process.t_min if t_min is None else t_min
     t_max = process.t_max if t_max is None else t_max
-    if method == "uniform":
-        return jax.random.uniform(key, (n,), jnp.float32, t_min, t_max)
-    normal = mean + std * jax.random.normal(key, (n,), jnp.float32)
-    if method == "logit_normal":
-        return (t_min + (t_max - t_min) * jax.nn.sigmoid(normal)).astype(jnp.float32)
-    return jnp.clip(process.t_of_log_snr(-normal), t_min, t_max).astype(jnp.float32)
+    return draw(key, n, process, t_min, t_max, mean, std)
 
 
 def drop_labels(key, labels, rate, null_label):
@@ -117,8 +130,7 @@ def make_loss(model_fn, process, prediction, *, coupling=None, time_sampling="un
     if prediction == "score":
         raise ValueError("prediction 'score' is not a training target (it blows up as sigma -> 0); train 'eps' "
                          "and convert with models.predictions.convert")
-    if time_sampling not in TIME_SAMPLINGS:
-        raise ValueError(f"unknown time sampling {time_sampling!r}; valid: {list(TIME_SAMPLINGS)}")
+    TIME_SAMPLINGS.check(time_sampling)
     _check_label_dropout(label_dropout)
     constrain = constrain or (lambda x: x)
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 
+from fastsamplers.core import Registry
 from fastsamplers.models.pretrained import diffusers, score_sde
 from fastsamplers.models.pretrained.model import Pretrained
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
-LAYOUTS = ("diffusers", "score_sde")
+# layout -> its loader, load(path, **options) -> Pretrained.
+LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load}, ordered=True,
+                   unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
 __all__ = ["LAYOUTS", "Pretrained", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
 
@@ -59,9 +62,5 @@ def load(path: str, layout: str | None = None, **options) -> Pretrained:
     Raises:
       FileNotFoundError, ValueError, NotImplementedError: before any compute, naming the file and the key.
     """
-    layout = detect_layout(path) if layout is None else layout
-    if layout == "diffusers":
-        return diffusers.load(path, **options)
-    if layout == "score_sde":
-        return score_sde.load(path, **options)
-    raise ValueError(f"unknown layout {layout!r}; valid layouts: {list(LAYOUTS)}")
+    loader = LAYOUTS.lookup(detect_layout(path) if layout is None else layout)
+    return loader(path, **options)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions, read_json
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 from fastsamplers.schedules.processes import get_process
@@ -34,6 +35,10 @@ from fastsamplers.schedules.processes import get_process
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 PICKLED = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 _IGNORED_KEYS = ("dropout",)  # inference only
+# The config.json keys of a UNet2DModel this loader reads: UNet2DConfig's fields (less ours, flavor).
+CONFIG_KEYS = Registry.of_names("UNet2DModel config key",
+                                [f.name for f in dataclasses.fields(UNet2DConfig) if f.name != "flavor"],
+                                unknown="{source}: unknown {kind} {name!r}; known keys: {valid}")
 BETA_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
                    "DPMSolverSinglestepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                    "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
@@ -97,15 +102,13 @@ def unet_config(raw: dict, source: str, image_size=None) -> UNet2DConfig:
     if class_name != "UNet2DModel":
         raise NotImplementedError(f"{source}: _class_name={class_name!r} is not supported; supported: "
                                   "['UNet2DModel']")
-    fields = {f.name for f in dataclasses.fields(UNet2DConfig)} - {"flavor"}
     kwargs = {}
     for key, value in raw.items():
         if key.startswith("_") or key in _IGNORED_KEYS:
             continue
         if key == "num_train_timesteps":  # used only by time_embedding_type="learned", which is refused
             continue
-        if key not in fields:
-            raise ValueError(f"{source}: unknown UNet2DModel config key {key!r}; known keys: {sorted(fields)}")
+        CONFIG_KEYS.check(key, source=source)
         kwargs[key] = value
     if image_size is not None:
         kwargs["sample_size"] = image_size

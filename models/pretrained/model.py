@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
+from fastsamplers.core import Registry
 from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.pretrained.unet2d import UNet2D
 
@@ -54,7 +55,12 @@ class Pretrained:
     layout: str = ""
 
 
-TIME_INPUTS = ("index", "sigma", "t999")
+# The network's time label for t on the process: the discrete index (DDPM tables), sigma(t) (VE), or 999 t
+# (score_sde's continuous VP label). name -> label(process, t).
+TIME_INPUTS = Registry("time_input", {"index": lambda process, t: process.discrete_index(t),
+                                      "sigma": lambda process, t: process.sigma(t),
+                                      "t999": lambda process, t: 999.0 * jnp.asarray(t)},
+                       ordered=True, unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -63,14 +69,11 @@ def make_functions(config, process, time_input, num_classes, null_label):
     (the network takes `process.discrete_index(t)`), "sigma" (`process.sigma(t)`) or "t999" (999 t, score_sde's
     continuous VP label). Cached on these (hashable) arguments: checkpoints of one architecture and process (two
     loads, EMA and raw weights) share the same function objects, hence jax's and the samplers' compiled programs."""
-    if time_input not in TIME_INPUTS:
-        raise ValueError(f"unknown time_input {time_input!r}; valid: {list(TIME_INPUTS)}")
+    label = TIME_INPUTS.lookup(time_input)
     net = UNet2D(config)
 
     def timestep(t):
-        if time_input == "index":
-            return process.discrete_index(t)
-        return process.sigma(t) if time_input == "sigma" else 999.0 * jnp.asarray(t)
+        return label(process, t)
 
     def apply(params, x, t_input, class_labels=None):
         if num_classes is not None and class_labels is None:

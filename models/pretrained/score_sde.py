@@ -47,30 +47,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.models.pretrained.diffusers import expected_params, unflatten
 from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions, read_json
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 from fastsamplers.schedules.processes import get_process
 
-PARAMS_KEYS = ("params_ema", "params")
+# Which weights of a training state: the EMA ones (what score_sde samples with) or the optimizer's.
+PARAMS_KEYS = Registry.of_names("params", ("params_ema", "params"), ordered=True,
+                                unknown="{kind}={name!r}; valid: {valid}")
 VE_SAMPLING_EPS = 1e-5  # score_sde's run_lib: the sampling eps (t_min) of VE and of VP models
 VP_SAMPLING_EPS = 1e-3
 
 # score_sde config keys (flattened from its model / data / training sections) and their defaults: those its
 # configs share. image_size and sigma_max differ between its datasets, so they have none (a preset gives them).
-DEFAULTS = dict(
+DEFAULTS = Registry("score_sde config key", dict(
     name="ncsnpp", nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), dropout=0.0,
     resamp_with_conv=True, conditional=True, fir=True, fir_kernel=(1, 3, 3, 1), skip_rescale=True,
     resblock_type="biggan", progressive="output_skip", progressive_input="input_skip", progressive_combine="sum",
     attention_type="ddpm", init_scale=0.0, embedding_type="fourier", fourier_scale=16.0, scale_by_sigma=True,
     nonlinearity="swish", normalization="GroupNorm", conv_size=3, sigma_min=0.01, sigma_max=None, beta_min=0.1,
     beta_max=20.0, num_scales=1000, ema_rate=0.999, image_size=None, num_channels=3, centered=False, sde="vesde",
-    continuous=True)
+    continuous=True), unknown="score_sde {source}: unknown {kind} {name!r}; known keys: {valid}")
 _SECTIONS = ("model", "data", "training")
 
 _NCSNPP_256 = dict(nf=128, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), image_size=256)
 # score_sde's config files (configs/ve/*.py, configs/vp/*.py) as flat keys.
-PRESETS = {
+PRESETS = Registry("score_sde config", {
     "ve/celebahq_256_ncsnpp_continuous": dict(_NCSNPP_256, sigma_max=348.0),
     "ve/ffhq_256_ncsnpp_continuous": dict(_NCSNPP_256, sigma_max=348.0),
     "ve/church_ncsnpp_continuous": dict(_NCSNPP_256, sigma_max=380.0),
@@ -80,7 +83,7 @@ PRESETS = {
     "ve/cifar10_ncsnpp_continuous": dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
                                          image_size=32, sigma_max=50.0, progressive="none",
                                          progressive_input="residual"),
-}
+}, unknown="unknown {kind} {name!r}; valid presets: {valid} (aliases {aliases}), a .json file or a dict")
 _DDPMPP = dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), image_size=32, sde="vpsde",
                centered=True, fir=False, scale_by_sigma=False, progressive="none", progressive_input="none",
                embedding_type="positional")
@@ -113,17 +116,12 @@ def resolve_config(config=None, **overrides) -> dict:
       ValueError: an unknown preset or key (naming the valid ones); FileNotFoundError: a missing JSON file.
     """
     raw, source = {}, "config dict"
-    if isinstance(config, str):
-        name = ALIASES.get(config, config)
-        if name in PRESETS:
-            raw = dict(PRESETS[name])
-            source = f"preset {config!r}"
-        elif config.endswith(".json"):
-            raw = read_json(config)
-            source = f"config file {config}"
-        else:
-            raise ValueError(f"unknown score_sde config {config!r}; valid presets: {sorted(PRESETS)} (aliases "
-                             f"{sorted(ALIASES)}), a .json file or a dict")
+    if isinstance(config, str) and config.endswith(".json"):
+        raw = read_json(config)
+        source = f"config file {config}"
+    elif isinstance(config, str):
+        raw = dict(PRESETS.lookup(ALIASES.get(config, config), aliases=sorted(ALIASES)))
+        source = f"preset {config!r}"
     elif isinstance(config, dict):
         raw = dict(config)
     elif config is not None:
@@ -139,9 +137,7 @@ def resolve_config(config=None, **overrides) -> dict:
     for key, value in flat.items():
         if key in _PIPELINE_KEYS:
             continue
-        if key not in DEFAULTS:
-            raise ValueError(f"score_sde {source}: unknown score_sde config key {key!r}; known keys: "
-                             f"{sorted(DEFAULTS)}")
+        DEFAULTS.check(key, source=source)
         resolved[key] = tuple(value) if isinstance(value, list) else value
     resolved["_source"] = source
     return resolved
@@ -320,8 +316,7 @@ def read_checkpoint(path: str, params: str = "params_ema") -> tuple[str, dict]:
     """(file, its flat {"A/B/leaf": numpy array} parameter tree) from a checkpoint_N file or a folder of them."""
     from flax import serialization
 
-    if params not in PARAMS_KEYS:
-        raise ValueError(f"params={params!r}; valid: {list(PARAMS_KEYS)}")
+    PARAMS_KEYS.check(params)
     if os.path.isdir(path):
         files = checkpoint_files(path)
         if not files:
@@ -386,6 +381,7 @@ def load(path: str, *, config=None, params: str = "params_ema", **overrides) -> 
     Raises:
       FileNotFoundError, ValueError, NotImplementedError: before any compute, naming the file and the key.
     """
+    PARAMS_KEYS.check(params)  # before the config and the network are built
     cfg = resolve_config(config, **overrides)
     unet = unet_config(cfg)
     vp = family(cfg) == "ddpmpp_vp"

@@ -29,10 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers import samplers
+from fastsamplers.core import Registry
 from fastsamplers.models import predictions
 from fastsamplers.samplers.base import Solver, step_inputs
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.processes import Process, as_float, get_process
+
+METHODS = Registry.of_names("distillation method", ("oss", "bellman", "gits"))
+# OSS's cost over the batch: one DP on the batch-mean cost, or one per sample and the median of the index lists.
+AGGREGATES = Registry.of_names("aggregate", ("mean", "median"), ordered=True,
+                               unknown="{kind} must be {alternatives}, got {name!r}")
+# The deviation of a student step from the teacher (Bellman / GITS costs).
+METRICS = Registry.of_names("metric", ("l2", "l1"), ordered=True, unknown="{kind} must be {alternatives}, got {name!r}")
 
 
 def student_step_fn(solver, process):
@@ -176,8 +184,7 @@ def median_path(paths, last):
 def cost_matrix(model, step, ts, teacher, metric="l2", args=None):
     """C[i, j]: batch-mean deviation of one student step from the teacher state i to t_j against T[j] (model(x, t),
     or model(x, t, args) when args is given)."""
-    if metric not in ("l2", "l1"):
-        raise ValueError(f"metric must be 'l2' or 'l1', got {metric!r}")
+    METRICS.check(metric)
     preds = jax.vmap(_with_args(model, args))(teacher, ts)
     pair_s, pair_t, forward = _pair_times(ts)
     step_from_all = jax.vmap(step, in_axes=(0, 0, 0, 0))
@@ -192,7 +199,6 @@ def cost_matrix(model, step, ts, teacher, metric="l2", args=None):
     return jnp.where(forward, cost, jnp.inf)
 
 
-METHODS = ("oss", "bellman", "gits")
 DEFAULT_COEFF = {"bellman": 1.0, "gits": 1.15}
 
 
@@ -274,10 +280,8 @@ def distill_many(method: str, model_fn: Callable, solver: Solver | str, process:
       A dict {k: ts} in increasing k, ts of shape (k + 1,) as `distill` returns it; with return_info=True,
       {k: (ts, info)}, info as `distill`'s ("model_calls" counts the shared run: the teacher and the longest DP).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown distillation method {method!r}; valid names: {sorted(METHODS)}")
-    if aggregate not in ("mean", "median"):
-        raise ValueError(f"aggregate must be 'mean' or 'median', got {aggregate!r}")
+    METHODS.check(method)
+    AGGREGATES.check(aggregate)
     _check_teacher_steps(teacher_steps)
     if isinstance(step_counts, (str, bytes)) or not hasattr(step_counts, "__iter__"):
         raise ValueError(f"step_counts must be a sequence of integers such as (4, 8), got {step_counts!r}; for a "
@@ -317,8 +321,7 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
         if aggregate != "mean" or not exact_steps or not start_at_t_max:
             raise ValueError(f"{method} takes exactly num_steps steps from t_max on the batch-mean cost; the "
                              f"options aggregate / exact_steps / start_at_t_max are for 'oss'")
-        if metric not in ("l2", "l1"):
-            raise ValueError(f"metric must be 'l2' or 'l1', got {metric!r}")
+        METRICS.check(metric)
     process = get_process(process) if isinstance(process, str) else process
     solver = samplers.get_solver(solver) if isinstance(solver, str) else solver
     if student is None:

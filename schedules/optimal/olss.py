@@ -44,12 +44,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.samplers.linear_table import LinearTable, run_table
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.optimal.teacher import gram_matrix
 from fastsamplers.schedules.processes import as_float
 
-FITS = ("student", "teacher")
+# What each row's least squares fits: the student's own earlier predictions, or the teacher's (`learn_olss`).
+FITS = Registry.of_names("OLSS fit", ("student", "teacher"), ordered=True,
+                         unknown="unknown {kind} {name!r}; valid fits: {valid}")
 RCOND = 1e-12  # eigenvalues of the basis Gram matrix below RCOND * the largest are dropped
 BISECTION_STEPS = 60
 
@@ -190,8 +193,7 @@ def learn_olss(teacher, x_init, num_steps, *, times: str = "olss", fit: str = "s
       (LinearTable, ts (M + 1,), info: indices on the teacher grid, fit_mse per row, calibration mse, bound, fits,
       model calls per sample).
     """
-    if fit not in FITS:
-        raise ValueError(f"unknown OLSS fit {fit!r}; valid fits: {list(FITS)}")
+    FITS.check(fit)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1):
         raise ValueError(f"rank must be None or an integer >= 1, got {rank!r}")
     if not isinstance(times, str):
