@@ -100,10 +100,8 @@ def pretrained(config) -> Source:
         raise ValueError("config.checkpoint is empty: give a diffusers folder or a score_sde checkpoint_N file")
     if not os.path.exists(config.checkpoint):
         raise FileNotFoundError(f"checkpoint {config.checkpoint!r} not found")
-    if config.layout and config.layout not in pretrained_models.LAYOUTS:
-        raise ValueError(f"unknown layout {config.layout!r}; valid: {list(pretrained_models.LAYOUTS)} "
-                         "(or '' to detect)")
-    layout = config.layout or pretrained_models.detect_layout(config.checkpoint)
+    layout = pretrained_models.LAYOUTS.check(config.layout) if config.layout else \
+        pretrained_models.detect_layout(config.checkpoint)
     options = _load_options(config, layout)
     model = pretrained_models.load(config.checkpoint, layout=layout, **options)
     files = _checkpoint_files(model, config, layout, options)
