@@ -7,6 +7,8 @@ schedules` stays cheap and acyclic while `schedules.distill` still works, the fo
 module's `__getattr__` is the one place in the project that imports upwards, on first use.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 from fastsamplers.schedules.files import load_schedule, save_learned, save_schedule
