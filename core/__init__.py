@@ -1,6 +1,7 @@
 """Plumbing shared by every layer, with no numerics: the name registry behind every `get_*` lookup, atomic file
-writes, the fingerprinted shard store that makes runs resumable, and fixed-size batches. It imports no other package
-of the project, so any of them may import it."""
+writes, the fingerprinted shard store that makes runs resumable, and fixed-size batches; and the type aliases of the
+project's signatures (`core.typing`, imported by name, not here). It imports no other package of the project, so any
+of them may import it."""
 
 from fastsamplers.core.atomic import write_atomic, write_json, write_npz
 from fastsamplers.core.batches import pad_rows, padded_batches

@@ -3,12 +3,15 @@ rows dropped by the caller), and a table of any size compiles once."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from fastsamplers.core.typing import ArrayT
 
-def pad_rows(batch: Any, size: int) -> Any:
+
+def pad_rows(batch: ArrayT, size: int) -> ArrayT:
     """`batch` (numpy or JAX, rows first) with zero rows appended up to `size` rows, in its own array library.
 
     Example:
@@ -24,7 +27,7 @@ def pad_rows(batch: Any, size: int) -> Any:
     return xp.concatenate([batch, xp.zeros((size - n, *batch.shape[1:]), batch.dtype)])
 
 
-def padded_batches(array: Any, size: int) -> Iterator[tuple[int, Any, int]]:
+def padded_batches(array: ArrayT, size: int) -> Iterator[tuple[int, ArrayT, int]]:
     """(start, batch of exactly `size` rows, number of real rows) over `array` in order; the last batch padded.
 
     Example:

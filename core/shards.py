@@ -58,11 +58,11 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 class Entry:
     """An entry as read back: its arrays (empty for a .json entry) and its record (with identity and fingerprint)."""
 
-    arrays: dict
-    record: dict
+    arrays: dict[str, np.ndarray]
+    record: dict[str, Any]
 
 
-Refusal = Callable[[str, "dict | None", str, str], str]
+Refusal = Callable[[str, "dict | None", "str | None", str], str]
 
 
 def _refusal(path, differences, stored, expected):
@@ -83,9 +83,9 @@ class ShardStore:
     Args:
       directory: the folder (created on the first write).
       identity: JSON-serialisable; everything that decides the entries' content.
-      refuse: (path, differences, stored fingerprint, this fingerprint) -> the sentence of the ValueError raised
-        when an entry holds another identity; `differences` is {key: (stored value, this value)} of the top-level
-        keys that differ, or None when the entry does not hold its identity.
+      refuse: (path, differences, stored fingerprint or None, this fingerprint) -> the sentence of the ValueError
+        raised when an entry holds another identity; `differences` is {key: (stored value, this value)} of the
+        top-level keys that differ, or None when the entry does not hold its identity.
     """
 
     def __init__(self, directory: str, identity: Any, *, refuse: Refusal | None = None):

@@ -12,17 +12,23 @@ that samplers call (with params bound). Two choices, both from EDM (Karras et al
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import ArrayLike, PyTree
+
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
 
 INPUT_SCALINGS = Registry.of_names("input_scaling", ("none", "edm"), ordered=True,
                                    unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
-def class_labels(labels, num_classes, batch):
+def class_labels(labels: ArrayLike | None, num_classes: int, batch: int) -> jax.Array:
     """The labels a class-conditional network sees, (batch,) int32: `labels` (0..num_classes-1, or num_classes,
     the null label that label dropout trains and guidance's unconditional branch uses), or all null when None.
     The conventions of `models.tarflow`."""
@@ -31,7 +37,8 @@ def class_labels(labels, num_classes, batch):
     return jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
 
 
-def split_conditional_args(args, num_classes=None):
+def split_conditional_args(args: PyTree,
+                           num_classes: int | None = None) -> tuple[PyTree, ArrayLike | None]:
     """(params, labels) from the `args` of a class-conditional model function, model_fn(x, t, (params, labels));
     anything else, most often the parameters alone, is a ValueError of one sentence (not the parameter tree), which
     names the label range when `num_classes` is given.
@@ -53,7 +60,8 @@ def split_conditional_args(args, num_classes=None):
     raise ValueError(f"the model is class-conditional{classes}: pass args=(params, labels), {labels}, not {given}")
 
 
-def add_label_embedding(module, emb, labels, num_classes, embedding_init=nn.initializers.normal(0.02)):
+def add_label_embedding(module: nn.Module, emb: jax.Array, labels: ArrayLike | None, num_classes: int,
+                        embedding_init: jax.nn.initializers.Initializer = nn.initializers.normal(0.02)) -> jax.Array:
     """`emb` (B, D) plus a learned embedding of the labels (num_classes + 1 rows, the last the null label), for a
     network with `num_classes` > 0; `emb` unchanged (and no parameter) for num_classes = 0, which takes no labels.
     `module` is the calling compact module, whose parameter "label_embed" this creates."""
@@ -75,14 +83,14 @@ class NetworkFn:
     """
 
     net: nn.Module
-    process: object
+    process: Process
     input_scaling: str = "none"
     sigma_data: float = 0.5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         INPUT_SCALINGS.check(self.input_scaling)
 
-    def __call__(self, params, x, t, labels=None):
+    def __call__(self, params: PyTree, x: jax.Array, t: ArrayLike, labels: ArrayLike | None = None) -> jax.Array:
         process = self.process
         t = jnp.asarray(t, jnp.float32)
         t_batch = jnp.broadcast_to(t, x.shape[:1])
@@ -92,10 +100,11 @@ class NetworkFn:
             x = x * (1.0 / jnp.sqrt((alpha * self.sigma_data) ** 2 + sigma**2)).astype(x.dtype)
         t_in = 0.25 * jnp.log(process.sigma(t_batch)) if process.t_max > 1.0 else t_batch
         extra = () if labels is None else (labels,)
-        return self.net.apply(params, x, t_in.astype(jnp.float32), *extra).astype(x.dtype)
+        out = self.net.apply(params, x, t_in.astype(jnp.float32), *extra)
+        return out.astype(x.dtype)  # type: ignore[union-attr]  # apply returns (out, state) only when mutable
 
 
-def network_fn(net, process, input_scaling="none", sigma_data=0.5):
+def network_fn(net: nn.Module, process: Process, input_scaling: str = "none", sigma_data: float = 0.5) -> NetworkFn:
     """The prediction function `fn(params, x, t[, labels])` of a Flax module `net` called as
     `net.apply(params, x, t[, labels])` (labels: for a class-conditional network, `num_classes` > 0).
 

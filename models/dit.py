@@ -4,8 +4,10 @@ with Transformers")."""
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from fastsamplers.core.typing import ArrayLike
 from fastsamplers.models.conditioning import add_label_embedding
 from fastsamplers.models.mlp import time_embedding
 
@@ -13,14 +15,14 @@ from fastsamplers.models.mlp import time_embedding
 _dense_init = nn.initializers.xavier_uniform()
 
 
-def sincos_1d(positions, dim):
+def sincos_1d(positions: jax.Array, dim: int) -> jax.Array:
     """(n,) positions -> (n, dim) features [sin(p * w_k), cos(p * w_k)], w_k = 10000 ** (-k / (dim/2))."""
     omega = 1.0 / 10_000.0 ** (jnp.arange(dim // 2, dtype=jnp.float32) / (dim // 2))
     args = positions.astype(jnp.float32)[:, None] * omega[None, :]
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
-def sincos_2d(grid_h, grid_w, dim):
+def sincos_2d(grid_h: int, grid_w: int, dim: int) -> jax.Array:
     """Fixed 2D positional embedding (grid_h * grid_w, dim), row-major over patches (MAE, He et al. 2022):
     the first dim/2 channels encode the row index, the last dim/2 the column index."""
     rows = jnp.repeat(jnp.arange(grid_h), grid_w)
@@ -28,7 +30,7 @@ def sincos_2d(grid_h, grid_w, dim):
     return jnp.concatenate([sincos_1d(rows, dim // 2), sincos_1d(cols, dim // 2)], axis=-1)
 
 
-def modulate(x, shift, scale):
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     """adaLN: x (B, N, D) scaled and shifted per sample by (B, D) vectors."""
     return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
@@ -42,7 +44,7 @@ class DiTBlock(nn.Module):
     mlp_ratio: float
 
     @nn.compact
-    def __call__(self, x, c):
+    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
         mod = nn.Dense(6 * self.hidden, kernel_init=nn.initializers.zeros)(nn.silu(c))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = modulate(nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False)(x), shift_msa, scale_msa)
@@ -80,7 +82,7 @@ class DiT(nn.Module):
     time_scale: float = 1000.0
     num_classes: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.hidden % 4:
             raise ValueError(f"DiT: hidden={self.hidden} must be divisible by 4 (2D sin-cos positional embedding)")
         if self.hidden % self.num_heads:
@@ -95,7 +97,7 @@ class DiT(nn.Module):
             raise ValueError(f"DiT: image size {x.shape[1]}x{x.shape[2]} is not divisible by patch_size={p}")
 
     @nn.compact
-    def __call__(self, x, t, labels=None):
+    def __call__(self, x: jax.Array, t: ArrayLike, labels: ArrayLike | None = None) -> jax.Array:
         self._check(x)
         b, height, width, channels = x.shape
         p = self.patch_size

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import ArrayLike
 
 ACTIVATIONS = Registry("activation", {"silu": nn.silu, "selu": nn.selu, "relu": nn.relu, "gelu": nn.gelu,
                                       "tanh": jnp.tanh})
@@ -15,7 +18,7 @@ ACTIVATIONS = Registry("activation", {"silu": nn.silu, "selu": nn.selu, "relu": 
 TIME_INPUTS = Registry.of_names("time_input", ("sinusoidal", "concat"), ordered=True)
 
 
-def time_embedding(t, dim, max_period=10_000.0):
+def time_embedding(t: ArrayLike, dim: int, max_period: float = 10_000.0) -> jax.Array:
     """Sinusoidal embedding of t (any shape) into (..., dim) features (Vaswani et al. 2017; DDPM)."""
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
@@ -25,7 +28,7 @@ def time_embedding(t, dim, max_period=10_000.0):
     return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 2 * half)])
 
 
-def get_activation(name: str):
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """The activation function called `name`; an unknown name raises ValueError listing the valid ones."""
     return ACTIVATIONS.lookup(name)
 
@@ -60,14 +63,14 @@ class MLP(nn.Module):
     time_input: str = "sinusoidal"
     zero_init_output: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Wrong names fail when the net is built, not at its first call inside a jitted training step.
         get_activation(self.activation)
         TIME_INPUTS.check(self.time_input)
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x, t):
+    def __call__(self, x: jax.Array, t: ArrayLike) -> jax.Array:
         act = get_activation(self.activation)
         out_init = nn.initializers.zeros if self.zero_init_output else nn.linear.default_kernel_init
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:-1])

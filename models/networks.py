@@ -3,6 +3,8 @@ dtype (a prediction); those of `FLOWS` are normalizing flows, `net.apply(params,
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 
 from fastsamplers.core import Registry
@@ -16,7 +18,7 @@ FLOWS = Registry("network", {"tarflow": TarFlow})
 _ALL = Registry("network", {**NETWORKS, **FLOWS})
 
 
-def get_network(name: str, **options) -> nn.Module:
+def get_network(name: str, **options: Any) -> nn.Module:
     """The network registered under `name` ("mlp", "unet", "dit", "tarflow"), built with keyword options.
 
     Args:

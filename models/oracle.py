@@ -20,14 +20,14 @@ same float64 reference ODE with the guided E[eps | y]), so guided sampling error
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from fastsamplers.core.typing import ArrayLike, ModelFn
 from fastsamplers.models import predictions
-from fastsamplers.schedules.processes import as_float
+from fastsamplers.schedules.processes import Process, as_float
 
 
 @flax.struct.dataclass
@@ -39,7 +39,7 @@ class GaussianMixture:
     stds: jax.Array
 
     @classmethod
-    def create(cls, weights, means, stds) -> GaussianMixture:
+    def create(cls, weights: ArrayLike, means: ArrayLike, stds: ArrayLike) -> GaussianMixture:
         """Validating constructor. `stds` may be a scalar, (K,) (isotropic) or (K, d) (diagonal)."""
         means = as_float(means)
         if means.ndim != 2:
@@ -102,7 +102,8 @@ class GaussianMixture:
         one_hot = jax.nn.one_hot(labels, self.null_label, dtype=self.weights.dtype)
         return jnp.where((labels == self.null_label)[..., None], self.weights, one_hot)
 
-    def x0_eps(self, x: jax.Array, t, process, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def x0_eps(self, x: jax.Array, t: ArrayLike, process: Process,
+               labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """The exact E[x0 | x_t = x] and E[eps | x_t = x] under `process` (given the labels (x.shape[:-1]), when
         given: see `label_weights`)."""
         self._check(x)
@@ -118,35 +119,36 @@ class GaussianMixture:
         eps = jnp.einsum("...k,...kd->...d", resp, sigma / var * diff)
         return x0.astype(x.dtype), eps.astype(x.dtype)
 
-    def predict(self, x: jax.Array, t, process, kind: str = "eps", labels: jax.Array | None = None) -> jax.Array:
+    def predict(self, x: jax.Array, t: ArrayLike, process: Process, kind: str = "eps",
+                labels: jax.Array | None = None) -> jax.Array:
         """The exact prediction of the given kind ("eps", "x0", "v", "velocity", "score") at (x, t), given the
         labels when given."""
         predictions.check_kind(kind)
         x0, eps = self.x0_eps(x, t, process, labels)
         return predictions.from_x0_eps(kind, x0, eps, t, process).astype(x.dtype)
 
-    def model_fn(self, process, kind: str = "eps") -> Callable[[jax.Array, jax.Array], jax.Array]:
+    def model_fn(self, process: Process, kind: str = "eps") -> ModelFn:
         """A `model_fn(x, t)` for `samplers.sample`, predicting `kind` exactly."""
         predictions.check_kind(kind)
         return lambda x, t: self.predict(x, t, process, kind)
 
-    def conditional_model_fn(self, process, kind: str = "eps") -> Callable:
+    def conditional_model_fn(self, process: Process, kind: str = "eps") -> ModelFn:
         """A `model_fn(x, t, labels)` for `samplers.sample(..., args=labels)`: the exact class-conditional prediction
         (labels (batch,) ints; the null label `null_label` gives the unconditional model)."""
         predictions.check_kind(kind)
         return lambda x, t, labels: self.predict(x, t, process, kind, labels)
 
-    def guided(self, labels: jax.Array, scale: float) -> GuidedMixture:
+    def guided(self, labels: jax.Array, scale: ArrayLike) -> GuidedMixture:
         """The exact classifier-free guided oracle for these labels and scale, for `samplers.exact_flow_map`."""
         return GuidedMixture(self, self.label_weights(labels), jnp.asarray(scale, self.weights.dtype))
 
-    def eps_y(self, y: jax.Array, gamma, weights: jax.Array | None = None) -> jax.Array:
+    def eps_y(self, y: jax.Array, gamma: ArrayLike, weights: jax.Array | None = None) -> jax.Array:
         """E[eps | y] in the process-free form y = x0 + gamma eps: the right side of dy/dgamma = E[eps | y]
         (under per-sample component weights when given)."""
         resp, diff, var = self._posterior(y, 1.0, gamma, weights)
         return jnp.einsum("...k,...kd->...d", resp, gamma / var * diff)
 
-    def log_prob(self, x: jax.Array, t, process) -> jax.Array:
+    def log_prob(self, x: jax.Array, t: ArrayLike, process: Process) -> jax.Array:
         """log p_t(x) of the marginal at time t."""
         self._check(x)
         t = as_float(t)
@@ -157,7 +159,7 @@ class GaussianMixture:
         return jax.scipy.special.logsumexp(jnp.reshape(jnp.log(self.weights), lead + self.weights.shape) + log_prob,
                                            axis=-1)
 
-    def marginal_sample(self, key: jax.Array, num: int, t, process) -> jax.Array:
+    def marginal_sample(self, key: jax.Array, num: int, t: ArrayLike, process: Process) -> jax.Array:
         """`num` exact draws of x_t."""
         k_data, k_noise = jax.random.split(key)
         return process.marginal(k_noise, self.sample(k_data, num), t)
@@ -178,6 +180,6 @@ class GuidedMixture:
     weights: jax.Array
     scale: jax.Array
 
-    def eps_y(self, y: jax.Array, gamma) -> jax.Array:
+    def eps_y(self, y: jax.Array, gamma: ArrayLike) -> jax.Array:
         uncond = self.mixture.eps_y(y, gamma)
         return uncond + self.scale * (self.mixture.eps_y(y, gamma, self.weights) - uncond)

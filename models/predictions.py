@@ -11,13 +11,12 @@ Each kind, together with x, determines the pair (x0, eps) by a 2x2 linear solve;
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
 from fastsamplers.core import Registry
-from fastsamplers.schedules.processes import as_float
+from fastsamplers.core.typing import ArrayLike, ModelFn
+from fastsamplers.schedules.processes import Process, as_float
 
 KINDS = Registry.of_names("prediction", ("eps", "x0", "v", "velocity", "score"), ordered=True,
                           unknown="unknown {kind} {name!r}; valid predictions: {valid}")
@@ -33,7 +32,8 @@ def _coefficients(process, t):
     return process.alpha(t), process.sigma(t), t
 
 
-def to_x0_eps(kind, pred, x, t, process):
+def to_x0_eps(kind: str, pred: jax.Array, x: jax.Array, t: ArrayLike,
+              process: Process) -> tuple[jax.Array, jax.Array]:
     """(x0, eps) from a prediction of the given kind at state x and time t."""
     check_kind(kind)
     alpha, sigma, t = _coefficients(process, t)
@@ -53,7 +53,7 @@ def to_x0_eps(kind, pred, x, t, process):
     return (d_sigma * x - sigma * pred) / det, (alpha * pred - d_alpha * x) / det
 
 
-def from_x0_eps(kind, x0, eps, t, process):
+def from_x0_eps(kind: str, x0: jax.Array, eps: jax.Array, t: ArrayLike, process: Process) -> jax.Array:
     """The prediction of the given kind from the pair (x0, eps) at time t."""
     check_kind(kind)
     alpha, sigma, t = _coefficients(process, t)
@@ -68,7 +68,8 @@ def from_x0_eps(kind, x0, eps, t, process):
     return process.d_alpha(t) * x0 + process.d_sigma(t) * eps
 
 
-def convert(pred: jax.Array, from_kind: str, to_kind: str, x: jax.Array, t, process) -> jax.Array:
+def convert(pred: jax.Array, from_kind: str, to_kind: str, x: jax.Array, t: ArrayLike,
+            process: Process) -> jax.Array:
     """Convert `pred` (of kind `from_kind`, at state x and time t) to `to_kind`. Identity when the kinds agree.
 
     Args:
@@ -97,7 +98,7 @@ def convert(pred: jax.Array, from_kind: str, to_kind: str, x: jax.Array, t, proc
     return out.astype(jnp.result_type(pred))
 
 
-def converted(model_fn: Callable, from_kind: str, to_kind: str, process) -> Callable:
+def converted(model_fn: ModelFn, from_kind: str, to_kind: str, process: Process) -> ModelFn:
     """`model_fn(x, t)` (predicting `from_kind`) wrapped to predict `to_kind`; model_fn itself when they agree."""
     check_kind(from_kind)
     check_kind(to_kind)

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fastsamplers.core.typing import ArrayLike, DTypeLike, PyTree
 from fastsamplers.models.conditioning import class_labels
 
 _init = nn.initializers.normal(0.02)
@@ -49,14 +50,14 @@ class Cache(NamedTuple):
     values: jax.Array
 
 
-def patchify(x, p):
+def patchify(x: jax.Array, p: int) -> jax.Array:
     """(B, H, W, C) -> (B, T, p*p*C) tokens, row-major over patches, each patch row-major over its pixels."""
     b, h, w, c = x.shape
     x = jnp.reshape(x, (b, h // p, p, w // p, p, c))
     return jnp.reshape(jnp.transpose(x, (0, 1, 3, 2, 4, 5)), (b, (h // p) * (w // p), p * p * c))
 
 
-def unpatchify(tokens, p, height, width):
+def unpatchify(tokens: jax.Array, p: int, height: int, width: int) -> jax.Array:
     """The inverse of `patchify`: (B, T, p*p*C) -> (B, H, W, C)."""
     b, _, d = tokens.shape
     c = d // (p * p)
@@ -72,7 +73,8 @@ class CausalAttention(nn.Module):
     num_heads: int
 
     @nn.compact
-    def __call__(self, h, start, cache_kv):
+    def __call__(self, h: jax.Array, start: int | jax.Array,
+                 cache_kv: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         b, length, _ = h.shape
         head_dim = self.hidden // self.num_heads
         qkv = nn.DenseGeneral((3, self.num_heads, head_dim), kernel_init=_init, name="qkv")(h)
@@ -106,7 +108,8 @@ class FlowBlock(nn.Module):
     num_classes: int
 
     @nn.compact
-    def __call__(self, u, start, y, cache):
+    def __call__(self, u: jax.Array, start: int | jax.Array, y: jax.Array,
+                 cache: Cache | None) -> tuple[jax.Array, jax.Array, Cache | None]:
         """u (B, L, D): the inputs of positions start..start+L-1 (x shifted right). Returns (a, b, cache)."""
         length = u.shape[1]
         h = nn.Dense(self.hidden, kernel_init=_init, name="proj_in")(u)
@@ -152,7 +155,7 @@ class TarFlow(nn.Module):
     mlp_ratio: float = 4.0
     num_classes: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"TarFlow: image_size={self.image_size} is not divisible by patch_size="
                              f"{self.patch_size}")
@@ -163,47 +166,48 @@ class TarFlow(nn.Module):
         super().__post_init__()
 
     @property
-    def num_tokens(self):
+    def num_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
     @property
-    def token_dim(self):
+    def token_dim(self) -> int:
         return self.patch_size**2 * self.channels
 
-    def setup(self):
+    def setup(self) -> None:
         self.blocks = [FlowBlock(self.num_tokens, self.token_dim, self.hidden, self.layers_per_block,
                                  self.num_heads, self.mlp_ratio, self.num_classes, name=f"block_{k}")
                        for k in range(self.num_blocks)]
 
-    def labels(self, y, batch):
+    def labels(self, y: ArrayLike | None, batch: int) -> jax.Array:
         """The labels a block sees: y, or "no label" (index num_classes) when y is None; (batch,) int32."""
         if not self.num_classes:
             return jnp.zeros((batch,), jnp.int32)
         return class_labels(y, self.num_classes, batch)
 
-    def check_images(self, x):
+    def check_images(self, x: jax.Array) -> None:
         expected = (self.image_size, self.image_size, self.channels)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"TarFlow expects images (B, {', '.join(map(str, expected))}); got shape {x.shape}")
 
-    def to_tokens(self, x):
+    def to_tokens(self, x: jax.Array) -> jax.Array:
         self.check_images(x)
         return patchify(x, self.patch_size)
 
-    def to_images(self, tokens):
+    def to_images(self, tokens: jax.Array) -> jax.Array:
         return unpatchify(tokens, self.patch_size, self.image_size, self.image_size)
 
-    def block_outputs(self, k, u, start, y, cache):
+    def block_outputs(self, k: int, u: jax.Array, start: int | jax.Array, y: jax.Array,
+                      cache: Cache | None) -> tuple[jax.Array, jax.Array, Cache | None]:
         """Block k's (a, b, cache) for the transformer inputs u (B, L, D) at positions start.. (block order)."""
         return self.blocks[k](u, start, y, cache)
 
-    def block_forward(self, k, x, y):
+    def block_forward(self, k: int, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Block k on tokens in its own order: (z, a, b) with z = (x - b) exp(-a)."""
         u = jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
         a, b, _ = self.blocks[k](u, 0, y, None)
         return (x - b) * jnp.exp(-a), a, b
 
-    def __call__(self, x, y=None):
+    def __call__(self, x: jax.Array, y: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
         tokens = self.to_tokens(x)
         y = self.labels(y, x.shape[0])
         logdet = jnp.zeros((x.shape[0],), jnp.promote_types(x.dtype, jnp.float32))
@@ -214,7 +218,8 @@ class TarFlow(nn.Module):
             logdet = logdet - jnp.sum(a.astype(logdet.dtype), axis=(1, 2))
         return self.to_images(tokens), logdet
 
-    def forward_trace(self, x, y=None):
+    def forward_trace(self, x: jax.Array,
+                      y: ArrayLike | None = None) -> list[tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
         """Every block's (input tokens, z, a, b) in the block's own order, for diagnostics (CRM / IGM)."""
         tokens = self.to_tokens(x)
         y = self.labels(y, x.shape[0])
@@ -227,28 +232,28 @@ class TarFlow(nn.Module):
         return trace
 
 
-def block_order(k, tokens):
+def block_order(k: int, tokens: jax.Array) -> jax.Array:
     """Block k's token order: odd blocks reverse the sequence (an involution)."""
     return tokens[:, ::-1] if k % 2 else tokens
 
 
-def empty_cache(flow, batch, dtype=jnp.float32):
+def empty_cache(flow: TarFlow, batch: int, dtype: DTypeLike = jnp.float32) -> Cache:
     """A zero cache for one block of `flow` and `batch` sequences."""
     shape = (flow.layers_per_block, batch, flow.num_tokens, flow.num_heads, flow.hidden // flow.num_heads)
     return Cache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def nll(flow, params, x, y=None):
+def nll(flow: TarFlow, params: PyTree, x: jax.Array, y: ArrayLike | None = None) -> jax.Array:
     """The negative log-likelihood per dimension (nats) of images x under the flow, (B,): a standard normal
     prior on z and the change of variables."""
     z, logdet = flow.apply(params, x, y)
     dim = z[0].size
-    z = z.astype(logdet.dtype)
+    z = z.astype(logdet.dtype)  # type: ignore[union-attr]  # apply returns (out, state) only when mutable
     log_prior = -0.5 * jnp.sum(jnp.square(z), axis=(1, 2, 3)) - 0.5 * dim * jnp.log(2 * jnp.pi)
     return -(log_prior + logdet) / dim
 
 
-def denoise(flow, params, x, sigma, y=None):
+def denoise(flow: TarFlow, params: PyTree, x: jax.Array, sigma: ArrayLike, y: ArrayLike | None = None) -> jax.Array:
     """TarFlow's denoising step after sampling (Tweedie): x + sigma^2 grad_x log p(x), with the flow's own
     likelihood, for a model trained on data noised with standard deviation sigma."""
     grad = jax.grad(lambda v: -jnp.sum(nll(flow, params, v, y)) * x[0].size)(x)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from fastsamplers.core.typing import ArrayLike
 from fastsamplers.models.conditioning import add_label_embedding
 from fastsamplers.models.mlp import time_embedding
 
@@ -21,7 +23,7 @@ class ResBlock(nn.Module):
     num_groups: int
 
     @nn.compact
-    def __call__(self, x, emb):
+    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
         h = nn.Conv(self.out_channels, (3, 3))(nn.silu(nn.GroupNorm(self.num_groups)(x)))
         h = h + nn.Dense(self.out_channels)(nn.silu(emb))[:, None, None, :]
         h = nn.silu(nn.GroupNorm(self.num_groups)(h))
@@ -39,7 +41,7 @@ class AttentionBlock(nn.Module):
     num_groups: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
         h = jnp.reshape(nn.GroupNorm(self.num_groups)(x), (b, height * width, c))
         h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros)(h)
@@ -70,16 +72,16 @@ class UNet(nn.Module):
     """
 
     channels: int = 64
-    channel_mult: tuple = (1, 2, 2)
+    channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
-    attention_resolutions: tuple = (8,)
+    attention_resolutions: tuple[int, ...] = (8,)
     num_heads: int = 4
     num_groups: int = 8
     embed_dim: int | None = None
     time_scale: float = 1000.0
     num_classes: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.channels % self.num_groups:
             raise ValueError(f"UNet: num_groups={self.num_groups} must divide channels={self.channels}")
         widths = [self.channels * m for m in self.channel_mult]
@@ -98,7 +100,7 @@ class UNet(nn.Module):
             )
 
     @nn.compact
-    def __call__(self, x, t, labels=None):
+    def __call__(self, x: jax.Array, t: ArrayLike, labels: ArrayLike | None = None) -> jax.Array:
         self._check(x)
         batch = x.shape[0]
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))

@@ -7,6 +7,10 @@ schedules` stays cheap and acyclic while `schedules.distill` still works, the fo
 module's `__getattr__` is the one place in the project that imports upwards, on first use.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from fastsamplers.schedules.files import load_schedule, save_learned, save_schedule
 from fastsamplers.schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
 from fastsamplers.schedules.process_transform import transform
@@ -15,7 +19,7 @@ from fastsamplers.schedules.processes import PROCESSES, Process, get_process
 _OPTIMAL = ("distill", "distill_many", "refine", "learn")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _OPTIMAL:
         from fastsamplers.schedules import optimal  # the documented upward import (see the module docstring)
 
@@ -23,7 +27,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastsamplers.schedules' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_OPTIMAL))
 
 

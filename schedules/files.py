@@ -22,24 +22,43 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from fastsamplers.core import write_json
 
+if TYPE_CHECKING:
+    import jax
+
+    from fastsamplers.core.typing import HostArrayLike
+    from fastsamplers.schedules.processes import Process
+
 FORMAT = "fastsamplers.schedule"
 LEARNED_FORMAT = "fastsamplers.learned"
 
 
-def save_schedule(path: str, ts, *, process, solver, nfe: int, method: str, **provenance) -> str:
+class NamedSolver(Protocol):
+    """What a learned-sampler file needs of its solver, a `samplers.Solver` (a dataclass of the layer above, which
+    this one does not import): its registered name and its count of model calls."""
+
+    name: str
+
+    def nfe(self, num_steps: int) -> int: ...
+
+
+def save_schedule(path: str, ts: HostArrayLike, *, process: Process | str, solver: NamedSolver | str | dict[str, Any],
+                  nfe: int, method: str, **provenance: Any) -> str:
     """Write `ts` and its provenance (process, solver, NFE, method, and any JSON-serialisable extras such as teacher,
     cost, model or config) to `path` atomically. Returns the path."""
     return write_json(path, schedule_record(ts, process=process, solver=solver, nfe=nfe, method=method, path=path,
                                             **provenance), indent=1)
 
 
-def schedule_record(ts, *, process, solver, nfe: int, method: str, path: str = "(unsaved)", **provenance) -> dict:
-    """The record of a schedule file (`save_schedule` writes it); `path` names it in a bad grid's error."""
+def schedule_record(ts: HostArrayLike, *, process: Process | str, solver: NamedSolver | str | dict[str, Any],
+                    nfe: int, method: str, path: str = "(unsaved)", **provenance: Any) -> dict[str, Any]:
+    """The record of a schedule file (`save_schedule` writes it); `path` names it in a bad grid's error. `solver` is
+    recorded by its name (a solver or a name), or as it is (a learned sampler's {name, options} record)."""
     ts = np.asarray(ts, np.float64)
     _check(ts, path)
     return {
@@ -56,14 +75,16 @@ def schedule_record(ts, *, process, solver, nfe: int, method: str, path: str = "
     }
 
 
-def save_learned(path: str, solver, ts, *, process, method: str, **provenance) -> str:
+def save_learned(path: str, solver: NamedSolver, ts: Sequence[float] | np.ndarray | jax.Array, *,
+                 process: Process | str, method: str, **provenance: Any) -> str:
     """Write a learned sampler, the pair (solver, ts) that `schedules.learn` returns, with its provenance (teacher,
     calibration, cost, model, ...) to `path` atomically; `samplers.get_solver("file", path=path)` and
     `get_timesteps("file", process, M, path=path)` load it back. Returns the path."""
     return write_json(path, learned_record(solver, ts, process=process, method=method, **provenance), indent=1)
 
 
-def learned_record(solver, ts, *, process, method: str, **provenance) -> dict:
+def learned_record(solver: NamedSolver, ts: Sequence[float] | np.ndarray | jax.Array, *,
+                   process: Process | str, method: str, **provenance: Any) -> dict[str, Any]:
     """The record of a learned-sampler file (`save_learned` writes it; a resumable run stores it itself)."""
     if not dataclasses.is_dataclass(solver) or not isinstance(getattr(solver, "name", None), str):
         raise TypeError(f"save_learned stores a samplers.Solver (a dataclass with a name), got {type(solver).__name__}")
@@ -72,7 +93,7 @@ def learned_record(solver, ts, *, process, method: str, **provenance) -> dict:
                            nfe=solver.nfe(len(ts) - 1), method=method, format=LEARNED_FORMAT, **provenance)
 
 
-def read_learned(path: str, method: str | None = None) -> tuple[np.ndarray, dict]:
+def read_learned(path: str, method: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """(ts, record) of a learned-sampler file, validated (and, with `method`, checked to hold that method)."""
     ts, record = load_schedule(path)
     solver = record.get("solver")
@@ -93,7 +114,7 @@ def _jsonable(value):
     return value
 
 
-def load_schedule(path: str) -> tuple[np.ndarray, dict]:
+def load_schedule(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     """(ts as a float64 numpy array, the whole record) from a schedule file, validated."""
     try:
         with open(path) as f:

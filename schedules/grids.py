@@ -9,11 +9,13 @@ silently repeated step.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import numpy as np
 
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import HostArrayLike
 from fastsamplers.schedules import published
 from fastsamplers.schedules.files import load_schedule
 from fastsamplers.schedules.processes import Process, as_float, get_process
@@ -33,13 +35,13 @@ def _t_of_gamma(process, gamma):
 
 
 @_grid("uniform")
-def uniform(process, num_steps, t_min, t_max):
+def uniform(process: Process, num_steps: int, t_min: float, t_max: float) -> np.ndarray:
     """Uniform in t."""
     return np.linspace(t_max, t_min, num_steps + 1)
 
 
 @_grid("power")
-def power(process, num_steps, t_min, t_max, exponent=2.0):
+def power(process: Process, num_steps: int, t_min: float, t_max: float, exponent: float = 2.0) -> np.ndarray:
     """t_i = (t_max^(1/k) + i/N (t_min^(1/k) - t_max^(1/k)))^k: DEIS's "t" grid of order k."""
     if exponent <= 0:
         raise ValueError(f"exponent must be positive, got {exponent}")
@@ -48,13 +50,13 @@ def power(process, num_steps, t_min, t_max, exponent=2.0):
 
 
 @_grid("quadratic")
-def quadratic(process, num_steps, t_min, t_max):
+def quadratic(process: Process, num_steps: int, t_min: float, t_max: float) -> np.ndarray:
     """The power grid with k = 2 (DDIM's and DEIS's quadratic grid)."""
     return power(process, num_steps, t_min, t_max, exponent=2.0)
 
 
 @_grid("logsnr")
-def logsnr(process, num_steps, t_min, t_max):
+def logsnr(process: Process, num_steps: int, t_min: float, t_max: float) -> np.ndarray:
     """Uniform in log-SNR (equivalently in log gamma); DPM-Solver's "logSNR" grid."""
     lam = np.linspace(float(process.log_snr(t_max)), float(process.log_snr(t_min)), num_steps + 1)
     if not np.all(np.isfinite(lam)):
@@ -66,7 +68,7 @@ def logsnr(process, num_steps, t_min, t_max):
 
 
 @_grid("edm")
-def edm(process, num_steps, t_min, t_max, rho=7.0):
+def edm(process: Process, num_steps: int, t_min: float, t_max: float, rho: float = 7.0) -> np.ndarray:
     """EDM's rho grid in gamma = sigma / alpha (Karras et al. 2022, eq. 5), mapped to t."""
     g_max, g_min = float(_gamma(process, t_max)), float(_gamma(process, t_min))
     if not math.isfinite(g_max):
@@ -76,7 +78,7 @@ def edm(process, num_steps, t_min, t_max, rho=7.0):
 
 
 @_grid("flow_shift")
-def flow_shift(process, num_steps, t_min, t_max, shift=3.0):
+def flow_shift(process: Process, num_steps: int, t_min: float, t_max: float, shift: float = 3.0) -> np.ndarray:
     """SD3 / FLUX shifted grid: uniform u in [1, 0] -> s u / (1 + (s - 1) u), placed between the rectified-flow
     times of t_max and t_min. Rectified-flow time is r = gamma / (1 + gamma), so on the `ot` process r = t and this
     is exactly the published shift; on other processes it is the same grid in SNR."""
@@ -95,7 +97,7 @@ def _flow_time(process, t):
     return 1.0 if math.isinf(gamma) else gamma / (1.0 + gamma)
 
 
-def interpolate_log_linear(values, num_points: int) -> np.ndarray:
+def interpolate_log_linear(values: HostArrayLike, num_points: int) -> np.ndarray:
     """Resample a decreasing list of noise levels to `num_points` entries, log-linearly against the normalised
     index (the rule of Align Your Steps and OSS). A final exact 0 is kept as the final entry.
 
@@ -121,7 +123,8 @@ def interpolate_log_linear(values, num_points: int) -> np.ndarray:
 
 
 @_grid("list")
-def from_list(process, num_steps, t_min, t_max, values=None, space="t"):
+def from_list(process: Process, num_steps: int, t_min: float, t_max: float, values: HostArrayLike | None = None,
+              space: str = "t") -> np.ndarray:
     """A given list of t's (space="t") or of noise levels gamma = sigma/alpha (space="gamma"; EDM/AYS sigmas, or
     rectified-flow sigmas with space="flow"). Resampled log-linearly in gamma when its length is not num_steps + 1."""
     if values is None:
@@ -146,14 +149,15 @@ def from_list(process, num_steps, t_min, t_max, values=None, space="t"):
 
 
 @_grid("published")
-def from_published(process, num_steps, t_min, t_max, schedule=None):
+def from_published(process: Process, num_steps: int, t_min: float, t_max: float,
+                   schedule: str | None = None) -> np.ndarray:
     """A published list from `schedules.published.LISTS` (option schedule=...), resampled to num_steps."""
     entry = published.LISTS.lookup(schedule)
     return from_list(process, num_steps, t_min, t_max, values=entry["values"], space=entry["space"])
 
 
 @_grid("file")
-def from_file(process, num_steps, t_min, t_max, path=None):
+def from_file(process: Process, num_steps: int, t_min: float, t_max: float, path: str | None = None) -> np.ndarray:
     """A schedule file (`schedules.files`: JSON with "ts" and provenance), resampled to num_steps."""
     if path is None:
         raise ValueError("the 'file' grid needs path=...")
@@ -167,7 +171,7 @@ _OWN_ENDPOINTS = {"list", "published", "file"}
 
 
 def get_timesteps(name: str, process: Process | str, num_steps: int, *, t_min: float | None = None,
-                  t_max: float | None = None, append_zero: bool = False, **options) -> jax.Array:
+                  t_max: float | None = None, append_zero: bool = False, **options: Any) -> jax.Array:
     """The time grid `name` for `process`: an array of num_steps + 1 strictly decreasing t's, t_max .. t_min.
 
     Args:

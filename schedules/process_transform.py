@@ -25,17 +25,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core.typing import ArrayLike, ModelFn
 from fastsamplers.models import predictions
 from fastsamplers.schedules.processes import Process, as_float, get_process
 
 
-def matched_time(trained: Process, target: Process, t) -> jax.Array:
+def matched_time(trained: Process, target: Process, t: ArrayLike) -> jax.Array:
     """The trained process's time with the same log-SNR as the target's time t."""
     return trained.t_of_log_snr(target.log_snr(as_float(t)))
 
@@ -49,8 +48,8 @@ def matching_range(trained: Process, target: Process) -> tuple[float, float]:
     return float(ends[0]), float(ends[1])
 
 
-def transform(model_fn: Callable, prediction: str, trained_process: Process | str,
-              target_process: Process | str) -> Callable:
+def transform(model_fn: ModelFn, prediction: str, trained_process: Process | str,
+              target_process: Process | str) -> ModelFn:
     """A model function on `target_process` from one trained on `trained_process`.
 
     Args:

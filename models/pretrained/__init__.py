@@ -14,6 +14,7 @@ Flax network, `models.pretrained.unet2d.UNet2D`. Only safe formats are read: saf
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fastsamplers.core import Registry
 from fastsamplers.models.pretrained import diffusers, score_sde
@@ -46,7 +47,7 @@ def detect_layout(path: str) -> str:
                             f"(one of {list(LAYOUTS)})")
 
 
-def load(path: str, layout: str | None = None, **options) -> Pretrained:
+def load(path: str, layout: str | None = None, **options: Any) -> Pretrained:
     """Load a published checkpoint.
 
     Args:

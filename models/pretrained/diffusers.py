@@ -22,15 +22,17 @@ import glob
 import math
 import os
 import re
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import Shape
 from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions, read_json
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
-from fastsamplers.schedules.processes import get_process
+from fastsamplers.schedules.processes import Process, get_process
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 PICKLED = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -49,6 +51,8 @@ PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 _LIST_MODULES = re.compile(r"^(down_blocks|up_blocks|resnets|attentions|downsamplers|upsamplers|to_out)_(\d+)$")
 _OLD_ATTENTION = re.compile(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)$")
 _NEW_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+# A flax parameter's path in its tree: the module names, then the leaf ("kernel", "bias", ...).
+ParamPath = tuple[str, ...]
 
 
 def find_files(path: str, variant: str | None = None, scheduler_config: str | None = None) -> tuple[str, str, str]:
@@ -96,7 +100,7 @@ def find_files(path: str, variant: str | None = None, scheduler_config: str | No
     return os.path.join(unet_dir, "config.json"), weights, scheduler
 
 
-def unet_config(raw: dict, source: str, image_size=None) -> UNet2DConfig:
+def unet_config(raw: dict[str, Any], source: str, image_size: int | Sequence[int] | None = None) -> UNet2DConfig:
     """The validated `UNet2DConfig` of a config.json dict. Errors name `source` and the key."""
     class_name = raw.get("_class_name", "UNet2DModel")
     if class_name != "UNet2DModel":
@@ -120,7 +124,7 @@ def unet_config(raw: dict, source: str, image_size=None) -> UNet2DConfig:
         raise type(error)(f"{source}: {error}") from None
 
 
-def alphas_cumprod(raw: dict, source: str) -> np.ndarray:
+def alphas_cumprod(raw: dict[str, Any], source: str) -> np.ndarray:
     """The float64 alphas_cumprod table of a beta-table scheduler config (diffusers' formulas)."""
     if raw.get("rescale_betas_zero_snr", False):
         raise NotImplementedError(f"{source}: rescale_betas_zero_snr=true makes alphas_cumprod reach 0 (infinite "
@@ -153,7 +157,7 @@ def _betas_for_alpha_bar(n, alpha_bar, max_beta=0.999):
     return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)], np.float64)
 
 
-def scheduler_process(raw: dict, source: str):
+def scheduler_process(raw: dict[str, Any], source: str) -> tuple[Process, str, str]:
     """(process, prediction kind, time input) of a scheduler_config.json dict; the time input is "index" (the
     network takes process.discrete_index(t)) or "sigma" (it takes process.sigma(t))."""
     name = raw.get("_class_name")
@@ -176,7 +180,7 @@ def scheduler_process(raw: dict, source: str):
     return process, PREDICTION_TYPES[kind], "index"
 
 
-def torch_name(path: tuple) -> str:
+def torch_name(path: ParamPath) -> str:
     """The diffusers state-dict key of a flax parameter path (`("down_blocks_0", "resnets_1", "conv1", "kernel")` ->
     "down_blocks.0.resnets.1.conv1.weight")."""
     *modules, leaf = path
@@ -184,7 +188,7 @@ def torch_name(path: tuple) -> str:
     return ".".join(modules + [{"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)])
 
 
-def torch_shape(path: tuple, shape: tuple) -> tuple:
+def torch_shape(path: ParamPath, shape: Shape) -> Shape:
     """The torch layout of a flax parameter's shape: conv HWIO -> OIHW, dense (in, out) -> (out, in)."""
     if path[-1] == "kernel" and len(shape) == 4:
         return (shape[3], shape[2], shape[0], shape[1])
@@ -193,7 +197,7 @@ def torch_shape(path: tuple, shape: tuple) -> tuple:
     return tuple(shape)
 
 
-def to_flax(path: tuple, array: np.ndarray) -> jax.Array:
+def to_flax(path: ParamPath, array: np.ndarray) -> jax.Array:
     """A torch-layout array as the flax parameter at `path` (float32)."""
     array = np.asarray(array, np.float32)
     if path[-1] == "kernel" and array.ndim == 4:
@@ -203,7 +207,7 @@ def to_flax(path: tuple, array: np.ndarray) -> jax.Array:
     return jnp.asarray(array)
 
 
-def expected_params(net: UNet2D, image_shape: tuple) -> dict:
+def expected_params(net: UNet2D, image_shape: Shape) -> dict[ParamPath, Shape]:
     """{flax path: shape} of the network's parameters (abstract init: no compute, no memory)."""
     x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
     labels = jnp.zeros((1,), jnp.int32) if net.config.conditional else None
@@ -212,7 +216,7 @@ def expected_params(net: UNet2D, image_shape: tuple) -> dict:
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree["params"])[0]}
 
 
-def rename_legacy(state: dict) -> dict:
+def rename_legacy(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """diffusers' renames of pre-0.10 attention weights, and the Fourier weights' old name `time_proj.W`."""
     out = {}
     for key, value in state.items():
@@ -226,8 +230,9 @@ def rename_legacy(state: dict) -> dict:
     return out
 
 
-def unflatten(flat: dict) -> dict:
-    tree = {}
+def unflatten(flat: dict[ParamPath, Any]) -> dict[str, Any]:
+    """The nested dict of a flat {path: leaf} dict."""
+    tree: dict[str, Any] = {}
     for path, value in flat.items():
         node = tree
         for part in path[:-1]:
@@ -237,7 +242,7 @@ def unflatten(flat: dict) -> dict:
 
 
 def load(path: str, *, null_label: int | None = None, scheduler_config: str | None = None,
-         variant: str | None = None, image_size=None) -> Pretrained:
+         variant: str | None = None, image_size: int | Sequence[int] | None = None) -> Pretrained:
     """A diffusers `UNet2DModel` checkpoint as a `Pretrained` (see the module docstring for the layout).
 
     Args:

@@ -7,13 +7,22 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+import jax
 import jax.numpy as jnp
 
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree, Shape
 from fastsamplers.models.conditioning import split_conditional_args
-from fastsamplers.models.pretrained.unet2d import UNet2D
+from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
+
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
+
+# apply(params, x, timestep, class_labels=None) -> output, and timestep(t) -> the network's time input (`Pretrained`).
+ApplyFn = Callable[..., jax.Array]
+TimestepFn = Callable[[ArrayLike], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (samplers cache on model_fn, not params)
@@ -41,16 +50,16 @@ class Pretrained:
       source: the file or folder it was read from; layout: "diffusers" or "score_sde".
     """
 
-    params: Any
-    apply: Callable
-    model_fn: Callable
-    process: Any
+    params: PyTree
+    apply: ApplyFn
+    model_fn: ModelFn
+    process: Process
     prediction: str
-    timestep: Callable
-    image_shape: tuple
+    timestep: TimestepFn
+    image_shape: Shape
     num_classes: int | None = None
     null_label: int | None = None
-    config: Any = None
+    config: UNet2DConfig | None = None
     source: str = ""
     layout: str = ""
 
@@ -64,7 +73,8 @@ TIME_INPUTS = Registry("time_input", {"index": lambda process, t: process.discre
 
 
 @functools.lru_cache(maxsize=32)
-def make_functions(config, process, time_input, num_classes, null_label):
+def make_functions(config: UNet2DConfig, process: Process, time_input: str, num_classes: int | None,
+                   null_label: int | None) -> tuple[TimestepFn, ApplyFn, ModelFn]:
     """(timestep, apply, model_fn) of the `UNet2D` of `config` on `process` (see `Pretrained`); time_input "index"
     (the network takes `process.discrete_index(t)`), "sigma" (`process.sigma(t)`) or "t999" (999 t, score_sde's
     continuous VP label). Cached on these (hashable) arguments: checkpoints of one architecture and process (two
@@ -94,7 +104,7 @@ def make_functions(config, process, time_input, num_classes, null_label):
     return timestep, apply, model_fn
 
 
-def batch_times(t, batch):
+def batch_times(t: ArrayLike, batch: int) -> jax.Array:
     """t (a scalar, (B,), or (B, 1, ..., 1)) as a (batch,) array."""
     t = jnp.asarray(t)
     if t.ndim:
@@ -114,7 +124,7 @@ def read_json(path: str) -> Any:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
-def check_weights(found: dict, expected: dict, source: str, origin: str) -> None:
+def check_weights(found: dict[str, Shape], expected: dict[str, Shape], source: str, origin: str) -> None:
     """Raise ValueError naming `source` and the key unless `found` and `expected` ({name: shape}) have the same
     names and shapes. `origin` says where the expected shapes come from (e.g. "config.json")."""
     missing = sorted(set(expected) - set(found))

@@ -42,13 +42,15 @@ import collections
 import math
 import os
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.core import Registry
-from fastsamplers.models.pretrained.diffusers import expected_params, unflatten
+from fastsamplers.core.typing import PyTree, Shape
+from fastsamplers.models.pretrained.diffusers import ParamPath, expected_params, unflatten
 from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions, read_json
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 from fastsamplers.schedules.processes import get_process
@@ -109,7 +111,7 @@ _PIPELINE_KEYS = ("batch_size", "n_iters", "snapshot_freq", "log_freq", "eval_fr
                   "snapshot_freq_for_preemption", "snapshot_sampling", "n_jitted_steps")
 
 
-def resolve_config(config=None, **overrides) -> dict:
+def resolve_config(config: str | dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """The flat score_sde config: DEFAULTS, updated by a preset name / dict / JSON file, then by `overrides`.
 
     Raises:
@@ -192,7 +194,7 @@ def _check(cfg, key, supported, reason, source):
         raise NotImplementedError(f"{source}: {key}={value!r} is not supported ({reason}); supported: {supported!r}")
 
 
-def family(cfg: dict) -> str:
+def family(cfg: dict[str, Any]) -> str:
     """ "ncsnpp_ve" or "ddpmpp_vp": the supported network a resolved config describes, or NotImplementedError."""
     source = f"score_sde {cfg['_source']}"
     for key, (supported, reason) in _COMMON.items():
@@ -207,7 +209,7 @@ def family(cfg: dict) -> str:
     return "ncsnpp_ve" if pyramids == ("output_skip", "input_skip") else "ddpmpp_vp"
 
 
-def unet_config(cfg: dict) -> UNet2DConfig:
+def unet_config(cfg: dict[str, Any]) -> UNet2DConfig:
     """The `UNet2DConfig` of a resolved score_sde config, or NotImplementedError naming the key."""
     source = f"score_sde {cfg['_source']}"
     kind = family(cfg)
@@ -224,7 +226,7 @@ def unet_config(cfg: dict) -> UNet2DConfig:
     attends = [size // 2**i in attn for i in range(levels)]
     if kind == "ncsnpp_ve":
         down = tuple("AttnSkipDownBlock2D" if a else "SkipDownBlock2D" for a in attends)
-        options = dict(time_embedding_type="fourier")
+        options: dict[str, Any] = dict(time_embedding_type="fourier")
     else:
         down = tuple("AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attends)
         options = dict(time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1,
@@ -245,16 +247,16 @@ _ATTENTION = (("GroupNorm_0", "group_norm"), ("NIN_0", "to_q"), ("NIN_1", "to_k"
 _NIN_LEAVES = {"W": "kernel", "b": "bias"}
 
 
-def module_map(config: UNet2DConfig) -> list[tuple[str, tuple]]:
+def module_map(config: UNet2DConfig) -> list[tuple[str, ParamPath]]:
     """[(score_sde module path, UNet2D module path)] in NCSNpp.__call__'s creation order (see the module docstring)."""
-    counts = collections.Counter()
+    counts: collections.Counter[str] = collections.Counter()
 
     def new(kind):
         counts[kind] += 1
         return f"{kind}_{counts[kind] - 1}"
 
     skip = config.time_embedding_type == "fourier"  # the Skip-block (NCSN++ VE) network
-    pairs = [("GaussianFourierProjection_0", ("time_proj",))] if skip else []
+    pairs: list[tuple[str, ParamPath]] = [("GaussianFourierProjection_0", ("time_proj",))] if skip else []
     pairs += [(new("Dense"), ("time_embedding", "linear_1")), (new("Dense"), ("time_embedding", "linear_2")),
               (new("Conv"), ("conv_in",))]
     levels = len(config.block_out_channels)
@@ -288,7 +290,7 @@ def module_map(config: UNet2DConfig) -> list[tuple[str, tuple]]:
     return pairs
 
 
-def parameter_map(config: UNet2DConfig, expected: dict) -> dict:
+def parameter_map(config: UNet2DConfig, expected: dict[ParamPath, Shape]) -> dict[str, ParamPath]:
     """{score_sde parameter path "A/B/leaf": UNet2D parameter path} for the network's `expected_params`."""
     by_module = collections.defaultdict(list)
     for path in expected:
@@ -312,7 +314,7 @@ def parameter_map(config: UNet2DConfig, expected: dict) -> dict:
     return out
 
 
-def read_checkpoint(path: str, params: str = "params_ema") -> tuple[str, dict]:
+def read_checkpoint(path: str, params: str = "params_ema") -> tuple[str, dict[str, np.ndarray]]:
     """(file, its flat {"A/B/leaf": numpy array} parameter tree) from a checkpoint_N file or a folder of them."""
     from flax import serialization
 
@@ -355,11 +357,11 @@ def read_checkpoint(path: str, params: str = "params_ema") -> tuple[str, dict]:
     return path, flat
 
 
-def to_score_sde_tree(params: dict, config: UNet2DConfig) -> dict:
+def to_score_sde_tree(params: PyTree, config: UNet2DConfig) -> dict[str, Any]:
     """The nested score_sde parameter tree of UNet2D `params` (the inverse of the loading map; for tests and export)."""
     flat = {tuple(getattr(k, "key", k) for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
     mapping = parameter_map(config, {p: v.shape for p, v in flat.items()})
-    tree = {}
+    tree: dict[str, Any] = {}
     for theirs, ours in mapping.items():
         node = tree
         *modules, leaf = theirs.split("/")
@@ -369,7 +371,8 @@ def to_score_sde_tree(params: dict, config: UNet2DConfig) -> dict:
     return tree
 
 
-def load(path: str, *, config=None, params: str = "params_ema", **overrides) -> Pretrained:
+def load(path: str, *, config: str | dict[str, Any] | None = None, params: str = "params_ema",
+         **overrides: Any) -> Pretrained:
     """A score_sde NCSN++ checkpoint as a `Pretrained`.
 
     Args:

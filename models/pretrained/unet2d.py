@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fastsamplers.core.typing import ArrayLike
 
 DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D", "SkipDownBlock2D", "AttnSkipDownBlock2D", "ResnetDownsampleBlock2D")
 UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D", "ResnetUpsampleBlock2D")
@@ -60,7 +63,7 @@ class UNet2DConfig:
     `flavor` is ours, not diffusers' (see the module docstring).
     """
 
-    sample_size: tuple | None = None
+    sample_size: tuple[int, int] | None = None
     in_channels: int = 3
     out_channels: int = 3
     center_input_sample: bool = False
@@ -68,10 +71,10 @@ class UNet2DConfig:
     time_embedding_dim: int | None = None
     freq_shift: float = 0.0
     flip_sin_to_cos: bool = True
-    down_block_types: tuple = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
     mid_block_type: str | None = "UNetMidBlock2D"
-    up_block_types: tuple = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
-    block_out_channels: tuple = (224, 448, 672, 896)
+    up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
+    block_out_channels: tuple[int, ...] = (224, 448, 672, 896)
     layers_per_block: int = 2
     mid_block_scale_factor: float = 1.0
     downsample_padding: int = 1
@@ -88,7 +91,7 @@ class UNet2DConfig:
     num_class_embeds: int | None = None
     flavor: str = "diffusers"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         tuples = ("down_block_types", "up_block_types", "block_out_channels")
         for key in tuples:
             object.__setattr__(self, key, tuple(getattr(self, key)))
@@ -152,11 +155,11 @@ class UNet2DConfig:
                                  f"(2 ** (len(block_out_channels) - 1))")
 
     @property
-    def time_embed_dim(self):
+    def time_embed_dim(self) -> int:
         return self.time_embedding_dim or 4 * self.block_out_channels[0]
 
     @property
-    def conditional(self):
+    def conditional(self) -> bool:
         """Whether the network takes class labels (a label embedding of `num_class_embeds` rows)."""
         return self.num_class_embeds is not None
 
@@ -186,7 +189,7 @@ def _depthwise(x, kernel_2d, *, lhs_dilation, strides, padding):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
 
 
-def fir_upsample(x, kernel_1d=FIR_KERNEL):
+def fir_upsample(x: jax.Array, kernel_1d: Sequence[float] = FIR_KERNEL) -> jax.Array:
     """2x FIR upsampling of NHWC x (StyleGAN2's upsample_2d, diffusers' FirUpsample2D without conv): a zero after
     each pixel, padding ((p + 1) // 2 + 1, p // 2) with p = len(kernel) - 2, convolution with outer(k, k) / sum * 4."""
     p = len(kernel_1d) - 2
@@ -196,7 +199,7 @@ def fir_upsample(x, kernel_1d=FIR_KERNEL):
                       padding=((lo, hi + 1), (lo, hi + 1)))
 
 
-def fir_downsample(x, kernel_1d=FIR_KERNEL):
+def fir_downsample(x: jax.Array, kernel_1d: Sequence[float] = FIR_KERNEL) -> jax.Array:
     """2x FIR downsampling of NHWC x (StyleGAN2's downsample_2d): pad ((p + 1) // 2, p // 2) with
     p = len(kernel) - 2, convolve with outer(k, k) / sum, keep every other pixel."""
     p = len(kernel_1d) - 2
@@ -205,11 +208,11 @@ def fir_downsample(x, kernel_1d=FIR_KERNEL):
                       padding=((lo, hi), (lo, hi)))
 
 
-def nearest_upsample(x):
+def nearest_upsample(x: jax.Array) -> jax.Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-def average_downsample(x):
+def average_downsample(x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     return jnp.mean(jnp.reshape(x, (b, h // 2, 2, w // 2, 2, c)), axis=(2, 4))
 
@@ -242,7 +245,7 @@ class ResnetBlock2D(nn.Module):
     use_in_shortcut: bool | None = None
 
     @nn.compact
-    def __call__(self, x, temb):
+    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.act]
         h = act(_norm(self.groups, self.eps, "norm1")(x))
         resample = {None: None, "up": nearest_upsample, "down": average_downsample, "fir_up": fir_upsample,
@@ -273,7 +276,7 @@ class Attention(nn.Module):
     rescale_output_factor: float = 1.0
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
         h = x if self.groups is None else _norm(self.groups, self.eps, "group_norm")(x)
         h = jnp.reshape(h, (b, height * width, c))
@@ -290,7 +293,8 @@ class Attention(nn.Module):
         return (jnp.reshape(out, x.shape) + x) / self.rescale_output_factor
 
 
-def timestep_embedding(timesteps, dim, flip_sin_to_cos, freq_shift, max_period=10000.0, flavor="diffusers"):
+def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool, freq_shift: float,
+                       max_period: float = 10000.0, flavor: str = "diffusers") -> jax.Array:
     """diffusers' get_timestep_embedding: (B,) float timesteps -> (B, dim) [sin, cos] (or [cos, sin] if flipped) of
     t * exp(-log(max_period) i / (dim // 2 - freq_shift)), zero-padded when dim is odd. The float32 frequencies are
     formed as the flavor's reference code forms them, so that t ~ 1000 does not turn their ulps into 1e-5 errors."""
@@ -331,7 +335,8 @@ class DownBlock(nn.Module):
     add_downsample: bool
 
     @nn.compact
-    def __call__(self, h, temb, skip_sample):
+    def __call__(self, h: jax.Array, temb: jax.Array,
+                 skip_sample: jax.Array) -> tuple[jax.Array, list[jax.Array], jax.Array]:
         cfg, out = self.config, self.out_channels
         skip = "Skip" in self.kind
         resnet = _resnet_options(cfg, skip)
@@ -402,7 +407,8 @@ class UpBlock(nn.Module):
     add_upsample: bool
 
     @nn.compact
-    def __call__(self, h, saved, temb, skip_sample):
+    def __call__(self, h: jax.Array, saved: list[jax.Array], temb: jax.Array,
+                 skip_sample: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
         cfg, out = self.config, self.out_channels
         skip = "Skip" in self.kind
         resnet = _resnet_options(cfg, skip)
@@ -454,15 +460,16 @@ class MidBlock(nn.Module):
     config: UNet2DConfig
 
     @nn.compact
-    def __call__(self, h, temb):
+    def __call__(self, h: jax.Array, temb: jax.Array) -> jax.Array:
         cfg = self.config
         c = cfg.block_out_channels[-1]
         groups = cfg.norm_num_groups if cfg.norm_num_groups is not None else _quarter_groups(c)
         attn_groups = cfg.attn_norm_num_groups
         if attn_groups is None:  # diffusers: a norm only with the "default" shift
             attn_groups = groups if cfg.resnet_time_scale_shift == "default" else None
-        resnet = dict(groups=groups, groups_out=groups, eps=cfg.norm_eps, act=cfg.act_fn,
-                      time_scale_shift=cfg.resnet_time_scale_shift, output_scale_factor=cfg.mid_block_scale_factor)
+        resnet: dict[str, Any] = dict(groups=groups, groups_out=groups, eps=cfg.norm_eps, act=cfg.act_fn,
+                                      time_scale_shift=cfg.resnet_time_scale_shift,
+                                      output_scale_factor=cfg.mid_block_scale_factor)
         h = ResnetBlock2D(c, **resnet, name="resnets_0")(h, temb)
         if cfg.add_attention:
             h = Attention(c // (cfg.attention_head_dim or c), attn_groups, cfg.norm_eps, cfg.mid_block_scale_factor,
@@ -512,7 +519,7 @@ class UNet2D(nn.Module):
     config: UNet2DConfig
 
     @nn.compact
-    def __call__(self, x, timestep, class_labels=None):
+    def __call__(self, x: jax.Array, timestep: ArrayLike, class_labels: ArrayLike | None = None) -> jax.Array:
         cfg = self.config
         if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
             raise ValueError(f"UNet2D expects NHWC images with {cfg.in_channels} channels, got shape {x.shape}")
