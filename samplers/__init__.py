@@ -5,5 +5,7 @@ from fastsamplers.samplers.driver import sample
 from fastsamplers.samplers.guidance import guided
 from fastsamplers.samplers.reference import exact_flow_map
 from fastsamplers.samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
+from fastsamplers.samplers.unipc import unic
 
-__all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "exact_flow_map", "get_solver", "guided", "load_learned", "sample"]
+__all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "exact_flow_map", "get_solver", "guided", "load_learned", "sample",
+           "unic"]

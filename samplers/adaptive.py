@@ -13,8 +13,10 @@ import dataclasses
 
 import diffrax
 import jax.numpy as jnp
+import numpy as np
 
 from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers.pytrees import is_real, known
 
 # name -> (diffrax solver class, order, model calls per step)
 # FSAL methods (Tsit5, Dopri5, Dopri8, Bosh3) reuse the last stage: stages - 1 calls per step (accepted or
@@ -59,12 +61,16 @@ class Adaptive(Solver):
     atol: float = 1e-5
     max_steps: int = 4096
     gamma_floor: float = 1e-6
+    traced = ("rtol", "atol", "gamma_floor")  # a tolerance sweep is one program (samplers.pytrees)
 
-    def __post_init__(self):
+    def check(self):
+        super().check()
         if self.method not in METHODS:
             raise ValueError(f"adaptive method must be one of {sorted(METHODS)}, got {self.method!r}")
-        if not (self.rtol > 0 and self.atol > 0):
-            raise ValueError(f"rtol and atol must be positive, got rtol={self.rtol}, atol={self.atol}")
+        for option in ("rtol", "atol", "gamma_floor"):
+            value = known(getattr(self, option))
+            if value is not None and not (is_real(value) and np.all(value > 0)):
+                raise ValueError(f"adaptive: {option} must be positive, got {getattr(self, option)!r}")
 
     @property
     def order(self):

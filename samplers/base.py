@@ -1,6 +1,10 @@
-"""The solver contract: an immutable, hashable object (a static pytree) in the shape of diffrax's solvers.
+"""The solver contract: an immutable pytree in the shape of diffrax's solvers.
 
-A solver is a frozen dataclass whose fields are its options. The driver (`samplers.sample`) calls
+A solver is a frozen dataclass whose fields are its options, and a pytree (`samplers.pytrees.TracedOptions`): its
+numeric options (`traced`: eta, tau, S_churn, ...) are leaves, traced under `jax.jit` and `jax.vmap`, and its
+structural options (order, variant, lower_order_final, ...) are static metadata. `samplers.sample` compiles one
+program per structure, with the leaves as traced arguments: a sweep over eta is one compilation, or one `jax.vmap`.
+Whether a solver is stochastic is static: the rule for `switches` is written on `TracedOptions`. The driver calls
 
   coefficients(process, ts)     once per time grid, outside the loop;
   init(x)                       once, for the carried state;
@@ -23,6 +27,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from fastsamplers.samplers.pytrees import TracedOptions
 
 Model = Callable[[jax.Array, jax.Array], jax.Array]  # (x, t) -> the solver's native prediction
 
@@ -61,9 +67,11 @@ def step_inputs(solver: Solver, process, ts: jax.Array) -> StepInputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class Solver:
+class Solver(TracedOptions):
     """The abstract solver. Subclasses set `name` and `native`, and implement `step` (and usually `coefficients`,
-    `init`); `integrate` is overridden only by solvers that choose their own steps (the adaptive reference).
+    `init`); `integrate` is overridden only by solvers that choose their own steps (the adaptive reference). They
+    list their numeric options in `traced` and the ones that make the method stochastic in `switches`, and check
+    their options in `check`.
 
     Every solver takes `denoise_to_zero`: after the last step, one more model call at ts[-1] replaces the sample by
     its data prediction x0_hat (score_sde's final denoising step, a jump to sigma = 0); NFE + 1, and a saved
@@ -76,10 +84,18 @@ class Solver:
     evaluates_end = False
     static_nfe = True
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError for an invalid option, before any compute. Only known values are checked
+        (`samplers.pytrees.known`): a traced option is checked where it was a number."""
+
     @property
     def stochastic(self) -> bool:
-        """Whether the solver draws noise (then `sample` needs a key); deterministic solvers ignore a key."""
-        return False
+        """Whether the solver draws noise (then `sample` needs a key); deterministic solvers ignore a key. Static:
+        true when any switch is not a concrete zero (`TracedOptions`)."""
+        return not all(self.is_static(field) for field in self.switches)
 
     @property
     def order(self) -> int:

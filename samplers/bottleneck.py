@@ -32,6 +32,7 @@ import numpy as np
 
 from fastsamplers.models import predictions
 from fastsamplers.samplers.driver import sample
+from fastsamplers.samplers.pytrees import merge, split
 from fastsamplers.samplers.solvers import get_solver
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.processes import get_process
@@ -154,7 +155,7 @@ def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", 
 
     The whole plan (every stage, resize, re-noise and clean estimate) is one compiled program per (model function,
     stages, process, prediction, resize and re-noise modes, whether args is given): x_init, key, the stages' time
-    grids and `args` are its traced arguments, so new noise, keys or parameter values of the same shapes reuse it
+    grids, `args` and a model wrapper's numbers (`samplers.pytrees.split`) are its traced arguments, so new noise, keys or parameter values of the same shapes reuse it
     and no weight is compiled in as a constant. Under an outer `jax.jit` it is traced into the caller's program.
 
     Returns:
@@ -171,12 +172,13 @@ def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", 
     if x_init.ndim != 4 or tuple(x_init.shape[1:3]) != built[0][0].size:
         raise ValueError(f"x_init must be (n, {built[0][0].size[0]}, {built[0][0].size[1]}, C) for the first "
                          f"stage, got {x_init.shape}")
-    static = (model_fn, args is not None, tuple(stages), process, prediction, resize_method, renoise_mode)
+    model_key, model_leaves = split(model_fn)  # a model wrapper's numbers (a guidance scale) are traced
+    static = (model_key, args is not None, tuple(stages), process, prediction, resize_method, renoise_mode)
     try:
         run = _compiled_stages(*static)
     except TypeError:  # unhashable stage options (a dict): a program of its own, still with traced arguments
         run = jax.jit(_stages_fn(*static))
-    x, traced_nfe = run(x_init, key, args, tuple(jnp.asarray(ts) for _, _, ts in built))
+    x, traced_nfe = run(model_leaves, x_init, key, args, tuple(jnp.asarray(ts) for _, _, ts in built))
     stage_nfe = []
     for k, (stage, solver, ts) in enumerate(built):
         nfe = solver.nfe(stage.num_steps) if solver.static_nfe else traced_nfe[k]  # a plain int where static
@@ -191,10 +193,12 @@ def _clean_estimate_call(k, built, process):
     return k < len(built) - 1 and float(built[k][2][-1]) > process.t_min
 
 
-def _stages_fn(model_fn, has_args, stages, process, prediction, resize_method, renoise_mode):
-    """(x_init, key, args, grids) -> (x, per-stage solver NFE): every stage of the plan, traced once."""
+def _stages_fn(model_key, has_args, stages, process, prediction, resize_method, renoise_mode):
+    """(model leaves, x_init, key, args, grids) -> (x, per-stage solver NFE): every stage of the plan, traced
+    once."""
 
-    def run(x_init, key, args, grids):
+    def run(model_leaves, x_init, key, args, grids):
+        model_fn = merge(model_key, model_leaves)
         args = args if has_args else None
         built = plan(stages, process)
         check_resolutions(model_fn, [s for s, _, _ in built], x_init.shape[-1], x_init.dtype, args)
@@ -216,5 +220,5 @@ def _stages_fn(model_fn, has_args, stages, process, prediction, resize_method, r
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_stages(model_fn, has_args, stages, process, prediction, resize_method, renoise_mode):
-    return jax.jit(_stages_fn(model_fn, has_args, stages, process, prediction, resize_method, renoise_mode))
+def _compiled_stages(model_key, has_args, stages, process, prediction, resize_method, renoise_mode):
+    return jax.jit(_stages_fn(model_key, has_args, stages, process, prediction, resize_method, renoise_mode))

@@ -1,10 +1,11 @@
 """The `sample` driver: checks the inputs before any compute, converts the model's prediction to what the solver
 consumes, runs the solver's compiled loop and reports non-finite samples.
 
-One compiled program per (model function, solver, process, prediction kind, whether `args` is given, noise kind):
-x_init, ts, `args` and `key` are its traced arguments, so new values of any of them (a new batch, another grid of the
-same length, new network parameters, other labels, another seed) reuse it, and no weight is compiled in as a
-constant.
+One compiled program per (model function, solver structure, process, prediction kind, whether `args` is given, noise
+kind): x_init, ts, `args`, `key` and the numeric leaves of the solver and of a model wrapper (a solver's eta, tau or
+S_churn, `samplers.guided`'s scale; `samplers.pytrees.split`) are its traced arguments, so new values of any of them
+(a new batch, another grid of the same length, new network parameters, other labels, another seed, another eta or
+guidance scale) reuse it, and no weight is compiled in as a constant.
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ import numpy as np
 from fastsamplers.models import predictions
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers import noise as noises
+from fastsamplers.samplers.pytrees import is_traced, merge, split
 from fastsamplers.samplers.solvers import get_solver
 from fastsamplers.schedules.processes import Process, as_float, get_process
-
-
-def _is_tracer(value):
-    return isinstance(value, jax.core.Tracer)
 
 
 def resolve_inputs(model_fn: Callable, solver: Solver | str, process: Process | str, prediction: str,
@@ -47,7 +45,7 @@ def resolve_inputs(model_fn: Callable, solver: Solver | str, process: Process | 
 
 def check_ts(ts, process: Process, solver: Solver, prediction: str) -> None:
     """Validate a time grid before any compute is spent (only what can be seen on concrete values)."""
-    if _is_tracer(ts):
+    if is_traced(ts):
         if ts.ndim != 1 or ts.shape[0] < 2:
             raise ValueError(f"ts must be 1-D with at least 2 entries, got shape {ts.shape}")
         return
@@ -92,7 +90,9 @@ def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_i
     Args:
       model_fn: a pure function (x, t) -> prediction, or (x, t, args) -> prediction when `args` is given; t is a
         scalar array (broadcast it to the batch yourself if the network wants a vector of times).
-      solver: a solver object or a registered name (`samplers.SOLVERS`).
+      solver: a solver object or a registered name (`samplers.SOLVERS`). Its numeric options are traced: solvers
+        that differ only in them share one compiled program, and `jax.vmap` over them (e.g. over eta, building the
+        solver inside the mapped function) is one program.
       process: a `schedules.Process` or a registered name.
       x_init: the state at ts[0], of any shape (leading axes are batch axes for the model).
       ts: strictly decreasing times, num_steps + 1 of them (`schedules.get_timesteps`).
@@ -126,19 +126,20 @@ def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_i
         10
     """
     solver, process, x_init = resolve_inputs(model_fn, solver, process, prediction, x_init)
-    if not _is_tracer(ts):
+    if not is_traced(ts):
         ts = np.asarray(ts)
     check_ts(ts, process, solver, prediction)
     key = check_key(solver, key, noise, x_init)
     ts = as_float(ts)
-    static = (model_fn, solver, process, prediction, bool(save_trajectory), args is not None,
+    (model_key, model_leaves), (solver_key, solver_leaves) = split(model_fn), split(solver)
+    static = (model_key, solver_key, process, prediction, bool(save_trajectory), args is not None,
               noise if solver.stochastic else None)
-    traced = (x_init, ts, args, key)
-    if any(_is_tracer(leaf) for leaf in jax.tree.leaves(traced)):  # inside a trace (jit, grad, vmap): no own cache
+    traced = (model_leaves, solver_leaves, x_init, ts, args, key)
+    if is_traced(traced):  # inside a trace (jit, grad, vmap): no own cache
         x, nfe, num_nonfinite, trajectory = _sample_fn(*static)(*traced)
     else:
         x, nfe, num_nonfinite, trajectory = _sample_compiled(*static)(*traced)
-    if check_finite and not _is_tracer(num_nonfinite) and int(num_nonfinite) > 0:
+    if check_finite and not is_traced(num_nonfinite) and int(num_nonfinite) > 0:
         raise FloatingPointError(
             f"sampling with {solver.name!r} produced {int(num_nonfinite)} non-finite values out of {x.size}; the "
             f"model returned NaN/Inf or the step sizes are unstable (pass check_finite=False to get them anyway)"
@@ -206,10 +207,10 @@ def checked_model(model_fn, has_args):
     return model
 
 
-def _sample_fn(model_fn, solver, process, prediction, save_trajectory, has_args, noise_kind):
-    checked = checked_model(model_fn, has_args)
-
-    def run(x_init, ts, args, key):
+def _sample_fn(model_key, solver_key, process, prediction, save_trajectory, has_args, noise_kind):
+    def run(model_leaves, solver_leaves, x_init, ts, args, key):
+        checked = checked_model(merge(model_key, model_leaves), has_args)
+        solver = merge(solver_key, solver_leaves)
         model = predictions.converted(lambda x, t: checked(x, t, args), prediction, solver.native, process)
         noise = None
         if noise_kind is not None:
@@ -226,6 +227,7 @@ def _sample_fn(model_fn, solver, process, prediction, save_trajectory, has_args,
 
 
 @functools.lru_cache(maxsize=64)
-def _sample_compiled(model_fn, solver, process, prediction, save_trajectory, has_args, noise_kind):
-    """One compiled program per static configuration; x_init, ts, args and key are traced arguments."""
-    return jax.jit(_sample_fn(model_fn, solver, process, prediction, save_trajectory, has_args, noise_kind))
+def _sample_compiled(model_key, solver_key, process, prediction, save_trajectory, has_args, noise_kind):
+    """One compiled program per static configuration (the structures of the model function and the solver, from
+    `split`); their leaves, x_init, ts, args and key are traced arguments."""
+    return jax.jit(_sample_fn(model_key, solver_key, process, prediction, save_trajectory, has_args, noise_kind))

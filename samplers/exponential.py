@@ -1,7 +1,6 @@
 """Building blocks of the exponential integrators in lambda = log(alpha / sigma): the phi functions, the small
 moment (Vandermonde) solves behind their order conditions, and the one step of a linear predictor-corrector
-multistep method, shared by UniPC (samplers/unipc.py), DPM-Solver++ with the UniC corrector (samplers/multistep.py)
-and SA-Solver (samplers/sa_solver.py).
+multistep method, shared by UniP and the UniC wrapper (samplers/unipc.py) and SA-Solver (samplers/sa_solver.py).
 
 phi_{k+1}(z) = integral_0^1 e^{(1 - v) z} v^k / k! dv, so that integral_0^h e^{-c (h - u)} u^k du = k! h^{k+1}
 phi_{k+1}(-c h); g_k(z) = k! z phi_{k+1}(z).
@@ -93,6 +92,20 @@ def pc_past_state(xs, preds, width: int):
     pad = [jnp.zeros_like(xs[-1])] * (width - len(preds))
     history = list(reversed(preds))[:width] + pad
     return x_prev, jnp.stack(history) if history else jnp.zeros((0,) + xs[-1].shape, xs[-1].dtype)
+
+
+class PCSteps:
+    """`init`, `past_state` and `step` of a deterministic solver that runs `pc_step` with a history of `order`
+    predictions (UniP, UniC): mixed into a `Solver`."""
+
+    def init(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return pc_init(x, self.order)
+
+    def past_state(self, xs, preds):
+        return pc_past_state(xs, preds, self.order)
+
+    def step(self, model, process, x, state, inp):
+        return pc_step(model, x, state, inp)
 
 
 def pc_step(model, x, state, inp):

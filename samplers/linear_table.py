@@ -37,6 +37,7 @@ import numpy as np
 
 from fastsamplers.models import predictions
 from fastsamplers.samplers.base import Solver, StepInputs, cast_like, step_inputs
+from fastsamplers.samplers.pytrees import merge, split
 
 GRID_RTOL = 1e-6  # how closely a grid handed to a table must match the grid it was made for
 
@@ -60,7 +61,8 @@ class LinearTable(Solver):
     name = "linear_table"
     native = "eps"
 
-    def __post_init__(self):
+    def check(self):
+        super().check()
         w = np.asarray(self.weights, np.float64)
         m = len(self.grid) - 1
         if m < 1 or w.shape != (m, m + 1):
@@ -152,7 +154,8 @@ def table_of(solver: Solver, process, ts) -> np.ndarray:
                          f"it has no table on (d_0, e_0, ...)")
     with jax.enable_x64(True):
         ts = jnp.asarray(np.asarray(ts, np.float64))
-        rows, called = _symbolic_run(solver, process, ts.shape[0] - 1)(ts)
+        solver_key, solver_leaves = split(solver)
+        rows, called = _symbolic_run(solver_key, process, ts.shape[0] - 1)(ts, solver_leaves)
         if not np.array_equal(np.asarray(called), np.asarray(ts[:-1])):
             raise ValueError(f"{solver.name} calls the model at t = {np.asarray(called).tolist()}, not at its steps' "
                              f"starts {np.asarray(ts[:-1]).tolist()}; a table needs one call per step at its start")
@@ -160,11 +163,13 @@ def table_of(solver: Solver, process, ts) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _symbolic_run(solver, process, m):
-    """The solver's own steps on coefficient vectors, unrolled over the m steps and compiled once: ts -> (rows, the
-    times at which the model was called)."""
+def _symbolic_run(solver_key, process, m):
+    """The solver's own steps on coefficient vectors, unrolled over the m steps and compiled once per solver
+    structure (`samplers.pytrees.split`): (ts, the solver's leaves) -> (rows, the times at which the model was
+    called)."""
 
-    def run(ts):
+    def run(ts, solver_leaves):
+        solver = merge(solver_key, solver_leaves)
         basis = jnp.eye(m + 1, dtype=ts.dtype)
         calls = []  # the call times, filled while tracing: the unrolled loop traces every step's model call once
 

@@ -17,11 +17,18 @@ Every solver here differs only in its coefficient table (a, b), computed once pe
               in tests/test_order.py). `variant="published"` (default) reproduces it coefficient for coefficient;
               `variant="third_order"` doubles that weight and converges with order 3.
 
-Warm-up: step i uses order min(i + 1, order). With `lower_order_final`, the last steps drop to orders 1, 2, ...
-(DPM-Solver's rule, applied when the grid has fewer than 15 steps; `lower_order_final="always"` applies it at every
-step count, as UniPC's and SA-Solver's published codes do). Defaults follow each paper: on for DPM-Solver++,
-off for DEIS and iPNDM. A final step to sigma = 0 (ts[-1] = 0) is first order for DPM-Solver++ (it returns x0_hat
-exactly); the eps-based solvers integrate to gamma = 0 with their usual weights.
+Warm-up and final steps, one rule for every multistep solver (these, `unipc` and `sa_solver`): step i uses order
+min(i + 1, order) (warm-up), and `lower_order_final` says whether the last steps drop to orders ..., 2, 1 (step i
+then uses at most num_steps - i):
+
+  False      never;
+  True       on grids of fewer than 15 steps (`LOWER_ORDER_FINAL_BELOW`; DPM-Solver's rule);
+  "always"   on every grid (the rule of UniPC's and SA-Solver's published codes and of diffusers'); the final
+             first-order step then caps the convergence order at 2.
+
+Defaults follow each paper: True for DPM-Solver++, "always" for UniPC and SA-Solver, False for DEIS and iPNDM. A final
+step to sigma = 0 (ts[-1] = 0) is first order for DPM-Solver++ (it returns x0_hat exactly); the eps-based solvers
+integrate to gamma = 0 with their usual weights.
 """
 
 from __future__ import annotations
@@ -34,10 +41,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.samplers.base import Solver, cast_like
-from fastsamplers.samplers.exponential import pc_init, pc_past_state, pc_step
-from fastsamplers.samplers.unipc import UniPC, with_corrector
+from fastsamplers.samplers.pytrees import is_real, known
 
 LOWER_ORDER_FINAL_BELOW = 15
+
+
+def check_lower_order_final(name: str, value) -> None:
+    """Raise ValueError unless `value` is one of lower_order_final's values (module docstring)."""
+    if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and value == "always")):
+        raise ValueError(f"{name} option lower_order_final must be True or False, or 'always' (True: lower orders on "
+                         f"the final steps of grids below {LOWER_ORDER_FINAL_BELOW} steps, DPM-Solver's rule; "
+                         f"'always': on every grid; False: never); valid values: True, 'always' or False; got "
+                         f"{value!r}")
+
+
+def lowers_final_orders(lower_order_final, num_steps: int) -> bool:
+    """Whether the last steps of a grid of num_steps steps drop their orders, by lower_order_final's rule."""
+    if isinstance(lower_order_final, str):  # "always"
+        return True
+    return bool(lower_order_final) and num_steps < LOWER_ORDER_FINAL_BELOW
+
+
+def step_orders(order: int, num_steps: int, lower_order_final) -> np.ndarray:
+    """The order of each step of a grid, (num_steps,) numpy ints: min(i + 1, order) (warm-up), and at most
+    num_steps - i where lower_order_final lowers the final orders."""
+    orders = np.minimum(np.arange(1, num_steps + 1), order)
+    if lowers_final_orders(lower_order_final, num_steps):
+        orders = np.minimum(orders, np.arange(num_steps, 0, -1))
+    return orders
 
 
 class MultistepCoefficients(NamedTuple):
@@ -50,22 +81,34 @@ class MultistepCoefficients(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearMultistep(Solver):
+class Multistep(Solver):
+    """A solver that carries past predictions: its order, its warm-up and its lower-order final steps (the rule of
+    the module docstring), and its update's coefficient `table`."""
+
     order: int = 1
-    lower_order_final: bool = False
+    lower_order_final: bool | str = False
     allowed_orders = (1,)
 
-    def __post_init__(self):
-        if self.order not in self.allowed_orders:
+    def check(self):
+        super().check()
+        if isinstance(self.order, bool) or self.order not in self.allowed_orders:
             raise ValueError(f"{self.name} supports order in {list(self.allowed_orders)}, got {self.order!r}")
-        if self.lower_order_final not in (True, False, "always") or isinstance(self.lower_order_final, int) and \
-                not isinstance(self.lower_order_final, bool):
-            raise ValueError(f"{self.name} option lower_order_final must be True (below {LOWER_ORDER_FINAL_BELOW} "
-                             f"steps, DPM-Solver's rule), 'always' or False, got {self.lower_order_final!r}")
+        check_lower_order_final(self.name, self.lower_order_final)
 
     @classmethod
     def variants(cls):
         return tuple(dict(order=k) for k in cls.allowed_orders)
+
+    @property
+    def method_order(self) -> int:
+        """The global order of the update itself, with exact starting values and no lower-order final steps."""
+        return self.order
+
+    @property
+    def convergence_order(self):
+        # "always" ends every grid with a first-order step (local error O(h^2)): global order at most 2. True drops
+        # the order below 15 steps only, so it leaves the asymptotic order alone.
+        return min(self.method_order, 2) if self.lower_order_final == "always" else self.method_order
 
     def check_grid(self, num_steps):
         if num_steps < self.order:
@@ -74,20 +117,22 @@ class LinearMultistep(Solver):
                 f"got {num_steps}; use more steps or a lower order"
             )
 
-    def step_orders(self, num_steps):
-        """The order used at each step (numpy, static): warm-up and the optional lower-order final steps."""
-        orders = np.minimum(np.arange(1, num_steps + 1), self.order)
-        if self.lower_order_final == "always" or (self.lower_order_final is True
-                                                   and num_steps < LOWER_ORDER_FINAL_BELOW):
-            orders = np.minimum(orders, np.arange(num_steps, 0, -1))
-        return orders
+    def step_orders(self, num_steps: int) -> np.ndarray:
+        """The order of each step's update (`step_orders`), static."""
+        return step_orders(self.order, num_steps, self.lower_order_final)
+
+    def table(self, process, ts, orders):
+        """(a (N,), b (N, order)) of the update x_{i+1} = a_i x_i + sum_j b_ij p_{i-j} on the grid ts with the step
+        orders `orders` (numpy, (N,)), and c (N,), the weight of the step's noise, for a stochastic solver."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its coefficient table")
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearMultistep(Multistep):
+    """x_{i+1} = a_i x_i + sum_j b_ij p_{i-j} (+ c_i z_i), with a history of the last `order` predictions."""
 
     def coefficients(self, process, ts):
         return MultistepCoefficients(*self.table(process, ts, self.step_orders(ts.shape[0] - 1)))
-
-    def table(self, process, ts, orders):
-        """(a (N,), b (N, order)) for the grid ts, and c (N,) for a stochastic solver."""
-        raise NotImplementedError(f"{type(self).__name__} does not define its coefficient table")
 
     def init(self, x):
         return jnp.zeros((self.order,) + x.shape, x.dtype)
@@ -162,18 +207,15 @@ class DDIM(_EpsMultistep):
 
     name = "ddim"
     eta: float = 0.0
+    traced = switches = ("eta",)
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self):
+        super().check()
         _check_eta(self.name, self.eta, upper=1.0)
 
     @classmethod
     def variants(cls):
         return super().variants() + (dict(eta=1.0),)
-
-    @property
-    def stochastic(self):
-        return self.eta > 0
 
     def table(self, process, ts, orders):
         if not self.stochastic:
@@ -199,14 +241,11 @@ class EulerAncestral(_EpsMultistep):
 
     name = "euler_ancestral"
     eta: float = 1.0
+    traced = switches = ("eta",)
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self):
+        super().check()
         _check_eta(self.name, self.eta)
-
-    @property
-    def stochastic(self):
-        return self.eta > 0
 
     def table(self, process, ts, orders):
         alpha, gamma = process.alpha(ts), process.gamma(ts)
@@ -218,8 +257,9 @@ class EulerAncestral(_EpsMultistep):
 
 
 def _check_eta(name, eta, upper=None):
-    if isinstance(eta, bool) or not isinstance(eta, (int, float, np.number)) or not (
-            np.isfinite(eta) and eta >= 0 and (upper is None or eta <= upper)):
+    values = known(eta)
+    if values is not None and not (is_real(values) and np.all(np.isfinite(values)) and np.all(values >= 0) and (
+            upper is None or np.all(values <= upper))):
         bound = f" and at most {upper}" if upper is not None else ""
         raise ValueError(f"{name}: eta must be a finite number >= 0{bound}, got {eta!r}")
 
@@ -286,28 +326,19 @@ def _phi(h):
 
 @dataclasses.dataclass(frozen=True)
 class _DPMSolverPP(LinearMultistep):
-    """DPM-Solver++ multistep. `corrector=True` adds UniC (Zhao et al. 2023; `samplers.unipc.with_corrector`, B(h) =
-    e^{-h} - 1, "bh2") after every step but the last: UniC-K corrects the point a K-th order step made, with the
-    model output at that point, which the next step evaluates anyway, so the NFE is unchanged. The 2M update is
-    UniP-2 bh2, so dpmpp_2m with the corrector is UniPC-2 bh2 (under the same lower_order_final rule); its order rises
-    from 2 to 3, and the published 3M's from 2 to 3 (tests/test_order.py). ODE only: UniC is derived for the
-    probability-flow ODE."""
+    """DPM-Solver++ multistep. With `corrector=True` the registry wraps it in UniC (`samplers.unic`): its 2M update is
+    UniP-2 bh2, so dpmpp_2m with UniC is UniPC-2 bh2 (under the same lower_order_final rule)."""
 
     native = "x0"
-    lower_order_final: bool = True
+    lower_order_final: bool | str = True
     variant: str = "published"
-    corrector: bool = False
     eta = 0.0  # the SDE variants' field: 0 is the probability-flow ODE
+    traced = switches = ("eta",)
     second_order_rule = "midpoint"  # the order-2 update: DPM-Solver's midpoint form, or "heun" (phi2 weight)
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self):
+        super().check()
         _check_eta(self.name, self.eta)
-        if not isinstance(self.corrector, bool):
-            raise ValueError(f"{self.name} option corrector must be True or False, got {self.corrector!r}")
-        if self.corrector and self.eta:
-            raise ValueError(f"{self.name}: the UniC corrector is derived for the probability-flow ODE; use eta=0 or "
-                             "corrector=False")
         if self.second_order_rule not in ("midpoint", "heun"):
             raise ValueError(f"{self.name}: solver_type must be 'midpoint' or 'heun', got {self.second_order_rule!r}")
         if self.variant not in ("published", "third_order"):
@@ -318,41 +349,11 @@ class _DPMSolverPP(LinearMultistep):
     @classmethod
     def variants(cls):
         orders = super().variants()
-        methods = orders + tuple(dict(o, variant="third_order") for o in orders if o["order"] == 3)
-        return methods + tuple(dict(o, corrector=True) for o in orders)  # UniC on the published updates
+        return orders + tuple(dict(o, variant="third_order") for o in orders if o["order"] == 3)
 
     @property
-    def convergence_order(self):
-        # The published 3M is of order 2 (module docstring). UniC raises an order-K step's point to K + 1 where the
-        # predictor is accurate enough; measured: 2M + UniC 3, published 3M + UniC 3, third-order 3M + UniC 4 only
-        # asymptotically (as UniPC-3), so it states 3.
-        if self.corrector:
-            return 3
-        return 2 if self.order == 3 and self.variant == "published" else self.order
-
-    def coefficients(self, process, ts):
-        if not self.corrector:
-            return super().coefficients(process, ts)
-        orders = self.step_orders(ts.shape[0] - 1)
-        a, b = self.table(process, ts, orders)
-        terms = UniPC(order=self.order, variant="bh2").terms(process, ts, orders)
-        b = jnp.concatenate([b, jnp.zeros_like(b[:, :1])], axis=1)  # on (m_i, ..., m_{i-order})
-        return with_corrector(process, ts, terms, b, True)
-
-    def init(self, x):
-        return pc_init(x, self.order) if self.corrector else super().init(x)
-
-    def past_state(self, xs, preds):
-        return pc_past_state(xs, preds, self.order) if self.corrector else super().past_state(xs, preds)
-
-    def step(self, model, process, x, state, inp):
-        if self.corrector:
-            return pc_step(model, x, state, inp)
-        return super().step(model, process, x, state, inp)
-
-    @property
-    def stochastic(self):
-        return self.eta > 0
+    def method_order(self):
+        return 2 if self.order == 3 and self.variant == "published" else self.order  # the published 3M: module doc
 
     def table(self, process, ts, orders):
         lam, alpha, sigma = process.log_snr(ts), process.alpha(ts), process.sigma(ts)
@@ -367,8 +368,8 @@ class _DPMSolverPP(LinearMultistep):
         r0 = jnp.where(orders >= 2, h_prev / h_safe, 1.0)[:, None]
         r1 = jnp.where(orders >= 3, h_prev2 / h_safe, 1.0)[:, None]
         # The SDE (Lu et al. 2022, k-diffusion's dpmpp_*_sde) integrates the x0 terms over (1 + eta) h and damps x by
-        # e^{-eta h}; eta = 0 leaves every coefficient of the ODE unchanged, bit for bit.
-        phi1, phi2, phi3 = (p[:, None] for p in _phi(h * (1.0 + self.eta) if self.eta else h))
+        # e^{-eta h}. eta given as 0 is static (samplers.pytrees.TracedOptions): the ODE's coefficients, bit for bit.
+        phi1, phi2, phi3 = (p[:, None] for p in _phi(h * (1.0 + self.eta) if self.stochastic else h))
         e0, e1, e2 = (jnp.asarray(np.eye(3)[k], h.dtype)[None, :] for k in range(3))
         # Coefficient vectors on (m0, m1, m2), the x0 predictions at t_i, t_{i-1}, t_{i-2}.
         first = -phi1 * e0
@@ -384,7 +385,7 @@ class _DPMSolverPP(LinearMultistep):
         o = orders[:, None]
         b = jnp.where(o == 1, first, jnp.where(o == 2, second, third))[:, : self.order]
         a = sigma[1:] / sigma[:-1]
-        if not self.eta:
+        if not self.stochastic:
             return a, alpha[1:, None] * b
         return (a * jnp.exp(-self.eta * h), alpha[1:, None] * b,
                 sigma[1:] * jnp.sqrt(-jnp.expm1(-2.0 * self.eta * h)))

@@ -16,8 +16,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fastsamplers.samplers.base import Solver, cast_like
+from fastsamplers.samplers.pytrees import is_real, known
 
 # Butcher tableaus: (c, a, b, order).
 TABLEAUS = {
@@ -121,7 +123,8 @@ class DEISRhoRK(ExplicitRK):
     method: str = "3kutta"
     methods = ("2heun", "3kutta", "4rk")
 
-    def __post_init__(self):
+    def check(self):
+        super().check()
         if self.method not in self.methods:
             raise ValueError(f"deis_rhork method must be one of {list(self.methods)}, got {self.method!r}")
 
@@ -155,7 +158,8 @@ class EDMStochastic(Solver):
     S_min <= gamma <= S_max, gamma_hat = gamma (1 + gamma_i), adding noise of std sqrt(gamma_hat^2 - gamma^2) S_noise,
     then a Heun step from gamma_hat to the next level (an Euler step on the last interval: NFE = 2N - 1, as `heun`).
     Defaults are EDM's ImageNet-64 settings (S_churn 40, S_min 0.05, S_max 50, S_noise 1.003); S_churn = 0 is EDM's
-    deterministic Heun sampler (in gamma; `heun` integrates in the process's own time)."""
+    deterministic Heun sampler (in gamma; `heun` integrates in the process's own time). All four are traced
+    (`samplers.pytrees`); S_churn given as 0 is the deterministic sampler, any other S_churn the stochastic one."""
 
     name = "edm_stochastic"
     native = "eps"
@@ -163,13 +167,17 @@ class EDMStochastic(Solver):
     S_min: float = 0.05
     S_max: float = 50.0
     S_noise: float = 1.003
+    traced = ("S_churn", "S_min", "S_max", "S_noise")
+    switches = ("S_churn",)
 
-    def __post_init__(self):
+    def check(self):
+        super().check()
         for field in ("S_churn", "S_min", "S_max", "S_noise"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
-                raise ValueError(f"edm_stochastic: {field} must be a number >= 0, got {value!r}")
-        if self.S_min > self.S_max:
+            value = known(getattr(self, field))
+            if value is not None and not (is_real(value) and np.all(value >= 0)):  # NaN fails >= 0
+                raise ValueError(f"edm_stochastic: {field} must be a number >= 0, got {getattr(self, field)!r}")
+        s_min, s_max = known(self.S_min), known(self.S_max)
+        if s_min is not None and s_max is not None and np.any(s_min > s_max):
             raise ValueError(f"edm_stochastic: need S_min <= S_max, got {self.S_min} > {self.S_max}")
 
     @classmethod
@@ -184,10 +192,6 @@ class EDMStochastic(Solver):
     def stages(self):
         return 2
 
-    @property
-    def stochastic(self):
-        return self.S_churn > 0
-
     def loop_nfe(self, num_steps):
         return 2 * num_steps - 1
 
@@ -195,7 +199,8 @@ class EDMStochastic(Solver):
         num_steps = ts.shape[0] - 1
         gamma, alpha = process.gamma(ts), process.alpha(ts)
         g = gamma[:-1]
-        churn = jnp.where((g >= self.S_min) & (g <= self.S_max), min(self.S_churn / num_steps, 2**0.5 - 1), 0.0)
+        churn = jnp.where((g >= self.S_min) & (g <= self.S_max), jnp.minimum(self.S_churn / num_steps, 2**0.5 - 1),
+                          0.0)
         g_hat = g * (1.0 + churn)
         t_hat = jnp.where(churn > 0, process.t_of_gamma(g_hat), ts[:-1])  # the grid time itself when not churned
         return ChurnCoefficients(z_in=1.0 / alpha[:-1], gamma_hat=g_hat, t_hat=t_hat, alpha_hat=process.alpha(t_hat),

@@ -24,15 +24,17 @@ O(h^3) change that empirically helps at few steps): on an order-2 step the first
 (lambda_new - lambda_old) is weighted by c alpha_t h^2 / 2 instead of its exact integral c alpha_t h^2 phi_2(-c h),
 in the predictor and in the corrector. `variant="exact"` keeps the exact integrals.
 
-Orders (diffusers' rule): the predictor of step i has order min(p, i + 1) (warm-up) and, with `lower_order_final`,
-min(p, num_steps - i); the corrector of the point x_j has order min(q, j + 1) and, with `lower_order_final`,
-min(q, num_steps - j + 2). diffusers applies lower_order_final at every number of steps, and so does this code; its
-final first-order step caps the convergence order at 2. With tau = 0 the method is a deterministic linear multistep
-method of order min(q, p + 1) (p without a corrector), measured in tests/test_order.py.
+Orders (diffusers' rule): the predictor of step i has order min(p, i + 1) (warm-up) and, where the final orders are
+lowered, min(p, num_steps - i); the corrector of the point x_j has order min(q, j + 1) and, where they are lowered,
+min(q, num_steps - j + 2). `lower_order_final` follows the one rule of `samplers.multistep`; the default is
+"always", diffusers' rule (at every number of steps), whose final first-order step caps the convergence order at 2.
+With tau = 0 the method is a deterministic linear multistep method of order min(q, p + 1) (p without a corrector),
+measured in tests/test_order.py.
 
 tau(t) is `tau` on the steps whose start time lies in `tau_interval` = (t_lo, t_hi) (all steps when None) and 0
 elsewhere. diffusers' default is tau = 1 for discrete timesteps 200..800 of 1000, which on `vp_discrete` (timestep n
-at t = (n + 1) / 1000) is tau_interval = (0.201, 0.801).
+at t = (n + 1) / 1000) is tau_interval = (0.201, 0.801). Both are traced (`samplers.pytrees`): tau given as 0 is the
+deterministic method; any other tau, an array or a tracer included, is the stochastic one.
 
 A step to sigma = 0 (ts[-1] = 0) is first order and returns x0_hat (the limit of the update; its noise weight is 0).
 """
@@ -47,6 +49,8 @@ import numpy as np
 
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.exponential import PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, solve_moments
+from fastsamplers.samplers.multistep import check_lower_order_final, lowers_final_orders, step_orders
+from fastsamplers.samplers.pytrees import is_real, known
 
 ALLOWED_ORDERS = (1, 2, 3, 4)
 VARIANTS = ("published", "exact")
@@ -69,7 +73,7 @@ class SASolver(Solver):
       tau: the stochasticity (>= 0): 0 is the probability-flow ODE (deterministic), 1 the reverse SDE (default).
       tau_interval: (t_lo, t_hi), the start times of the steps that get tau (0 elsewhere); None: every step.
       variant: "published" (the order-2 modification of the published codes) or "exact".
-      lower_order_final: the last steps drop their orders (diffusers' rule, at every step count).
+      lower_order_final: `samplers.multistep`'s rule; default "always" (diffusers' rule, at every step count).
 
     Returns (from `samplers.sample`, which needs a key when tau > 0): the sample at ts[-1], num_steps model calls.
 
@@ -94,27 +98,33 @@ class SASolver(Solver):
     tau: float = 1.0
     tau_interval: tuple | None = None
     variant: str = "published"
-    lower_order_final: bool = True
+    lower_order_final: bool | str = "always"
+    traced = ("tau", "tau_interval")
+    switches = ("tau",)
 
-    def __post_init__(self):
+    def check(self):
+        super().check()
         for option, allowed in (("predictor_order", ALLOWED_ORDERS), ("corrector_order", (0,) + ALLOWED_ORDERS)):
             value = getattr(self, option)
             if isinstance(value, bool) or value not in allowed:
                 raise ValueError(f"{self.name} supports {option} in {list(allowed)}, got {value!r}")
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float, np.number)) or not (
-                np.isfinite(self.tau) and self.tau >= 0):
+        tau = known(self.tau)
+        if tau is not None and not (is_real(tau) and np.all(np.isfinite(tau)) and np.all(tau >= 0)):
             raise ValueError(f"{self.name}: tau must be a finite number >= 0, got {self.tau!r}")
         if self.tau_interval is not None:
-            interval = tuple(self.tau_interval)
-            if len(interval) != 2 or not all(np.isfinite(v) for v in interval) or interval[0] > interval[1]:
+            try:
+                interval = tuple(self.tau_interval)
+            except TypeError:
+                interval = ()
+            values = known(interval)
+            if len(interval) != 2 or values is not None and not (
+                    is_real(values) and np.all(np.isfinite(values)) and values[0] <= values[1]):
                 raise ValueError(f"{self.name}: tau_interval must be (t_lo, t_hi) with t_lo <= t_hi, finite, "
                                  f"got {self.tau_interval!r}")
-            object.__setattr__(self, "tau_interval", tuple(float(v) for v in interval))
+            object.__setattr__(self, "tau_interval", interval if values is None else tuple(map(float, values)))
         if self.variant not in VARIANTS:
             raise ValueError(f"{self.name} variant must be one of {list(VARIANTS)}, got {self.variant!r}")
-        if not isinstance(self.lower_order_final, bool):
-            raise ValueError(f"{self.name} option lower_order_final must be True or False, "
-                             f"got {self.lower_order_final!r}")
+        check_lower_order_final(self.name, self.lower_order_final)
 
     @classmethod
     def variants(cls):
@@ -124,10 +134,6 @@ class SASolver(Solver):
         ode = dict(tau=0.0, lower_order_final=False)
         return (dict(predictor_order=2, corrector_order=2, **ode), dict(predictor_order=3, corrector_order=3, **ode),
                 {})
-
-    @property
-    def stochastic(self) -> bool:
-        return self.tau > 0
 
     @property
     def order(self) -> int:
@@ -141,7 +147,7 @@ class SASolver(Solver):
     @property
     def convergence_order(self) -> int:
         nominal = min(self.corrector_order, self.predictor_order + 1) if self.corrector_order else self.predictor_order
-        return min(nominal, 2) if self.lower_order_final else nominal
+        return min(nominal, 2) if self.lower_order_final == "always" else nominal  # samplers.multistep
 
     def check_grid(self, num_steps: int) -> None:
         if num_steps < self.predictor_order:
@@ -149,15 +155,17 @@ class SASolver(Solver):
                 f"{self.name} of predictor order {self.predictor_order} needs a grid of at least "
                 f"{self.predictor_order} steps to reach its order, got {num_steps}; use more steps or a lower order")
 
-    def step_orders(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """(predictor order of step i, corrector order of the point x_{i+1} step i makes), numpy, static."""
+    def step_orders(self, num_steps: int) -> np.ndarray:
+        """The predictor order of each step, (num_steps,) numpy ints (static)."""
+        return step_orders(self.predictor_order, num_steps, self.lower_order_final)
+
+    def corrector_orders(self, num_steps: int) -> np.ndarray:
+        """The corrector order of the point x_{i+1} that step i makes, (num_steps,) numpy ints (static)."""
         i = np.arange(num_steps)
-        pred = np.minimum(i + 1, self.predictor_order)
-        corr = np.minimum(i + 2, self.corrector_order)
-        if self.lower_order_final:
-            pred = np.minimum(pred, num_steps - i)
-            corr = np.minimum(corr, num_steps - (i + 1) + 2)
-        return pred, corr
+        orders = np.minimum(i + 2, self.corrector_order)
+        if lowers_final_orders(self.lower_order_final, num_steps):
+            orders = np.minimum(orders, num_steps - (i + 1) + 2)
+        return orders
 
     def taus(self, ts: jax.Array) -> jax.Array:
         """tau of every step, from its start time."""
@@ -189,7 +197,7 @@ class SASolver(Solver):
         h_safe = jnp.where(finite, h, 1.0)
         tau2 = self.taus(ts) ** 2
         ch = (1.0 + tau2) * h_safe
-        pred_orders, corr_orders = (jnp.asarray(o) for o in self.step_orders(n))
+        pred_orders, corr_orders = jnp.asarray(self.step_orders(n)), jnp.asarray(self.corrector_orders(n))
         pred_orders = jnp.where(finite, pred_orders, 1)
         # Normalised nodes of step i: u_m = (lambda_{i-m} - lambda_i) / h_i, m = 0..width-1 (clamped at the start,
         # unused there); the corrector's nodes are 1 (the new point) followed by the same u_0..u_{width-2}.

@@ -8,26 +8,68 @@ load a learned sampler, valid on the grid saved with it: "file" (any learned fil
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import numpy as np
 
 from fastsamplers.core import Registry
 from fastsamplers.samplers.adaptive import Adaptive
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.linear_table import LinearTable
-from fastsamplers.samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE, DPMSolverPP3M,
-                                DPMSolverPP3MSDE, EulerAncestral)
+from fastsamplers.samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE,
+                                             DPMSolverPP3M, DPMSolverPP3MSDE, EulerAncestral)
 from fastsamplers.samplers.runge_kutta import DEISRhoRK, EDMStochastic, Euler, Heun
 from fastsamplers.samplers.sa_solver import SASolver
-from fastsamplers.samplers.unipc import UniPC
+from fastsamplers.samplers.unipc import UniP, unic
 from fastsamplers.schedules.files import read_learned
 
-SOLVERS = Registry("solver", {
-    cls.name: cls
-    for cls in (DDIM, Euler, Heun, DEISTab, DEISRhoAB, DEISRhoRK, IPNDM, DPMSolverPP2M, DPMSolverPP3M, UniPC, Adaptive,
-                EulerAncestral, EDMStochastic, DPMSolverPP2MSDE, DPMSolverPP3MSDE, SASolver)
-})
+
+class WithCorrector:
+    """The registry entry of a data-prediction multistep predictor that takes `corrector`: its options are the
+    predictor's and `corrector`, and corrector=True returns the predictor wrapped in UniC (`samplers.unic`: a
+    composition, not a flag inside the predictor).
+
+    Args:
+      predictor: the predictor's class.
+      corrector: the default of `corrector`.
+      variants: the option sets the tests sweep (`Solver.variants`), corrector included; default the predictor's.
+    """
+
+    def __init__(self, predictor: type, corrector: bool = False, variants: tuple[dict, ...] | None = None):
+        self.predictor, self.corrector = predictor, corrector
+        self.name = predictor.name
+        self._variants = predictor.variants() if variants is None else variants
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        self.__signature__ = inspect.Signature(  # what the registry reads as this entry's options
+            [inspect.Parameter(f.name, keyword, default=f.default) for f in dataclasses.fields(predictor) if f.init]
+            + [inspect.Parameter("corrector", keyword, default=corrector)])
+
+    def variants(self) -> tuple[dict, ...]:
+        return self._variants
+
+    def __call__(self, **options) -> Solver:
+        corrector = options.pop("corrector", self.corrector)
+        if not isinstance(corrector, (bool, np.bool_)):
+            raise ValueError(f"{self.name} option corrector must be True or False, got {corrector!r}")
+        predictor = self.predictor(**options)
+        return unic(predictor) if corrector else predictor
 
 
+SOLVERS = Registry("solver", {entry.name: entry for entry in (
+    DDIM, Euler, Heun, DEISTab, DEISRhoAB, DEISRhoRK, IPNDM,
+    WithCorrector(DPMSolverPP2M, variants=DPMSolverPP2M.variants() + (dict(order=2, corrector=True),)),
+    WithCorrector(DPMSolverPP3M, variants=DPMSolverPP3M.variants() + (dict(order=3, corrector=True),)),
+    # UniPC is UniP wrapped in UniC; lower_order_final=False where it would hide the formula's order (it caps every
+    # variant at 2).
+    WithCorrector(UniP, corrector=True, variants=(
+        dict(order=1), dict(order=1, variant="bh1"),
+        dict(order=2, variant="bh1", lower_order_final=False), dict(order=2, variant="bh2", lower_order_final=False),
+        dict(order=3, variant="bh1", lower_order_final=False), dict(order=3, variant="bh2", lower_order_final=False),
+        dict(order=3, corrector=False, lower_order_final=False), {})),
+    Adaptive, EulerAncestral, EDMStochastic,
+    WithCorrector(DPMSolverPP2MSDE), WithCorrector(DPMSolverPP3MSDE),  # UniC refuses them unless eta = 0
+    SASolver)})
 
 
 def load_learned(path: str, method: str | None = None) -> tuple[Solver, np.ndarray]:
@@ -60,19 +102,24 @@ def get_solver(name: str, **options) -> Solver:
 
     Options by solver: deis_tab (order 1-4, lower_order_final, num_quad), deis_rhoab / ipndm (order 1-4,
     lower_order_final), deis_rhork (method "2heun" | "3kutta" | "4rk"), dpmpp_2m / dpmpp_3m (lower_order_final,
-    variant, corrector), unipc (order 1-3, variant "bh1" | "bh2", corrector, lower_order_final), adaptive (method, rtol, atol,
-    max_steps, gamma_floor); the stochastic ones: ddim (eta), euler_ancestral (eta), edm_stochastic (S_churn, S_min,
-    S_max, S_noise), dpmpp_2m_sde (eta, solver_type), dpmpp_3m_sde (eta), sa_solver (predictor_order, corrector_order, tau,
-    tau_interval, variant, lower_order_final; tau = 0 is deterministic). Every solver takes denoise_to_zero. The
-    paper's tAB-r is deis_tab with order = r + 1. A learned sampler loads from its file: "file", "olss" or
+    variant, corrector), unipc (order 1-3, variant "bh1" | "bh2", corrector, lower_order_final), adaptive (method,
+    rtol, atol, max_steps, gamma_floor); the stochastic ones: ddim (eta), euler_ancestral (eta), edm_stochastic
+    (S_churn, S_min, S_max, S_noise), dpmpp_2m_sde (eta, solver_type), dpmpp_3m_sde (eta), sa_solver
+    (predictor_order, corrector_order, tau, tau_interval, variant, lower_order_final; tau = 0 is deterministic).
+    Every solver takes denoise_to_zero; `lower_order_final` means the same in every multistep solver
+    (`samplers.multistep`); `corrector=True` returns the predictor wrapped in UniC (`samplers.unic`). The paper's
+    tAB-r is deis_tab with order = r + 1. A learned sampler loads from its file: "file", "olss" or
     "solver_schedule" with path=... (it runs on the grid saved with it).
+
+    Numeric options (eta, tau, S_churn, S_min, S_max, S_noise, rtol, atol, ...) may be arrays or tracers: they are
+    the solver's pytree leaves, so `jax.vmap` over them is one program (`samplers.pytrees`).
 
     Args:
       name: a key of `SOLVERS`.
       **options: the solver's dataclass fields.
 
     Returns:
-      The solver, an immutable hashable `samplers.Solver`.
+      The solver, an immutable pytree (`samplers.Solver`).
 
     Raises:
       ValueError: an unknown name (the valid ones are listed) or option, or an invalid option value.

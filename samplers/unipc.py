@@ -25,21 +25,26 @@ UniC raises the order from K to K + 1 (the corrected point is a (K + 1)-point me
 call: m_{i+1} is also the next predictor's m_i. Step i of the scan therefore evaluates m_i once at its start (at the
 uncorrected x_i), corrects x_i with UniC from the corrected x_{i-1}^c and the past predictions it carries in its
 state, and predicts x_{i+1} from the corrected point; the final step has no corrector after it, so NFE = num_steps.
+UniC needs only the order of the step that made the point, not its formula, so it is a solver of its own that wraps
+a predictor (`UniC`, `samplers.unic`; diffrax's wrapped-solver habit): any deterministic data-prediction multistep
+update x_{i+1} = (sigma_{i+1} / sigma_i) x_i^c + b_i . m, UniP (`get_solver("unipc")` is UniC around UniP,
+`corrector=False` gives UniP alone) or DPM-Solver++ (`get_solver("dpmpp_2m", corrector=True)`).
 Everything that depends on the grid (h, r, B, the phi's, the rho solves) is computed once per grid by
 `coefficients`, outside the loop, and is differentiable in ts; a step is a fixed linear combination of x_i,
 x_{i-1}^c and the predictions.
 
 Warm-up: step i uses UniP of order K_i = min(i + 1, order), and the corrector of x_{i+1} has the order of the
-predictor that made it (as published). `lower_order_final` uses K_i = min(order, num_steps - i) on the last steps
-whatever the number of steps: the rule of the paper's code and of diffusers' code (diffusers' docstring, copied from
-DPM-Solver, says "only valid for < 15 inference steps", but its UniPC code applies it at every step count, and so
-does this one). Its final first-order step has an O(h^2) local error, so with `lower_order_final` the method
-converges with order 2 whatever its nominal order (measured in tests/test_order.py); without it, UniP-K alone
-converges with order K, and UniPC-K with UniC with order K + 1 for K = 1, 2. UniPC-3 is of order 4 only
-asymptotically: with exact starting values on tests/test_order.py's problem its error falls by 5.3, 10.4 and 13.6
-from N = 32 to 64, 128 and 256 (a fitted order of 3.2 there), and by 14.9 and 15.4 (slopes 3.9, 3.94) from 256 to
-512 and 1024, so it states `convergence_order` 3 and tests/test_unipc.py checks the fourth order on the fine grids.
-Through `sample` the warm-up caps it at 3 anyway: the first step, UniP-1 + UniC-1, has an O(h^3) local error.
+predictor that made it (as published). `lower_order_final` follows the one rule of `samplers.multistep`; UniPC's
+default is "always", K_i = min(order, num_steps - i) on the last steps whatever the number of steps: the rule of the
+paper's code and of diffusers' code (diffusers' docstring, copied from DPM-Solver, says "only valid for < 15
+inference steps", but its UniPC code applies it at every step count). Its final first-order step has an O(h^2)
+local error, so then the method converges with order 2 whatever its nominal order (measured in
+tests/test_order.py); without it, UniP-K alone converges with order K, and UniPC-K with UniC with order K + 1 for
+K = 1, 2. UniPC-3 is of order 4 only asymptotically: with exact starting values on tests/test_order.py's problem its
+error falls by 5.3, 10.4 and 13.6 from N = 32 to 64, 128 and 256 (a fitted order of 3.2 there), and by 14.9 and 15.4
+(slopes 3.9, 3.94) from 256 to 512 and 1024, so it states `convergence_order` 3 and tests/test_unipc.py checks the
+fourth order on the fine grids. Through `sample` the warm-up caps it at 3 anyway: the first step, UniP-1 + UniC-1,
+has an O(h^3) local error.
 
 A step to sigma = 0 (ts[-1] = 0, h = inf) is first order whatever the options: it returns x0_hat exactly (the limit
 of UniP-1; higher orders have no limit there). diffusers' scheduler with solver_type="bh1" and its default
@@ -52,7 +57,6 @@ limit at sigma = 0.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -60,8 +64,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.samplers.base import Solver
-from fastsamplers.samplers.exponential import (PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, phi1,
-                                  solve_moments)
+from fastsamplers.samplers.exponential import PCCoefficients, PCSteps, g_functions, phi1, solve_moments
+from fastsamplers.samplers.multistep import Multistep
 
 VARIANTS = ("bh1", "bh2")
 ALLOWED_ORDERS = (1, 2, 3)
@@ -84,6 +88,36 @@ class UniPCTerms(NamedTuple):
     rho_c: jax.Array
 
 
+def unipc_terms(process, ts: jax.Array, orders: np.ndarray, width: int, variant: str) -> UniPCTerms:
+    """h, r, B(h) and the rho of every step (see `UniPCTerms`), computed once per grid, for steps of the given
+    orders (numpy, one per step, at most `width`) and B(h) of `variant`."""
+    lam = process.log_snr(ts)
+    h = lam[1:] - lam[:-1]
+    finite = jnp.isfinite(h)
+    # A step to sigma = 0 is first order (it returns x0_hat); every other quantity of that row is computed with
+    # h = 1, finite and unused, so that gradients stay finite.
+    order = jnp.where(finite, jnp.asarray(orders), 1)
+    h_safe = jnp.where(finite, h, 1.0)
+    z = -h_safe
+    big_b = z if variant == "bh1" else jnp.expm1(z)
+    moments = jnp.stack(g_functions(z, width), axis=1) / big_b[:, None]  # (N, width): g_k / B
+    m = np.arange(1, width)  # past points m = 1..width - 1
+    past = np.clip(np.arange(h.shape[0])[:, None] - m[None, :], 0, None)
+    past_lam = lam[past]  # lambda_{i-m} (clamped at i - m = 0, unused there)
+    active = m[None, :] < order[:, None]
+    r = jnp.where(active, (past_lam - lam[:-1, None]) / h_safe[:, None], -jnp.asarray(m, h.dtype)[None, :])
+    # UniP: nodes r_1..r_{K-1}; rho^p_1 = 1/2 for K = 2.
+    rho_p = solve_moments(r, moments[:, : width - 1], order - 1)
+    rho_p = jnp.where((order == 2)[:, None] & (m == 1)[None, :], 0.5, rho_p)
+    # UniC: nodes r_1..r_{K-1}, then 1 (the new point) in column K - 1; rho^c_1 = 1/2 for K = 1.
+    col = np.arange(width)
+    nodes_c = jnp.concatenate([r, jnp.ones_like(h)[:, None]], axis=1)
+    nodes_c = jnp.where(col[None, :] == order[:, None] - 1, 1.0, nodes_c)
+    rho_c = solve_moments(nodes_c, moments, order)
+    rho_c = jnp.where((order == 1)[:, None], jnp.where(col == 0, 0.5, 0.0)[None, :], rho_c)
+    return UniPCTerms(order=order, h=h, r=r, B=big_b, rho_p=rho_p, rho_c=rho_c)
+
+
 def corrector_rows(process, ts: jax.Array, terms: UniPCTerms) -> jax.Array:
     """UniC's weights (N, width + 1): row i corrects the point x_{i+1} that step i made (of order terms.order[i]) on
     the predictions (m_{i+1}, m_i, ..., m_{i+1-width}), m_{i+1} at the uncorrected x_{i+1}:
@@ -102,19 +136,19 @@ def corrector_rows(process, ts: jax.Array, terms: UniPCTerms) -> jax.Array:
                                                 + rho_c_new[:, None] * (eye[None, 0] - eye[None, 1])))
 
 
-def with_corrector(process, ts: jax.Array, terms: UniPCTerms, b: jax.Array, corrector: bool) -> PCCoefficients:
+def pc_coefficients(process, ts: jax.Array, b: jax.Array, terms: UniPCTerms | None = None) -> PCCoefficients:
     """The scan's table for a data-prediction predictor x_{i+1} = (sigma_{i+1} / sigma_i) x_i^c + b_i . m, with UniC
-    (of the orders in `terms`) correcting each point it makes, or without a corrector.
+    (of the orders in `terms`) correcting each point it makes, or without a corrector (terms None).
 
-    b: (N, width + 1), the predictor's weights on (m_i, ..., m_{i-width}), width = terms.rho_c.shape[1]. Used by
-    UniPC (b its UniP) and by the DPM-Solver++ multistep solvers' `corrector` option (b their own update): UniC does
-    not depend on the predictor that made the point, only on the predictor's order (UniC-K for a K-th order step).
+    b: (N, width), the predictor's weights on (m_i, ..., m_{i-width+1}). UniC does not depend on the predictor that
+    made the point, only on the predictor's order (UniC-K for a K-th order step).
     """
     sigma = process.sigma(ts)
-    dtype = terms.h.dtype
+    dtype = b.dtype
     a = sigma[1:] / sigma[:-1]
-    n = terms.h.shape[0]
-    if not corrector:
+    n = b.shape[0]
+    b = jnp.concatenate([b, jnp.zeros_like(b[:, :1])], axis=1)  # on the state's (m_i, ..., m_{i-width})
+    if terms is None:
         return PCCoefficients(a=a, b=b, keep=jnp.ones(n, dtype), prev=jnp.zeros(n, dtype), c=jnp.zeros_like(b))
     corrected = corrector_rows(process, ts, terms)
     # Step i corrects with the terms of step i - 1; step 0 has nothing to correct.
@@ -125,17 +159,16 @@ def with_corrector(process, ts: jax.Array, terms: UniPCTerms, b: jax.Array, corr
 
 
 @dataclasses.dataclass(frozen=True)
-class UniPC(Solver):
-    """UniPC-p (Zhao et al. 2023) with data prediction: UniP-p predictor, UniC-p corrector at no extra model call.
+class UniP(PCSteps, Multistep):
+    """UniP-p (Zhao et al. 2023), the predictor of UniPC, with data prediction; registered as "unipc", where
+    `corrector=True` (the default) wraps it in `UniC`.
 
     Args:
       order: p, the predictor's order (1, 2 or 3; default 3, the paper's and diffusers' recommendation for
         unconditional sampling; diffusers' default `solver_order` is 2, its recommendation for guided sampling).
       variant: "bh1" (B(h) = h) or "bh2" (B(h) = e^h - 1, diffusers' default; the paper's code defaults to bh1).
-        diffusers recommends bh1 for unconditional sampling below 10 steps, bh2 otherwise.
-      corrector: apply UniC (order p + 1); False gives UniP-p alone.
-      lower_order_final: the last steps use orders min(p, num_steps - i), at every number of steps (the published
-        rule of UniPC's code and diffusers'); it caps the convergence order at 2.
+        diffusers recommends bh1 for unconditional sampling below 10 steps, bh2 otherwise. UniC takes the same.
+      lower_order_final: `samplers.multistep`'s rule; default "always" (the published codes').
 
     Returns (from `samplers.sample`): the sample at ts[-1], with num_steps model calls. `ts` may end at 0: that step
     returns x0_hat.
@@ -157,102 +190,122 @@ class UniPC(Solver):
     native = "x0"
     order: int = 3
     variant: str = "bh2"
-    corrector: bool = True
-    lower_order_final: bool = True
+    lower_order_final: bool | str = "always"
+    allowed_orders = ALLOWED_ORDERS
 
-    def __post_init__(self):
-        if isinstance(self.order, bool) or self.order not in ALLOWED_ORDERS:
-            raise ValueError(f"{self.name} supports order in {list(ALLOWED_ORDERS)}, got {self.order!r}")
+    def check(self):
+        super().check()
         if self.variant not in VARIANTS:
             raise ValueError(f"{self.name} variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), "
                              f"got {self.variant!r}")
-        for option in ("corrector", "lower_order_final"):
-            if not isinstance(getattr(self, option), bool):
-                raise ValueError(f"{self.name} option {option} must be True or False, got {getattr(self, option)!r}")
 
-    @classmethod
-    def variants(cls) -> tuple[dict, ...]:
-        # lower_order_final=False where it would hide the formula's order (it caps every variant at 2).
-        full = dict(lower_order_final=False)
-        return (
-            dict(order=1), dict(order=1, variant="bh1"),
-            dict(order=2, variant="bh1", **full), dict(order=2, variant="bh2", **full),
-            dict(order=3, variant="bh1", **full), dict(order=3, variant="bh2", **full),
-            dict(order=3, corrector=False, **full),
-            {},
-        )
+    def terms(self, process, ts: jax.Array, orders: np.ndarray | None = None) -> UniPCTerms:
+        """`unipc_terms` on this grid, for the solver's step orders or the given ones."""
+        orders = self.step_orders(ts.shape[0] - 1) if orders is None else orders
+        return unipc_terms(process, ts, orders, self.order, self.variant)
+
+    def table(self, process, ts: jax.Array, orders: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        terms = self.terms(process, ts, orders)
+        alpha, sigma = process.alpha(ts), process.sigma(ts)
+        width = self.order
+        eye = jnp.eye(width, dtype=terms.h.dtype)  # eye[j]: the weight vector picking m_{i-j}
+        # UniP, on (m_i, ..., m_{i-width+1}): D_m = (e_m - e_0) / r_m.
+        d_pred = (eye[None, 1:width] - eye[None, :1]) / terms.r[:, :, None]  # (N, width - 1, width)
+        b = (-(alpha[1:] * phi1(terms.h))[:, None] * eye[None, 0]
+             - (alpha[1:] * terms.B)[:, None] * jnp.einsum("nm,nmj->nj", terms.rho_p, d_pred))
+        return sigma[1:] / sigma[:-1], b
+
+    def coefficients(self, process, ts: jax.Array) -> PCCoefficients:
+        return pc_coefficients(process, ts, self.table(process, ts, self.step_orders(ts.shape[0] - 1))[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class UniC(PCSteps, Solver):
+    """UniC (Zhao et al. 2023) around a predictor: after every step but the last, the point the predictor made is
+    corrected with the model output there, which the next step evaluates anyway (same NFE). Build it with
+    `samplers.unic(predictor)` or `get_solver(name, corrector=True)`.
+
+    Args:
+      predictor: a deterministic data-prediction multistep solver whose update is x_{i+1} = (sigma_{i+1} /
+        sigma_i) x_i + b_i . m (`UniP`, dpmpp_2m, dpmpp_3m; a traced child: its numeric options stay traced).
+      variant: UniC's B(h), "bh1" or "bh2".
+
+    Its `name`, order, grid checks and step orders are the predictor's. Measured orders (tests/test_order.py): UniC
+    raises an order-K step's point to K + 1 where the predictor is accurate enough: 2M + UniC 3, published 3M +
+    UniC 3, UniPC-2 3; third-order 3M + UniC and UniPC-3 reach 4 only asymptotically (module docstring), so they
+    state 3. ODE only: UniC is derived for the probability-flow ODE.
+    """
+
+    predictor: Solver = dataclasses.field(kw_only=True)
+    variant: str = "bh2"
+    native = "x0"
+    traced = ("predictor",)
+
+    def check(self):
+        super().check()
+        predictor = self.predictor
+        if not isinstance(predictor, Multistep) or predictor.native != "x0":
+            raise ValueError(f"UniC corrects a data-prediction multistep predictor (unipc, dpmpp_2m, dpmpp_3m), got "
+                             f"{getattr(predictor, 'name', type(predictor).__name__)}")
+        if predictor.stochastic:
+            raise ValueError(f"{predictor.name}: the UniC corrector is derived for the probability-flow ODE; use "
+                             f"eta=0 or corrector=False")
+        if predictor.denoise_to_zero:
+            raise ValueError("give denoise_to_zero to the UniC wrapper, not to its predictor (samplers.unic moves it)")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"UniC variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), got {self.variant!r}")
+
+    @property
+    def name(self) -> str:
+        return self.predictor.name  # get_solver(name, corrector=True) builds this composition
+
+    @property
+    def order(self) -> int:
+        return self.predictor.order
 
     @property
     def convergence_order(self) -> int:
-        # UniP-p is of order p and UniC raises it to p + 1; lower_order_final caps both at 2 (its last step is
-        # first order). UniPC-3 reaches 4 only on fine grids (module docstring), so it states the 3 that
-        # tests/test_order.py measures.
-        nominal = min(self.order + int(self.corrector), 3)
-        return min(nominal, 2) if self.lower_order_final else nominal
+        nominal = min(self.predictor.order + 1, 3)  # see the class docstring
+        return min(nominal, 2) if self.predictor.lower_order_final == "always" else nominal
 
     def check_grid(self, num_steps: int) -> None:
-        if num_steps < self.order:
-            raise ValueError(
-                f"{self.name} of order {self.order} needs a grid of at least {self.order} steps to reach its order, "
-                f"got {num_steps}; use more steps or a lower order"
-            )
+        self.predictor.check_grid(num_steps)
+
+    def check_times(self, process, ts) -> None:
+        self.predictor.check_times(process, ts)
 
     def step_orders(self, num_steps: int) -> np.ndarray:
-        """The order K_i of each step (numpy, static): warm-up, then the lower-order final steps if asked."""
-        orders = np.minimum(np.arange(1, num_steps + 1), self.order)
-        if self.lower_order_final:  # at every number of steps, as in the published codes (module docstring)
-            orders = np.minimum(orders, np.arange(num_steps, 0, -1))
-        return orders
+        return self.predictor.step_orders(num_steps)
 
-    def terms(self, process, ts: jax.Array, orders: np.ndarray | None = None) -> UniPCTerms:
-        """h, r, B(h) and the rho of every step (see `UniPCTerms`), computed once per grid; `orders` (numpy, one per
-        step, at most `order`) replaces `step_orders` when another predictor's step orders drive the corrector."""
-        width = self.order
-        lam = process.log_snr(ts)
-        h = lam[1:] - lam[:-1]
-        finite = jnp.isfinite(h)
-        if orders is None:
-            orders = self.step_orders(ts.shape[0] - 1)
-        # A step to sigma = 0 is first order (it returns x0_hat); every other quantity of that row is computed with
-        # h = 1, finite and unused, so that gradients stay finite.
-        order = jnp.where(finite, jnp.asarray(orders), 1)
-        h_safe = jnp.where(finite, h, 1.0)
-        z = -h_safe
-        big_b = z if self.variant == "bh1" else jnp.expm1(z)
-        moments = jnp.stack(g_functions(z, width), axis=1) / big_b[:, None]  # (N, width): g_k / B
-        m = np.arange(1, width)  # past points m = 1..width - 1
-        past = np.clip(np.arange(h.shape[0])[:, None] - m[None, :], 0, None)
-        past_lam = lam[past]  # lambda_{i-m} (clamped at i - m = 0, unused there)
-        active = m[None, :] < order[:, None]
-        r = jnp.where(active, (past_lam - lam[:-1, None]) / h_safe[:, None], -jnp.asarray(m, h.dtype)[None, :])
-        # UniP: nodes r_1..r_{K-1}; rho^p_1 = 1/2 for K = 2.
-        rho_p = solve_moments(r, moments[:, : width - 1], order - 1)
-        rho_p = jnp.where((order == 2)[:, None] & (m == 1)[None, :], 0.5, rho_p)
-        # UniC: nodes r_1..r_{K-1}, then 1 (the new point) in column K - 1; rho^c_1 = 1/2 for K = 1.
-        col = np.arange(width)
-        nodes_c = jnp.concatenate([r, jnp.ones_like(h)[:, None]], axis=1)
-        nodes_c = jnp.where(col[None, :] == order[:, None] - 1, 1.0, nodes_c)
-        rho_c = solve_moments(nodes_c, moments, order)
-        rho_c = jnp.where((order == 1)[:, None], jnp.where(col == 0, 0.5, 0.0)[None, :], rho_c)
-        return UniPCTerms(order=order, h=h, r=r, B=big_b, rho_p=rho_p, rho_c=rho_c)
+    def terms(self, process, ts: jax.Array) -> UniPCTerms:
+        """`unipc_terms` of the predictor's steps: the order of the point each step makes and its rho^c."""
+        return unipc_terms(process, ts, self.step_orders(ts.shape[0] - 1), self.order, self.variant)
 
     def coefficients(self, process, ts: jax.Array) -> PCCoefficients:
-        terms = self.terms(process, ts)
-        alpha = process.alpha(ts)
-        width = self.order
-        eye = jnp.eye(width + 1, dtype=terms.h.dtype)  # eye[j]: the weight vector picking m_{i-j}
-        e1 = phi1(terms.h)  # e^{-h} - 1
-        # UniP, on (m_i, ..., m_{i-width}): D_m = (e_m - e_0) / r_m.
-        d_pred = (eye[None, 1:width] - eye[None, :1]) / terms.r[:, :, None]  # (N, width - 1, width + 1)
-        b = (-(alpha[1:] * e1)[:, None] * eye[None, 0]
-             - (alpha[1:] * terms.B)[:, None] * jnp.einsum("nm,nmj->nj", terms.rho_p, d_pred))
-        return with_corrector(process, ts, terms, b, self.corrector)
+        _, b = self.predictor.table(process, ts, self.step_orders(ts.shape[0] - 1))
+        return pc_coefficients(process, ts, b, self.terms(process, ts))
 
-    def init(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return pc_init(x, self.order)
 
-    def past_state(self, xs, preds):
-        return pc_past_state(xs, preds, self.order)
+def unic(predictor: Solver, variant: str | None = None) -> UniC:
+    """UniC around `predictor`, the composition `get_solver(name, corrector=True)` builds.
 
-    def step(self, model, process, x, state, inp):
-        return pc_step(model, x, state, inp)
+    Args:
+      predictor: a deterministic data-prediction multistep solver (`UniC`), e.g. `get_solver("dpmpp_2m")`.
+      variant: UniC's B(h); None: the predictor's own where it has one (UniP's `variant`), else "bh2" (the
+        published DPM-Solver++ + UniC). The predictor's `denoise_to_zero` moves to the wrapper.
+
+    Returns:
+      The `UniC` solver: the predictor's order, NFE and name, its points corrected.
+
+    Example:
+        >>> from fastsamplers import samplers
+        >>> solver = samplers.unic(samplers.get_solver("dpmpp_2m"))
+        >>> solver.name, solver.order, solver.convergence_order
+        ('dpmpp_2m', 2, 3)
+    """
+    if variant is None:
+        variant = predictor.variant if isinstance(predictor, UniP) else "bh2"
+    moved = getattr(predictor, "denoise_to_zero", False)
+    if moved:
+        predictor = dataclasses.replace(predictor, denoise_to_zero=False)
+    return UniC(predictor=predictor, variant=variant, denoise_to_zero=moved)

@@ -1,11 +1,12 @@
-"""Benchmark classifier-free guidance on the exact conditional oracle: RMSE against the exact guided map
-(`experiments.runs.guidance_benchmark`, whose docstring says what is measured).
+"""Benchmark classifier-free guidance on the exact conditional oracle: RMSE against the exact guided map, and the cost
+of a 16-point sweep over the guidance scale (`experiments.runs.guidance_benchmark`, whose docstring says what is
+measured).
 
 Command (from the repository root):
 
-    python scripts/benchmark_guidance.py --json outputs/bench/guidance.json
+    python scripts/benchmark_guidance.py --json outputs/bench/guidance.json [--parts sweep]
 
-Writes the JSON and prints the table.
+Writes the JSON and prints the tables.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ def main(argv=None):
     parser.add_argument("--nfe", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", default="rmse,sweep", help="comma-separated: rmse, sweep")
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    guidance_benchmark.benchmark(args.json, nfe=args.nfe, batch=args.batch, seed=args.seed)
+    guidance_benchmark.benchmark(args.json, nfe=args.nfe, batch=args.batch, seed=args.seed,
+                                 parts=tuple(args.parts.split(",")))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ def test_guidance_benchmark(tmp_path):
                                           solvers=["ddim"])
     assert [(r["solver"], r["scale"], r["nfe"]) for r in record["rows"]] == [("ddim", 1.0, 4), ("ddim", 2.0, 4)]
     assert all(0 < r["rmse"] < 10 for r in record["rows"])
+    # The 16-point sweep compiles once, as a loop of sample calls and as one vmap, and not again on a second pass.
+    assert [(r["mode"], r["compilations"], r["recompilations_in_pass_2"]) for r in record["sweep"]] == [
+        ("loop", 1, 0), ("vmap", 1, 0)]
 
 
 def test_coupling_benchmark_solvers_agree(tmp_path):

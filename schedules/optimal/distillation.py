@@ -32,6 +32,7 @@ from fastsamplers import samplers
 from fastsamplers.core import Registry
 from fastsamplers.models import predictions
 from fastsamplers.samplers.base import Solver, step_inputs
+from fastsamplers.samplers.pytrees import merge, split
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.processes import Process, as_float, get_process
 
@@ -344,6 +345,7 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
     base = {"method": method, "teacher_ts": np.asarray(ts), "teacher_solver": teacher.name,
             "student": student_solver.name}
     chosen = {}  # requested count -> (teacher indices, info entries)
+    parts_key, parts = split((model_fn, student_solver))  # the compiled tables' key; their numbers are traced
 
     if method == "oss":
         if start_at_t_max:
@@ -353,8 +355,8 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
             valid = jnp.arange(n + 1) < n
             scale = process.sigma(ts) / process.sigma(ts[0])
             x_start = scale.reshape((-1,) + (1,) * x_init.ndim) * x_init[None]
-        costs, pointers = _compiled_tables("oss", model_fn, args is not None, prediction, student_solver, process,
-                                           (stages, aggregate))(ts, trajectory, x_start, valid, args)
+        costs, pointers = _compiled_tables("oss", parts_key, args is not None, prediction, process,
+                                           (stages, aggregate))(ts, trajectory, x_start, valid, args, parts)
         final = np.asarray(jnp.mean(costs[:, n, :], axis=-1))  # (M,) batch-mean deviation at the end
         pointers = np.asarray(pointers)
         for m in counts:
@@ -366,8 +368,8 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
             chosen[m] = (indices, dict(cost=float(final[k - 1]), model_calls=n * teacher.stages + stages * (n + 1),
                                        num_steps=k))
     else:
-        cost = _compiled_tables("cost", model_fn, args is not None, prediction, student_solver, process,
-                                (metric,))(ts, trajectory, args)
+        cost = _compiled_tables("cost", parts_key, args is not None, prediction, process,
+                                (metric,))(ts, trajectory, args, parts)
         coeff = DEFAULT_COEFF[method] if coeff is None else float(coeff)
         # Row k-1 of the tables is V_k, the exact k-step optimum from every index: back-tracking from index 0 with
         # rows k-1 .. 0 gives the best k-step path whatever the number of rows.
@@ -386,19 +388,30 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_tables(kind, model_fn, has_args, prediction, student_solver, process, options):
+def _compiled_tables(kind, parts_key, has_args, prediction, process, options):
     """The compiled OSS tables (kind "oss", options (num_steps, aggregate)) or Bellman cost matrix (kind "cost",
-    options (metric,)), one per model function, student, process and options: the grid, the teacher, the start
-    states and `args` are traced arguments (model_fn(x, t, args) when has_args, else model_fn(x, t))."""
-    step = student_step_fn(student_solver, process)
+    options (metric,)), one per structure of the model function and the student (`samplers.pytrees.split` of the
+    pair), process and options: the grid, the teacher, the start states, `args` and the pair's numeric leaves are
+    traced arguments (model_fn(x, t, args) when has_args, else model_fn(x, t))."""
 
-    def native(args):
-        return predictions.converted(_with_args(model_fn, args if has_args else None), prediction,
-                                     student_solver.native, process)
+    def parts(leaves, args):
+        """(the student's step, the model converted to its native prediction)."""
+        model_fn, student_solver = merge(parts_key, leaves)
+        return student_step_fn(student_solver, process), predictions.converted(
+            _with_args(model_fn, args if has_args else None), prediction, student_solver.native, process)
 
     if kind == "oss":
         num_steps, aggregate = options
-        return jax.jit(lambda ts, teacher, x_start, valid, args: oss_tables(
-            native(args), step, ts, teacher, x_start, num_steps, valid, aggregate))
+
+        def oss(ts, teacher, x_start, valid, args, leaves):
+            step, native = parts(leaves, args)
+            return oss_tables(native, step, ts, teacher, x_start, num_steps, valid, aggregate)
+
+        return jax.jit(oss)
     (metric,) = options
-    return jax.jit(lambda ts, teacher, args: cost_matrix(native(args), step, ts, teacher, metric))
+
+    def cost(ts, teacher, args, leaves):
+        step, native = parts(leaves, args)
+        return cost_matrix(native, step, ts, teacher, metric)
+
+    return jax.jit(cost)

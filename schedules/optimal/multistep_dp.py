@@ -31,6 +31,7 @@ import numpy as np
 
 from fastsamplers import samplers
 from fastsamplers.samplers.multistep import LinearMultistep
+from fastsamplers.samplers.unipc import UniC
 from fastsamplers.schedules.optimal.teacher import gram_matrix
 from fastsamplers.schedules.processes import as_float
 
@@ -42,12 +43,12 @@ def _resolve_solver(solver, solver_options):
         solver = samplers.get_solver(solver, **solver_options)
     elif solver_options:
         raise ValueError(f"solver options {sorted(solver_options)} are for a solver given by name; got a Solver")
-    if not isinstance(solver, LinearMultistep) or not hasattr(solver, "table"):
-        raise ValueError(f"learn('dp') prices a linear multistep solver's own update (a solver with a coefficient "
-                         f"`table`: ddim, deis_tab, deis_rhoab, ipndm, dpmpp_2m, dpmpp_3m); got {solver.name}")
-    if getattr(solver, "stochastic", False) or getattr(solver, "corrector", False):
+    if isinstance(solver, UniC) or getattr(solver, "stochastic", False):
         raise ValueError(f"learn('dp') needs a deterministic multistep update without a corrector; {solver.name} "
                          f"is stochastic or corrected")
+    if not isinstance(solver, LinearMultistep):
+        raise ValueError(f"learn('dp') prices a linear multistep solver's own update (a solver with a coefficient "
+                         f"`table`: ddim, deis_tab, deis_rhoab, ipndm, dpmpp_2m, dpmpp_3m); got {solver.name}")
     return solver
 
 

@@ -63,6 +63,7 @@ import optax
 
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.driver import check_ts, resolve_inputs, sample
+from fastsamplers.samplers.pytrees import merge, split
 from fastsamplers.samplers.solvers import get_solver
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.processes import as_float
@@ -167,10 +168,10 @@ def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_i
     if key is None:
         key = jax.random.PRNGKey(0)
     history_size = 1 << max(int(num_iters) - 1, 0).bit_length()  # a power of two >= num_iters: few recompiles
-    run = _compiled_refiner(model_fn, solver, process, prediction, history_size, batch_size, lo, hi,
-                            args is not None)
+    parts_key, parts = split((model_fn, solver))  # their numbers (eta, a guidance scale) are traced
+    run = _compiled_refiner(parts_key, process, prediction, history_size, batch_size, lo, hi, args is not None)
     out = jax.device_get(run(theta0, ts_in, u_ends, x_init, target, key, as_float(learning_rate),
-                             jnp.asarray(int(num_iters)), args))
+                             jnp.asarray(int(num_iters)), args, parts))
 
     loss_initial = float(out["loss_initial"])
     if not math.isfinite(loss_initial):
@@ -247,22 +248,25 @@ def _teacher_solver(spec):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_refiner(model_fn, solver, process, prediction, history_size, batch_size, lo, hi, has_args):
-    """One compiled optimisation per (model, solver, process, prediction, history size, batch_size, segment, whether
-    the model takes args): theta0, the fixed grid, the data, the key, the learning rate, the iteration count
-    (<= history_size) and the model's args are traced arguments."""
+def _compiled_refiner(parts_key, process, prediction, history_size, batch_size, lo, hi, has_args):
+    """One compiled optimisation per (structure of the model and the solver, `samplers.pytrees.split`; process,
+    prediction, history size, batch_size, segment, whether the model takes args): theta0, the fixed grid, the data,
+    the key, the learning rate, the iteration count (<= history_size), the model's args and the numeric leaves of
+    the model and the solver are traced arguments."""
 
-    def objective(theta, ts_fixed, u_ends, x, target, args):
+    def objective(theta, ts_fixed, u_ends, x, target, args, parts):
+        model_fn, solver = merge(parts_key, parts)
         ts = grid_from_logits(theta, ts_fixed, u_ends, process, lo, hi)
         out, _ = sample(model_fn, solver, process, x, ts, prediction=prediction, args=args if has_args else None)
         return jnp.mean((out - target).astype(ts.dtype) ** 2)
 
     value_and_grad = jax.value_and_grad(objective)
 
-    def run(theta0, ts_fixed, u_ends, x, target, key, learning_rate, num_iters, args):
+    def run(theta0, ts_fixed, u_ends, x, target, key, learning_rate, num_iters, args, parts):
         optimizer = optax.adam(learning_rate)
         dtype = theta0.dtype
-        full = functools.partial(objective, ts_fixed=ts_fixed, u_ends=u_ends, x=x, target=target, args=args)
+        full = functools.partial(objective, ts_fixed=ts_fixed, u_ends=u_ends, x=x, target=target, args=args,
+                                 parts=parts)
 
         def cond(carry):
             return (carry["k"] < num_iters) & ~carry["stopped"]
@@ -274,7 +278,7 @@ def _compiled_refiner(model_fn, solver, process, prediction, history_size, batch
             else:
                 rows = jax.random.choice(jax.random.fold_in(key, k), x.shape[0], (batch_size,), replace=False)
                 xb, tb = x[rows], target[rows]
-            loss, grad = value_and_grad(theta, ts_fixed, u_ends, xb, tb, args)
+            loss, grad = value_and_grad(theta, ts_fixed, u_ends, xb, tb, args, parts)
             finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad))
             updates, opt_state = optimizer.update(jnp.where(finite, grad, 0.0), carry["opt_state"], theta)
             new = dict(

@@ -41,7 +41,7 @@ import numpy as np
 
 from fastsamplers import samplers
 from fastsamplers.samplers.linear_table import LinearTable, run_table
-from fastsamplers.samplers.unipc import UniPC, corrector_rows
+from fastsamplers.samplers.unipc import corrector_rows, unipc_terms
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.optimal.multistep_dp import local_row
 
@@ -75,10 +75,8 @@ def _row_fn(prediction, order, process):
 @functools.lru_cache(maxsize=None)
 def _corrector_fn(order, process):
     """UniC's weights for the point an order-`order` step made, on its local grid, compiled once per order."""
-    unic = UniPC(order=order, variant="bh2")
-
     def row(local):
-        return corrector_rows(process, local, unic.terms(process, local, np.arange(1, order + 1)))[-1]
+        return corrector_rows(process, local, unipc_terms(process, local, np.arange(1, order + 1), order, "bh2"))[-1]
 
     return jax.jit(row)
 
