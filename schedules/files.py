@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 
 import numpy as np
 
-from fastsamplers.core import write_json
+from fastsamplers.core import read_json, write_json
 
 FORMAT = "fastsamplers.schedule"
 LEARNED_FORMAT = "fastsamplers.learned"
@@ -95,11 +94,7 @@ def _jsonable(value):
 
 def load_schedule(path: str) -> tuple[np.ndarray, dict]:
     """(ts as a float64 numpy array, the whole record) from a schedule file, validated."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"schedule file {path} is not valid JSON: {err}") from err
+    record = read_json(path, what="schedule file")
     if not isinstance(record, dict) or "ts" not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise ValueError(f"schedule file {path} has no 'ts' entry (keys: {keys})")

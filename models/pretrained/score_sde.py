@@ -47,9 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.core import Registry
+from fastsamplers.core import Registry, read_json
 from fastsamplers.models.pretrained.diffusers import expected_params, unflatten
-from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions, read_json
+from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 from fastsamplers.schedules.processes import get_process
 
