@@ -14,7 +14,8 @@ from fastsamplers.experiments.configs import boss_straighten, distill_checkpoint
 from fastsamplers.experiments.configs import digits_bottleneck, distill_oracle, learn_sampler, quickstart, toy2d_fm
 from fastsamplers.experiments.metrics import digits_classifier, fd_digits
 from fastsamplers.experiments.report import tables
-from fastsamplers.experiments.runs import bottleneck_benchmark, oracle_quickstart, sampler_tables, schedule_distillation
+from fastsamplers.experiments.runs import (bottleneck_benchmark, oracle_quickstart, sampler_tables, schedule_distillation,
+                                           sources)
 from fastsamplers.experiments.train import couplings, data, experiment, losses, straighten
 from fastsamplers.models import GaussianMixture, conditioning, mlp, predictions, pretrained
 from fastsamplers.models.pretrained import model as pretrained_model
@@ -90,8 +91,10 @@ CASES = {
     "distill_checkpoint method": (distillation.METHODS, lambda m: distill_checkpoint.get_config("method=dp")),
     "fid_pretrained solver": (fid_pretrained.TABLE_SOLVERS, lambda m: fid_pretrained.get_config("solver=euler")),
     "boss teacher": (boss_straighten.TEACHERS, lambda m: boss_straighten.get_config("teacher=digits_vp")),
-    "distillation source": (schedule_distillation.SOURCES, lambda m: schedule_distillation._validate(
+    "distillation source": (sources.SOURCES, lambda m: schedule_distillation._validate(
         _config(distill_oracle, "smoke", source="data"))),
+    "checkpoint distillation source": (sources.SOURCES, lambda m: schedule_distillation._validate(
+        _config(distill_checkpoint, "smoke", source="data"))),
     "table metric": (sampler_tables.metrics(), lambda m: sampler_tables.run(
         _config(evaluate, "model=oracle,smoke", metric="psnr"), tempfile.mkdtemp())),
     "table only": (core.Registry.of_names("solver label", _labels(evaluate.get_config("model=oracle,smoke"))),
