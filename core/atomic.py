@@ -1,5 +1,5 @@
 """Atomic file writes (bytes, JSON, .npz): a reader (or a resumed run) never sees half a file, whatever kills the
-writer."""
+writer; and the JSON reader whose errors name the file."""
 
 from __future__ import annotations
 
@@ -52,6 +52,40 @@ def write_json(path: str, record: Any, *, indent: int | None = 1) -> str:
         {'ts': [1.0, 0.5]}
     """
     return write_atomic(path, json.dumps(record, indent=indent, default=jsonable))
+
+
+def read_json(path: str, *, what: str = "file") -> Any:
+    """The contents of the JSON file `path`.
+
+    Args:
+      path: the file.
+      what: what the file is, for the error ("file", "schedule file", ...).
+
+    Returns:
+      The parsed JSON value.
+
+    Raises:
+      FileNotFoundError: "missing {what} {path}", when there is no such file.
+      ValueError: "{what} {path} is not valid JSON: ...", when it does not parse (a damaged or truncated file).
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.json")
+        >>> read_json(write_json(path, {"nfe": 10}))
+        {'nfe': 10}
+        >>> _ = write_atomic(path, '{"nfe": 1')
+        >>> read_json(path, what="schedule file")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: schedule file ...a.json is not valid JSON: Expecting ',' delimiter: line 1 column 10 (char 9)
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing {what} {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err}") from None  # the sentence says it all
 
 
 def write_npz(path: str, arrays: dict) -> str:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from fastsamplers.core import write_json
+from fastsamplers.core import read_json, write_json
 
 if TYPE_CHECKING:
     import jax
@@ -116,11 +115,7 @@ def _jsonable(value):
 
 def load_schedule(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     """(ts as a float64 numpy array, the whole record) from a schedule file, validated."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"schedule file {path} is not valid JSON: {err}") from err
+    record = read_json(path, what="schedule file")
     if not isinstance(record, dict) or "ts" not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise ValueError(f"schedule file {path} has no 'ts' entry (keys: {keys})")

@@ -72,3 +72,17 @@ def test_atomic_writes_leave_whole_files_with_plain_permissions(tmp_path):
         core.write_atomic(path, Unwritable("y"))
     assert open(path, "rb").read() == b"x"  # the old file is intact
     assert os.listdir(tmp_path / "sub") == ["record.json"]  # and no temporary file is left
+
+
+def test_read_json_names_the_file_when_it_is_missing_or_broken(tmp_path):
+    """The one JSON reader (pretrained configs, schedule files): its errors name the file and what it is."""
+    path = str(tmp_path / "s.json")
+    assert core.read_json(core.write_json(path, {"ts": [1.0, 0.5]})) == {"ts": [1.0, 0.5]}
+    with pytest.raises(FileNotFoundError, match=r"^missing schedule file .*none\.json$"):
+        core.read_json(str(tmp_path / "none.json"), what="schedule file")
+    core.write_atomic(path, '{"ts": [1.0,')
+    with pytest.raises(ValueError, match=rf"^file {path} is not valid JSON: "):
+        core.read_json(path)
+    core.write_atomic(path, b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=rf"^schedule file {path} is not valid JSON: "):
+        core.read_json(path, what="schedule file")

@@ -241,6 +241,24 @@ def test_checkpoint_of_another_shape_fails_before_training(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if name.startswith("config_step")]
 
 
+def test_the_sample_grid_may_be_a_schedule_file(tmp_path):
+    """config.sample.grid takes a "file:PATH" grid, as evaluate's grids do ({num_steps} and {nfe} filled in), through
+    the one helper of experiments.configs."""
+    config = toy2d_fm.get_config("smoke")
+    process = schedules.get_process(config.process.name)
+    solver = samplers.get_solver(config.sample.solver)
+    num_steps = solver.steps_for_nfe(config.sample.nfe)
+    ts = schedules.get_timesteps("quadratic", process, num_steps)  # not the config's uniform grid
+    schedules.save_schedule(str(tmp_path / f"oss_s{num_steps}.json"), ts, process=process, solver=solver,
+                            nfe=config.sample.nfe, method="oss")
+    grid = f"file:{tmp_path}/oss_s{{num_steps}}.json"
+    experiment = train.build(_override(config, sample__grid=grid))
+    np.testing.assert_array_equal(experiment.ts, np.asarray(ts))
+    assert experiment.sampler_info["grid"] == grid
+    with pytest.raises(FileNotFoundError, match="schedule file .*none.json"):
+        train.build(_override(config, sample__grid=f"file:{tmp_path}/none.json"))
+
+
 def test_bad_configs_fail_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.npz"):
         train.build(_override(toy2d_fm.get_config("smoke"), data__name="npz",

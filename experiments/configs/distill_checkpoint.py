@@ -64,7 +64,7 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    config.source = "checkpoint"  # experiments.runs.schedule_distillation.SOURCES
+    config.source = "checkpoint"  # experiments.runs.sources.SOURCES
     config.train_config = train_config + (":smoke" if arg.smoke else "")  # the checkpoint's training config
     config.checkpoint_dir = arg.checkpoint_dir or checkpoint_dir  # that run's --workdir
     config.use_ema = True

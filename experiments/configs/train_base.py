@@ -89,7 +89,7 @@ def base_config():
     c.sample = ml_collections.ConfigDict()
     c.sample.solver = "euler"  # samplers.SOLVERS
     c.sample.order = placeholder(int)  # the solver's order option, where it has one
-    c.sample.grid = "uniform"  # schedules.GRIDS
+    c.sample.grid = "uniform"  # schedules.GRIDS, or "file:PATH" (a schedule file; {nfe}, {num_steps} filled in)
     c.sample.nfe = 50
     c.sample.t_min = placeholder(float)  # None = the process's ends
     c.sample.t_max = placeholder(float)

@@ -39,7 +39,9 @@ SEED = 0
 FEATURE_DIM = 128
 NUM_CLASSES = 10
 TEST_FRACTION = 0.2
-SPLITS = ("all", "train", "test")
+# The real digits a distance is taken against (`digits`, `fd_digits.reference_stats`): all, or a side of the split.
+SPLITS = core.Registry.of_names("split", ("all", "train", "test"), ordered=True,
+                                unknown="{kind} must be one of {choices}, got {name!r}")
 
 _STEM_WIDTH = {8: 32, 16: 16, 32: None}  # a full-resolution 3x3 convolution first (not at 32 px: time)
 _STAGE_WIDTHS = {8: (32,), 16: (32, 32), 32: (16, 32, 32)}
@@ -114,17 +116,11 @@ def _digits_numpy(size):
     return images, labels
 
 
-def check_split(split):
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return split
-
-
 def digits(size, split="all"):
     """The real digits of a split ("all", "train" or "test"): float32 numpy (n, size, size, 1) in [-1, 1], labels."""
     size = check_size(size)
     images, labels = _digits_numpy(size)
-    if check_split(split) == "all":
+    if SPLITS.check(split) == "all":
         return images, labels
     index = split_indices()[0 if split == "train" else 1]
     return images[index], labels[index]

@@ -48,7 +48,7 @@ import numpy as np
 
 from fastsamplers import core
 from fastsamplers.experiments.metrics import features as features_lib
-from fastsamplers.experiments.metrics.digits_classifier import (SEED, SIZES, SPLITS, check_size, check_split, digits,
+from fastsamplers.experiments.metrics.digits_classifier import (SEED, SIZES, SPLITS, check_size, digits,
                                                                 half_indices, weights_path)
 from fastsamplers.experiments.metrics.frechet import (FeatureStats, frechet_distance, frechet_distance_extrapolated,
                                                       frechet_score)
@@ -130,6 +130,12 @@ def _stats(images, size, batch_size, cache_dir, clip):
     return stats, size
 
 
+def _check_reference(reference):
+    """A reference is a split of the real digits (`SPLITS`) or a `FeatureStats`: ValueError otherwise."""
+    if not isinstance(reference, FeatureStats):
+        SPLITS.check(reference, kind="reference", choices=", ".join(SPLITS.valid()) + " or a FeatureStats")
+
+
 _REFERENCE = {}
 
 
@@ -139,7 +145,7 @@ def reference_stats(size, split="all", cache_dir=None):
     Memoised in this process per weights file.
     """
     size = check_size(size)
-    check_split(split)
+    SPLITS.check(split)
     built = feature(size, cache_dir)
     path = weights_path(size, cache_dir)
     key = (path, os.stat(path).st_mtime_ns, split)
@@ -167,8 +173,7 @@ def fd_digits(images, size: int | None = None, reference: str | FeatureStats = "
     Raises:
       ValueError: samples holding NaN or Inf (the message says how many), images not of size 8, 16 or 32.
     """
-    if not isinstance(reference, FeatureStats) and reference not in SPLITS:
-        raise ValueError(f"reference must be one of {', '.join(SPLITS)} or a FeatureStats, got {reference!r}")
+    _check_reference(reference)
     stats, size = _stats(images, size, batch_size, cache_dir, clip)
     if stats.count < 2:
         raise ValueError(f"FD-digits needs at least 2 samples, got {stats.count}")
@@ -197,6 +202,7 @@ def score_samples(samples: np.ndarray, reference: str | FeatureStats = "all", si
       "fd_digits_inf" (None below the smallest subset size) and "fd_digits_by_n" ({str(n): FD on n samples});
       "num_nonfinite": how many samples were left out}.
     """
+    _check_reference(reference)
     samples = np.asarray(samples)
     finite = features_lib.finite_rows(samples)
     out = {"fd_digits": None}

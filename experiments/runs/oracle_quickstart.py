@@ -101,8 +101,8 @@ def _validate(config):
     labels = [entry["label"] for entry in config.solvers]
     if len(set(labels)) != len(labels):
         raise ValueError(f"solver labels must be distinct, got {labels}")
-    if config.baseline not in labels:
-        raise ValueError(f"baseline {config.baseline!r} is not one of the solver labels {labels}")
+    core.Registry.of_names("baseline", labels, ordered=True,
+                           unknown="{kind} {name!r} is not one of the solver labels {valid}").check(config.baseline)
     solvers, grids = [], []
     for entry in config.solvers:
         solver = samplers.get_solver(entry["name"], **entry["options"])

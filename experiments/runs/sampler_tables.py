@@ -48,10 +48,10 @@ NOISE_STREAM = 7  # fold_in(root, NOISE_STREAM): the starting noise shared by ev
 
 def plan_cells(config, process):
     """Every (solver entry, grid, nfe) cell, built and checked before any sampling: [(row, solver, ts)]."""
-    labels = [entry["label"] for entry in config.solvers]
-    unknown = sorted(set(config.only) - set(labels))
-    if unknown:
-        raise ValueError(f"`only` names unknown solver labels {unknown}; the config's labels: {labels}")
+    labels = core.Registry.of_names("solver label", [entry["label"] for entry in config.solvers], ordered=True,
+                                    unknown="`only` names an unknown {kind} {name!r}; the config's labels: {valid}")
+    for label in config.only:
+        labels.check(label)
     cells = []
     for entry in config.solvers:
         if config.only and entry["label"] not in config.only:
@@ -130,15 +130,20 @@ def sample_cell(draw, ts, x_init, batch_size, num_classes=0):
     return np.concatenate(outputs), int(nfe)
 
 
+def metrics() -> core.Registry:
+    """The table's metrics: "exact" (the RMSE against the oracle's exact flow map; entry None) and the Fréchet
+    distance of every registered feature (`features.FEATURES`; entry: the feature's name)."""
+    return core.Registry("metric", {"exact": None, **features.metrics()},
+                         unknown="unknown {kind} {name!r}; valid: {valid}")
+
+
 class Metric:
     """fn(samples (n, *shape)) -> (value, number of non-finite samples left out), with the data it compares against
     prepared once."""
 
     def __init__(self, config, target, workdir):
         self.name = config.metric
-        by_metric = features.metrics()
-        if self.name != "exact" and self.name not in by_metric:
-            raise ValueError(f"unknown metric {self.name!r}; valid: {['exact', *sorted(by_metric)]}")
+        feature_name = metrics().lookup(self.name)
         if self.name == "exact" and target.oracle is None:
             raise ValueError("metric 'exact' needs source='oracle' (a trained model has no exact flow map)")
         if self.name != "exact" and len(target.shape) != 3:
@@ -147,7 +152,7 @@ class Metric:
         if self.name == "exact":
             return
         # The reference first: it may train a classifier or read a large file, before any sampling.
-        self.feature = features.from_config(config, by_metric[self.name]).build(target.shape)
+        self.feature = features.from_config(config, feature_name).build(target.shape)
         if self.name == "fd_digits":
             self.reference = fd_digits.reference_stats(target.shape[0], split=config.fd_reference)
         elif config.fid_reference:
@@ -188,6 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.num_samples < 2 or config.batch_size < 1:
         raise ValueError(f"num_samples must be >= 2 and batch_size >= 1, got {config.num_samples}, "
                          f"{config.batch_size}")
+    metrics().check(config.metric)  # before the model is loaded
     target = sources.load(config).target
     if config.guidance_scale != 1.0 and not target.num_classes:
         raise ValueError(f"guidance_scale={config.guidance_scale} needs a class-conditional model; "

@@ -8,13 +8,16 @@ by gradients for the solver it is meant for (`schedules.refine`). Each schedule 
 `config.compare_grids`, all with the same number of steps, are scored on a held-out batch (another key) by the RMSE
 between `config.solver`'s samples at t_min and a reference solution from the same start.
 
-`config.source` (absent = "oracle"):
-  "oracle"      the Gaussian-mixture oracle of `config.oracle`; exact draws of x_{t_max}; the reference is the
-                probability-flow ODE's exact solution (`samplers.exact_flow_map`, float64).
+`config.source` (absent = "oracle") names the model in the one registry of sources (`experiments.runs.sources`):
+  "oracle"      the Gaussian-mixture oracle of `config.oracle`, `config.process` and `config.prediction`; exact draws
+                of x_{t_max}; the reference is the probability-flow ODE's exact solution (`samplers.exact_flow_map`,
+                float64).
   "checkpoint"  the latest weights of a training run (`config.train_config`, `config.checkpoint_dir`, `use_ema`,
                 `resolution`: `experiments.train.checkpoint_target`), which also gives the process and the
                 prediction kind; x_{t_max} is the process's prior noise; the reference is the teacher solver on the
                 teacher grid with `config.reference_steps` steps (None: twice the teacher's), from the same noise.
+  Any other source of the registry whose keys the config has is a model like a checkpoint's (prior noise, the
+  teacher as the reference).
 
 `config.step_counts` (absent or () = one schedule for `config.nfe` evaluations of `config.solver`): a tuple of step
 counts, distilled together (one teacher, one dynamic program) and saved one file per count (`config.outputs.schedule`
@@ -44,24 +47,21 @@ from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.experiments.report.provenance import versions
 from fastsamplers.experiments.report.tables import render_table
-from fastsamplers.experiments.train.checkpoints import Target, checkpoint_target
-from fastsamplers.models import GaussianMixture, predictions
+from fastsamplers.experiments.runs import sources
+from fastsamplers.experiments.train.checkpoints import Target
 from fastsamplers.schedules.optimal import distillation
 
 # Streams of the root key (fold_in(root, stream)), the convention of `experiments.runs.oracle_quickstart`: each draw
-# stays put when others are added.
-ORACLE_STREAM = 0
+# stays put when others are added. Stream 0 draws the oracle (`sources.oracle_target`).
 DISTILL_STREAM = 1  # the batch the dynamic program (and refinement) fits on
 HELDOUT_STREAM = 2  # the batch every schedule is scored on
-SOURCES = core.Registry.of_names("source", ("oracle", "checkpoint"), ordered=True,
-                                 unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillSetup:
     """Everything a distillation config names, built and checked before any model call (`_validate`)."""
 
-    source: str  # "oracle" or "checkpoint"
+    source: str  # the name of config.source ("oracle" when absent)
     process: Any
     prediction: str
     solver: Any  # the solver the schedules are for (named in their files)
@@ -70,11 +70,16 @@ class DistillSetup:
     score_solvers: dict  # {count: the solver that scores it (`_solver_for_steps`)}
     grids: dict  # {count: {standard grid name: ts}}
     distill_options: dict  # keywords of `schedules.distill_many`
-    target: Target | None  # the checkpoint's model (None for the oracle)
+    target: Target  # the model (`sources.load`)
+    source_record: dict  # where it came from (`sources.Source.record`)
     model_name: str
-    process_label: str
     reference_kind: str  # "exact" or "teacher": what the RMSE is measured against
     reference_record: dict
+
+    @property
+    def exact(self) -> bool:
+        """The model is the oracle: exact draws of x_{t_max}, and its exact flow map as the reference."""
+        return self.target.oracle is not None
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -89,8 +94,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       A dict: "config" (plain dict), "rows" (one per schedule: label, kind, solver, num_steps, nfe, rmse,
       ratio_to_best_grid: the best grid of the same count; with step_counts also solver_label), "distill" (method,
       student, teacher, teacher_ts, model calls and seconds of the run, and the indices and DP cost of each count),
-      "refine" (its info, or None), "versions", "runtime_s" and "files" (paths written); with a checkpoint source or
-      step_counts also "source", "model" and "reference" (what the RMSE is measured against).
+      "refine" (its info, or None), "versions", "runtime_s" and "files" (paths written); with a source other than the
+      oracle or step_counts also "source", "model" and "reference" (what the RMSE is measured against).
       One schedule: "ts" is {label: times}, "files" holds "schedule", and "distill" its "indices", "cost",
       "num_steps". With step_counts: "step_counts", "ts" is {str(k): {label: times}}, "files" holds "schedules"
       ({str(k): path}), and "distill" has per count "schedules": {str(k): indices, cost, num_steps}.
@@ -170,7 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     plot_schedules(plot_rows, process, paths["png"], teacher_ts=info0["teacher_ts"], title=_plot_title(config, setup),
                    reference=setup.reference_kind)
     results = {"config": config.to_dict()}
-    if not setup.single or setup.source == "checkpoint":
+    if not setup.single or not setup.exact:
         results.update(source=setup.source, model=setup.model_name, reference=setup.reference_record)
     if not setup.single:
         results["step_counts"] = list(counts)
@@ -191,12 +196,27 @@ def _add_ratios(rows):
         row["ratio_to_best_grid"] = row["rmse"] / best_grid if best_grid else None
 
 
+def _source_config(config):
+    """`config` as the sources registry reads it (a new ConfigDict; `config` is left as it is).
+
+    The oracle's distillation config keeps the oracle layout of `oracle_base.add_oracle` (shared with the quickstart):
+    `process` and `prediction` at the top level (`--config.process=...`) and no `source` key, where
+    `sources.oracle` reads `oracle.process` and `oracle.prediction`. They are copied there, so that the one registry
+    of sources serves this runner without changing the keys its users set.
+    """
+    view = ml_collections.ConfigDict(config.to_dict())
+    view.source = config.get("source", "oracle")
+    if "oracle" in view and "process" in config:
+        view.oracle.process, view.oracle.prediction = config.process, config.prediction
+    return view
+
+
 def _validate(config):
-    """Build everything named in the config before any distillation, so a wrong name or size fails at once. A
-    checkpoint source is loaded here (it gives the process the grids are checked on), after every name that does not
+    """Build everything named in the config before any distillation, so a wrong name or size fails at once. The
+    source is loaded here (a checkpoint gives the process the grids are checked on), after every name that does not
     need it. Returns a `DistillSetup`."""
-    source = config.get("source", "oracle")
-    SOURCES.check(source)
+    source_config = _source_config(config)
+    source = sources.SOURCES.check(source_config.source)
     distillation.METHODS.check(config.method)
     for key in ("nfe", "batch", "eval_batch"):
         if config[key] < 1:
@@ -210,8 +230,6 @@ def _validate(config):
                              f"--config.refine.enabled=False, or set --config.step_counts='()' to distil and refine "
                              f"the schedule of config.nfe")
         _check_schedule_template(config.outputs.schedule)
-    if source == "oracle":
-        predictions.check_kind(config.prediction)
     solver = samplers.get_solver(config.solver.name, **_options(config.solver.options))
     if single:
         num_steps = solver.steps_for_nfe(config.nfe)
@@ -244,25 +262,21 @@ def _validate(config):
             raise ValueError(f"refine.learning_rate must be > 0, got {config.refine.learning_rate}")
     score_solvers = {k: _solver_for_steps(solver, k) for k in step_counts}
 
-    if source == "checkpoint":
-        reference_steps = config.get("reference_steps")
-        if reference_steps is not None and reference_steps < 1:
-            raise ValueError(f"reference_steps must be >= 1 (or None: twice teacher.steps), got {reference_steps}")
-        for key in ("train_config", "checkpoint_dir"):
-            if not config[key]:
-                raise ValueError(f"source 'checkpoint' needs {key} (the training config file.py[:arg] and its "
-                                 f"--workdir)")
-        target = checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema, config.resolution)
-        process, prediction = target.process, target.prediction
-        model = dict(target=target, model_name=target.description, process_label=process.name,
-                     reference_kind="teacher",
-                     reference_record={"kind": "teacher", "steps": reference_steps or 2 * config.teacher.steps,
-                                       "grid": config.teacher.grid, "solver": config.teacher.solver,
-                                       "options": _options(config.teacher.options)})
+    reference_steps = config.get("reference_steps")
+    if reference_steps is not None and reference_steps < 1:
+        raise ValueError(f"reference_steps must be >= 1 (or None: twice teacher.steps), got {reference_steps}")
+
+    loaded = sources.load(source_config)
+    target = loaded.target
+    process, prediction = target.process, target.prediction
+    if target.oracle is not None:
+        reference = {"kind": "exact", "map": "samplers.exact_flow_map"}
+        model_name = _model_name(config)
     else:
-        process, prediction = schedules.get_process(config.process), config.prediction
-        model = dict(target=None, model_name=_model_name(config), process_label=config.process,
-                     reference_kind="exact", reference_record={"kind": "exact", "map": "samplers.exact_flow_map"})
+        reference = {"kind": "teacher", "steps": reference_steps or 2 * config.teacher.steps,
+                     "grid": config.teacher.grid, "solver": config.teacher.solver,
+                     "options": _options(config.teacher.options)}
+        model_name = target.description
     distillation.student_step_fn(student, process)
     schedules.get_timesteps(config.teacher.grid, process, config.teacher.steps)
     grids = {k: {name: np.asarray(schedules.get_timesteps(name, process, k)) for name in config.compare_grids}
@@ -270,7 +284,8 @@ def _validate(config):
     options["prediction"] = prediction
     return DistillSetup(source=source, process=process, prediction=prediction, solver=solver,
                         step_counts=step_counts, single=single, score_solvers=score_solvers, grids=grids,
-                        distill_options=options, **model)
+                        distill_options=options, target=target, source_record=loaded.record, model_name=model_name,
+                        reference_kind=reference["kind"], reference_record=reference)
 
 
 def _step_counts(config):
@@ -318,26 +333,20 @@ def _inputs(config, setup):
     """The model, the distillation and held-out batches at t_max and the scoring reference of the config's source:
     {"model_fn", "args" (its args: a checkpoint's parameters, or None), "x_distill", "x_heldout",
     "reference": fn(x_heldout, t_end) -> float64 array}."""
-    process = setup.process
+    process, target = setup.process, setup.target
     root = jax.random.PRNGKey(config.seed)
-    if setup.source == "oracle":
-        oracle = GaussianMixture.random(
-            jax.random.fold_in(root, ORACLE_STREAM), dim=config.oracle.dim,
-            num_components=config.oracle.num_components
-        )
+    inputs = {"model_fn": target.model_fn, "args": target.args}
+    if setup.exact:
+        oracle = target.oracle
         # One compiled draw instead of a dispatch (and, on first use, a compile) per operation.
         draw = jax.jit(lambda gm, key, num: gm.marginal_sample(key, num, process.t_max, process), static_argnums=2)
         x_distill = draw(oracle, jax.random.fold_in(root, DISTILL_STREAM), config.batch)
         x_heldout = draw(oracle, jax.random.fold_in(root, HELDOUT_STREAM), config.eval_batch)
-        model_fn = oracle.model_fn(process, config.prediction)
 
         def reference(x, t_end):
             return samplers.exact_flow_map(oracle, process, x, process.t_max, t_end)
 
-        return {"model_fn": model_fn, "args": None, "x_distill": x_distill, "x_heldout": x_heldout,
-                "reference": reference}
-
-    target = setup.target
+        return {**inputs, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
 
     @jax.jit
     def draw_noise(root):  # both batches in one compiled program: each random draw costs a compile on the CPU
@@ -357,19 +366,17 @@ def _inputs(config, setup):
                                args=target.args)
         return np.asarray(y, np.float64)
 
-    return {"model_fn": target.model_fn, "args": target.args, "x_distill": x_distill, "x_heldout": x_heldout,
-            "reference": reference}
+    return {**inputs, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
 
 
 def _provenance(config, setup, **fields):
     """What a saved schedule file records about how it was made: the model, the solver and student, the config,
-    the checkpoint for that source, and `fields` (teacher, cost, indices, timings, held-out RMSE, ...)."""
+    where a model other than the oracle came from (`sources.Source.record`) and what it is scored against, and `fields`
+    (teacher, cost, indices, timings, held-out RMSE, ...)."""
     record = dict(model=setup.model_name, solver_options=_options(config.solver.options), student=config.student,
                   prediction=setup.prediction, **fields, config=config.to_dict())
-    if setup.source == "checkpoint":
-        record.update(source="checkpoint", train_config=config.train_config, checkpoint_dir=config.checkpoint_dir,
-                      use_ema=bool(config.use_ema), resolution=int(config.resolution),
-                      reference=setup.reference_record)
+    if not setup.exact:
+        record.update(setup.source_record, reference=setup.reference_record)
     return record
 
 
@@ -473,12 +480,12 @@ def format_summary(config, setup, record, refine_info):
     counts = record.get("step_counts")
     if counts is None:
         head = (f"{record['method']} schedule for {_solver_label(config)}: {setup.step_counts[0]} steps "
-                f"({config.nfe} NFE budget) on {setup.process_label}, {setup.model_name}")
+                f"({config.nfe} NFE budget) on {setup.process.name}, {setup.model_name}")
         cost = (f"  distilled in {record['seconds']:.2f} s, {record['model_calls']} model calls per sample, "
                 f"DP cost {record['cost']:.3e}; teacher indices {record['indices']}")
     else:
         head = (f"{record['method']} schedules at {len(counts)} step counts {counts} for {_solver_label(config)} on "
-                f"{setup.process_label}, {setup.model_name}")
+                f"{setup.process.name}, {setup.model_name}")
         cost = (f"  distilled in {record['seconds']:.2f} s (one teacher, one DP of {max(counts)} stages), "
                 f"{record['model_calls']} model calls per sample")
     lines = [
@@ -495,7 +502,7 @@ def format_summary(config, setup, record, refine_info):
                      f"order (its warm-up)")
         lines += [f"  {k:>3} steps: DP cost {entry['cost']:.3e}, teacher indices {entry['indices']}"
                   for k, entry in record["schedules"].items()]
-    elif setup.source != "oracle":
+    elif not setup.exact:
         lines.append(f"  RMSE against {_reference_text(setup)}")
     return "\n".join(lines)
 
@@ -524,13 +531,13 @@ def _plot_title(config, setup):
                 f"({config.nfe} NFE)")
     else:
         what = f"{config.method} schedules for {_solver_label(config)} at {list(setup.step_counts)} steps"
-    if setup.source == "oracle":
+    if setup.exact:
         model = f"{config.oracle.dim}-d Gaussian mixture ({config.oracle.num_components} components)"
     else:
         model = setup.model_name
     reference = ("the exact flow map" if setup.reference_kind == "exact"
                  else f"the teacher ({setup.reference_record['steps']} steps)")
-    return f"{what}, {setup.process_label}\n{model}; RMSE vs {reference} on {config.eval_batch} held-out samples"
+    return f"{what}, {setup.process.name}\n{model}; RMSE vs {reference} on {config.eval_batch} held-out samples"
 
 
 def plot_schedules(rows, process, path, teacher_ts=None, title="", reference="exact"):

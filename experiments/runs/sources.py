@@ -69,6 +69,9 @@ def _trained(target, identity, record):
 
 @_source("checkpoint", "train_config", "checkpoint_dir", "use_ema", "resolution")
 def checkpoint(config) -> Source:
+    for key in ("train_config", "checkpoint_dir"):
+        if not config[key]:
+            raise ValueError(f"source 'checkpoint' needs {key} (the training config file.py[:arg] and its --workdir)")
     target = checkpoint_target(config.train_config, config.checkpoint_dir, config.use_ema, config.resolution)
     identity = {"source": "checkpoint", "train_config": config.train_config,
                 "checkpoint_dir": os.path.abspath(config.checkpoint_dir), "step": target.step,

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.core import Registry
+from fastsamplers.experiments.configs import grid_timesteps
 from fastsamplers.experiments.train import couplings, data, losses
 from fastsamplers.models import conditioning
 from fastsamplers.models.networks import FLOWS, get_network
@@ -198,8 +199,8 @@ def _diffusion_parts(config, net, process, datasets, num_devices, mesh):
     solver = samplers.get_solver(config.sample.solver, **_set(config.sample, "order"))
     num_steps = solver.steps_for_nfe(config.sample.nfe)
     solver.check_grid(num_steps)
-    ends = _set(config.sample, "t_min", "t_max")
-    ts = np.asarray(schedules.get_timesteps(config.sample.grid, process, num_steps, **ends))
+    ts = grid_timesteps(config.sample.grid, process, num_steps, config.sample.nfe, config.sample.t_min,
+                        config.sample.t_max)
     check_ts(ts, process, solver, loss.prediction)
 
     if config.sample.guidance:

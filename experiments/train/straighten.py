@@ -129,8 +129,7 @@ def check_boss_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"train.batch_size={config.train.batch_size} trajectories but the pool holds "
                          f"boss.pool_size={boss.pool_size}")
     samplers.get_solver(boss.teacher_solver)  # an unknown name fails here, with the valid ones
-    if boss.teacher_grid not in schedules.GRIDS:
-        raise ValueError(f"unknown boss.teacher_grid {boss.teacher_grid!r}; valid: {sorted(schedules.GRIDS)}")
+    schedules.GRIDS.check(boss.teacher_grid, kind="boss.teacher_grid")
 
 
 def load_teacher(config: ml_collections.ConfigDict) -> checkpoints.Target:

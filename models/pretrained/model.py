@@ -1,13 +1,11 @@
-"""What a loaded checkpoint is (`Pretrained`), and the checks every loader makes before any compute: its JSON files
-(`read_json`) and its weights (`check_weights`)."""
+"""What a loaded checkpoint is (`Pretrained`), and the checks every loader makes before any compute: its weights
+(`check_weights`; its JSON files are read by `core.read_json`, whose errors name the file)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
@@ -110,18 +108,6 @@ def batch_times(t: ArrayLike, batch: int) -> jax.Array:
     if t.ndim:
         t = jnp.reshape(t, (t.shape[0],))
     return jnp.broadcast_to(t, (batch,))
-
-
-def read_json(path: str) -> Any:
-    """The contents of the JSON file `path`; FileNotFoundError or ValueError naming the file when it is missing or
-    not valid JSON."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing file {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
 def check_weights(found: dict[str, Shape], expected: dict[str, Shape], source: str, origin: str) -> None:

@@ -48,10 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.core import Registry
+from fastsamplers.core import Registry, read_json
 from fastsamplers.core.typing import PyTree, Shape
 from fastsamplers.models.pretrained.diffusers import ParamPath, expected_params, unflatten
-from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions, read_json
+from fastsamplers.models.pretrained.model import Pretrained, check_weights, make_functions
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 from fastsamplers.schedules.processes import get_process
 
