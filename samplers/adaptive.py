@@ -15,18 +15,19 @@ import diffrax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.pytrees import is_real, known
 
 # name -> (diffrax solver class, order, model calls per step)
 # FSAL methods (Tsit5, Dopri5, Dopri8, Bosh3) reuse the last stage: stages - 1 calls per step (accepted or
 # rejected), plus one call at the start. Measured by counting calls at run time (tests/test_sample.py).
-METHODS = {
+METHODS = Registry("adaptive method", {
     "tsit5": (diffrax.Tsit5, 5, 6),
     "dopri5": (diffrax.Dopri5, 5, 6),
     "dopri8": (diffrax.Dopri8, 8, 13),
     "bosh3": (diffrax.Bosh3, 3, 3),
-}
+}, unknown="{kind} must be one of {valid}, got {name!r}")
 
 
 def solve_log_gamma(field, y0, gamma_start, gamma_end, method, rtol, atol, max_steps, gamma_floor):
@@ -65,8 +66,7 @@ class Adaptive(Solver):
 
     def check(self):
         super().check()
-        if self.method not in METHODS:
-            raise ValueError(f"adaptive method must be one of {sorted(METHODS)}, got {self.method!r}")
+        METHODS.check(self.method)
         for option in ("rtol", "atol", "gamma_floor"):
             value = known(getattr(self, option))
             if value is not None and not (is_real(value) and np.all(value > 0)):

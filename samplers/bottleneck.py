@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.models import predictions
 from fastsamplers.samplers.driver import sample
 from fastsamplers.samplers.pytrees import merge, split
@@ -37,9 +38,12 @@ from fastsamplers.samplers.solvers import get_solver
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.processes import get_process
 
-RESIZE_METHODS = {"lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5", "bilinear": "linear",
-                  "bicubic": "cubic", "nearest": "nearest"}
-RENOISE = ("fresh", "none")
+_UNKNOWN = "unknown {kind} {name!r}; valid: {valid}"
+# name -> `jax.image.resize`'s method.
+RESIZE_METHODS = Registry("resize method", {"lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5",
+                                            "bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"},
+                          unknown=_UNKNOWN)
+RENOISE = Registry.of_names("renoise mode", ("fresh", "none"), ordered=True, unknown=_UNKNOWN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,18 +121,16 @@ def check_resolutions(model_fn, stages, channels, dtype=jnp.float32, args=None):
 
 def resize(images, size, method="lanczos"):
     """NHWC images resized to size = (height, width) with `method` (see RESIZE_METHODS)."""
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"unknown resize method {method!r}; valid: {sorted(RESIZE_METHODS)}")
+    jax_method = RESIZE_METHODS.lookup(method)
     if tuple(images.shape[1:3]) == tuple(size):
         return images
     shape = (images.shape[0], *size, images.shape[3])
-    return jax.image.resize(images, shape, RESIZE_METHODS[method], antialias=True).astype(images.dtype)
+    return jax.image.resize(images, shape, jax_method, antialias=True).astype(images.dtype)
 
 
 def renoise(key, x0, t, process, mode="fresh"):
     """The state at time t for the clean estimate x0: alpha(t) x0 + sigma(t) z, z fresh ("fresh"); or x0 ("none")."""
-    if mode not in RENOISE:
-        raise ValueError(f"unknown renoise mode {mode!r}; valid: {list(RENOISE)}")
+    RENOISE.check(mode)
     if mode == "none":
         return x0
     z = jax.random.normal(key, x0.shape, x0.dtype)
@@ -164,10 +166,8 @@ def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", 
     """
     process = get_process(process) if isinstance(process, str) else process
     predictions.check_kind(prediction)
-    if resize_method not in RESIZE_METHODS:
-        raise ValueError(f"unknown resize method {resize_method!r}; valid: {sorted(RESIZE_METHODS)}")
-    if renoise_mode not in RENOISE:
-        raise ValueError(f"unknown renoise mode {renoise_mode!r}; valid: {list(RENOISE)}")
+    RESIZE_METHODS.check(resize_method)
+    RENOISE.check(renoise_mode)
     built = plan(stages, process, total_steps)
     if x_init.ndim != 4 or tuple(x_init.shape[1:3]) != built[0][0].size:
         raise ValueError(f"x_init must be (n, {built[0][0].size[0]}, {built[0][0].size[1]}, C) for the first "

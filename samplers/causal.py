@@ -36,12 +36,15 @@ import json
 import jax
 import jax.numpy as jnp
 
+from fastsamplers.core import Registry
 from fastsamplers.models.tarflow import TarFlow, block_order, denoise, empty_cache
 
-MODES = ("sequential", "jacobi", "gs_jacobi")
-INITS = ("z", "z0")
+_UNKNOWN = "unknown {kind} {name!r}; valid: {valid}"
+MODES = Registry.of_names("inversion mode", ("sequential", "jacobi", "gs_jacobi"), ordered=True, unknown=_UNKNOWN)
+INITS = Registry.of_names("initial guess", ("z", "z0"), ordered=True, unknown=_UNKNOWN)
 # Matrix-product precisions (`jax.default_matmul_precision`); None keeps the backend's default.
-PRECISIONS = ("highest", "float32", "tensorfloat32", "bfloat16", "default")
+PRECISIONS = Registry.of_names("matmul precision", ("highest", "float32", "tensorfloat32", "bfloat16", "default", None),
+                               ordered=True, unknown=_UNKNOWN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +63,8 @@ class BlockPlan:
     init: str = "z"
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown inversion mode {self.mode!r}; valid: {list(MODES)}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown initial guess {self.init!r}; valid: {list(INITS)}")
+        MODES.check(self.mode)
+        INITS.check(self.init)
         if self.segments < 1 or self.max_iterations < 0 or self.tol < 0:
             raise ValueError(f"a block plan needs segments >= 1, max_iterations >= 0 and tol >= 0; got {self}")
         if self.mode == "jacobi" and self.segments != 1:
@@ -145,8 +146,7 @@ def invert(flow: TarFlow, params, z, y=None, plan="sequential", guidance=0.0, an
         raise ValueError("guidance needs labels y: it contrasts the conditional and the unconditional outputs")
     if clamp is not None and not clamp > 0:
         raise ValueError(f"clamp must be None or > 0, got {clamp}")
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"unknown matmul precision {precision!r}; valid: {list(PRECISIONS)} or None")
+    PRECISIONS.check(precision)
     for p in plans:
         p.layout(flow.num_tokens)  # divisibility errors before any compute
     labels = flow.apply({}, y, z.shape[0], method=TarFlow.labels)

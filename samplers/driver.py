@@ -154,8 +154,7 @@ def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_i
 
 def check_key(solver: Solver, key, noise: str, x_init: jax.Array):
     """The key a stochastic solver needs (checked against the batch), or None for a deterministic one."""
-    if noise not in noises.KINDS:
-        raise ValueError(f"unknown noise {noise!r}; valid names: {list(noises.KINDS)}")
+    noises.KINDS.check(noise)  # also where the solver is deterministic and draws none
     if not solver.stochastic:
         return None  # documented: deterministic solvers ignore a key
     if key is None:

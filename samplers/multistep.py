@@ -40,10 +40,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.samplers.base import Solver, cast_like
 from fastsamplers.samplers.pytrees import is_real, known
 
 LOWER_ORDER_FINAL_BELOW = 15
+# DPM-Solver++'s named options; their sentences name the solver (`where`).
+SECOND_ORDER_RULES = Registry.of_names("solver_type", ("midpoint", "heun"), ordered=True,
+                                       unknown="{where}: {kind} must be {alternatives}, got {name!r}")
+DPM_VARIANTS = Registry.of_names("variant", ("published", "third_order"), ordered=True,
+                                 unknown="{where} {kind} must be {alternatives}, got {name!r}")
 
 
 def check_lower_order_final(name: str, value) -> None:
@@ -339,10 +345,8 @@ class _DPMSolverPP(LinearMultistep):
     def check(self):
         super().check()
         _check_eta(self.name, self.eta)
-        if self.second_order_rule not in ("midpoint", "heun"):
-            raise ValueError(f"{self.name}: solver_type must be 'midpoint' or 'heun', got {self.second_order_rule!r}")
-        if self.variant not in ("published", "third_order"):
-            raise ValueError(f"{self.name} variant must be 'published' or 'third_order', got {self.variant!r}")
+        SECOND_ORDER_RULES.check(self.second_order_rule, where=self.name)
+        DPM_VARIANTS.check(self.variant, where=self.name)
         if self.variant == "third_order" and self.order < 3:
             raise ValueError("variant='third_order' changes only the 3M update; use it with dpmpp_3m")
 

@@ -19,7 +19,9 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-KINDS = ("fold_in", "brownian")
+from fastsamplers.core import Registry
+
+KINDS = Registry.of_names("noise", ("fold_in", "brownian"), ordered=True)
 _STREAM_SALT = 0x5EED  # keys of extra draws within a step (stream > 0) are folded with it, apart from the path
 
 
@@ -68,8 +70,7 @@ class Noise(NamedTuple):
 
 def check_key(kind: str, key: jax.Array, batch_size: int | None) -> None:
     """Raise ValueError for an unknown noise kind or a key that fits neither one key nor one per sample."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown noise {kind!r}; valid names: {list(KINDS)}")
+    KINDS.check(kind)
     count = num_keys(key)
     if count is not None and count != batch_size:
         raise ValueError(f"got {count} per-sample keys for a batch of {batch_size}: give one key, or one per sample "

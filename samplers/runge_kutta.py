@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.samplers.base import Solver, cast_like
 from fastsamplers.samplers.pytrees import is_real, known
 
@@ -121,12 +122,12 @@ class DEISRhoRK(ExplicitRK):
     native = "eps"
     space = "gamma"
     method: str = "3kutta"
-    methods = ("2heun", "3kutta", "4rk")
+    methods = Registry.of_names("deis_rhork method", ("2heun", "3kutta", "4rk"), ordered=True,
+                                unknown="{kind} must be one of {valid}, got {name!r}")  # the tableaus it takes
 
     def check(self):
         super().check()
-        if self.method not in self.methods:
-            raise ValueError(f"deis_rhork method must be one of {list(self.methods)}, got {self.method!r}")
+        self.methods.check(self.method)
 
     @classmethod
     def variants(cls):

@@ -47,13 +47,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.exponential import PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, solve_moments
 from fastsamplers.samplers.multistep import check_lower_order_final, lowers_final_orders, step_orders
 from fastsamplers.samplers.pytrees import is_real, known
 
 ALLOWED_ORDERS = (1, 2, 3, 4)
-VARIANTS = ("published", "exact")
+VARIANTS = Registry.of_names("variant", ("published", "exact"), ordered=True,
+                            unknown="{where} {kind} must be one of {valid}, got {name!r}")
 
 
 def _moments(z: jax.Array, count: int) -> jax.Array:
@@ -122,8 +124,7 @@ class SASolver(Solver):
                 raise ValueError(f"{self.name}: tau_interval must be (t_lo, t_hi) with t_lo <= t_hi, finite, "
                                  f"got {self.tau_interval!r}")
             object.__setattr__(self, "tau_interval", interval if values is None else tuple(map(float, values)))
-        if self.variant not in VARIANTS:
-            raise ValueError(f"{self.name} variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        VARIANTS.check(self.variant, where=self.name)
         check_lower_order_final(self.name, self.lower_order_final)
 
     @classmethod

@@ -56,6 +56,17 @@ class WithCorrector:
         return unic(predictor) if corrector else predictor
 
 
+def _file_solver(method):
+    def build(path):
+        return load_learned(path, method)[0]
+
+    return build
+
+
+FILE_SOLVERS = Registry("solver", {"file": _file_solver(None), "olss": _file_solver("olss"),
+                                   "solver_schedule": _file_solver("search")})
+
+
 SOLVERS = Registry("solver", {entry.name: entry for entry in (
     DDIM, Euler, Heun, DEISTab, DEISRhoAB, DEISRhoRK, IPNDM,
     WithCorrector(DPMSolverPP2M, variants=DPMSolverPP2M.variants() + (dict(order=2, corrector=True),)),
@@ -69,7 +80,8 @@ SOLVERS = Registry("solver", {entry.name: entry for entry in (
         dict(order=3, corrector=False, lower_order_final=False), {})),
     Adaptive, EulerAncestral, EDMStochastic,
     WithCorrector(DPMSolverPP2MSDE), WithCorrector(DPMSolverPP3MSDE),  # UniC refuses them unless eta = 0
-    SASolver)})
+    SASolver)}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from a file: "
+                         f"{FILE_SOLVERS.valid()} with path=..."))
 
 
 def load_learned(path: str, method: str | None = None) -> tuple[Solver, np.ndarray]:
@@ -84,17 +96,6 @@ def load_learned(path: str, method: str | None = None) -> tuple[Solver, np.ndarr
 
 def _tupled(value):
     return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
-
-
-def _file_solver(method):
-    def build(path):
-        return load_learned(path, method)[0]
-
-    return build
-
-
-FILE_SOLVERS = Registry("solver", {"file": _file_solver(None), "olss": _file_solver("olss"),
-                                   "solver_schedule": _file_solver("search")})
 
 
 def get_solver(name: str, **options) -> Solver:
@@ -131,7 +132,5 @@ def get_solver(name: str, **options) -> Solver:
     """
     if isinstance(name, str) and name in FILE_SOLVERS:
         return FILE_SOLVERS.build(name, **options)
-    if not isinstance(name, str) or name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; valid names: {sorted(SOLVERS)}, or a learned sampler from a file: "
-                         f"{sorted(FILE_SOLVERS)} with path=...")
+    SOLVERS.check(name)
     return SOLVERS.build(name, **options)

@@ -63,11 +63,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.exponential import PCCoefficients, PCSteps, g_functions, phi1, solve_moments
 from fastsamplers.samplers.multistep import Multistep
 
-VARIANTS = ("bh1", "bh2")
+# B(h), of UniP and of UniC; the sentence names the solver (`where`).
+VARIANTS = Registry.of_names("variant", ("bh1", "bh2"), ordered=True,
+                            unknown="{where} {kind} must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), got {name!r}")
 ALLOWED_ORDERS = (1, 2, 3)
 
 
@@ -195,9 +198,7 @@ class UniP(PCSteps, Multistep):
 
     def check(self):
         super().check()
-        if self.variant not in VARIANTS:
-            raise ValueError(f"{self.name} variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), "
-                             f"got {self.variant!r}")
+        VARIANTS.check(self.variant, where=self.name)
 
     def terms(self, process, ts: jax.Array, orders: np.ndarray | None = None) -> UniPCTerms:
         """`unipc_terms` on this grid, for the solver's step orders or the given ones."""
@@ -252,8 +253,7 @@ class UniC(PCSteps, Solver):
                              f"eta=0 or corrector=False")
         if predictor.denoise_to_zero:
             raise ValueError("give denoise_to_zero to the UniC wrapper, not to its predictor (samplers.unic moves it)")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"UniC variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), got {self.variant!r}")
+        VARIANTS.check(self.variant, where="UniC")
 
     @property
     def name(self) -> str:
