@@ -85,6 +85,12 @@ class Solver(TracedOptions):
     static_nfe = True
 
     def __post_init__(self):
+        # A numeric option given as a Python int is held as a float: `samplers.pytrees.split` keeps ints static (a
+        # shape, a count), and eta=1 must share the compiled program of eta=0.5.
+        for field in self.traced:
+            value = getattr(self, field)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, field, float(value))
         self.check()
 
     def check(self) -> None:
