@@ -124,6 +124,28 @@ class Solver(TracedOptions):
         what the tests sweep for every registered solver, so a new solver is tested without being named."""
         return ({},)
 
+    def spec(self) -> dict[str, Any]:
+        """{"name": ..., "options": {...}}: the registered name and the options from which `samplers.get_solver(name,
+        **options)` builds this solver again (what a learned-sampler file stores, `schedules.save_learned`). By
+        default the name and every dataclass field.
+
+        Raises:
+          ValueError: where no registry entry builds this solver (the sentence says why).
+        """
+        return {"name": self.name, "options": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                               if f.init}}
+
+    def at_order(self, order: int) -> Solver:
+        """The same method at another order. A multistep method's warm-up (step i of order min(i + 1, order)) on a
+        grid of fewer steps than its order is the method of that lower order, which `check_grid` accepts.
+
+        Raises:
+          ValueError: the method has no form of that order.
+        """
+        if order == self.order:
+            return self
+        raise ValueError(f"{self.name} has no form of order {order}: its order {self.order} is fixed")
+
     def nfe(self, num_steps: int) -> int:
         """Model calls made for a grid of num_steps steps (the final denoising call included)."""
         return self.loop_nfe(num_steps) + int(self.denoise_to_zero)

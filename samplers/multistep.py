@@ -123,6 +123,9 @@ class Multistep(Solver):
                 f"got {num_steps}; use more steps or a lower order"
             )
 
+    def at_order(self, order: int) -> Multistep:
+        return dataclasses.replace(self, order=order)  # `check` refuses an order the method does not have
+
     def step_orders(self, num_steps: int) -> np.ndarray:
         """The order of each step's update (`step_orders`), static."""
         return step_orders(self.order, num_steps, self.lower_order_final)

@@ -156,6 +156,9 @@ class SASolver(Solver):
                 f"{self.name} of predictor order {self.predictor_order} needs a grid of at least "
                 f"{self.predictor_order} steps to reach its order, got {num_steps}; use more steps or a lower order")
 
+    def at_order(self, order: int) -> SASolver:
+        return dataclasses.replace(self, predictor_order=order)
+
     def step_orders(self, num_steps: int) -> np.ndarray:
         """The predictor order of each step, (num_steps,) numpy ints (static)."""
         return step_orders(self.predictor_order, num_steps, self.lower_order_final)

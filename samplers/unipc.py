@@ -57,7 +57,7 @@ limit at sigma = 0.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -200,6 +200,11 @@ class UniP(PCSteps, Multistep):
         super().check()
         VARIANTS.check(self.variant, where=self.name)
 
+    def spec(self) -> dict[str, Any]:
+        spec = super().spec()
+        spec["options"]["corrector"] = False  # its registry entry ("unipc") wraps it in UniC by default
+        return spec
+
     def terms(self, process, ts: jax.Array, orders: np.ndarray | None = None) -> UniPCTerms:
         """`unipc_terms` on this grid, for the solver's step orders or the given ones."""
         orders = self.step_orders(ts.shape[0] - 1) if orders is None else orders
@@ -267,6 +272,20 @@ class UniC(PCSteps, Solver):
     def convergence_order(self) -> int:
         nominal = min(self.predictor.order + 1, 3)  # see the class docstring
         return min(nominal, 2) if self.predictor.lower_order_final == "always" else nominal
+
+    def spec(self) -> dict[str, Any]:
+        """The predictor's name and options with corrector=True (and the wrapper's denoise_to_zero): the composition
+        `get_solver(name, corrector=True)` builds, which takes UniC's variant from the predictor (`unic`)."""
+        default = unic(self.predictor).variant
+        if self.variant != default:
+            raise ValueError(f"UniC of variant {self.variant!r} around {self.predictor.name} has no registry spec: "
+                             f"get_solver({self.predictor.name!r}, corrector=True) builds the variant {default!r}")
+        spec = self.predictor.spec()
+        spec["options"].update(corrector=True, denoise_to_zero=self.denoise_to_zero)
+        return spec
+
+    def at_order(self, order: int) -> UniC:
+        return dataclasses.replace(self, predictor=self.predictor.at_order(order))
 
     def check_grid(self, num_steps: int) -> None:
         self.predictor.check_grid(num_steps)

@@ -315,16 +315,16 @@ def _check_schedule_template(template):
 
 def _solver_for_steps(solver, num_steps):
     """The solver that scores a num_steps schedule: `solver` itself, or, for a multistep solver whose order is more
-    than num_steps (`check_grid` refuses it), the same solver at order num_steps, which takes exactly the steps of
-    its warm-up (step i has order min(i + 1, order)) on so short a grid."""
+    than num_steps (`check_grid` refuses it), the same method at order num_steps (`Solver.at_order`; a UniC wrapper
+    lowers its predictor), which takes exactly the steps of its warm-up (step i has order min(i + 1, order)) on so
+    short a grid."""
     try:
         solver.check_grid(num_steps)
         return solver
     except ValueError:
-        order = getattr(solver, "order", None)
-        if not (dataclasses.is_dataclass(solver) and hasattr(solver, "step_orders") and order and order > num_steps):
+        if solver.order <= num_steps:
             raise
-    lowered = dataclasses.replace(solver, order=num_steps)
+    lowered = solver.at_order(num_steps)
     lowered.check_grid(num_steps)
     return lowered
 
@@ -447,9 +447,8 @@ def _score(setup, reference, solver, model_fn, x, named_schedules, args=None):
 
 
 def _solver_text(solver):
-    """A solver's name and its order option, where it has one: "deis_tab order=3"."""
-    has_order = dataclasses.is_dataclass(solver) and "order" in {f.name for f in dataclasses.fields(solver)}
-    return solver.name + (f" order={solver.order}" if has_order else "")
+    """A solver's name and its order option, where its registry spec has one: "deis_tab order=3", "unipc order=2"."""
+    return solver.name + (f" order={solver.order}" if "order" in solver.spec()["options"] else "")
 
 
 def _teacher_record(config):
