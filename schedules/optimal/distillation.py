@@ -22,7 +22,7 @@ it, so `distill_many` serves several step counts from one teacher and one DP of 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,17 @@ AGGREGATES = Registry.of_names("aggregate", ("mean", "median"), ordered=True,
                                unknown="{kind} must be {alternatives}, got {name!r}")
 # The deviation of a student step from the teacher (Bellman / GITS costs).
 METRICS = Registry.of_names("metric", ("l2", "l1"), ordered=True, unknown="{kind} must be {alternatives}, got {name!r}")
+# A teacher grid: a name of `schedules.GRIDS`, or (name, options), e.g. ("file", {"path": ...}) for a schedule file
+# resampled to the teacher's steps (as a teacher solver is a name or (name, options)).
+TeacherGrid: TypeAlias = str | tuple[str, Mapping[str, Any]]
+
+
+def teacher_timesteps(teacher_grid: TeacherGrid, process: Process, num_steps: int, t_min: float | None = None,
+                      t_max: float | None = None) -> jax.Array:
+    """The teacher grid of num_steps steps between t_min and t_max (`schedules.get_timesteps`; a grid with its own
+    ends, such as a file's, keeps them)."""
+    name, options = (teacher_grid, {}) if isinstance(teacher_grid, str) else (teacher_grid[0], dict(teacher_grid[1]))
+    return get_timesteps(name, process, num_steps, t_min=t_min, t_max=t_max, **options)
 
 
 def student_step_fn(solver, process):
@@ -213,7 +224,7 @@ def _check_step_count(value, teacher_steps, name="num_steps"):
 
 
 def distill(method: str, model_fn: Callable, solver: Solver | str, process: Process | str, x_init: jax.Array,
-            num_steps: int, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: str = "logsnr",
+            num_steps: int, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: TeacherGrid = "logsnr",
             teacher_solver=("deis_tab", {"order": 3}), student: Solver | str | None = None, exact_steps: bool = True,
             start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2", coeff: float | None = None,
             t_min: float | None = None, t_max: float | None = None, return_info: bool = False, args: Any = None):
@@ -231,8 +242,9 @@ def distill(method: str, model_fn: Callable, solver: Solver | str, process: Proc
         DDIM or Euler), and `schedules.refine` then tunes the schedule for the solver itself.
       student: the single-step solver whose steps the DP prices (a name or a Solver), overriding the default.
       num_steps: M, the student's number of steps (1 <= M <= teacher_steps).
-      teacher_steps, teacher_grid, teacher_solver: the fine grid (its points are the candidate times) and the
-        solver that follows it (a name, or (name, options)).
+      teacher_steps, teacher_grid, teacher_solver: the fine grid (its points are the candidate times: a grid name,
+        or (name, options) such as ("file", {"path": ...})) and the solver that follows it (a name, or (name,
+        options)).
       exact_steps: OSS only: exactly M steps (True) or the best of at most M (False).
       start_at_t_max: OSS only: False lets the first step start lower, at any teacher time t_i, from the same noise
         rescaled to sigma(t_i) (the usual truncated start).
@@ -258,7 +270,7 @@ def distill(method: str, model_fn: Callable, solver: Solver | str, process: Proc
 
 
 def distill_many(method: str, model_fn: Callable, solver: Solver | str, process: Process | str, x_init: jax.Array,
-                 step_counts, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: str = "logsnr",
+                 step_counts, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: TeacherGrid = "logsnr",
                  teacher_solver=("deis_tab", {"order": 3}), student: Solver | str | None = None,
                  exact_steps: bool = True, start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2",
                  coeff: float | None = None, t_min: float | None = None, t_max: float | None = None,
@@ -336,7 +348,7 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
     if isinstance(teacher_solver, str):
         teacher_solver = (teacher_solver, {})
     teacher = samplers.get_solver(teacher_solver[0], **dict(teacher_solver[1]))
-    ts = get_timesteps(teacher_grid, process, teacher_steps, t_min=t_min, t_max=t_max)
+    ts = teacher_timesteps(teacher_grid, process, teacher_steps, t_min, t_max)
     trajectory = teacher_trajectory(model_fn, process, x_init, ts, teacher, prediction, args)
     if trajectory.shape[1:] != x_init.shape:
         raise ValueError(f"teacher trajectory of shape {trajectory.shape} does not match x_init {x_init.shape}")

@@ -12,29 +12,27 @@ import numpy as np
 
 from fastsamplers import samplers
 from fastsamplers.models import predictions
-from fastsamplers.schedules.grids import get_timesteps
-from fastsamplers.schedules.optimal.distillation import _with_args, teacher_trajectory
+from fastsamplers.schedules.optimal.distillation import TeacherGrid, _with_args, teacher_timesteps, teacher_trajectory
 
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-    """model_fn (x, t[, args]) -> `prediction`; num_steps and grid_name the teacher grid (from t_max to t_min);
-    solver the teacher's (fine, fixed-step) solver."""
+    """model_fn (x, t[, args]) -> `prediction`; num_steps and grid_spec the teacher grid (from t_max to t_min; a grid
+    name or (name, options), `distillation.teacher_timesteps`); solver the teacher's (fine, fixed-step) solver."""
 
     model_fn: Callable
     process: Any
     prediction: str
     args: Any
     num_steps: int
-    grid_name: str
+    grid_spec: TeacherGrid
     solver: samplers.Solver
     t_min: float | None = None
     t_max: float | None = None
 
     def grid(self, num_steps: int | None = None) -> jax.Array:
         """The teacher grid (num_steps + 1,), by default of the teacher's own number of steps."""
-        return get_timesteps(self.grid_name, self.process, num_steps or self.num_steps, t_min=self.t_min,
-                             t_max=self.t_max)
+        return teacher_timesteps(self.grid_spec, self.process, num_steps or self.num_steps, self.t_min, self.t_max)
 
     def model(self, native: str) -> Callable:
         """(x, t) -> the model's `native` prediction (args bound)."""
