@@ -13,13 +13,16 @@ pieces (with the matching slices of the keys) gives the same samples.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import diffrax
 import jax
 import jax.numpy as jnp
 
 from fastsamplers.core import Registry
+
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
 
 KINDS = Registry.of_names("noise", ("fold_in", "brownian"), ordered=True)
 _STREAM_SALT = 0x5EED  # keys of extra draws within a step (stream > 0) are folded with it, apart from the path
@@ -77,7 +80,7 @@ def check_key(kind: str, key: jax.Array, batch_size: int | None) -> None:
                          f"along x_init's leading axis")
 
 
-def make_noise(kind: str, key: jax.Array, process, batch_size: int | None, tol: float = 1e-5) -> Noise:
+def make_noise(kind: str, key: jax.Array, process: Process, batch_size: int | None, tol: float = 1e-5) -> Noise:
     """The noise source of one solve.
 
     Args:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -72,10 +72,10 @@ class TracedOptions:
     stochastic solves in one program, and eta = 0.0 given as a number runs the deterministic one.
     """
 
-    traced = ()
-    switches = ()
+    traced: ClassVar[tuple[str, ...]] = ()
+    switches: ClassVar[tuple[str, ...]] = ()
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         jax.tree_util.register_pytree_node(cls, _flatten, functools.partial(_unflatten, cls))
 

@@ -13,27 +13,31 @@ path=path)` loads the solver back and `get_timesteps("file", process, M, path=pa
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from fastsamplers import samplers
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
 from fastsamplers.schedules.optimal import multistep_dp, olss, solver_search
-from fastsamplers.schedules.optimal.distillation import TeacherGrid, _check_step_count, _check_teacher_steps
+from fastsamplers.schedules.optimal.distillation import (SolverSpec, TeacherGrid, _check_step_count,
+                                                        _check_teacher_steps)
 from fastsamplers.schedules.optimal.teacher import Teacher
-from fastsamplers.schedules.processes import get_process
+from fastsamplers.schedules.processes import Process, get_process
 
 METHODS = Registry("learning method", {"dp": multistep_dp.learn_dp, "olss": olss.learn_olss,
                                        "search": solver_search.learn_search},
                    reserved=("teacher", "x_init", "num_steps"))
 
 
-def learn(method: str, model_fn: Callable, process, x_init, num_steps: int, *, prediction: str = "eps",
-          args: Any = None, teacher_steps: int = 200, teacher_grid: TeacherGrid = "logsnr",
-          teacher_solver=("deis_tab", {"order": 3}), t_min: float | None = None, t_max: float | None = None,
-          return_info: bool = False, **options):
+def learn(method: str, model_fn: ModelFn, process: Process | str, x_init: ArrayLike, num_steps: int, *,
+          prediction: str = "eps", args: PyTree = None, teacher_steps: int = 200, teacher_grid: TeacherGrid = "logsnr",
+          teacher_solver: SolverSpec | samplers.Solver = ("deis_tab", {"order": 3}), t_min: float | None = None,
+          t_max: float | None = None, return_info: bool = False,
+          **options: Any) -> tuple[samplers.Solver, jax.Array] | tuple[samplers.Solver, jax.Array, dict[str, Any]]:
     """Learn an M-step sampler from a teacher on the calibration batch x_init.
 
     Args:
