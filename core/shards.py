@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fastsamplers.core.atomic import jsonable, write_atomic, write_npz
+from fastsamplers.core.atomic import jsonable, read_json, write_atomic, write_npz
 
 RECORD_KEY = "record"  # the .npz member holding an entry's record
 _STAMP = ("identity", "fingerprint")
@@ -149,8 +149,7 @@ def write_entry(path: str, arrays: dict, record: dict) -> str:
 def read_entry(path: str) -> Entry:
     """The arrays and record of an entry file (no fingerprint check; nothing is unpickled)."""
     if path.endswith(".json"):
-        with open(path) as f:
-            record = json.load(f)
+        record = read_json(path, what="shard entry")
         return Entry({}, record if isinstance(record, dict) else {})
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files if k != RECORD_KEY}

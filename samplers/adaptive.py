@@ -10,26 +10,35 @@ batch (one step size for all samples), as in diffrax.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
 
 import diffrax
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.samplers.base import Solver
+from fastsamplers.core import Registry
+from fastsamplers.samplers.base import Model, Solver
 from fastsamplers.samplers.pytrees import is_real, known
+
+if TYPE_CHECKING:
+    from fastsamplers.core.typing import ArrayLike
+    from fastsamplers.schedules.processes import Process
 
 # name -> (diffrax solver class, order, model calls per step)
 # FSAL methods (Tsit5, Dopri5, Dopri8, Bosh3) reuse the last stage: stages - 1 calls per step (accepted or
 # rejected), plus one call at the start. Measured by counting calls at run time (tests/test_sample.py).
-METHODS = {
+METHODS = Registry("adaptive method", {
     "tsit5": (diffrax.Tsit5, 5, 6),
     "dopri5": (diffrax.Dopri5, 5, 6),
     "dopri8": (diffrax.Dopri8, 8, 13),
     "bosh3": (diffrax.Bosh3, 3, 3),
-}
+}, unknown="{kind} must be one of {valid}, got {name!r}")
 
 
-def solve_log_gamma(field, y0, gamma_start, gamma_end, method, rtol, atol, max_steps, gamma_floor):
+def solve_log_gamma(field: Callable[[ArrayLike, jax.Array], jax.Array], y0: jax.Array, gamma_start: jax.Array,
+                    gamma_end: jax.Array, method: str, rtol: float | jax.Array, atol: float | jax.Array,
+                    max_steps: int, gamma_floor: float | jax.Array) -> tuple[jax.Array, jax.Array]:
     """Integrate dy/du = field(u, y), u = log gamma, from gamma_start to gamma_end. Returns (y_end, num_steps)."""
     solver_cls = METHODS[method][0]
     u0 = jnp.log(gamma_start)
@@ -63,23 +72,23 @@ class Adaptive(Solver):
     gamma_floor: float = 1e-6
     traced = ("rtol", "atol", "gamma_floor")  # a tolerance sweep is one program (samplers.pytrees)
 
-    def check(self):
+    def check(self) -> None:
         super().check()
-        if self.method not in METHODS:
-            raise ValueError(f"adaptive method must be one of {sorted(METHODS)}, got {self.method!r}")
+        METHODS.check(self.method)
         for option in ("rtol", "atol", "gamma_floor"):
             value = known(getattr(self, option))
             if value is not None and not (is_real(value) and np.all(value > 0)):
                 raise ValueError(f"adaptive: {option} must be positive, got {getattr(self, option)!r}")
 
     @property
-    def order(self):
+    def order(self) -> int:
         return METHODS[self.method][1]
 
-    def loop_nfe(self, num_steps):
+    def loop_nfe(self, num_steps: Any) -> Any:  # a traced count of steps gives a traced count of calls
         return METHODS[self.method][2] * num_steps + 1
 
-    def integrate(self, model, process, x, ts, save_trajectory=False, noise=None):
+    def integrate(self, model: Model, process: Process, x: jax.Array, ts: jax.Array, save_trajectory: bool = False,
+                  noise: Any = None) -> tuple[jax.Array, jax.Array, None]:
         if save_trajectory:
             raise NotImplementedError("the adaptive solver chooses its own steps: it has no trajectory on the grid "
                                       "ts; use a fixed-step solver for save_trajectory=True")

@@ -23,12 +23,16 @@ calls are known from the grid alone).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from fastsamplers.samplers.pytrees import TracedOptions
+
+if TYPE_CHECKING:
+    from fastsamplers.core.typing import HostArrayLike
+    from fastsamplers.schedules.processes import Process
 
 Model = Callable[[jax.Array, jax.Array], jax.Array]  # (x, t) -> the solver's native prediction
 
@@ -58,7 +62,7 @@ class StepInputs(NamedTuple):
         return self.noise.normal(self.i, self.s, self.t, like, stream)
 
 
-def step_inputs(solver: Solver, process, ts: jax.Array) -> StepInputs:
+def step_inputs(solver: Solver, process: Process, ts: jax.Array) -> StepInputs:
     """The inputs of every step of `solver` on the grid `ts`, stacked along a leading num_steps axis."""
     num_steps = ts.shape[0] - 1
     index = jnp.arange(num_steps)
@@ -84,7 +88,13 @@ class Solver(TracedOptions):
     evaluates_end = False
     static_nfe = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
+        # A numeric option given as a Python int is held as a float: `samplers.pytrees.split` keeps ints static (a
+        # shape, a count), and eta=1 must share the compiled program of eta=0.5.
+        for field in self.traced:
+            value = getattr(self, field)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, field, float(value))
         self.check()
 
     def check(self) -> None:
@@ -118,6 +128,28 @@ class Solver(TracedOptions):
         what the tests sweep for every registered solver, so a new solver is tested without being named."""
         return ({},)
 
+    def spec(self) -> dict[str, Any]:
+        """{"name": ..., "options": {...}}: the registered name and the options from which `samplers.get_solver(name,
+        **options)` builds this solver again (what a learned-sampler file stores, `schedules.save_learned`). By
+        default the name and every dataclass field.
+
+        Raises:
+          ValueError: where no registry entry builds this solver (the sentence says why).
+        """
+        return {"name": self.name, "options": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                               if f.init}}
+
+    def at_order(self, order: int) -> Solver:
+        """The same method at another order. A multistep method's warm-up (step i of order min(i + 1, order)) on a
+        grid of fewer steps than its order is the method of that lower order, which `check_grid` accepts.
+
+        Raises:
+          ValueError: the method has no form of that order.
+        """
+        if order == self.order:
+            return self
+        raise ValueError(f"{self.name} has no form of order {order}: its order {self.order} is fixed")
+
     def nfe(self, num_steps: int) -> int:
         """Model calls made for a grid of num_steps steps (the final denoising call included)."""
         return self.loop_nfe(num_steps) + int(self.denoise_to_zero)
@@ -138,11 +170,11 @@ class Solver(TracedOptions):
     def check_grid(self, num_steps: int) -> None:
         """Raise ValueError when the solver cannot run on a grid of num_steps steps (checked before compute)."""
 
-    def check_times(self, process, ts) -> None:
+    def check_times(self, process: Process, ts: HostArrayLike) -> None:
         """Raise ValueError when the solver cannot run on these concrete times of this process (checked before
         compute, after `check_grid`); by default every grid of an allowed length will do."""
 
-    def coefficients(self, process, ts: jax.Array) -> Any:
+    def coefficients(self, process: Process, ts: jax.Array) -> Any:
         """Everything that depends only on the time grid, as a pytree with a leading axis of num_steps: computed
         once, outside the loop, and differentiable with respect to ts.
 
@@ -163,7 +195,7 @@ class Solver(TracedOptions):
         zero-padded (the layout of samplers.multistep)."""
         return None
 
-    def step(self, model: Model, process, x: jax.Array, state: Any, inp: StepInputs) -> tuple[jax.Array, Any]:
+    def step(self, model: Model, process: Process, x: jax.Array, state: Any, inp: StepInputs) -> tuple[jax.Array, Any]:
         """One step, pure: from x at inp.s to the returned x at inp.t.
 
         Args:
@@ -178,7 +210,7 @@ class Solver(TracedOptions):
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement step")
 
-    def integrate(self, model: Model, process, x: jax.Array, ts: jax.Array, save_trajectory: bool = False,
+    def integrate(self, model: Model, process: Process, x: jax.Array, ts: jax.Array, save_trajectory: bool = False,
                   noise: Any = None) -> tuple[jax.Array, Any, jax.Array | None]:
         """The whole solve from ts[0] to ts[-1]: one `lax.scan` of `step` over `step_inputs`.
 

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
+from fastsamplers.core.typing import ArrayLike, DTypeLike, ModelFn, PyTree
 from fastsamplers.models import predictions
 from fastsamplers.samplers.driver import sample
 from fastsamplers.samplers.pytrees import merge, split
@@ -37,9 +40,16 @@ from fastsamplers.samplers.solvers import get_solver
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.processes import get_process
 
-RESIZE_METHODS = {"lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5", "bilinear": "linear",
-                  "bicubic": "cubic", "nearest": "nearest"}
-RENOISE = ("fresh", "none")
+if TYPE_CHECKING:
+    from fastsamplers.samplers.base import Solver
+    from fastsamplers.schedules.processes import Process
+
+_UNKNOWN = "unknown {kind} {name!r}; valid: {valid}"
+# name -> `jax.image.resize`'s method.
+RESIZE_METHODS = Registry("resize method", {"lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5",
+                                            "bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"},
+                          unknown=_UNKNOWN)
+RENOISE = Registry.of_names("renoise mode", ("fresh", "none"), ordered=True, unknown=_UNKNOWN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +72,7 @@ class Stage:
     solver_options: tuple = ()
 
     @property
-    def size(self):
+    def size(self) -> tuple[int, ...]:
         return (self.resolution, self.resolution) if isinstance(self.resolution, int) else tuple(self.resolution)
 
 
@@ -70,7 +80,8 @@ def _options(value):
     return dict(value.items() if isinstance(value, dict) else value)
 
 
-def plan(stages, process, total_steps=None):
+def plan(stages: Iterable[Stage], process: Process | str,
+         total_steps: int | None = None) -> list[tuple[Stage, Solver, np.ndarray]]:
     """Check a list of stages and build each stage's (solver, time grid); raises ValueError with the reason.
 
     Returns:
@@ -102,7 +113,8 @@ def plan(stages, process, total_steps=None):
     return built
 
 
-def check_resolutions(model_fn, stages, channels, dtype=jnp.float32, args=None):
+def check_resolutions(model_fn: ModelFn, stages: Sequence[Stage], channels: int, dtype: DTypeLike = jnp.float32,
+                      args: PyTree = None) -> None:
     """Trace model_fn at every stage's resolution (model_fn(x, t, args) when args is given); a size the model
     cannot take fails here, naming the stage."""
     extra = () if args is None else (jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
@@ -115,28 +127,28 @@ def check_resolutions(model_fn, stages, channels, dtype=jnp.float32, args=None):
             raise ValueError(f"stage {k}: the model cannot take images of {stage.size}: {error}") from error
 
 
-def resize(images, size, method="lanczos"):
+def resize(images: jax.Array, size: tuple[int, ...], method: str = "lanczos") -> jax.Array:
     """NHWC images resized to size = (height, width) with `method` (see RESIZE_METHODS)."""
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"unknown resize method {method!r}; valid: {sorted(RESIZE_METHODS)}")
+    jax_method = RESIZE_METHODS.lookup(method)
     if tuple(images.shape[1:3]) == tuple(size):
         return images
     shape = (images.shape[0], *size, images.shape[3])
-    return jax.image.resize(images, shape, RESIZE_METHODS[method], antialias=True).astype(images.dtype)
+    return jax.image.resize(images, shape, jax_method, antialias=True).astype(images.dtype)
 
 
-def renoise(key, x0, t, process, mode="fresh"):
+def renoise(key: jax.Array, x0: jax.Array, t: ArrayLike, process: Process, mode: str = "fresh") -> jax.Array:
     """The state at time t for the clean estimate x0: alpha(t) x0 + sigma(t) z, z fresh ("fresh"); or x0 ("none")."""
-    if mode not in RENOISE:
-        raise ValueError(f"unknown renoise mode {mode!r}; valid: {list(RENOISE)}")
+    RENOISE.check(mode)
     if mode == "none":
         return x0
     z = jax.random.normal(key, x0.shape, x0.dtype)
     return (process.alpha(t) * x0 + process.sigma(t) * z).astype(x0.dtype)
 
 
-def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", resize_method="lanczos",
-                      renoise_mode="fresh", total_steps=None, args=None):
+def bottleneck_sample(model_fn: ModelFn, stages: Sequence[Stage], process: Process | str, x_init: jax.Array,
+                      key: jax.Array | None, prediction: str = "eps", resize_method: str = "lanczos",
+                      renoise_mode: str = "fresh", total_steps: int | None = None,
+                      args: PyTree = None) -> tuple[jax.Array, dict[str, Any]]:
     """Sample through the stages (see the module docstring).
 
     Args:
@@ -164,10 +176,8 @@ def bottleneck_sample(model_fn, stages, process, x_init, key, prediction="eps", 
     """
     process = get_process(process) if isinstance(process, str) else process
     predictions.check_kind(prediction)
-    if resize_method not in RESIZE_METHODS:
-        raise ValueError(f"unknown resize method {resize_method!r}; valid: {sorted(RESIZE_METHODS)}")
-    if renoise_mode not in RENOISE:
-        raise ValueError(f"unknown renoise mode {renoise_mode!r}; valid: {list(RENOISE)}")
+    RESIZE_METHODS.check(resize_method)
+    RENOISE.check(renoise_mode)
     built = plan(stages, process, total_steps)
     if x_init.ndim != 4 or tuple(x_init.shape[1:3]) != built[0][0].size:
         raise ValueError(f"x_init must be (n, {built[0][0].size[0]}, {built[0][0].size[1]}, C) for the first "

@@ -32,16 +32,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any, Mapping, Sequence, TypeAlias, cast
 
 import jax
 import jax.numpy as jnp
 
+from fastsamplers.core import Registry
+from fastsamplers.core.typing import PyTree
 from fastsamplers.models.tarflow import TarFlow, block_order, denoise, empty_cache
 
-MODES = ("sequential", "jacobi", "gs_jacobi")
-INITS = ("z", "z0")
+_UNKNOWN = "unknown {kind} {name!r}; valid: {valid}"
+MODES = Registry.of_names("inversion mode", ("sequential", "jacobi", "gs_jacobi"), ordered=True, unknown=_UNKNOWN)
+INITS = Registry.of_names("initial guess", ("z", "z0"), ordered=True, unknown=_UNKNOWN)
 # Matrix-product precisions (`jax.default_matmul_precision`); None keeps the backend's default.
-PRECISIONS = ("highest", "float32", "tensorfloat32", "bfloat16", "default")
+PRECISIONS = Registry.of_names("matmul precision", ("highest", "float32", "tensorfloat32", "bfloat16", "default", None),
+                               ordered=True, unknown=_UNKNOWN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,17 +64,15 @@ class BlockPlan:
     tol: float = 0.0
     init: str = "z"
 
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown inversion mode {self.mode!r}; valid: {list(MODES)}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown initial guess {self.init!r}; valid: {list(INITS)}")
+    def __post_init__(self) -> None:
+        MODES.check(self.mode)
+        INITS.check(self.init)
         if self.segments < 1 or self.max_iterations < 0 or self.tol < 0:
             raise ValueError(f"a block plan needs segments >= 1, max_iterations >= 0 and tol >= 0; got {self}")
         if self.mode == "jacobi" and self.segments != 1:
             raise ValueError(f"mode 'jacobi' has one segment (use 'gs_jacobi' for {self.segments})")
 
-    def layout(self, num_tokens):
+    def layout(self, num_tokens: int) -> tuple[int, int, int]:
         """(number of segments, tokens per segment, iterations cap per segment) for a block of num_tokens."""
         if self.mode == "sequential":
             return num_tokens, 1, 1
@@ -79,7 +82,13 @@ class BlockPlan:
         return self.segments, length, self.max_iterations or length
 
 
-def parse_plan(text):
+# A plan as a config gives it (module docstring): one block's plan (a mode name, a dict of `BlockPlan`'s fields, or a
+# BlockPlan) for every block, or a sequence of them, one per block.
+BlockSpec: TypeAlias = str | Mapping[str, Any] | BlockPlan
+PlanSpec: TypeAlias = BlockSpec | Sequence[BlockSpec]
+
+
+def parse_plan(text: str) -> PlanSpec:
     """A plan from a config string: a mode name, or JSON (a dict or a list of dicts)."""
     text = text.strip()
     if text[:1] in "[{":
@@ -87,7 +96,7 @@ def parse_plan(text):
     return text
 
 
-def make_plan(spec, num_blocks):
+def make_plan(spec: PlanSpec, num_blocks: int) -> tuple[BlockPlan, ...]:
     """A tuple of `BlockPlan`, one per block, from a mode name, a dict, a BlockPlan, or a list of those."""
     if isinstance(spec, (list, tuple)):
         if len(spec) != num_blocks:
@@ -112,8 +121,9 @@ def _block_plan(item):
     raise TypeError(f"a block plan is a mode name, a dict or a BlockPlan, not {type(item).__name__}")
 
 
-def invert(flow: TarFlow, params, z, y=None, plan="sequential", guidance=0.0, annealed_guidance=False, clamp=None,
-           precision="highest"):
+def invert(flow: TarFlow, params: PyTree, z: jax.Array, y: jax.Array | None = None, plan: PlanSpec = "sequential",
+           guidance: float = 0.0, annealed_guidance: bool = False, clamp: float | None = None,
+           precision: str | None = "highest") -> tuple[jax.Array, dict[str, Any]]:
     """x with flow(x) = z: every block inverted as `plan` says, last block first.
 
     Args:
@@ -145,20 +155,22 @@ def invert(flow: TarFlow, params, z, y=None, plan="sequential", guidance=0.0, an
         raise ValueError("guidance needs labels y: it contrasts the conditional and the unconditional outputs")
     if clamp is not None and not clamp > 0:
         raise ValueError(f"clamp must be None or > 0, got {clamp}")
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"unknown matmul precision {precision!r}; valid: {list(PRECISIONS)} or None")
+    PRECISIONS.check(precision)
     for p in plans:
         p.layout(flow.num_tokens)  # divisibility errors before any compute
+    # flax's apply returns (out, state) only when a collection is mutable: here, out alone (the casts say so)
     labels = flow.apply({}, y, z.shape[0], method=TarFlow.labels)
-    tokens = flow.apply({}, z, method=TarFlow.to_tokens)
-    passes, iterations, changes = [None] * flow.num_blocks, [None] * flow.num_blocks, [None] * flow.num_blocks
+    tokens = cast(jax.Array, flow.apply({}, z, method=TarFlow.to_tokens))
+    passes: list[Any] = [None] * flow.num_blocks
+    iterations: list[Any] = [None] * flow.num_blocks
+    changes: list[Any] = [None] * flow.num_blocks
     with jax.default_matmul_precision(precision):  # read when the passes are traced
         for k in reversed(range(flow.num_blocks)):
             x, iterations[k], changes[k] = _invert_block(flow, params, k, block_order(k, tokens), labels, plans[k],
                                                          guidance, annealed_guidance, clamp)
             passes[k] = jnp.sum(iterations[k])
             tokens = block_order(k, x)
-    x = flow.apply({}, tokens, method=TarFlow.to_images)
+    x = cast(jax.Array, flow.apply({}, tokens, method=TarFlow.to_images))
     return x, {"passes": jnp.stack(passes), "iterations": tuple(iterations), "max_change": tuple(changes)}
 
 
@@ -224,8 +236,10 @@ def _invert_block(flow, params, k, z, labels, plan, guidance, annealed, clamp):
     return x, counts, changes
 
 
-def sample(flow: TarFlow, params, key, num_samples, y=None, plan="sequential", guidance=0.0,
-           annealed_guidance=False, clamp=None, temperature=1.0, denoise_sigma=None, precision="highest"):
+def sample(flow: TarFlow, params: PyTree, key: jax.Array, num_samples: int, y: jax.Array | None = None,
+           plan: PlanSpec = "sequential", guidance: float = 0.0, annealed_guidance: bool = False,
+           clamp: float | None = None, temperature: float = 1.0, denoise_sigma: float | None = None,
+           precision: str | None = "highest") -> tuple[jax.Array, dict[str, Any]]:
     """Samples: z ~ N(0, temperature^2 I), inverted by `invert`, then (if denoise_sigma) the Tweedie step
     x + sigma^2 grad log p(x) with the flow's own likelihood. Returns (x, info) as `invert`, x in image layout."""
     shape = (num_samples, flow.image_size, flow.image_size, flow.channels)

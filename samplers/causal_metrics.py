@@ -22,11 +22,13 @@ For block k with data tokens x (its input), latents z and outputs (a, b) = block
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core.typing import PyTree
 from fastsamplers.models.tarflow import TarFlow
 
 
@@ -49,7 +51,7 @@ def _metric_arrays(flow, params, x, y):
     return arrays
 
 
-def block_metrics(flow: TarFlow, params, x, y=None):
+def block_metrics(flow: TarFlow, params: PyTree, x: jax.Array, y: jax.Array | None = None) -> list[dict[str, Any]]:
     """CRM (and its share of the total) and IGM of both initial guesses, per block, from images x (B, H, W, C).
 
     Returns:
@@ -72,8 +74,8 @@ def block_metrics(flow: TarFlow, params, x, y=None):
     return out
 
 
-def recommend_plan(metrics, num_tokens, tough_share=None, segments=8, tough_iterations=0, other_iterations=0,
-                   tol=1e-4):
+def recommend_plan(metrics: list[dict[str, Any]], num_tokens: int, tough_share: float | None = None, segments: int = 8,
+                   tough_iterations: int = 0, other_iterations: int = 0, tol: float = 1e-4) -> list[dict[str, Any]]:
     """A per-block plan from `block_metrics`: blocks whose CRM share is at least `tough_share` (default 1.5 / the
     number of blocks, i.e. half again the even share) get GS-Jacobi with `segments` segments and
     `tough_iterations` per segment (0 = the segment length: exact); the others get Jacobi with at most
@@ -100,7 +102,7 @@ def recommend_plan(metrics, num_tokens, tough_share=None, segments=8, tough_iter
     return plan
 
 
-def format_metrics(metrics):
+def format_metrics(metrics: list[dict[str, Any]]) -> str:
     """A markdown table of `block_metrics`."""
     lines = ["| block | CRM | share | data term | norm W_a | norm W_b | IGM(z) | IGM(z0) | guess |",
              "|---|---|---|---|---|---|---|---|---|"]

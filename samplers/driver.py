@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers import noise as noises
@@ -25,8 +26,8 @@ from fastsamplers.samplers.solvers import get_solver
 from fastsamplers.schedules.processes import Process, as_float, get_process
 
 
-def resolve_inputs(model_fn: Callable, solver: Solver | str, process: Process | str, prediction: str,
-                   x_init) -> tuple[Solver, Process, jax.Array]:
+def resolve_inputs(model_fn: ModelFn, solver: Solver | str, process: Process | str, prediction: str,
+                   x_init: ArrayLike) -> tuple[Solver, Process, jax.Array]:
     """(solver, process, x_init as an array) from names or objects, checked before any compute is spent."""
     solver = get_solver(solver) if isinstance(solver, str) else solver
     if not isinstance(solver, Solver):
@@ -43,11 +44,11 @@ def resolve_inputs(model_fn: Callable, solver: Solver | str, process: Process | 
     return solver, process, x_init
 
 
-def check_ts(ts, process: Process, solver: Solver, prediction: str) -> None:
+def check_ts(ts: ArrayLike, process: Process, solver: Solver, prediction: str) -> None:
     """Validate a time grid before any compute is spent (only what can be seen on concrete values)."""
     if is_traced(ts):
-        if ts.ndim != 1 or ts.shape[0] < 2:
-            raise ValueError(f"ts must be 1-D with at least 2 entries, got shape {ts.shape}")
+        if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 2:
+            raise ValueError(f"ts must be 1-D with at least 2 entries, got shape {jnp.shape(ts)}")
         return
     ts_np = np.asarray(ts, np.float64)
     if ts_np.ndim != 1 or ts_np.shape[0] < 2:
@@ -82,8 +83,8 @@ def check_ts(ts, process: Process, solver: Solver, prediction: str) -> None:
             )
 
 
-def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_init: jax.Array, ts: jax.Array,
-           prediction: str = "eps", key: jax.Array | None = None, args: Any = None, check_finite: bool = True,
+def sample(model_fn: ModelFn, solver: Solver | str, process: Process | str, x_init: ArrayLike, ts: ArrayLike,
+           prediction: str = "eps", key: jax.Array | None = None, args: PyTree = None, check_finite: bool = True,
            save_trajectory: bool = False, noise: str = "fold_in") -> tuple[jax.Array, dict]:
     """Integrate the probability-flow ODE (or, for a stochastic solver, its SDE) from x_init at ts[0] to ts[-1].
 
@@ -152,10 +153,9 @@ def sample(model_fn: Callable, solver: Solver | str, process: Process | str, x_i
     return x, info
 
 
-def check_key(solver: Solver, key, noise: str, x_init: jax.Array):
+def check_key(solver: Solver, key: jax.Array | None, noise: str, x_init: jax.Array) -> jax.Array | None:
     """The key a stochastic solver needs (checked against the batch), or None for a deterministic one."""
-    if noise not in noises.KINDS:
-        raise ValueError(f"unknown noise {noise!r}; valid names: {list(noises.KINDS)}")
+    noises.KINDS.check(noise)  # also where the solver is deterministic and draws none
     if not solver.stochastic:
         return None  # documented: deterministic solvers ignore a key
     if key is None:
@@ -166,7 +166,7 @@ def check_key(solver: Solver, key, noise: str, x_init: jax.Array):
     return key
 
 
-def describe_args(args, max_leaves: int = 4) -> str:
+def describe_args(args: PyTree, max_leaves: int = 4) -> str:
     """`args` in a few words for an error message: a small pytree as its leaves' shapes and dtypes, a larger one (a
     network's parameters) by its type and size, a tuple or list element by element; never the whole tree.
 
@@ -185,7 +185,7 @@ def describe_args(args, max_leaves: int = 4) -> str:
     return f"a {type(args).__name__} of {len(leaves)} arrays ({size:,} numbers)"
 
 
-def checked_model(model_fn, has_args):
+def checked_model(model_fn: ModelFn, has_args: bool) -> Callable[[jax.Array, jax.Array, PyTree], jax.Array]:
     """model_fn as model(x, t, args), its output checked at trace time (free at run time): a prediction has x's shape
     and a floating dtype, and anything else is a sentence naming what was expected, not an error deep inside a
     solver."""

@@ -9,12 +9,15 @@ phi_{k+1}(-c h); g_k(z) = k! z phi_{k+1}(z).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
-from fastsamplers.samplers.base import cast_like
+from fastsamplers.samplers.base import Model, StepInputs, cast_like
+
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
 
 
 class PCCoefficients(NamedTuple):
@@ -80,13 +83,13 @@ def phi1(h: jax.Array) -> jax.Array:
     return jnp.where(finite, jnp.expm1(-jnp.where(finite, h, 1.0)), -1.0)
 
 
-def pc_init(x: jax.Array, width: int, stochastic: bool = False):
+def pc_init(x: jax.Array, width: int, stochastic: bool = False) -> tuple[jax.Array, ...]:
     """(x_{i-1}^c, the predictions m_{i-1}, ..., m_{i-width}[, z_{i-1}]): zeros before the first step."""
     state = (jnp.zeros_like(x), jnp.zeros((width,) + x.shape, x.dtype))
     return state + (jnp.zeros_like(x),) if stochastic else state
 
 
-def pc_past_state(xs, preds, width: int):
+def pc_past_state(xs: list[jax.Array], preds: list[jax.Array], width: int) -> tuple[jax.Array, jax.Array]:
     """The (deterministic) state carried into grid point k = len(xs) - 1: the exact x_{k-1} and m_{k-1}, ..., m_0."""
     x_prev = xs[-2] if len(xs) > 1 else jnp.zeros_like(xs[-1])
     pad = [jnp.zeros_like(xs[-1])] * (width - len(preds))
@@ -94,21 +97,30 @@ def pc_past_state(xs, preds, width: int):
     return x_prev, jnp.stack(history) if history else jnp.zeros((0,) + xs[-1].shape, xs[-1].dtype)
 
 
+class _Ordered(Protocol):
+    """What `PCSteps` needs of the solver it is mixed into."""
+
+    @property
+    def order(self) -> int: ...
+
+
 class PCSteps:
     """`init`, `past_state` and `step` of a deterministic solver that runs `pc_step` with a history of `order`
     predictions (UniP, UniC): mixed into a `Solver`."""
 
-    def init(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def init(self: _Ordered, x: jax.Array) -> tuple[jax.Array, ...]:
         return pc_init(x, self.order)
 
-    def past_state(self, xs, preds):
+    def past_state(self: _Ordered, xs: list[jax.Array], preds: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
         return pc_past_state(xs, preds, self.order)
 
-    def step(self, model, process, x, state, inp):
+    def step(self, model: Model, process: Process, x: jax.Array, state: tuple[jax.Array, ...],
+             inp: StepInputs) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         return pc_step(model, x, state, inp)
 
 
-def pc_step(model, x, state, inp):
+def pc_step(model: Model, x: jax.Array, state: tuple[jax.Array, ...],
+            inp: StepInputs) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """One step of the scan on a `PCCoefficients` row: evaluate m_i at the predicted x_i, correct x_i, predict x_{i+1}
     from the corrected point (a stochastic method reuses the predictor's noise in the corrector, as SA-Solver does)."""
     coef = inp.coef

@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree
 from fastsamplers.samplers.pytrees import TracedOptions, is_real, known
 
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
 
-def guided(model_fn: Callable, scale: float, uncond_args: Any, *, interval: tuple[float, float] | None = None,
-           batch_axes: Any = None, process=None) -> Guided:
+
+def guided(model_fn: ModelFn, scale: ArrayLike, uncond_args: Any, *, interval: tuple[float, float] | None = None,
+           batch_axes: Any = None, process: Process | None = None) -> Guided:
     """The classifier-free guided model function.
 
     Args:
@@ -80,14 +84,14 @@ class Guided(TracedOptions):
     """The model function `guided` returns. Its pytree children are `scale`, `uncond_args` and `interval` (traced
     under jit and vmap); `model_fn` and `batch_axes` (held as (leaves, treedef), hashable) are static."""
 
-    model_fn: Callable
+    model_fn: ModelFn
     scale: Any
     uncond_args: Any
     interval: tuple | None = None
     batch_axes: tuple | None = None
     traced = ("scale", "uncond_args", "interval")
 
-    def __call__(self, x, t, args):
+    def __call__(self, x: jax.Array, t: ArrayLike, args: PyTree) -> jax.Array:
         if self.interval is None:
             return self._combine(*self._both(x, t, args))
         t_lo, t_hi = self.interval

@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.models import predictions
-from fastsamplers.samplers.base import Solver, StepInputs, cast_like, step_inputs
+from fastsamplers.samplers.base import Model, Solver, StepInputs, cast_like, step_inputs
 from fastsamplers.samplers.pytrees import merge, split
+
+if TYPE_CHECKING:
+    from fastsamplers.core.typing import HostArrayLike
+    from fastsamplers.schedules.processes import Process
 
 GRID_RTOL = 1e-6  # how closely a grid handed to a table must match the grid it was made for
 
@@ -61,7 +65,7 @@ class LinearTable(Solver):
     name = "linear_table"
     native = "eps"
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         w = np.asarray(self.weights, np.float64)
         m = len(self.grid) - 1
@@ -76,11 +80,12 @@ class LinearTable(Solver):
             raise ValueError("a linear table needs the name of the process it was made for")
 
     @classmethod
-    def from_array(cls, weights, grid, process, method="table", **options) -> LinearTable:
+    def from_array(cls, weights: HostArrayLike, grid: HostArrayLike, process: Process | str, method: str = "table",
+                   **options: Any) -> LinearTable:
         """A table from arrays (weights (M, M + 1), grid (M + 1,)) and a process (object or name)."""
         w = np.asarray(weights, np.float64)
         return cls(weights=tuple(map(tuple, w.tolist())), grid=tuple(np.asarray(grid, np.float64).tolist()),
-                   process=getattr(process, "name", process), method=method, **options)
+                   process=process if isinstance(process, str) else process.name, method=method, **options)
 
     @property
     def num_steps(self) -> int:
@@ -91,12 +96,12 @@ class LinearTable(Solver):
         """Every row may weigh every prediction made so far: the history is the whole trajectory."""
         return self.num_steps
 
-    def check_grid(self, num_steps):
+    def check_grid(self, num_steps: int) -> None:
         if num_steps != self.num_steps:
             raise ValueError(f"this {self.method} table was made for {self.num_steps} steps on its own grid, got a "
                              f"grid of {num_steps} steps; sample it on solver.grid")
 
-    def check_times(self, process, ts):
+    def check_times(self, process: Process, ts: HostArrayLike) -> None:
         if getattr(process, "name", None) != self.process:
             raise ValueError(f"this {self.method} table was made for process {self.process!r}, not "
                              f"{getattr(process, 'name', process)!r}")
@@ -105,22 +110,24 @@ class LinearTable(Solver):
             raise ValueError(f"this {self.method} table was made for the grid {list(self.grid)}, got "
                              f"{given.tolist()}; sample it on solver.grid")
 
-    def coefficients(self, process, ts):
+    def coefficients(self, process: Process, ts: jax.Array) -> jax.Array:
         return jnp.asarray(self.weights, dtype=jnp.result_type(float))
 
-    def init(self, x):
+    def init(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return table_init(x, self.num_steps)
 
-    def step(self, model, process, x, state, inp):
+    def step(self, model: Model, process: Process, x: jax.Array, state: tuple[jax.Array, jax.Array],
+             inp: StepInputs) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         return table_step(model, process, x, state, inp)
 
 
-def table_init(x: jax.Array, num_steps: int):
+def table_init(x: jax.Array, num_steps: int) -> tuple[jax.Array, jax.Array]:
     """(d_0, set at step 0; the prediction buffer (num_steps, *x.shape)), zeros."""
     return jnp.zeros_like(x), jnp.zeros((num_steps,) + x.shape, x.dtype)
 
 
-def table_step(model, process, x, state, inp):
+def table_step(model: Model, process: Process, x: jax.Array, state: tuple[jax.Array, jax.Array],
+               inp: StepInputs) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Step i: e_i = eps(x_i, t_i) into the buffer (and d_0 at step 0), then x_{i+1} from row i (`inp.coef`)."""
     d0, buffer = state
     e = model(x, inp.s).astype(x.dtype)
@@ -130,7 +137,7 @@ def table_step(model, process, x, state, inp):
     return cast_like(x_next, x), (d0, buffer)
 
 
-def run_table(model: Callable, process, weights: jax.Array, ts: jax.Array, x_init: jax.Array) -> jax.Array:
+def run_table(model: Model, process: Process, weights: jax.Array, ts: jax.Array, x_init: jax.Array) -> jax.Array:
     """x_M of the table `weights` (M, M + 1) on the grid ts, with model(x, t) -> eps; weights and ts may be traced
     (what a search evaluates: new tables never recompile, and `jax.vmap` runs many at once)."""
     m = weights.shape[0]
@@ -144,7 +151,7 @@ def run_table(model: Callable, process, weights: jax.Array, ts: jax.Array, x_ini
     return x
 
 
-def table_of(solver: Solver, process, ts) -> np.ndarray:
+def table_of(solver: Solver, process: Process, ts: HostArrayLike) -> np.ndarray:
     """The exact table (M, M + 1) of a deterministic single-evaluation solver on the grid ts (module docstring).
 
     The solver must call the model once per step, at the step's start time (every multistep and predictor-corrector

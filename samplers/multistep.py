@@ -34,19 +34,28 @@ integrate to gamma = 0 with their usual weights.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.samplers.base import Solver, cast_like
+from fastsamplers.core import Registry
+from fastsamplers.samplers.base import Model, Solver, StepInputs, cast_like
 from fastsamplers.samplers.pytrees import is_real, known
 
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
+
 LOWER_ORDER_FINAL_BELOW = 15
+# DPM-Solver++'s named options; their sentences name the solver (`where`).
+SECOND_ORDER_RULES = Registry.of_names("solver_type", ("midpoint", "heun"), ordered=True,
+                                       unknown="{where}: {kind} must be {alternatives}, got {name!r}")
+DPM_VARIANTS = Registry.of_names("variant", ("published", "third_order"), ordered=True,
+                                 unknown="{where} {kind} must be {alternatives}, got {name!r}")
 
 
-def check_lower_order_final(name: str, value) -> None:
+def check_lower_order_final(name: str, value: Any) -> None:
     """Raise ValueError unless `value` is one of lower_order_final's values (module docstring)."""
     if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and value == "always")):
         raise ValueError(f"{name} option lower_order_final must be True or False, or 'always' (True: lower orders on "
@@ -55,14 +64,14 @@ def check_lower_order_final(name: str, value) -> None:
                          f"{value!r}")
 
 
-def lowers_final_orders(lower_order_final, num_steps: int) -> bool:
+def lowers_final_orders(lower_order_final: bool | str, num_steps: int) -> bool:
     """Whether the last steps of a grid of num_steps steps drop their orders, by lower_order_final's rule."""
     if isinstance(lower_order_final, str):  # "always"
         return True
     return bool(lower_order_final) and num_steps < LOWER_ORDER_FINAL_BELOW
 
 
-def step_orders(order: int, num_steps: int, lower_order_final) -> np.ndarray:
+def step_orders(order: int, num_steps: int, lower_order_final: bool | str) -> np.ndarray:
     """The order of each step of a grid, (num_steps,) numpy ints: min(i + 1, order) (warm-up), and at most
     num_steps - i where lower_order_final lowers the final orders."""
     orders = np.minimum(np.arange(1, num_steps + 1), order)
@@ -87,16 +96,16 @@ class Multistep(Solver):
 
     order: int = 1
     lower_order_final: bool | str = False
-    allowed_orders = (1,)
+    allowed_orders: ClassVar[tuple[int, ...]] = (1,)
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         if isinstance(self.order, bool) or self.order not in self.allowed_orders:
             raise ValueError(f"{self.name} supports order in {list(self.allowed_orders)}, got {self.order!r}")
         check_lower_order_final(self.name, self.lower_order_final)
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[dict, ...]:
         return tuple(dict(order=k) for k in cls.allowed_orders)
 
     @property
@@ -105,23 +114,26 @@ class Multistep(Solver):
         return self.order
 
     @property
-    def convergence_order(self):
+    def convergence_order(self) -> int:
         # "always" ends every grid with a first-order step (local error O(h^2)): global order at most 2. True drops
         # the order below 15 steps only, so it leaves the asymptotic order alone.
         return min(self.method_order, 2) if self.lower_order_final == "always" else self.method_order
 
-    def check_grid(self, num_steps):
+    def check_grid(self, num_steps: int) -> None:
         if num_steps < self.order:
             raise ValueError(
                 f"{self.name} of order {self.order} needs a grid of at least {self.order} steps to reach its order, "
                 f"got {num_steps}; use more steps or a lower order"
             )
 
+    def at_order(self, order: int) -> Multistep:
+        return dataclasses.replace(self, order=order)  # `check` refuses an order the method does not have
+
     def step_orders(self, num_steps: int) -> np.ndarray:
         """The order of each step's update (`step_orders`), static."""
         return step_orders(self.order, num_steps, self.lower_order_final)
 
-    def table(self, process, ts, orders):
+    def table(self, process: Process, ts: jax.Array, orders: np.ndarray) -> tuple[jax.Array, ...]:
         """(a (N,), b (N, order)) of the update x_{i+1} = a_i x_i + sum_j b_ij p_{i-j} on the grid ts with the step
         orders `orders` (numpy, (N,)), and c (N,), the weight of the step's noise, for a stochastic solver."""
         raise NotImplementedError(f"{type(self).__name__} does not define its coefficient table")
@@ -131,13 +143,14 @@ class Multistep(Solver):
 class LinearMultistep(Multistep):
     """x_{i+1} = a_i x_i + sum_j b_ij p_{i-j} (+ c_i z_i), with a history of the last `order` predictions."""
 
-    def coefficients(self, process, ts):
+    def coefficients(self, process: Process, ts: jax.Array) -> MultistepCoefficients:
         return MultistepCoefficients(*self.table(process, ts, self.step_orders(ts.shape[0] - 1)))
 
-    def init(self, x):
+    def init(self, x: jax.Array) -> jax.Array:
         return jnp.zeros((self.order,) + x.shape, x.dtype)
 
-    def step(self, model, process, x, history, inp):
+    def step(self, model: Model, process: Process, x: jax.Array, history: jax.Array,
+             inp: StepInputs) -> tuple[jax.Array, jax.Array]:
         pred = model(x, inp.s).astype(x.dtype)
         history = jnp.concatenate([pred[None], history[:-1]], axis=0)
         x_next = inp.coef.a * x + jnp.tensordot(inp.coef.b, history, axes=1)
@@ -153,7 +166,7 @@ def _past(values, order):
     return values[idx]
 
 
-def lagrange_basis(u, nodes, orders):
+def lagrange_basis(u: jax.Array, nodes: jax.Array, orders: np.ndarray) -> jax.Array:
     """Lagrange basis polynomials through the first orders[i] nodes of each row, evaluated at u.
 
     u: (N, Q) evaluation points; nodes: (N, K); orders: (N,) ints. Returns (N, Q, K), zero for j >= orders[i].
@@ -168,7 +181,8 @@ def lagrange_basis(u, nodes, orders):
     return jnp.prod(factors, axis=-1) * active[:, None, :]
 
 
-def integrate_lagrange_in_gamma(process, ts, orders, nodes, u_of_gamma, num_quad):
+def integrate_lagrange_in_gamma(process: Process, ts: jax.Array, orders: np.ndarray, nodes: jax.Array,
+                                u_of_gamma: Callable[[jax.Array], jax.Array], num_quad: int) -> jax.Array:
     """w_ij = integral over gamma from gamma(s_i) to gamma(t_i) of L_ij(u(gamma)), by Gauss-Legendre in gamma.
 
     The integrand is smooth in gamma for every process here (t(gamma) has no singularity on a step), so a fixed rule
@@ -189,13 +203,14 @@ class _EpsMultistep(LinearMultistep):
 
     native = "eps"
 
-    def table(self, process, ts, orders):
+    def table(self, process: Process, ts: jax.Array, orders: np.ndarray) -> tuple[jax.Array, ...]:
         alpha = process.alpha(ts)
         w = self.weights(process, ts, orders)
         return alpha[1:] / alpha[:-1], alpha[1:, None] * w
 
-    def weights(self, process, ts, orders):
-        raise NotImplementedError
+    def weights(self, process: Process, ts: jax.Array, orders: np.ndarray) -> jax.Array:
+        """w (N, order): the weights of the past noise predictions in each step (module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,15 +224,15 @@ class DDIM(_EpsMultistep):
     eta: float = 0.0
     traced = switches = ("eta",)
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         _check_eta(self.name, self.eta, upper=1.0)
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[dict, ...]:
         return super().variants() + (dict(eta=1.0),)
 
-    def table(self, process, ts, orders):
+    def table(self, process: Process, ts: jax.Array, orders: np.ndarray) -> tuple[jax.Array, ...]:
         if not self.stochastic:
             return super().table(process, ts, orders)
         alpha, sigma, lam = process.alpha(ts), process.sigma(ts), process.log_snr(ts)
@@ -227,7 +242,7 @@ class DDIM(_EpsMultistep):
         b = jnp.sqrt(jnp.maximum(sigma[1:] ** 2 - sigma_eta**2, 0.0)) - a * sigma[:-1]
         return a, b[:, None], sigma_eta
 
-    def weights(self, process, ts, orders):
+    def weights(self, process: Process, ts: jax.Array, orders: np.ndarray) -> jax.Array:
         gamma = process.gamma(ts)
         return (gamma[1:] - gamma[:-1])[:, None]
 
@@ -243,11 +258,11 @@ class EulerAncestral(_EpsMultistep):
     eta: float = 1.0
     traced = switches = ("eta",)
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         _check_eta(self.name, self.eta)
 
-    def table(self, process, ts, orders):
+    def table(self, process: Process, ts: jax.Array, orders: np.ndarray) -> tuple[jax.Array, ...]:
         alpha, gamma = process.alpha(ts), process.gamma(ts)
         g_s, g_t = gamma[:-1], gamma[1:]
         up = jnp.minimum(g_t, self.eta * g_t * jnp.sqrt(jnp.maximum(1.0 - (g_t / g_s) ** 2, 0.0)))
@@ -273,7 +288,7 @@ class DEISTab(_EpsMultistep):
     num_quad: int = 64
     allowed_orders = (1, 2, 3, 4)
 
-    def weights(self, process, ts, orders):
+    def weights(self, process: Process, ts: jax.Array, orders: np.ndarray) -> jax.Array:
         return integrate_lagrange_in_gamma(process, ts, orders, _past(ts, self.order), process.t_of_gamma,
                                            self.num_quad)
 
@@ -284,7 +299,7 @@ class DEISRhoAB(_EpsMultistep):
     order: int = 3
     allowed_orders = (1, 2, 3, 4)
 
-    def weights(self, process, ts, orders):
+    def weights(self, process: Process, ts: jax.Array, orders: np.ndarray) -> jax.Array:
         gamma = process.gamma(ts)
         # The interpolant is a polynomial of degree < 4 in gamma: 4 Gauss-Legendre nodes integrate it exactly.
         return integrate_lagrange_in_gamma(process, ts, orders, _past(gamma, self.order), lambda g: g, 4)
@@ -306,7 +321,7 @@ class IPNDM(_EpsMultistep):
     order: int = 4
     allowed_orders = (1, 2, 3, 4)
 
-    def weights(self, process, ts, orders):
+    def weights(self, process: Process, ts: jax.Array, orders: np.ndarray) -> jax.Array:
         gamma = process.gamma(ts)
         fixed = jnp.asarray(IPNDM_WEIGHTS[orders - 1, : self.order], gamma.dtype)
         return (gamma[1:] - gamma[:-1])[:, None] * fixed
@@ -334,39 +349,40 @@ class _DPMSolverPP(LinearMultistep):
     variant: str = "published"
     eta = 0.0  # the SDE variants' field: 0 is the probability-flow ODE
     traced = switches = ("eta",)
-    second_order_rule = "midpoint"  # the order-2 update: DPM-Solver's midpoint form, or "heun" (phi2 weight)
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         _check_eta(self.name, self.eta)
-        if self.second_order_rule not in ("midpoint", "heun"):
-            raise ValueError(f"{self.name}: solver_type must be 'midpoint' or 'heun', got {self.second_order_rule!r}")
-        if self.variant not in ("published", "third_order"):
-            raise ValueError(f"{self.name} variant must be 'published' or 'third_order', got {self.variant!r}")
+        SECOND_ORDER_RULES.check(self.second_order_rule, where=self.name)
+        DPM_VARIANTS.check(self.variant, where=self.name)
         if self.variant == "third_order" and self.order < 3:
             raise ValueError("variant='third_order' changes only the 3M update; use it with dpmpp_3m")
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[dict, ...]:
         orders = super().variants()
         return orders + tuple(dict(o, variant="third_order") for o in orders if o["order"] == 3)
 
     @property
-    def method_order(self):
+    def second_order_rule(self) -> str:
+        """The order-2 update: DPM-Solver's midpoint form ("midpoint"), or "heun" (the phi2 weight)."""
+        return "midpoint"
+
+    @property
+    def method_order(self) -> int:
         return 2 if self.order == 3 and self.variant == "published" else self.order  # the published 3M: module doc
 
-    def table(self, process, ts, orders):
+    def table(self, process: Process, ts: jax.Array, orders: np.ndarray) -> tuple[jax.Array, ...]:
         lam, alpha, sigma = process.log_snr(ts), process.alpha(ts), process.sigma(ts)
         n = ts.shape[0] - 1
         h = lam[1:] - lam[:-1]
-        orders = jnp.asarray(orders)
         # A step to sigma = 0 (h = inf) must be first order: it then returns x0_hat exactly.
-        orders = jnp.where(jnp.isinf(h), 1, orders)
+        step_order = jnp.where(jnp.isinf(h), 1, jnp.asarray(orders))
         h_safe = jnp.where(jnp.isfinite(h), h, 1.0)
         h_prev = jnp.concatenate([jnp.ones(1, h.dtype), h_safe[:-1]])
         h_prev2 = jnp.concatenate([jnp.ones(2, h.dtype), h_safe[:-2]])[:n]
-        r0 = jnp.where(orders >= 2, h_prev / h_safe, 1.0)[:, None]
-        r1 = jnp.where(orders >= 3, h_prev2 / h_safe, 1.0)[:, None]
+        r0 = jnp.where(step_order >= 2, h_prev / h_safe, 1.0)[:, None]
+        r1 = jnp.where(step_order >= 3, h_prev2 / h_safe, 1.0)[:, None]
         # The SDE (Lu et al. 2022, k-diffusion's dpmpp_*_sde) integrates the x0 terms over (1 + eta) h and damps x by
         # e^{-eta h}. eta given as 0 is static (samplers.pytrees.TracedOptions): the ODE's coefficients, bit for bit.
         phi1, phi2, phi3 = (p[:, None] for p in _phi(h * (1.0 + self.eta) if self.stochastic else h))
@@ -382,7 +398,7 @@ class _DPMSolverPP(LinearMultistep):
         d2 = (d1_0 - d1_1) / (r0 + r1)
         d2_weight = 2.0 if self.variant == "third_order" else 1.0
         third = -phi1 * e0 + phi2 * d1 - d2_weight * phi3 * d2
-        o = orders[:, None]
+        o = step_order[:, None]
         b = jnp.where(o == 1, first, jnp.where(o == 2, second, third))[:, : self.order]
         a = sigma[1:] / sigma[:-1]
         if not self.stochastic:
@@ -418,11 +434,11 @@ class DPMSolverPP2MSDE(_DPMSolverPP):
     solver_type: str = "midpoint"
 
     @property
-    def second_order_rule(self):
+    def second_order_rule(self) -> str:
         return self.solver_type
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[dict, ...]:
         return (dict(order=2), dict(order=2, solver_type="heun"), dict(order=2, eta=0.0),
                 dict(order=2, eta=0.0, solver_type="heun"))
 
@@ -438,8 +454,11 @@ class DPMSolverPP3MSDE(_DPMSolverPP):
     order: int = 3
     allowed_orders = (3,)
     eta: float = 1.0
-    second_order_rule = "heun"
+
+    @property
+    def second_order_rule(self) -> str:
+        return "heun"  # k-diffusion's sample_dpmpp_3m_sde
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[dict, ...]:
         return (dict(order=3), dict(order=3, eta=0.0), dict(order=3, eta=0.0, variant="third_order"))

@@ -13,13 +13,18 @@ pieces (with the matching slices of the keys) gives the same samples.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import diffrax
 import jax
 import jax.numpy as jnp
 
-KINDS = ("fold_in", "brownian")
+from fastsamplers.core import Registry
+
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
+
+KINDS = Registry.of_names("noise", ("fold_in", "brownian"), ordered=True)
 _STREAM_SALT = 0x5EED  # keys of extra draws within a step (stream > 0) are folded with it, apart from the path
 
 
@@ -68,15 +73,14 @@ class Noise(NamedTuple):
 
 def check_key(kind: str, key: jax.Array, batch_size: int | None) -> None:
     """Raise ValueError for an unknown noise kind or a key that fits neither one key nor one per sample."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown noise {kind!r}; valid names: {list(KINDS)}")
+    KINDS.check(kind)
     count = num_keys(key)
     if count is not None and count != batch_size:
         raise ValueError(f"got {count} per-sample keys for a batch of {batch_size}: give one key, or one per sample "
                          f"along x_init's leading axis")
 
 
-def make_noise(kind: str, key: jax.Array, process, batch_size: int | None, tol: float = 1e-5) -> Noise:
+def make_noise(kind: str, key: jax.Array, process: Process, batch_size: int | None, tol: float = 1e-5) -> Noise:
     """The noise source of one solve.
 
     Args:

@@ -6,18 +6,19 @@ A `TracedOptions` dataclass names the fields that are pytree children (`traced`,
 children become tracers, so a sweep over them is one trace and one compilation. The numbers a structure depends on
 are the `switches` (a subset of `traced`): a switch given as a concrete zero is static (see `TracedOptions`).
 
-`split(tree)` gives a pytree's static key (its structure and its leaves that are not arrays, such as a plain model
-function) and its array leaves; `merge` puts them back. The compiled-program caches (`samplers.sample`, the schedule
-optimisers, `samplers.linear_table.table_of`, bottleneck sampling) key on the first and pass the second as traced
-arguments: two solvers that differ only in `eta` share one program, and a solver whose `eta` is an array (unhashable)
-works as well as one whose `eta` is a number.
+`split(tree)` gives a pytree's static key (its structure and its static leaves, such as a plain model function or
+a Python int) and its traced leaves (arrays and floats; the rule is on `split`); `merge` puts them back. The
+compiled-program caches (`samplers.sample`, the schedule optimisers, `samplers.linear_table.table_of`, bottleneck
+sampling, the FID runner) key on the first and pass the second as traced arguments: two solvers that differ only in
+`eta` share one program, and a solver whose `eta` is an array (unhashable) works as well as one whose `eta` is a
+number.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -71,10 +72,10 @@ class TracedOptions:
     stochastic solves in one program, and eta = 0.0 given as a number runs the deterministic one.
     """
 
-    traced = ()
-    switches = ()
+    traced: ClassVar[tuple[str, ...]] = ()
+    switches: ClassVar[tuple[str, ...]] = ()
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         jax.tree_util.register_pytree_node(cls, _flatten, functools.partial(_unflatten, cls))
 
@@ -114,15 +115,20 @@ class _Traced:
 _TRACED = _Traced()
 
 
-def _is_array(leaf) -> bool:
-    return isinstance(leaf, (jax.Array, np.ndarray, np.number)) or (
-        isinstance(leaf, (int, float, complex)) and not isinstance(leaf, bool))
+def _is_traced_leaf(leaf) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.number, float, complex))
 
 
 def split(tree: Any) -> tuple[tuple, list]:
     """(static key, traced leaves) of a pytree: the key is hashable (the tree's structure and its leaves that are not
-    arrays or numbers, e.g. a plain function), the traced leaves are the arrays and numbers (None in the other
-    places). `merge(key, leaves)` rebuilds the tree, from traced leaves too.
+    traced, e.g. a plain function), the traced leaves are the arrays and numbers (None in the other places).
+    `merge(key, leaves)` rebuilds the tree, from traced leaves too.
+
+    Traced: jax and NumPy arrays, NumPy scalars, Python floats and complex numbers. Static: Python ints and bools
+    (and everything else). A model wrapper may use a Python int as a shape, a count or an index (a number of
+    classes, a repeat), which a tracer cannot be; and the numbers a sweep varies are floats: a solver holds its
+    numeric options given as ints as floats (`samplers.Solver`), and `samplers.guided` its scale, so a sweep over
+    eta or over the guidance scale is still one compilation. An int that should be traced is given as an array.
 
     Example:
         >>> from fastsamplers import samplers
@@ -132,8 +138,8 @@ def split(tree: Any) -> tuple[tuple, list]:
         (True, [0.5], [1.0])
     """
     leaves, treedef = jax.tree.flatten(tree)
-    return ((treedef, tuple(_TRACED if _is_array(leaf) else leaf for leaf in leaves)),
-            [leaf if _is_array(leaf) else None for leaf in leaves])
+    return ((treedef, tuple(_TRACED if _is_traced_leaf(leaf) else leaf for leaf in leaves)),
+            [leaf if _is_traced_leaf(leaf) else None for leaf in leaves])
 
 
 def merge(key: tuple, leaves: list) -> Any:

@@ -8,6 +8,7 @@ with tight tolerances integrates it. The result is the ground truth against whic
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +16,14 @@ import numpy as np
 
 from fastsamplers.samplers.adaptive import solve_log_gamma
 
+if TYPE_CHECKING:
+    from fastsamplers.core.typing import HostArrayLike
+    from fastsamplers.models.oracle import GaussianMixture
+    from fastsamplers.schedules.processes import Process
 
-def exact_flow_map(oracle, process, x, t_start: float, t_end: float, rtol: float = 1e-11, atol: float = 1e-11,
-                   max_steps: int = 100_000) -> np.ndarray:
+
+def exact_flow_map(oracle: GaussianMixture, process: Process, x: HostArrayLike, t_start: float, t_end: float,
+                   rtol: float = 1e-11, atol: float = 1e-11, max_steps: int = 100_000) -> np.ndarray:
     """Map x at time t_start to the probability-flow ODE solution at t_end, to float64 precision.
 
     Args:

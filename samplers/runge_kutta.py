@@ -12,14 +12,18 @@ Stage times are computed once per grid, outside the loop; the stage loop inside 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.samplers.base import Solver, cast_like
+from fastsamplers.core import Registry
+from fastsamplers.samplers.base import Model, Solver, StepInputs, cast_like
 from fastsamplers.samplers.pytrees import is_real, known
+
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
 
 # Butcher tableaus: (c, a, b, order).
 TABLEAUS = {
@@ -49,21 +53,21 @@ class ExplicitRK(Solver):
     final_euler = False
 
     @property
-    def order(self):
+    def order(self) -> int:
         return TABLEAUS[self.tableau][3]
 
     @property
-    def stages(self):
+    def stages(self) -> int:
         return len(TABLEAUS[self.tableau][0])
 
     @property
-    def evaluates_end(self):
+    def evaluates_end(self) -> bool:  # type: ignore[override]  # the base's class constant, from the tableau here
         return TABLEAUS[self.tableau][0][-1] == 1.0 and not self.final_euler
 
-    def loop_nfe(self, num_steps):
+    def loop_nfe(self, num_steps: int) -> int:
         return self.stages * num_steps - (self.stages - 1) * int(self.final_euler)
 
-    def coefficients(self, process, ts):
+    def coefficients(self, process: Process, ts: jax.Array) -> RKCoefficients:
         c = jnp.asarray(TABLEAUS[self.tableau][0], ts.dtype)[None, :]  # (1, S) against the (N, 1) step axis
         s, t = ts[:-1, None], ts[1:, None]
         at_start, at_end = c == 0.0, c == 1.0
@@ -77,7 +81,8 @@ class ExplicitRK(Solver):
         tau = jnp.where(at_start, s, jnp.where(at_end, t, tau))  # exact grid times, not round trips
         return RKCoefficients(h=h, tau=tau, scale=process.alpha(tau), z_in=1.0 / alpha[:-1], z_out=alpha[1:])
 
-    def step(self, model, process, x, state, inp):
+    def step(self, model: Model, process: Process, x: jax.Array, state: tuple,
+             inp: StepInputs) -> tuple[jax.Array, tuple]:
         c, a, b, _ = TABLEAUS[self.tableau]
         co = inp.coef
         z, h = x * co.z_in, co.h
@@ -121,19 +126,19 @@ class DEISRhoRK(ExplicitRK):
     native = "eps"
     space = "gamma"
     method: str = "3kutta"
-    methods = ("2heun", "3kutta", "4rk")
+    methods = Registry.of_names("deis_rhork method", ("2heun", "3kutta", "4rk"), ordered=True,
+                                unknown="{kind} must be one of {valid}, got {name!r}")  # the tableaus it takes
 
-    def check(self):
+    def check(self) -> None:
         super().check()
-        if self.method not in self.methods:
-            raise ValueError(f"deis_rhork method must be one of {list(self.methods)}, got {self.method!r}")
+        self.methods.check(self.method)
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[dict, ...]:
         return tuple(dict(method=m) for m in cls.methods)
 
     @property
-    def tableau(self):
+    def tableau(self) -> str:  # type: ignore[override]  # the base's class constant, the `method` option here
         return self.method
 
 
@@ -170,7 +175,7 @@ class EDMStochastic(Solver):
     traced = ("S_churn", "S_min", "S_max", "S_noise")
     switches = ("S_churn",)
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         for field in ("S_churn", "S_min", "S_max", "S_noise"):
             value = known(getattr(self, field))
@@ -181,21 +186,21 @@ class EDMStochastic(Solver):
             raise ValueError(f"edm_stochastic: need S_min <= S_max, got {self.S_min} > {self.S_max}")
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[dict, ...]:
         return ({}, dict(S_churn=0.0))
 
     @property
-    def order(self):
+    def order(self) -> int:
         return 2
 
     @property
-    def stages(self):
+    def stages(self) -> int:
         return 2
 
-    def loop_nfe(self, num_steps):
+    def loop_nfe(self, num_steps: int) -> int:
         return 2 * num_steps - 1
 
-    def coefficients(self, process, ts):
+    def coefficients(self, process: Process, ts: jax.Array) -> ChurnCoefficients:
         num_steps = ts.shape[0] - 1
         gamma, alpha = process.gamma(ts), process.alpha(ts)
         g = gamma[:-1]
@@ -208,7 +213,8 @@ class EDMStochastic(Solver):
                                  noise_std=g * jnp.sqrt(churn * (2.0 + churn)) * self.S_noise, gamma_next=gamma[1:],
                                  alpha_next=alpha[1:])
 
-    def step(self, model, process, x, state, inp):
+    def step(self, model: Model, process: Process, x: jax.Array, state: tuple,
+             inp: StepInputs) -> tuple[jax.Array, tuple]:
         co = inp.coef
         y = x * co.z_in
         if self.stochastic:

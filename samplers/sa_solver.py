@@ -42,18 +42,24 @@ A step to sigma = 0 (ts[-1] = 0) is first order and returns x0_hat (the limit of
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.samplers.base import Solver
+from fastsamplers.core import Registry
+from fastsamplers.samplers.base import Model, Solver, StepInputs
 from fastsamplers.samplers.exponential import PCCoefficients, g_functions, pc_init, pc_past_state, pc_step, solve_moments
 from fastsamplers.samplers.multistep import check_lower_order_final, lowers_final_orders, step_orders
 from fastsamplers.samplers.pytrees import is_real, known
 
+if TYPE_CHECKING:
+    from fastsamplers.schedules.processes import Process
+
 ALLOWED_ORDERS = (1, 2, 3, 4)
-VARIANTS = ("published", "exact")
+VARIANTS = Registry.of_names("variant", ("published", "exact"), ordered=True,
+                            unknown="{where} {kind} must be one of {valid}, got {name!r}")
 
 
 def _moments(z: jax.Array, count: int) -> jax.Array:
@@ -102,7 +108,7 @@ class SASolver(Solver):
     traced = ("tau", "tau_interval")
     switches = ("tau",)
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         for option, allowed in (("predictor_order", ALLOWED_ORDERS), ("corrector_order", (0,) + ALLOWED_ORDERS)):
             value = getattr(self, option)
@@ -122,12 +128,11 @@ class SASolver(Solver):
                 raise ValueError(f"{self.name}: tau_interval must be (t_lo, t_hi) with t_lo <= t_hi, finite, "
                                  f"got {self.tau_interval!r}")
             object.__setattr__(self, "tau_interval", interval if values is None else tuple(map(float, values)))
-        if self.variant not in VARIANTS:
-            raise ValueError(f"{self.name} variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        VARIANTS.check(self.variant, where=self.name)
         check_lower_order_final(self.name, self.lower_order_final)
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[dict, ...]:
         # The deterministic (tau = 0) methods, whose order tests/test_order.py measures; lower_order_final off where
         # it would hide the formula's order. Then the stochastic default, checked in distribution.
         # (The predictor alone at order 2 with variant "exact" is DPM-Solver++(2M), tested in tests/test_sa_solver.py.)
@@ -154,6 +159,9 @@ class SASolver(Solver):
             raise ValueError(
                 f"{self.name} of predictor order {self.predictor_order} needs a grid of at least "
                 f"{self.predictor_order} steps to reach its order, got {num_steps}; use more steps or a lower order")
+
+    def at_order(self, order: int) -> SASolver:
+        return dataclasses.replace(self, predictor_order=order)
 
     def step_orders(self, num_steps: int) -> np.ndarray:
         """The predictor order of each step, (num_steps,) numpy ints (static)."""
@@ -188,7 +196,7 @@ class SASolver(Solver):
             w = w.at[:, new].add(delta).at[:, old].add(-delta)
         return w * (ch * alpha_t)[:, None]
 
-    def coefficients(self, process, ts: jax.Array) -> PCCoefficients:
+    def coefficients(self, process: Process, ts: jax.Array) -> PCCoefficients:
         n = ts.shape[0] - 1
         width = self.width
         lam, alpha, sigma = process.log_snr(ts), process.alpha(ts), process.sigma(ts)
@@ -227,11 +235,12 @@ class SASolver(Solver):
             return PCCoefficients(a=a, b=b, keep=keep, prev=prev, c=c)
         return PCCoefficients(a=a, b=b, keep=keep, prev=prev, c=c, noise=noise, prev_noise=prev_noise)
 
-    def init(self, x: jax.Array):
+    def init(self, x: jax.Array) -> tuple[jax.Array, ...]:
         return pc_init(x, self.width - 1, self.stochastic)
 
-    def past_state(self, xs, preds):
+    def past_state(self, xs: list[jax.Array], preds: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
         return pc_past_state(xs, preds, self.width - 1)
 
-    def step(self, model, process, x, state, inp):
+    def step(self, model: Model, process: Process, x: jax.Array, state: tuple[jax.Array, ...],
+             inp: StepInputs) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         return pc_step(model, x, state, inp)

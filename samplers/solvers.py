@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from fastsamplers.samplers.adaptive import Adaptive
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.linear_table import LinearTable
 from fastsamplers.samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE,
-                                             DPMSolverPP3M, DPMSolverPP3MSDE, EulerAncestral)
+                                             DPMSolverPP3M, DPMSolverPP3MSDE, EulerAncestral, Multistep)
 from fastsamplers.samplers.runge_kutta import DEISRhoRK, EDMStochastic, Euler, Heun
 from fastsamplers.samplers.sa_solver import SASolver
 from fastsamplers.samplers.unipc import UniP, unic
@@ -36,7 +37,7 @@ class WithCorrector:
       variants: the option sets the tests sweep (`Solver.variants`), corrector included; default the predictor's.
     """
 
-    def __init__(self, predictor: type, corrector: bool = False, variants: tuple[dict, ...] | None = None):
+    def __init__(self, predictor: type[Multistep], corrector: bool = False, variants: tuple[dict, ...] | None = None):
         self.predictor, self.corrector = predictor, corrector
         self.name = predictor.name
         self._variants = predictor.variants() if variants is None else variants
@@ -48,12 +49,23 @@ class WithCorrector:
     def variants(self) -> tuple[dict, ...]:
         return self._variants
 
-    def __call__(self, **options) -> Solver:
+    def __call__(self, **options: Any) -> Solver:
         corrector = options.pop("corrector", self.corrector)
         if not isinstance(corrector, (bool, np.bool_)):
             raise ValueError(f"{self.name} option corrector must be True or False, got {corrector!r}")
         predictor = self.predictor(**options)
         return unic(predictor) if corrector else predictor
+
+
+def _file_solver(method):
+    def build(path):
+        return load_learned(path, method)[0]
+
+    return build
+
+
+FILE_SOLVERS = Registry("solver", {"file": _file_solver(None), "olss": _file_solver("olss"),
+                                   "solver_schedule": _file_solver("search")})
 
 
 SOLVERS = Registry("solver", {entry.name: entry for entry in (
@@ -69,7 +81,8 @@ SOLVERS = Registry("solver", {entry.name: entry for entry in (
         dict(order=3, corrector=False, lower_order_final=False), {})),
     Adaptive, EulerAncestral, EDMStochastic,
     WithCorrector(DPMSolverPP2MSDE), WithCorrector(DPMSolverPP3MSDE),  # UniC refuses them unless eta = 0
-    SASolver)})
+    SASolver)}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from a file: "
+                         f"{FILE_SOLVERS.valid()} with path=..."))
 
 
 def load_learned(path: str, method: str | None = None) -> tuple[Solver, np.ndarray]:
@@ -86,18 +99,7 @@ def _tupled(value):
     return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
 
 
-def _file_solver(method):
-    def build(path):
-        return load_learned(path, method)[0]
-
-    return build
-
-
-FILE_SOLVERS = Registry("solver", {"file": _file_solver(None), "olss": _file_solver("olss"),
-                                   "solver_schedule": _file_solver("search")})
-
-
-def get_solver(name: str, **options) -> Solver:
+def get_solver(name: str, **options: Any) -> Solver:
     """The solver registered under `name`, with keyword options.
 
     Options by solver: deis_tab (order 1-4, lower_order_final, num_quad), deis_rhoab / ipndm (order 1-4,
@@ -131,7 +133,5 @@ def get_solver(name: str, **options) -> Solver:
     """
     if isinstance(name, str) and name in FILE_SOLVERS:
         return FILE_SOLVERS.build(name, **options)
-    if not isinstance(name, str) or name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; valid names: {sorted(SOLVERS)}, or a learned sampler from a file: "
-                         f"{sorted(FILE_SOLVERS)} with path=...")
+    SOLVERS.check(name)
     return SOLVERS.build(name, **options)

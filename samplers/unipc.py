@@ -57,17 +57,24 @@ limit at sigma = 0.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers.core import Registry
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.exponential import PCCoefficients, PCSteps, g_functions, phi1, solve_moments
 from fastsamplers.samplers.multistep import Multistep
 
-VARIANTS = ("bh1", "bh2")
+if TYPE_CHECKING:
+    from fastsamplers.core.typing import HostArrayLike
+    from fastsamplers.schedules.processes import Process
+
+# B(h), of UniP and of UniC; the sentence names the solver (`where`).
+VARIANTS = Registry.of_names("variant", ("bh1", "bh2"), ordered=True,
+                            unknown="{where} {kind} must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), got {name!r}")
 ALLOWED_ORDERS = (1, 2, 3)
 
 
@@ -88,7 +95,7 @@ class UniPCTerms(NamedTuple):
     rho_c: jax.Array
 
 
-def unipc_terms(process, ts: jax.Array, orders: np.ndarray, width: int, variant: str) -> UniPCTerms:
+def unipc_terms(process: Process, ts: jax.Array, orders: np.ndarray, width: int, variant: str) -> UniPCTerms:
     """h, r, B(h) and the rho of every step (see `UniPCTerms`), computed once per grid, for steps of the given
     orders (numpy, one per step, at most `width`) and B(h) of `variant`."""
     lam = process.log_snr(ts)
@@ -118,7 +125,7 @@ def unipc_terms(process, ts: jax.Array, orders: np.ndarray, width: int, variant:
     return UniPCTerms(order=order, h=h, r=r, B=big_b, rho_p=rho_p, rho_c=rho_c)
 
 
-def corrector_rows(process, ts: jax.Array, terms: UniPCTerms) -> jax.Array:
+def corrector_rows(process: Process, ts: jax.Array, terms: UniPCTerms) -> jax.Array:
     """UniC's weights (N, width + 1): row i corrects the point x_{i+1} that step i made (of order terms.order[i]) on
     the predictions (m_{i+1}, m_i, ..., m_{i+1-width}), m_{i+1} at the uncorrected x_{i+1}:
     x_{i+1}^c = (sigma_{i+1} / sigma_i) x_i^c + row_i . m."""
@@ -136,7 +143,7 @@ def corrector_rows(process, ts: jax.Array, terms: UniPCTerms) -> jax.Array:
                                                 + rho_c_new[:, None] * (eye[None, 0] - eye[None, 1])))
 
 
-def pc_coefficients(process, ts: jax.Array, b: jax.Array, terms: UniPCTerms | None = None) -> PCCoefficients:
+def pc_coefficients(process: Process, ts: jax.Array, b: jax.Array, terms: UniPCTerms | None = None) -> PCCoefficients:
     """The scan's table for a data-prediction predictor x_{i+1} = (sigma_{i+1} / sigma_i) x_i^c + b_i . m, with UniC
     (of the orders in `terms`) correcting each point it makes, or without a corrector (terms None).
 
@@ -193,18 +200,21 @@ class UniP(PCSteps, Multistep):
     lower_order_final: bool | str = "always"
     allowed_orders = ALLOWED_ORDERS
 
-    def check(self):
+    def check(self) -> None:
         super().check()
-        if self.variant not in VARIANTS:
-            raise ValueError(f"{self.name} variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), "
-                             f"got {self.variant!r}")
+        VARIANTS.check(self.variant, where=self.name)
 
-    def terms(self, process, ts: jax.Array, orders: np.ndarray | None = None) -> UniPCTerms:
+    def spec(self) -> dict[str, Any]:
+        spec = super().spec()
+        spec["options"]["corrector"] = False  # its registry entry ("unipc") wraps it in UniC by default
+        return spec
+
+    def terms(self, process: Process, ts: jax.Array, orders: np.ndarray | None = None) -> UniPCTerms:
         """`unipc_terms` on this grid, for the solver's step orders or the given ones."""
         orders = self.step_orders(ts.shape[0] - 1) if orders is None else orders
         return unipc_terms(process, ts, orders, self.order, self.variant)
 
-    def table(self, process, ts: jax.Array, orders: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    def table(self, process: Process, ts: jax.Array, orders: np.ndarray) -> tuple[jax.Array, jax.Array]:
         terms = self.terms(process, ts, orders)
         alpha, sigma = process.alpha(ts), process.sigma(ts)
         width = self.order
@@ -215,7 +225,7 @@ class UniP(PCSteps, Multistep):
              - (alpha[1:] * terms.B)[:, None] * jnp.einsum("nm,nmj->nj", terms.rho_p, d_pred))
         return sigma[1:] / sigma[:-1], b
 
-    def coefficients(self, process, ts: jax.Array) -> PCCoefficients:
+    def coefficients(self, process: Process, ts: jax.Array) -> PCCoefficients:
         return pc_coefficients(process, ts, self.table(process, ts, self.step_orders(ts.shape[0] - 1))[1])
 
 
@@ -236,12 +246,12 @@ class UniC(PCSteps, Solver):
     state 3. ODE only: UniC is derived for the probability-flow ODE.
     """
 
-    predictor: Solver = dataclasses.field(kw_only=True)
+    predictor: Multistep = dataclasses.field(kw_only=True)
     variant: str = "bh2"
     native = "x0"
     traced = ("predictor",)
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         predictor = self.predictor
         if not isinstance(predictor, Multistep) or predictor.native != "x0":
@@ -252,11 +262,10 @@ class UniC(PCSteps, Solver):
                              f"eta=0 or corrector=False")
         if predictor.denoise_to_zero:
             raise ValueError("give denoise_to_zero to the UniC wrapper, not to its predictor (samplers.unic moves it)")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"UniC variant must be 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1), got {self.variant!r}")
+        VARIANTS.check(self.variant, where="UniC")
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]  # the predictor's, not a class constant
         return self.predictor.name  # get_solver(name, corrector=True) builds this composition
 
     @property
@@ -268,25 +277,39 @@ class UniC(PCSteps, Solver):
         nominal = min(self.predictor.order + 1, 3)  # see the class docstring
         return min(nominal, 2) if self.predictor.lower_order_final == "always" else nominal
 
+    def spec(self) -> dict[str, Any]:
+        """The predictor's name and options with corrector=True (and the wrapper's denoise_to_zero): the composition
+        `get_solver(name, corrector=True)` builds, which takes UniC's variant from the predictor (`unic`)."""
+        default = unic(self.predictor).variant
+        if self.variant != default:
+            raise ValueError(f"UniC of variant {self.variant!r} around {self.predictor.name} has no registry spec: "
+                             f"get_solver({self.predictor.name!r}, corrector=True) builds the variant {default!r}")
+        spec = self.predictor.spec()
+        spec["options"].update(corrector=True, denoise_to_zero=self.denoise_to_zero)
+        return spec
+
+    def at_order(self, order: int) -> UniC:
+        return dataclasses.replace(self, predictor=self.predictor.at_order(order))
+
     def check_grid(self, num_steps: int) -> None:
         self.predictor.check_grid(num_steps)
 
-    def check_times(self, process, ts) -> None:
+    def check_times(self, process: Process, ts: HostArrayLike) -> None:
         self.predictor.check_times(process, ts)
 
     def step_orders(self, num_steps: int) -> np.ndarray:
         return self.predictor.step_orders(num_steps)
 
-    def terms(self, process, ts: jax.Array) -> UniPCTerms:
+    def terms(self, process: Process, ts: jax.Array) -> UniPCTerms:
         """`unipc_terms` of the predictor's steps: the order of the point each step makes and its rho^c."""
         return unipc_terms(process, ts, self.step_orders(ts.shape[0] - 1), self.order, self.variant)
 
-    def coefficients(self, process, ts: jax.Array) -> PCCoefficients:
+    def coefficients(self, process: Process, ts: jax.Array) -> PCCoefficients:
         _, b = self.predictor.table(process, ts, self.step_orders(ts.shape[0] - 1))
         return pc_coefficients(process, ts, b, self.terms(process, ts))
 
 
-def unic(predictor: Solver, variant: str | None = None) -> UniC:
+def unic(predictor: Multistep, variant: str | None = None) -> UniC:
     """UniC around `predictor`, the composition `get_solver(name, corrector=True)` builds.
 
     Args:

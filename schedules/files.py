@@ -19,7 +19,6 @@ record: building a solver belongs to the samplers above it.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -39,11 +38,14 @@ LEARNED_FORMAT = "fastsamplers.learned"
 
 class NamedSolver(Protocol):
     """What a learned-sampler file needs of its solver, a `samplers.Solver` (a dataclass of the layer above, which
-    this one does not import): its registered name and its count of model calls."""
+    this one does not import): its registered name, its count of model calls, and the registry spec it is rebuilt
+    from."""
 
     name: str
 
     def nfe(self, num_steps: int) -> int: ...
+
+    def spec(self) -> dict[str, Any]: ...
 
 
 def save_schedule(path: str, ts: HostArrayLike, *, process: Process | str, solver: NamedSolver | str | dict[str, Any],
@@ -85,10 +87,11 @@ def save_learned(path: str, solver: NamedSolver, ts: Sequence[float] | np.ndarra
 def learned_record(solver: NamedSolver, ts: Sequence[float] | np.ndarray | jax.Array, *,
                    process: Process | str, method: str, **provenance: Any) -> dict[str, Any]:
     """The record of a learned-sampler file (`save_learned` writes it; a resumable run stores it itself)."""
-    if not dataclasses.is_dataclass(solver) or not isinstance(getattr(solver, "name", None), str):
-        raise TypeError(f"save_learned stores a samplers.Solver (a dataclass with a name), got {type(solver).__name__}")
-    options = {f.name: _jsonable(getattr(solver, f.name)) for f in dataclasses.fields(solver) if f.init}
-    return schedule_record(ts, process=process, solver={"name": solver.name, "options": options},
+    if not callable(getattr(solver, "spec", None)) or not isinstance(getattr(solver, "name", None), str):
+        raise TypeError(f"save_learned stores a samplers.Solver (with a name and a spec), got {type(solver).__name__}")
+    spec = solver.spec()  # ValueError where no registry entry rebuilds the solver
+    options = {name: _jsonable(value) for name, value in spec["options"].items()}
+    return schedule_record(ts, process=process, solver={"name": spec["name"], "options": options},
                            nfe=solver.nfe(len(ts) - 1), method=method, format=LEARNED_FORMAT, **provenance)
 
 

@@ -21,6 +21,7 @@ from fastsamplers.experiments.runs import sampler_tables, schedule_distillation
 from fastsamplers.experiments.train.experiment import abstract_state
 from fastsamplers.experiments.configs import digits_vp, distill_checkpoint, distill_oracle
 from fastsamplers.experiments.configs import evaluate as evaluate_config
+from fastsamplers.samplers.unipc import UniC
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,6 +140,19 @@ def test_the_oracle_source_takes_step_counts_too():
         2: "deis_tab order=2", 4: "deis_tab order=3"}
     assert sorted(plan.grids) == [2, 4] and list(plan.grids[2]) == list(config.compare_grids)
     assert all(ts.shape == (k + 1,) for k in (2, 4) for ts in plan.grids[k].values())
+
+
+def test_a_wrapped_solver_is_scored_at_the_order_of_a_short_grid():
+    """UniPC (UniC around UniP of order 3) on a 2-step grid is scored at order 2, as deis_tab is: `Solver.at_order`
+    lowers the wrapper's predictor (the order lives there), and the lowered solver is still the wrapper."""
+    config = _with(distill_oracle.get_config("smoke"), step_counts=(2, 4), outputs__schedule="oss_s{num_steps}.json",
+                   solver__name="unipc")
+    plan = schedule_distillation._validate(config)
+    lowered, solver = plan.score_solvers[2], plan.score_solvers[4]
+    assert {k: schedule_distillation._solver_text(s) for k, s in plan.score_solvers.items()} == {
+        2: "unipc order=2", 4: "unipc order=3"}
+    assert type(lowered) is type(solver) is UniC
+    assert lowered == samplers.get_solver("unipc", order=2) and lowered.step_orders(2).tolist() == [1, 1]
 
 
 @pytest.mark.parametrize("values, match", [

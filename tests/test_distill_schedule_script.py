@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from fastsamplers import schedules
-from fastsamplers.experiments.runs import schedule_distillation
-from fastsamplers.experiments.configs import distill_oracle
+from fastsamplers.experiments.configs import boss_straighten, distill_oracle, learn_sampler
+from fastsamplers.experiments.runs import learned_samplers, schedule_distillation
+from fastsamplers.experiments.train import straighten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,6 +97,56 @@ def test_a_wrong_name_fails_before_any_distillation(key, value, match, tmp_path,
     with pytest.raises(ValueError, match=match):
         schedule_distillation.run(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+class _Learning(Exception):
+    """Raised by a stand-in of schedules.learn: the run got as far as learning."""
+
+
+def test_teacher_and_compare_grids_take_schedule_files(tmp_path, monkeypatch):
+    """Every grid key takes a "file:PATH" schedule file, as sample.grid and evaluate's grids do, through
+    experiments.configs.grid_timesteps (and grid_spec where a schedule optimiser builds the grid): schedule
+    distillation's teacher.grid and compare_grids, boss.teacher_grid, and the learned samplers' teacher.grid (each
+    followed up to its use: no distillation, pool or learning is run)."""
+    paths = {}
+    for name in ("vp_linear", "ot"):
+        process = schedules.get_process(name)
+        paths[name] = str(tmp_path / f"{name}.json")
+        schedules.save_schedule(paths[name], schedules.get_timesteps("quadratic", process, 6), process=process,
+                                solver="ddim", nfe=6, method="oss")
+    resampled = lambda name, n: np.asarray(schedules.get_timesteps("file", name, n, path=paths[name]))
+    file_grid = f"file:{paths['vp_linear']}"
+
+    config = distill_oracle.get_config("smoke")
+    config.teacher.grid, config.compare_grids = file_grid, ("logsnr", file_grid)
+    setup = schedule_distillation._validate(config)
+    (k,) = setup.step_counts
+    assert setup.distill_options["teacher_grid"] == ("file", {"path": paths["vp_linear"]})
+    np.testing.assert_array_equal(setup.grids[k][file_grid], resampled("vp_linear", k))
+    assert schedule_distillation._teacher_record(config)["grid"] == file_grid
+
+    boss = boss_straighten.get_config("smoke,teacher=toy2d_fm")
+    boss.boss.teacher_grid = f"file:{paths['ot']}"
+    straighten.check_boss_config(boss)
+    assert straighten.teacher_grid_spec(boss) == ("file", {"path": paths["ot"]})
+    np.testing.assert_array_equal(straighten.teacher_grid(boss, schedules.get_process("ot")),
+                                  resampled("ot", boss.boss.teacher_steps))
+    boss.boss.teacher_grid = f"file:{tmp_path}/none.json"
+    with pytest.raises(FileNotFoundError, match="none.json"):
+        straighten.check_boss_config(boss)
+
+    learn = learn_sampler.get_config("model=oracle,method=olss,smoke")
+    learn.teacher.grid = file_grid
+    seen = {}
+
+    def learning(*args, teacher_grid, **kwargs):
+        seen["teacher_grid"] = teacher_grid
+        raise _Learning
+
+    monkeypatch.setattr(schedules, "learn", learning)
+    with pytest.raises(_Learning):
+        learned_samplers.run(learn, str(tmp_path / "learned"))
+    assert seen["teacher_grid"] == ("file", {"path": paths["vp_linear"]})
 
 
 def test_config_args():

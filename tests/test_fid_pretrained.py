@@ -3,6 +3,8 @@ committed ddpm fixture with the random-projection test feature, uint8 quantisati
 reference formats, errors before compute, guidance on the conditional fixture, the Inception path (random weights),
 and 4 simulated devices / 2 jax.distributed processes giving the one-device value."""
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -240,6 +242,26 @@ def test_guidance_on_the_conditional_fixture(reference_images, tmp_path, monkeyp
     expected = np.round(np.clip((np.asarray(x, np.float64) + 1) * 127.5, 0, 255))
     diff = np.abs(np.load(tmp_path / "samples.npz")["images"] - expected)
     assert diff.max() <= 1 and np.mean(diff == 0) > 0.99  # equal but where float32 rounding meets a .5 tie
+
+
+def test_two_guidance_scales_share_one_compiled_sampler(reference_images, tmp_path):
+    """The runner's sampling program is keyed on the structures of the model and the solver
+    (`samplers.pytrees.split`), the guidance scale traced: a second scale traces the model no more, and gives other
+    samples."""
+    config = smoke_config(reference_images[0], checkpoint=os.path.join(FIXTURES, "conditional"), null_label=9,
+                          guidance_scale=2.0, num_samples=4)
+    plan = fid_protocol.make_plan(config, str(tmp_path))
+    traces = []
+    target = copy.copy(plan.source.target)
+    model_fn = target.model_fn
+    target.model_fn = lambda *args: traces.append(1) or model_fn(*args)
+    plan = dataclasses.replace(plan, source=dataclasses.replace(plan.source, target=target))
+    indices = np.arange(plan.batch, dtype=np.int32)
+    two = fid_protocol.sample_batch(plan, indices)
+    traced = len(traces)
+    three = fid_protocol.sample_batch(dataclasses.replace(plan, guidance_scale=3.0), indices)
+    assert traced >= 1 and len(traces) == traced
+    assert np.all(np.isfinite(three)) and float(jnp.max(jnp.abs(three - two))) > 1e-3
 
 
 def test_inception_feature_path(reference_images, tmp_path, monkeypatch):

@@ -3,6 +3,9 @@ eta, tau, S_churn, rtol or the guidance scale is one `jax.vmap` and one compilat
 `sample` compiles once per structure; UniC is a wrapper solver; `lower_order_final` and `step_orders` mean one thing
 in every multistep solver."""
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.models import GaussianMixture
-from fastsamplers.samplers.pytrees import split
+from fastsamplers.samplers.pytrees import TracedOptions, split
 from fastsamplers.samplers.unipc import UniC
 
 P = schedules.get_process("vp_linear")
@@ -102,6 +105,41 @@ def test_sample_compiles_once_per_structure_and_takes_array_leaves(problem):
         np.testing.assert_allclose(out, a if eta == 0.3 else b, rtol=TOL, atol=TOL)
         counts.append(len(traces))
     assert counts[0] == counts[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeated(TracedOptions):
+    """A model wrapper with an int leaf that makes a shape and a float leaf that scales the prediction."""
+
+    model_fn: Callable
+    repeats: int
+    weight: float
+    traced = ("repeats", "weight")
+
+    def __call__(self, x, t):
+        copies = jnp.broadcast_to(self.model_fn(x, t), (self.repeats,) + x.shape)  # a tracer cannot be a shape
+        return self.weight * jnp.mean(copies, axis=0)
+
+
+def test_split_traces_floats_and_arrays_and_keeps_python_ints_static(problem):
+    """samplers.pytrees.split's rule: Python ints and bools are static (a wrapper may make a shape of one), floats,
+    NumPy scalars and arrays traced; a solver holds an option given as an int as a float, so eta=1 shares the program
+    of eta=0.5."""
+    tree = {"count": 3, "flag": True, "scale": 2.5, "weight": np.float32(1.0), "x": np.ones(2)}
+    key, leaves = split(tree)
+    assert [leaf is None for leaf in leaves] == [True, True, False, False, False]  # the dict's keys in sorted order
+    assert key == split(dict(tree, scale=3.5, x=np.zeros(2)))[0] != split(dict(tree, count=4))[0]
+    gm, x_init, ts = problem
+    model, traces = counting(gm.model_fn(P))
+    out = [samplers.sample(Repeated(model, repeats, weight), "ddim", P, x_init, ts)[0]
+           for repeats, weight in ((2, 0.5), (2, 1.5), (3, 0.5))]
+    assert len(traces) == 2  # a new weight reuses the program; a new count (a shape) compiles its own
+    np.testing.assert_allclose(out[2], out[0], rtol=TOL, atol=TOL)
+    eta_one = samplers.get_solver("ddim", eta=1)
+    assert isinstance(eta_one.eta, float) and split(eta_one)[0] == split(samplers.get_solver("ddim", eta=0.5))[0]
+    samplers.sample(model, eta_one, P, x_init, ts, key=KEY)
+    samplers.sample(model, samplers.get_solver("ddim", eta=0.5), P, x_init, ts, key=KEY)
+    assert len(traces) == 3
 
 
 def test_a_traced_zero_is_the_stochastic_method_with_zero_noise(problem):

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from fastsamplers import core, schedules
+from fastsamplers import core, samplers, schedules
 from fastsamplers.experiments.configs import boss_straighten, distill_checkpoint, evaluate, fid_pretrained
 from fastsamplers.experiments.configs import digits_bottleneck, distill_oracle, learn_sampler, quickstart, toy2d_fm
 from fastsamplers.experiments.metrics import digits_classifier, fd_digits
@@ -20,6 +20,7 @@ from fastsamplers.experiments.train import couplings, data, experiment, losses, 
 from fastsamplers.models import GaussianMixture, conditioning, mlp, predictions, pretrained
 from fastsamplers.models.pretrained import model as pretrained_model
 from fastsamplers.models.pretrained import score_sde
+from fastsamplers.samplers import adaptive, bottleneck, causal, multistep, noise, runge_kutta, sa_solver, unipc
 from fastsamplers.schedules import grids, published
 from fastsamplers.schedules.optimal import distillation, learned, olss
 
@@ -40,6 +41,7 @@ class CountingModel:
 
 
 X_INIT = np.zeros((4, 2))
+TS = np.array([0.9, 0.5, 0.1])
 
 
 def _labels(config):
@@ -111,13 +113,30 @@ CASES = {
         np.zeros((4, 8, 8, 1)), reference="val")),
     "bottleneck metric": (bottleneck_benchmark.METRICS, lambda m: bottleneck_benchmark.check_config(
         _config(digits_bottleneck, "smoke", metric="fid"))),
-    "bottleneck resize_method": (bottleneck_benchmark.RESIZE_METHODS, lambda m: bottleneck_benchmark.check_config(
+    "bottleneck resize_method": (bottleneck.RESIZE_METHODS, lambda m: bottleneck_benchmark.check_config(
         _config(digits_bottleneck, "smoke", resize_method="area"))),
     "bottleneck plan": (bottleneck_benchmark.plans(digits_bottleneck.get_config("smoke")),
                         lambda m: bottleneck_benchmark.plan_stages(digits_bottleneck.get_config("smoke"), "9x")),
     "diffusers config key": (pretrained.diffusers.CONFIG_KEYS, lambda m: pretrained.diffusers.unet_config(
         {"sample_size": 8, "widths": 3}, "config.json")),
-    "bottleneck renoise_mode": (bottleneck_benchmark.RENOISE_MODES, lambda m: bottleneck_benchmark.check_config(
+    "solver": (samplers.SOLVERS, lambda m: samplers.sample(m, "dddim", PROCESS, X_INIT, TS)),
+    "noise": (noise.KINDS, lambda m: samplers.sample(m, "ddim", PROCESS, X_INIT, TS, noise="sobol")),
+    "adaptive method": (adaptive.METHODS, lambda m: samplers.sample(m, samplers.get_solver("adaptive", method="rk45"),
+                                                                    PROCESS, X_INIT, TS)),
+    "deis_rhork method": (runge_kutta.DEISRhoRK.methods, lambda m: samplers.get_solver("deis_rhork", method="rk45")),
+    "dpmpp solver_type": (multistep.SECOND_ORDER_RULES, lambda m: samplers.get_solver("dpmpp_2m_sde",
+                                                                                      solver_type="rk4")),
+    "dpmpp variant": (multistep.DPM_VARIANTS, lambda m: samplers.get_solver("dpmpp_3m", variant="paper")),
+    "sa_solver variant": (sa_solver.VARIANTS, lambda m: samplers.get_solver("sa_solver", variant="paper")),
+    "unipc variant": (unipc.VARIANTS, lambda m: samplers.get_solver("unipc", variant="bh3")),
+    "unic variant": (unipc.VARIANTS, lambda m: samplers.unic(samplers.get_solver("dpmpp_2m"), variant="bh3")),
+    "resize method": (bottleneck.RESIZE_METHODS, lambda m: bottleneck.bottleneck_sample(
+        m, [bottleneck.Stage(2, 2)], PROCESS, X_INIT, None, resize_method="area")),
+    "renoise mode": (bottleneck.RENOISE, lambda m: bottleneck.bottleneck_sample(
+        m, [bottleneck.Stage(2, 2)], PROCESS, X_INIT, None, renoise_mode="keep")),
+    "inversion mode": (causal.MODES, lambda m: causal.make_plan("newton", 2)),
+    "initial guess": (causal.INITS, lambda m: causal.make_plan({"mode": "jacobi", "init": "zeros"}, 2)),
+    "bottleneck renoise_mode": (bottleneck.RENOISE, lambda m: bottleneck_benchmark.check_config(
         _config(digits_bottleneck, "smoke", renoise_mode="keep"))),
 }
 
@@ -164,8 +183,8 @@ def test_a_registry_of_names_fills_its_sentence_from_the_caller():
     assert plain.check(None) is None
 
 
-# Where names are still checked by hand: the solvers and their options in samplers/, being rewritten (issue 23, item 3).
-NOT_YET = ("samplers/",)
+# Where names are still checked by hand (none left).
+NOT_YET = ()
 
 
 def _handwritten_unknown_name_checks():

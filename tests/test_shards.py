@@ -4,6 +4,7 @@ from the entries that are there."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def test_entries_round_trip_with_their_identity(tmp_path):
         store.write("c.json", {"x": np.zeros(2)})
     with pytest.raises(ValueError, match="an .npz or a .json"):
         store.write("c.txt", {"x": np.zeros(2)})
+    (tmp_path / "d.json").write_text('{"value": 1')  # a damaged .json entry: core.read_json's sentence names it
+    with pytest.raises(ValueError, match="^" + re.escape(f"shard entry {tmp_path / 'd.json'} is not valid JSON: ")):
+        store.read("d.json")
 
 
 def test_another_identity_is_refused_naming_what_differs(tmp_path):

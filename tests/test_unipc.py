@@ -287,6 +287,24 @@ def test_the_unic_corrector_is_refused_on_the_sdes(name):
         samplers.get_solver(name, corrector=True)
 
 
+@pytest.mark.parametrize("name, options", [
+    ("dpmpp_2m", dict(corrector=True)), ("dpmpp_3m", dict(corrector=True, variant="third_order")),
+    ("unipc", dict(order=2, variant="bh1", denoise_to_zero=True)), ("unipc", dict(corrector=False))])
+def test_a_learned_file_stores_a_unic_solver_by_its_registry_spec(name, options, tmp_path):
+    """A learned-sampler file holds a UniC wrapper as its predictor's name and options with corrector=True, what
+    get_solver builds it from; a UniC of another variant than that build's is refused with the reason."""
+    p = schedules.get_process("vp_linear")
+    solver = samplers.get_solver(name, **options)
+    path = str(tmp_path / "learned.json")
+    schedules.save_learned(path, solver, schedules.get_timesteps("logsnr", p, 4), process=p, method="search")
+    loaded = samplers.get_solver("file", path=path)
+    assert loaded == solver and type(loaded) is type(solver)
+    with pytest.raises(ValueError, match=r"UniC of variant 'bh1' around dpmpp_2m has no registry spec: "
+                                         r"get_solver\('dpmpp_2m', corrector=True\) builds the variant 'bh2'"):
+        schedules.save_learned(path, samplers.unic(samplers.get_solver("dpmpp_2m"), variant="bh1"),
+                               schedules.get_timesteps("logsnr", p, 4), process=p, method="search")
+
+
 def test_a_grid_shorter_than_the_order_is_refused_before_any_compute():
     p = schedules.get_process("vp_linear")
     calls = []

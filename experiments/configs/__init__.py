@@ -90,13 +90,24 @@ def grid_file(grid: str, nfe: int, num_steps: int) -> str | None:
     return path
 
 
+def grid_spec(grid: str, nfe: int, num_steps: int) -> tuple[str, dict[str, str]]:
+    """(name, options) of a grid key for `schedules.get_timesteps`, and for the schedule optimisers' `teacher_grid`
+    (`schedules.distill`, `schedules.learn`): a grid name of `schedules.GRIDS` as it is, "file:PATH" as ("file",
+    {"path": PATH}) (`grid_file`: {nfe} and {num_steps} filled in, FileNotFoundError when it does not exist).
+
+    Example:
+        >>> grid_spec("logsnr", 10, 5)
+        ('logsnr', {})
+    """
+    path = grid_file(grid, nfe, num_steps)
+    return (grid, {}) if path is None else ("file", {"path": path})
+
+
 def grid_timesteps(grid: str, process, num_steps: int, nfe: int, t_min: float | None = None,
                    t_max: float | None = None) -> np.ndarray:
     """The time grid of one cell: a grid name of `schedules.GRIDS` (between t_min and t_max, None: the process's
-    ends), or "file:PATH" (a distilled schedule file, resampled to num_steps by `get_timesteps("file", ...)`).
-    Returns float numpy (num_steps + 1,)."""
-    path = grid_file(grid, nfe, num_steps)
-    if path is not None:
-        return np.asarray(schedules.get_timesteps("file", process, num_steps, path=path))
-    ends = {k: v for k, v in (("t_min", t_min), ("t_max", t_max)) if v is not None}
-    return np.asarray(schedules.get_timesteps(grid, process, num_steps, **ends))
+    ends), or "file:PATH" (a distilled schedule file with its own ends, resampled to num_steps by
+    `get_timesteps("file", ...)`). Returns float numpy (num_steps + 1,)."""
+    name, options = grid_spec(grid, nfe, num_steps)
+    ends = {} if options else {k: v for k, v in (("t_min", t_min), ("t_max", t_max)) if v is not None}
+    return np.asarray(schedules.get_timesteps(name, process, num_steps, **options, **ends))

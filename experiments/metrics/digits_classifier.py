@@ -208,10 +208,7 @@ def read_classifier(size, cache_dir=None):
         raise ValueError(f"{path} does not hold the {size}px FD-digits classifier {VERSION}: parameter shapes "
                          f"{_describe(found)} where {_describe(expected)} are expected; {fix}")
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), state)
-    info = {}
-    if os.path.exists(_info_path(path)):
-        with open(_info_path(path)) as f:
-            info = json.load(f)
+    info = core.read_json(_info_path(path), what="FD-digits classifier record") if os.path.exists(_info_path(path)) else {}
     return Classifier(size, DigitsClassifier(size), params, info, path)
 
 

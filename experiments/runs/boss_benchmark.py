@@ -76,7 +76,7 @@ def benchmark(runs: dict, json_path: str, *, config_spec: str = "experiments/con
     bellman = schedules.distill_many(
         "bellman", teacher.model_fn, "euler", process,
         straighten.noise(config, CALIBRATION_STREAM, boss.calibration_size, shape, process), nfes,
-        prediction="velocity", teacher_steps=boss.teacher_steps, teacher_grid=boss.teacher_grid,
+        prediction="velocity", teacher_steps=boss.teacher_steps, teacher_grid=straighten.teacher_grid_spec(config),
         teacher_solver=boss.teacher_solver, t_min=config.sample.t_min, t_max=config.sample.t_max, args=teacher.args)
     bellman = {k: np.asarray(ts, np.float64) for k, ts in bellman.items()}
     dp_seconds = time.perf_counter() - tic

@@ -47,9 +47,6 @@ from fastsamplers.samplers.bottleneck import Stage
 
 _UNKNOWN = "unknown {kind} {name!r}; valid: {valid}"
 METRICS = core.Registry.of_names("metric", ("fd_digits", "none"), ordered=True, unknown=_UNKNOWN)
-# The config's checks of the names samplers.bottleneck defines (its RESIZE_METHODS and RENOISE), before any sampling.
-RESIZE_METHODS = core.Registry("resize_method", bottleneck.RESIZE_METHODS, unknown=_UNKNOWN)
-RENOISE_MODES = core.Registry.of_names("renoise_mode", bottleneck.RENOISE, ordered=True, unknown=_UNKNOWN)
 NOISE_STREAM, RENOISE_STREAM = 7, 8  # fold_in(root, stream): the shared initial noise, the re-noising draws
 NO_FD_64 = ("not evaluated: the model was trained at 16 and 32 px only, the digits data and the FD-digits "
             "classifier stop at 32 px; 64 px rows give wall time and FLOPs only")
@@ -153,8 +150,9 @@ def check_config(config):
     if config.metric != "none" and config.num_samples < 2:
         raise ValueError(f"a Fréchet distance needs num_samples >= 2, got {config.num_samples}")
     plans(config).check(config.plan)
-    RESIZE_METHODS.check(config.resize_method)
-    RENOISE_MODES.check(config.renoise_mode)
+    # samplers.bottleneck's registries, named by the config's keys, before any sampling
+    bottleneck.RESIZE_METHODS.check(config.resize_method, kind="resize_method")
+    bottleneck.RENOISE.check(config.renoise_mode, kind="renoise_mode")
     if not 0.0 <= config.process.t_min < config.process.t_max:
         raise ValueError(f"need 0 <= process.t_min < process.t_max, got {config.process.t_min}, "
                          f"{config.process.t_max}")

@@ -63,6 +63,7 @@ from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_score
 from fastsamplers.experiments.report.figures import save_samples
 from fastsamplers.experiments.report.provenance import versions
 from fastsamplers.experiments.runs import sources
+from fastsamplers.samplers.pytrees import merge, split
 
 NOISE_STREAM = 0  # fold_in(root, NOISE_STREAM): the starting noise; sample k from fold_in(that, k)
 SOLVER_STREAM = 1  # the noise of stochastic solvers, likewise per sample
@@ -202,14 +203,20 @@ def _solver_label(name, options):
 
 
 @functools.lru_cache(maxsize=8)
-def _sample_program(model_fn, solver, process, prediction, image_shape, classes, null_label, guidance_scale, mesh):
-    """jit(params, indices (n,) int32 sharded, ts, noise_key, solver_key) -> float32 samples (n, *image_shape).
+def _sample_program(model_structure, solver_structure, process, prediction, image_shape, classes, null_label, guided,
+                    mesh):
+    """jit(params, indices (n,) int32 sharded, ts, noise_key, solver_key, model leaves, solver leaves, guidance
+    scale) -> float32 samples (n, *image_shape).
 
-    Cached on its (hashable) static inputs: one compiled program per model, solver, step count and batch; the
-    guided model function is built inside the traced function, so it is traced and compiled once with it."""
+    Cached on its static inputs, the structures of the model function and the solver (`samplers.pytrees.split`) and
+    whether the model is guided: one compiled program per model, solver structure, step count and batch, whatever
+    the guidance scale or the solver's numeric options (eta, tau, ...), which are traced arguments, as in
+    `samplers.sample`. The guided model function is built inside the traced function, so it is traced and compiled
+    once with it."""
     batch_sharding = features.sharding(mesh, True)
 
-    def draw(params, indices, ts, noise_key, solver_key):
+    def draw(params, indices, ts, noise_key, solver_key, model_leaves, solver_leaves, scale):
+        model_fn, solver = merge(model_structure, model_leaves), merge(solver_structure, solver_leaves)
         keys = jax.vmap(lambda k: jax.random.fold_in(noise_key, k))(indices)
         x = jax.vmap(lambda key: process.prior(key, image_shape, t=ts[0], dtype=jnp.float32))(keys)
         x = jax.lax.with_sharding_constraint(x, batch_sharding)
@@ -217,8 +224,8 @@ def _sample_program(model_fn, solver, process, prediction, image_shape, classes,
         if classes is not None:
             labels = jnp.asarray(classes, jnp.int32)[indices % len(classes)]
             args = (params, labels)
-            if guidance_scale != 1.0:
-                model = samplers.guided(model_fn, guidance_scale, (params, jnp.full_like(labels, null_label)),
+            if guided:
+                model = samplers.guided(model_fn, scale, (params, jnp.full_like(labels, null_label)),
                                         batch_axes=(None, 0))
         key = jax.vmap(lambda k: jax.random.fold_in(solver_key, k))(indices) if solver.stochastic else None
         x, _ = samplers.sample(model, solver, process, x, ts, prediction=prediction, key=key, args=args,
@@ -226,20 +233,27 @@ def _sample_program(model_fn, solver, process, prediction, image_shape, classes,
         return x.astype(jnp.float32)
 
     replicated = features.sharding(mesh, False)
-    return jax.jit(draw, in_shardings=(replicated, batch_sharding, replicated, replicated, replicated),
-                   out_shardings=batch_sharding)
+    return jax.jit(draw, in_shardings=(replicated, batch_sharding) + (replicated,) * 6, out_shardings=batch_sharding)
+
+
+def sample_batch(plan: Plan, indices: np.ndarray) -> jax.Array:
+    """The samples of the given indices (a device batch: `plan.batch` of them), float32 (n, *shape), sharded along
+    the mesh's data axis: sample k from its own noise key (module docstring), whatever the batch it is drawn in."""
+    target = plan.source.target
+    (model_structure, model_leaves), (solver_structure, solver_leaves) = split(target.model_fn), split(plan.solver)
+    program = _sample_program(model_structure, solver_structure, target.process, target.prediction,
+                              tuple(target.shape), plan.source.classes, plan.source.null_label,
+                              plan.guidance_scale != 1.0, plan.mesh)
+    return program(plan.params, jax.device_put(indices, features.sharding(plan.mesh, True)), plan.ts, plan.noise_key,
+                   plan.solver_key, model_leaves, solver_leaves, plan.guidance_scale)
 
 
 def _sample_batches(shard, plan, bar, kept, num_save):
     """The shard's samples, one padded device batch at a time, as (samples, number of real rows); the first
     `num_save` of them are appended to `kept` as uint8 images."""
-    target = plan.source.target
-    program = _sample_program(target.model_fn, plan.solver, target.process, target.prediction, tuple(target.shape),
-                              plan.source.classes, plan.source.null_label, plan.guidance_scale, plan.mesh)
     for start in range(shard.start, shard.stop, plan.batch):
         indices = np.arange(start, start + plan.batch, dtype=np.int32)  # rows past shard.stop: computed, dropped
-        samples = program(plan.params, jax.device_put(indices, features.sharding(plan.mesh, True)), plan.ts,
-                          plan.noise_key, plan.solver_key)
+        samples = sample_batch(plan, indices)
         n = min(plan.batch, shard.stop - start)
         if start - shard.start < num_save:
             kept.append(np.asarray(features.quantise(samples))[:min(n, num_save - (start - shard.start))])

@@ -27,6 +27,7 @@ import numpy as np
 from fastsamplers import core
 from fastsamplers import samplers
 from fastsamplers import schedules
+from fastsamplers.experiments.configs import grid_spec, grid_timesteps
 from fastsamplers.experiments.report.provenance import versions
 from fastsamplers.experiments.report.tables import render_table
 from fastsamplers.experiments.runs import sources
@@ -43,15 +44,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   f"unconditional calls only (labels and guidance are not passed to the teacher)")
     os.makedirs(workdir, exist_ok=True)
     process = target.process
-    teacher_ts = schedules.get_timesteps(config.teacher.grid, process, config.teacher.steps)
-    t_max = float(teacher_ts[0])
+    teacher_solver = samplers.get_solver(config.teacher.solver, **dict(config.teacher.options))
+    teacher_grid = lambda steps: grid_timesteps(config.teacher.grid, process, steps, teacher_solver.nfe(steps))
+    t_max = float(teacher_grid(config.teacher.steps)[0])
     root = jax.random.PRNGKey(config.seed)
     x_cal, x_held = (_draw(target, jax.random.fold_in(root, s), n, t_max)
                      for s, n in ((CALIBRATION_STREAM, config.calibration), (HELDOUT_STREAM, config.heldout)))
-    teacher_solver = samplers.get_solver(config.teacher.solver, **dict(config.teacher.options))
     sample = lambda solver, ts, x: samplers.sample(target.model_fn, solver, process, x, ts,
                                                    prediction=target.prediction, args=target.args)[0]
-    reference_ts = schedules.get_timesteps(config.teacher.grid, process, config.reference_steps)
+    reference_ts = teacher_grid(config.reference_steps)
     reference = np.asarray(sample(teacher_solver, reference_ts, x_held), np.float64)
     rmse = lambda x: float(np.sqrt(np.mean((np.asarray(x, np.float64) - reference) ** 2)))
     # Everything that shapes one NFE's file; not the list of NFEs (a rerun may add NFEs) nor the output names.
@@ -99,7 +100,10 @@ def _learned(config, target, x_cal, nfe, store, teacher_solver):
     start = time.perf_counter()
     solver, ts, info = schedules.learn(config.method, target.model_fn, target.process, x_cal, nfe,
                                        prediction=target.prediction, args=target.args,
-                                       teacher_steps=config.teacher.steps, teacher_grid=config.teacher.grid,
+                                       teacher_steps=config.teacher.steps,
+                                       teacher_grid=grid_spec(config.teacher.grid,
+                                                              teacher_solver.nfe(config.teacher.steps),
+                                                              config.teacher.steps),
                                        teacher_solver=teacher_solver, return_info=True, **dict(config.options))
     info = {k: v for k, v in info.items() if k not in ("teacher_ts", "fixed")}
     info["seconds"] = time.perf_counter() - start

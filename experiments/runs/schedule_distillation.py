@@ -45,6 +45,7 @@ import numpy as np
 from fastsamplers import core
 from fastsamplers import samplers
 from fastsamplers import schedules
+from fastsamplers.experiments.configs import grid_spec, grid_timesteps
 from fastsamplers.experiments.report.provenance import versions
 from fastsamplers.experiments.report.tables import render_table
 from fastsamplers.experiments.runs import sources
@@ -237,13 +238,15 @@ def _validate(config):
         step_counts = (num_steps,)
     # The DP's student must be a single-step, first-order solver; this raises the library's message otherwise.
     student = samplers.get_solver(config.student)
-    samplers.get_solver(config.teacher.solver, **_options(config.teacher.options))
+    teacher_nfe = samplers.get_solver(config.teacher.solver, **_options(config.teacher.options)).nfe(
+        config.teacher.steps)
     if not max(step_counts) <= config.teacher.steps:
         raise ValueError(f"teacher.steps = {config.teacher.steps} must be at least the schedule's {max(step_counts)} "
                          f"steps: the schedule picks its times among the teacher's")
     if len(set(config.compare_grids)) != len(config.compare_grids):
         raise ValueError(f"compare_grids has repeated names: {list(config.compare_grids)}")
-    options = dict(teacher_steps=config.teacher.steps, teacher_grid=config.teacher.grid,
+    options = dict(teacher_steps=config.teacher.steps,
+                   teacher_grid=grid_spec(config.teacher.grid, teacher_nfe, config.teacher.steps),
                    teacher_solver=(config.teacher.solver, _options(config.teacher.options)), student=config.student)
     if config.method == "oss":
         distillation.AGGREGATES.check(config.oss.aggregate, kind="oss.aggregate")
@@ -278,8 +281,8 @@ def _validate(config):
                      "options": _options(config.teacher.options)}
         model_name = target.description
     distillation.student_step_fn(student, process)
-    schedules.get_timesteps(config.teacher.grid, process, config.teacher.steps)
-    grids = {k: {name: np.asarray(schedules.get_timesteps(name, process, k)) for name in config.compare_grids}
+    grid_timesteps(config.teacher.grid, process, config.teacher.steps, teacher_nfe)  # a bad grid fails here
+    grids = {k: {name: grid_timesteps(name, process, k, score_solvers[k].nfe(k)) for name in config.compare_grids}
              for k in step_counts}
     options["prediction"] = prediction
     return DistillSetup(source=source, process=process, prediction=prediction, solver=solver,
@@ -315,16 +318,16 @@ def _check_schedule_template(template):
 
 def _solver_for_steps(solver, num_steps):
     """The solver that scores a num_steps schedule: `solver` itself, or, for a multistep solver whose order is more
-    than num_steps (`check_grid` refuses it), the same solver at order num_steps, which takes exactly the steps of
-    its warm-up (step i has order min(i + 1, order)) on so short a grid."""
+    than num_steps (`check_grid` refuses it), the same method at order num_steps (`Solver.at_order`; a UniC wrapper
+    lowers its predictor), which takes exactly the steps of its warm-up (step i has order min(i + 1, order)) on so
+    short a grid."""
     try:
         solver.check_grid(num_steps)
         return solver
     except ValueError:
-        order = getattr(solver, "order", None)
-        if not (dataclasses.is_dataclass(solver) and hasattr(solver, "step_orders") and order and order > num_steps):
+        if solver.order <= num_steps:
             raise
-    lowered = dataclasses.replace(solver, order=num_steps)
+    lowered = solver.at_order(num_steps)
     lowered.check_grid(num_steps)
     return lowered
 
@@ -361,7 +364,8 @@ def _inputs(config, setup):
     teacher = samplers.get_solver(record["solver"], **record["options"])
 
     def reference(x, t_end):
-        ts = schedules.get_timesteps(record["grid"], process, record["steps"], t_min=t_end, t_max=process.t_max)
+        ts = grid_timesteps(record["grid"], process, record["steps"], teacher.nfe(record["steps"]), t_end,
+                            process.t_max)
         y, _ = samplers.sample(target.model_fn, teacher, process, x, ts, prediction=target.prediction,
                                args=target.args)
         return np.asarray(y, np.float64)
@@ -447,9 +451,8 @@ def _score(setup, reference, solver, model_fn, x, named_schedules, args=None):
 
 
 def _solver_text(solver):
-    """A solver's name and its order option, where it has one: "deis_tab order=3"."""
-    has_order = dataclasses.is_dataclass(solver) and "order" in {f.name for f in dataclasses.fields(solver)}
-    return solver.name + (f" order={solver.order}" if has_order else "")
+    """A solver's name and its order option, where its registry spec has one: "deis_tab order=3", "unipc order=2"."""
+    return solver.name + (f" order={solver.order}" if "order" in solver.spec()["options"] else "")
 
 
 def _teacher_record(config):

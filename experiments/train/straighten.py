@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from fastsamplers import core
 from fastsamplers import samplers
 from fastsamplers import schedules
+from fastsamplers.experiments.configs import grid_spec, grid_timesteps
 from fastsamplers.experiments.train import checkpoints, losses
 from fastsamplers.experiments.train.data import ArrayDataset
 from fastsamplers.experiments.train.experiment import (CALIBRATION_STREAM, HELDOUT_STREAM, POOL_STREAM, Experiment,
@@ -129,7 +130,7 @@ def check_boss_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"train.batch_size={config.train.batch_size} trajectories but the pool holds "
                          f"boss.pool_size={boss.pool_size}")
     samplers.get_solver(boss.teacher_solver)  # an unknown name fails here, with the valid ones
-    schedules.GRIDS.check(boss.teacher_grid, kind="boss.teacher_grid")
+    schedules.GRIDS.check(teacher_grid_spec(config)[0], kind="boss.teacher_grid")  # and a missing file
 
 
 def load_teacher(config: ml_collections.ConfigDict) -> checkpoints.Target:
@@ -189,11 +190,22 @@ def noise(config, stream, n, shape, process):
     return process.prior(key, (n, *shape), t=t_max, dtype=jnp.float32)
 
 
+def _teacher_nfe(boss):
+    return samplers.get_solver(boss.teacher_solver).nfe(boss.teacher_steps)
+
+
+def teacher_grid_spec(config: ml_collections.ConfigDict) -> tuple[str, dict]:
+    """boss.teacher_grid as `schedules.distill`'s teacher_grid (`experiments.configs.grid_spec`: a grid name, or a
+    "file:PATH" schedule file)."""
+    return grid_spec(config.boss.teacher_grid, _teacher_nfe(config.boss), config.boss.teacher_steps)
+
+
 def teacher_grid(config, process):
-    """The teacher's fine grid (the DP's candidate times), float64 numpy."""
+    """The teacher's fine grid (the DP's candidate times), float64 numpy: boss.teacher_grid between sample.t_max and
+    sample.t_min (a schedule file keeps its own ends)."""
     boss = config.boss
-    ends = {k: config.sample[k] for k in ("t_min", "t_max") if config.sample[k] is not None}
-    return np.asarray(schedules.get_timesteps(boss.teacher_grid, process, boss.teacher_steps, **ends))
+    return grid_timesteps(boss.teacher_grid, process, boss.teacher_steps, _teacher_nfe(boss), config.sample.t_min,
+                          config.sample.t_max)
 
 
 def teacher_states(config, teacher, x_init, indices=None, progress=False):
@@ -224,7 +236,7 @@ def make_pool(config, teacher) -> Pool:
     ts, info = schedules.distill(
         "bellman", teacher.model_fn, "euler", process,
         noise(config, CALIBRATION_STREAM, boss.calibration_size, shape, process), num_steps=boss.num_steps,
-        prediction="velocity", teacher_steps=boss.teacher_steps, teacher_grid=boss.teacher_grid,
+        prediction="velocity", teacher_steps=boss.teacher_steps, teacher_grid=teacher_grid_spec(config),
         teacher_solver=boss.teacher_solver, t_min=config.sample.t_min, t_max=config.sample.t_max,
         args=teacher.args, return_info=True)
     ts = np.asarray(ts, np.float64)

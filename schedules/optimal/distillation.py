@@ -22,7 +22,7 @@ it, so `distill_many` serves several step counts from one teacher and one DP of 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ import numpy as np
 
 from fastsamplers import samplers
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import ArrayLike, HostArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
 from fastsamplers.samplers.base import Solver, step_inputs
 from fastsamplers.samplers.pytrees import merge, split
@@ -42,9 +43,24 @@ AGGREGATES = Registry.of_names("aggregate", ("mean", "median"), ordered=True,
                                unknown="{kind} must be {alternatives}, got {name!r}")
 # The deviation of a student step from the teacher (Bellman / GITS costs).
 METRICS = Registry.of_names("metric", ("l2", "l1"), ordered=True, unknown="{kind} must be {alternatives}, got {name!r}")
+# A teacher grid: a name of `schedules.GRIDS`, or (name, options), e.g. ("file", {"path": ...}) for a schedule file
+# resampled to the teacher's steps (as a teacher solver is a name or (name, options)).
+TeacherGrid: TypeAlias = str | tuple[str, Mapping[str, Any]]
+# A teacher solver: a registered name, or (name, options).
+SolverSpec: TypeAlias = str | tuple[str, Mapping[str, Any]]
+# One step of a single-step solver: (x, its native prediction, s, t) -> the state at t.
+StudentStep: TypeAlias = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def student_step_fn(solver, process):
+def teacher_timesteps(teacher_grid: TeacherGrid, process: Process, num_steps: int, t_min: float | None = None,
+                      t_max: float | None = None) -> jax.Array:
+    """The teacher grid of num_steps steps between t_min and t_max (`schedules.get_timesteps`; a grid with its own
+    ends, such as a file's, keeps them)."""
+    name, options = (teacher_grid, {}) if isinstance(teacher_grid, str) else (teacher_grid[0], dict(teacher_grid[1]))
+    return get_timesteps(name, process, num_steps, t_min=t_min, t_max=t_max, **options)
+
+
+def student_step_fn(solver: Solver, process: Process) -> StudentStep:
     """One step of a single-step solver as a function (x, pred, s, t) -> y, pred being its native prediction."""
     if solver.stages != 1 or solver.order != 1:
         raise ValueError(
@@ -60,14 +76,15 @@ def student_step_fn(solver, process):
     return step
 
 
-def default_student(solver):
+def default_student(solver: Solver) -> str:
     """The first-order step of a solver's family, which prices its steps in the DP: Euler for velocity-space
     solvers (euler, heun), DDIM (the first-order exponential integrator, every multistep solver's warm-up step) for
     the others."""
     return "euler" if solver.native == "velocity" else "ddim"
 
 
-def teacher_trajectory(model_fn, process, x_init, ts, solver, prediction="eps", args=None):
+def teacher_trajectory(model_fn: ModelFn, process: Process | str, x_init: ArrayLike, ts: ArrayLike,
+                       solver: Solver | str, prediction: str = "eps", args: PyTree = None) -> jax.Array:
     """The state at every point of the fine grid ts: shape (len(ts), *x_init.shape). With `args`, the model is
     called model_fn(x, t, args), args a traced argument of the sampler's compiled program."""
     _, info = samplers.sample(model_fn, solver, process, x_init, ts, prediction=prediction, save_trajectory=True,
@@ -95,7 +112,9 @@ def _pair_times(ts):
     return s, t, jnp.asarray(forward)
 
 
-def oss_tables(model, step, ts, teacher, x_start, num_steps, valid_start, aggregate, args=None):
+def oss_tables(model: ModelFn, step: StudentStep, ts: jax.Array, teacher: jax.Array, x_start: jax.Array,
+               num_steps: int, valid_start: jax.Array, aggregate: str,
+               args: PyTree = None) -> tuple[jax.Array, jax.Array]:
     """The OSS dynamic program. model(x, t) -> native prediction (model(x, t, args) when args is given); teacher (N+1, B, ...); x_start (N+1, B, ...) the
     possible starting states with `valid_start` (N+1,) marking the usable ones.
 
@@ -132,7 +151,7 @@ def oss_tables(model, step, ts, teacher, x_start, num_steps, valid_start, aggreg
     return costs, pointers
 
 
-def bellman_tables(cost, num_steps, coeff=1.0):
+def bellman_tables(cost: jax.Array, num_steps: int, coeff: ArrayLike = 1.0) -> tuple[jax.Array, jax.Array]:
     """Shortest paths of exactly k = 1..M steps from every index to the last one, on the cost matrix C (N+1, N+1)
     (entries with j <= i are ignored): V_k[i] = min_{j > i} C[i, j] + coeff V_{k-1}[j], V_0 = 0 at the last index.
 
@@ -151,7 +170,7 @@ def bellman_tables(cost, num_steps, coeff=1.0):
     return values, pointers
 
 
-def backtrack_forward(pointers, start, num_steps):
+def backtrack_forward(pointers: HostArrayLike, start: int, num_steps: int) -> list[int]:
     """Follow Bellman back-pointers (M, N+1) from `start` for num_steps steps: the visited indices."""
     pointers = np.asarray(pointers)
     path = [int(start)]
@@ -160,7 +179,7 @@ def backtrack_forward(pointers, start, num_steps):
     return path
 
 
-def backtrack_oss(pointers, end, num_steps):
+def backtrack_oss(pointers: HostArrayLike, end: int, num_steps: int) -> np.ndarray:
     """Follow OSS back-pointers (M, N+1, B) from index `end` after num_steps steps: (B, num_steps + 1) indices."""
     pointers = np.asarray(pointers)
     batch = pointers.shape[-1]
@@ -171,7 +190,7 @@ def backtrack_oss(pointers, end, num_steps):
     return paths
 
 
-def median_path(paths, last):
+def median_path(paths: np.ndarray, last: int) -> np.ndarray:
     """Element-wise median of index lists ("OSS-ave"), made strictly increasing with the ends kept."""
     med = np.round(np.median(paths, axis=0)).astype(np.int64)
     med[-1] = last
@@ -182,7 +201,8 @@ def median_path(paths, last):
     return med
 
 
-def cost_matrix(model, step, ts, teacher, metric="l2", args=None):
+def cost_matrix(model: ModelFn, step: StudentStep, ts: jax.Array, teacher: jax.Array, metric: str = "l2",
+                args: PyTree = None) -> jax.Array:
     """C[i, j]: batch-mean deviation of one student step from the teacher state i to t_j against T[j] (model(x, t),
     or model(x, t, args) when args is given)."""
     METRICS.check(metric)
@@ -212,11 +232,13 @@ def _check_step_count(value, teacher_steps, name="num_steps"):
                          f"picks its times among the teacher's")
 
 
-def distill(method: str, model_fn: Callable, solver: Solver | str, process: Process | str, x_init: jax.Array,
-            num_steps: int, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: str = "logsnr",
-            teacher_solver=("deis_tab", {"order": 3}), student: Solver | str | None = None, exact_steps: bool = True,
-            start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2", coeff: float | None = None,
-            t_min: float | None = None, t_max: float | None = None, return_info: bool = False, args: Any = None):
+def distill(method: str, model_fn: ModelFn, solver: Solver | str, process: Process | str, x_init: ArrayLike,
+            num_steps: int, *, prediction: str = "eps", teacher_steps: int = 200,
+            teacher_grid: TeacherGrid = "logsnr", teacher_solver: SolverSpec = ("deis_tab", {"order": 3}),
+            student: Solver | str | None = None, exact_steps: bool = True, start_at_t_max: bool = True,
+            aggregate: str = "mean", metric: str = "l2", coeff: float | None = None, t_min: float | None = None,
+            t_max: float | None = None, return_info: bool = False,
+            args: PyTree = None) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
     """Distil an optimal num_steps schedule from a teacher trajectory ("oss", "bellman" or "gits").
 
     Args:
@@ -231,8 +253,9 @@ def distill(method: str, model_fn: Callable, solver: Solver | str, process: Proc
         DDIM or Euler), and `schedules.refine` then tunes the schedule for the solver itself.
       student: the single-step solver whose steps the DP prices (a name or a Solver), overriding the default.
       num_steps: M, the student's number of steps (1 <= M <= teacher_steps).
-      teacher_steps, teacher_grid, teacher_solver: the fine grid (its points are the candidate times) and the
-        solver that follows it (a name, or (name, options)).
+      teacher_steps, teacher_grid, teacher_solver: the fine grid (its points are the candidate times: a grid name,
+        or (name, options) such as ("file", {"path": ...})) and the solver that follows it (a name, or (name,
+        options)).
       exact_steps: OSS only: exactly M steps (True) or the best of at most M (False).
       start_at_t_max: OSS only: False lets the first step start lower, at any teacher time t_i, from the same noise
         rescaled to sigma(t_i) (the usual truncated start).
@@ -257,12 +280,13 @@ def distill(method: str, model_fn: Callable, solver: Solver | str, process: Proc
     return (ts_out, info) if return_info else ts_out
 
 
-def distill_many(method: str, model_fn: Callable, solver: Solver | str, process: Process | str, x_init: jax.Array,
-                 step_counts, *, prediction: str = "eps", teacher_steps: int = 200, teacher_grid: str = "logsnr",
-                 teacher_solver=("deis_tab", {"order": 3}), student: Solver | str | None = None,
+def distill_many(method: str, model_fn: ModelFn, solver: Solver | str, process: Process | str, x_init: ArrayLike,
+                 step_counts: Iterable[int], *, prediction: str = "eps", teacher_steps: int = 200,
+                 teacher_grid: TeacherGrid = "logsnr", teacher_solver: SolverSpec = ("deis_tab", {"order": 3}),
+                 student: Solver | str | None = None,
                  exact_steps: bool = True, start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2",
                  coeff: float | None = None, t_min: float | None = None, t_max: float | None = None,
-                 return_info: bool = False, args: Any = None) -> dict:
+                 return_info: bool = False, args: PyTree = None) -> dict[int, Any]:
     """Distil schedules for several step counts at once: one teacher trajectory, one dynamic program.
 
     The DP tables of every method are built stage by stage, and stage k (OSS: the best state after k student steps
@@ -336,7 +360,7 @@ def _distill_counts(method, model_fn, solver, process, x_init, counts, *, predic
     if isinstance(teacher_solver, str):
         teacher_solver = (teacher_solver, {})
     teacher = samplers.get_solver(teacher_solver[0], **dict(teacher_solver[1]))
-    ts = get_timesteps(teacher_grid, process, teacher_steps, t_min=t_min, t_max=t_max)
+    ts = teacher_timesteps(teacher_grid, process, teacher_steps, t_min, t_max)
     trajectory = teacher_trajectory(model_fn, process, x_init, ts, teacher, prediction, args)
     if trajectory.shape[1:] != x_init.shape:
         raise ValueError(f"teacher trajectory of shape {trajectory.shape} does not match x_init {x_init.shape}")

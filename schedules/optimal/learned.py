@@ -13,27 +13,31 @@ path=path)` loads the solver back and `get_timesteps("file", process, M, path=pa
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from fastsamplers import samplers
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
 from fastsamplers.schedules.optimal import multistep_dp, olss, solver_search
-from fastsamplers.schedules.optimal.distillation import _check_step_count, _check_teacher_steps
+from fastsamplers.schedules.optimal.distillation import (SolverSpec, TeacherGrid, _check_step_count,
+                                                        _check_teacher_steps)
 from fastsamplers.schedules.optimal.teacher import Teacher
-from fastsamplers.schedules.processes import get_process
+from fastsamplers.schedules.processes import Process, get_process
 
 METHODS = Registry("learning method", {"dp": multistep_dp.learn_dp, "olss": olss.learn_olss,
                                        "search": solver_search.learn_search},
                    reserved=("teacher", "x_init", "num_steps"))
 
 
-def learn(method: str, model_fn: Callable, process, x_init, num_steps: int, *, prediction: str = "eps",
-          args: Any = None, teacher_steps: int = 200, teacher_grid: str = "logsnr",
-          teacher_solver=("deis_tab", {"order": 3}), t_min: float | None = None, t_max: float | None = None,
-          return_info: bool = False, **options):
+def learn(method: str, model_fn: ModelFn, process: Process | str, x_init: ArrayLike, num_steps: int, *,
+          prediction: str = "eps", args: PyTree = None, teacher_steps: int = 200, teacher_grid: TeacherGrid = "logsnr",
+          teacher_solver: SolverSpec | samplers.Solver = ("deis_tab", {"order": 3}), t_min: float | None = None,
+          t_max: float | None = None, return_info: bool = False,
+          **options: Any) -> tuple[samplers.Solver, jax.Array] | tuple[samplers.Solver, jax.Array, dict[str, Any]]:
     """Learn an M-step sampler from a teacher on the calibration batch x_init.
 
     Args:
@@ -78,7 +82,7 @@ def learn(method: str, model_fn: Callable, process, x_init, num_steps: int, *, p
     if x_init.ndim < 1 or x_init.shape[0] < 1:
         raise ValueError(f"x_init must have a leading batch axis with at least one sample, got shape {x_init.shape}")
     teacher = Teacher(model_fn=model_fn, process=process, prediction=prediction, args=args,
-                      num_steps=int(teacher_steps), grid_name=teacher_grid, solver=teacher_solver, t_min=t_min,
+                      num_steps=int(teacher_steps), grid_spec=teacher_grid, solver=teacher_solver, t_min=t_min,
                       t_max=t_max)
     solver, ts, info = fn(teacher, x_init, int(num_steps), **options)
     if return_info:

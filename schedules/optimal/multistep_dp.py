@@ -24,21 +24,24 @@ of exactly M steps by dynamic programming (Bellman-style, as `distillation.cost_
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers import samplers
-from fastsamplers.samplers.multistep import LinearMultistep
+from fastsamplers.core.typing import ArrayLike, HostArrayLike
+from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers.multistep import LinearMultistep, Multistep
 from fastsamplers.samplers.unipc import UniC
-from fastsamplers.schedules.optimal.teacher import gram_matrix
-from fastsamplers.schedules.processes import as_float
+from fastsamplers.schedules.optimal.teacher import Teacher, gram_matrix
+from fastsamplers.schedules.processes import Process, as_float
 
 TABLE_BUDGET = 4e7  # entries of the largest cost table (N + 1) (window + 1)^order that the default window allows
 
 
-def _resolve_solver(solver, solver_options):
+def _resolve_solver(solver: str | Solver, solver_options: dict[str, Any]) -> LinearMultistep:
     if isinstance(solver, str):
         solver = samplers.get_solver(solver, **solver_options)
     elif solver_options:
@@ -52,7 +55,7 @@ def _resolve_solver(solver, solver_options):
     return solver
 
 
-def default_window(n, num_steps, order):
+def default_window(n: int, num_steps: int, order: int) -> int:
     """The default step window (module docstring)."""
     if order <= 2:
         return n
@@ -60,7 +63,7 @@ def default_window(n, num_steps, order):
     return int(min(n, max(w, math.ceil(n / num_steps) + 1)))
 
 
-def local_row(solver, process, local_ts):
+def local_row(solver: Multistep, process: Process, local_ts: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(a, b (order,)) of the last row of solver.table on a local grid of K + 1 times, the last row of order K."""
     k = local_ts.shape[0] - 1
     a, b = solver.table(process, local_ts, np.arange(1, k + 1))
@@ -72,7 +75,8 @@ def _gap_grid(k, w):
     return np.stack(np.meshgrid(*([np.arange(w + 1)] * k), indexing="ij"), axis=-1).reshape(-1, k)
 
 
-def cost_table(solver, process, ts, gram, k, window, chunk=1 << 16):
+def cost_table(solver: Multistep, process: Process, ts: np.ndarray, gram: np.ndarray, k: int, window: int,
+               chunk: int = 1 << 16) -> np.ndarray:
     """C[i, e, d_1, ..., d_{k-1}] (shape (N+1,) + (window+1,)*k): the cost of an order-k step from teacher index i
     to i + e with history points i - d_1, i - d_1 - d_2, ...; inf where a gap is 0 or a point is off the grid."""
     n1 = ts.shape[0]
@@ -90,12 +94,11 @@ def cost_table(solver, process, ts, gram, k, window, chunk=1 << 16):
     nn = n1
     # vector indices in the Gram matrix: x = T[i], m at i, i - d_1, ..., target T[i + e]
     vidx = np.concatenate([i[sel, None], nn + i[sel, None], nn + hist[sel], (i + e)[sel, None]], axis=1)
-    g = jnp.asarray(gram)
-    ts = jnp.asarray(ts)
+    g, times = jnp.asarray(gram), jnp.asarray(ts)
 
     @jax.jit
     def price(pts_c, vidx_c):
-        a, b = jax.vmap(lambda p: local_row(solver, process, ts[p]))(pts_c)
+        a, b = jax.vmap(lambda p: local_row(solver, process, times[p]))(pts_c)
         c = jnp.concatenate([a[:, None], b[:, :k].astype(a.dtype),
                              -jnp.ones((a.shape[0], 1), a.dtype)], axis=1).astype(g.dtype)
         sub = g[vidx_c[:, :, None], vidx_c[:, None, :]]
@@ -110,7 +113,8 @@ def cost_table(solver, process, ts, gram, k, window, chunk=1 << 16):
     return out.reshape((n1,) + (window + 1,) * k)
 
 
-def dp_schedule(tables, step_orders, n, window, state_order):
+def dp_schedule(tables: Mapping[int, np.ndarray], step_orders: Sequence[int] | np.ndarray, n: int, window: int,
+                state_order: int) -> tuple[np.ndarray, float]:
     """The best path 0 = i_0 < ... < i_M = n under per-step cost tables {K: cost_table(K)}.
 
     State after a step: (j, d_1, ..., d_{P-1}), P = state_order >= 2, d the gaps to the earlier points, 0 when the
@@ -153,7 +157,8 @@ def dp_schedule(tables, step_orders, n, window, state_order):
     return np.asarray(path[::-1]), total
 
 
-def path_cost_direct(solver, process, ts, teacher, preds, path, step_orders):
+def path_cost_direct(solver: Multistep, process: Process, ts: ArrayLike, teacher: jax.Array, preds: jax.Array,
+                     path: Sequence[int], step_orders: Sequence[int] | np.ndarray) -> float:
     """The same objective, computed directly on the teacher vectors (no Gram matrix): for tests and checks."""
     total = 0.0
     for k, order in enumerate(step_orders):
@@ -166,7 +171,8 @@ def path_cost_direct(solver, process, ts, teacher, preds, path, step_orders):
     return total
 
 
-def learn_dp(teacher, x_init, num_steps, *, solver="dpmpp_2m", window: int | None = None, **solver_options):
+def learn_dp(teacher: Teacher, x_init: jax.Array, num_steps: int, *, solver: str | Solver = "dpmpp_2m",
+             window: int | None = None, **solver_options: Any) -> tuple[Solver, jax.Array, dict[str, Any]]:
     """The DP schedule of `num_steps` steps for a multistep solver (module docstring).
 
     Args:
@@ -193,7 +199,7 @@ def learn_dp(teacher, x_init, num_steps, *, solver="dpmpp_2m", window: int | Non
     tables = {int(k): cost_table(solver, teacher.process, np.asarray(ts), gram, int(k), window)
               for k in sorted(set(orders))}
     indices, cost = dp_schedule(tables, orders, n, window, max(solver.order, 2))
-    info = dict(indices=indices, cost=cost, window=window, teacher_ts=np.asarray(ts), step_orders=np.asarray(orders),
+    info: dict[str, Any] = dict(indices=indices, cost=cost, window=window, teacher_ts=np.asarray(ts), step_orders=np.asarray(orders),
                 model_calls=teacher.model_calls(n) + n + 1)
     return solver, as_float(np.asarray(ts)[indices]), info
 

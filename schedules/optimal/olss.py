@@ -39,16 +39,18 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import ModelFn
 from fastsamplers.samplers.linear_table import LinearTable, run_table
 from fastsamplers.schedules.grids import get_timesteps
-from fastsamplers.schedules.optimal.teacher import gram_matrix
-from fastsamplers.schedules.processes import as_float
+from fastsamplers.schedules.optimal.teacher import Teacher, gram_matrix
+from fastsamplers.schedules.processes import Process, as_float
 
 # What each row's least squares fits: the student's own earlier predictions, or the teacher's (`learn_olss`).
 FITS = Registry.of_names("OLSS fit", ("student", "teacher"), ordered=True,
@@ -72,13 +74,14 @@ def least_squares(gram_basis: np.ndarray, cross: np.ndarray, rank: int | None = 
 
 def residuals(gram: np.ndarray, basis: list[int], targets: np.ndarray, rank: int | None = None) -> np.ndarray:
     """Mean squared error of the least-squares fit of each target vector (indices into gram) on the basis vectors."""
-    g_b = gram[np.ix_(basis, basis)]
-    cross = gram[np.ix_(basis, targets)]  # (K, J)
+    g_b = gram[np.ix_(basis, basis)]  # type: ignore[arg-type]  # numpy's stubs: ix_ takes lists of ints too
+    cross = gram[np.ix_(basis, targets)]  # type: ignore[arg-type]  # (K, J)
     w = least_squares(g_b, cross, rank)
     return np.diag(gram)[targets] - 2 * np.sum(w * cross, axis=0) + np.einsum("kj,kl,lj->j", w, g_b, w)
 
 
-def greedy_path(gram: np.ndarray, n: int, num_steps: int, bound: float, rank: int | None = None):
+def greedy_path(gram: np.ndarray, n: int, num_steps: int, bound: float,
+                rank: int | None = None) -> list[int] | None:
     """The paper's greedy path under `bound` on the Gram matrix of (T[0..n], e[0..n]): from each chosen point, the
     furthest teacher index whose state the least-squares fit on (T[0], e at the chosen points) reaches within mean
     squared error `bound` (at least one index on). The path (a list), or None when it needs more than num_steps."""
@@ -100,13 +103,14 @@ def olss_path(gram: np.ndarray, n: int, num_steps: int, rank: int | None = None)
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if greedy_path(gram, n, num_steps, mid, rank) is not None else (mid, hi)
     path = greedy_path(gram, n, num_steps, hi, rank)
+    assert path is not None  # hi starts above every error (a path of one step fits) and bisection keeps it a fit
     while len(path) < num_steps + 1:  # fewer steps than asked: halve the longest
         k = int(np.argmax(np.diff(path)))
         path.insert(k + 1, (path[k] + path[k + 1]) // 2)
     return np.asarray(path), hi
 
 
-def refined_grid(process, ts: np.ndarray, per_step: int) -> np.ndarray:
+def refined_grid(process: Process, ts: np.ndarray, per_step: int) -> np.ndarray:
     """ts with every interval split into `per_step` substeps equal in log-SNR: ts are its points 0, per_step, ..."""
     with jax.enable_x64(True):
         lam = np.asarray(process.log_snr(jnp.asarray(ts, jnp.float64)))
@@ -117,7 +121,7 @@ def refined_grid(process, ts: np.ndarray, per_step: int) -> np.ndarray:
     return np.concatenate([fine, ts[-1:]])
 
 
-def fit_rows(basis_rows, targets, rank=None):
+def fit_rows(basis_rows: np.ndarray, targets: np.ndarray, rank: int | None = None) -> tuple[np.ndarray, float]:
     """Row weights by least squares: basis (K, n) float64, targets (n,). Returns (w (K,), mean squared residual)."""
     g = basis_rows @ basis_rows.T / basis_rows.shape[1]
     c = basis_rows @ targets / basis_rows.shape[1]
@@ -125,7 +129,10 @@ def fit_rows(basis_rows, targets, rank=None):
     return w, float(np.mean((w @ basis_rows - targets) ** 2))
 
 
-def fit_table(eps_model, process, x_init, states, ts_teacher, indices, preds=None, rank=None, run=None):
+def fit_table(eps_model: ModelFn, process: Process, x_init: jax.Array, states: jax.Array, ts_teacher: jax.Array,
+              indices: Sequence[int] | np.ndarray, preds: jax.Array | None = None, rank: int | None = None,
+              run: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Fit the table on the teacher indices `indices` (module docstring): with `preds` (the teacher's predictions at
     its states) the "teacher" fit, scored by `run(weights, ts, x_init)` (a compiled `run_table`), else the "student"
     fit (one model call per step). Returns (weights (M, M + 1), mse per row, the calibration sample's final mean
@@ -156,7 +163,8 @@ def fit_table(eps_model, process, x_init, states, ts_teacher, indices, preds=Non
         final.shape)) ** 2)), m
 
 
-def refine_indices(evaluate, indices, budget):
+def refine_indices(evaluate: Callable[[Sequence[int] | np.ndarray], float], indices: Sequence[int] | np.ndarray,
+                   budget: int) -> tuple[np.ndarray, float, int]:
     """Coordinate search over the interior indices: each moved by +-1, 2, 4, ... teacher intervals (kept strictly
     increasing), a move kept when it lowers `evaluate(indices)`; sweeps until none does or `budget` evaluations are
     spent. Returns (indices, value, evaluations)."""
@@ -177,8 +185,8 @@ def refine_indices(evaluate, indices, budget):
     return np.asarray(best), value, spent
 
 
-def learn_olss(teacher, x_init, num_steps, *, times: str = "olss", fit: str = "student", rank: int | None = None,
-               refine: int = 100):
+def learn_olss(teacher: Teacher, x_init: jax.Array, num_steps: int, *, times: str = "olss", fit: str = "student",
+               rank: int | None = None, refine: int = 100) -> tuple[LinearTable, jax.Array, dict[str, Any]]:
     """The OLSS sampler of `num_steps` steps (module docstring).
 
     Args:
@@ -202,7 +210,7 @@ def learn_olss(teacher, x_init, num_steps, *, times: str = "olss", fit: str = "s
         raise ValueError(f"refine must be a number of fits >= 0, got {refine!r}")
     m = int(num_steps)
     process = teacher.process
-    info = {"times": times, "fit": fit, "rank": rank}
+    info: dict[str, Any] = {"times": times, "fit": fit, "rank": rank}
     if times == "olss":
         ts_teacher = teacher.grid()
         states, preds, _ = teacher.states_and_predictions(x_init, ts_teacher, "eps")

@@ -54,26 +54,29 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fastsamplers.core.typing import ArrayLike, HostArrayLike, ModelFn, PyTree
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.driver import check_ts, resolve_inputs, sample
 from fastsamplers.samplers.pytrees import merge, split
 from fastsamplers.samplers.solvers import get_solver
 from fastsamplers.schedules.grids import get_timesteps
-from fastsamplers.schedules.processes import as_float
+from fastsamplers.schedules.optimal.distillation import SolverSpec
+from fastsamplers.schedules.processes import Process, as_float
 
 
-def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_init: jax.Array, *,
-           prediction: str = "eps", target: jax.Array | None = None, teacher_steps: int = 200,
-           teacher_grid: str = "logsnr", teacher_solver=("deis_tab", {"order": 3}), num_iters: int = 100,
-           learning_rate: float = 0.05, batch_size: int | None = None, key: jax.Array | None = None,
-           return_info: bool = False, args: Any = None):
+def refine(ts: HostArrayLike, model_fn: ModelFn, solver: Solver | str, process: Process | str, x_init: ArrayLike, *,
+           prediction: str = "eps", target: ArrayLike | None = None, teacher_steps: int = 200,
+           teacher_grid: str = "logsnr", teacher_solver: SolverSpec | Solver = ("deis_tab", {"order": 3}),
+           num_iters: int = 100, learning_rate: float = 0.05, batch_size: int | None = None,
+           key: jax.Array | None = None, return_info: bool = False,
+           args: PyTree = None) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
     """Refine the interior times of `ts` by gradient descent on the sampler's endpoint error.
 
     Args:
@@ -203,7 +206,8 @@ def refine(ts: jax.Array, model_fn: Callable, solver: Solver | str, process, x_i
     return ts_out, info
 
 
-def grid_from_logits(theta, ts_fixed, u_ends, process, lo, hi):
+def grid_from_logits(theta: jax.Array, ts_fixed: jax.Array, u_ends: jax.Array, process: Process, lo: int,
+                     hi: int) -> jax.Array:
     """The grid for logits theta: ts_fixed with ts[lo+1 .. hi-1] replaced by the points at
     u = u_lo + (u_hi - u_lo) * cumsum(softmax(theta)) (u = log gamma), mapped back to t."""
     frac = jnp.cumsum(jax.nn.softmax(theta))[:-1]
@@ -211,7 +215,7 @@ def grid_from_logits(theta, ts_fixed, u_ends, process, lo, hi):
     return ts_fixed.at[lo + 1:hi].set(process.t_of_log_snr(-u).astype(ts_fixed.dtype))
 
 
-def initial_logits(ts, process):
+def initial_logits(ts: HostArrayLike, process: Process) -> tuple[jax.Array, jax.Array, int, int]:
     """(theta, u_ends, lo, hi) for a concrete grid: `grid_from_logits(theta, ts, u_ends, process, lo, hi)`
     reproduces ts (to rounding)."""
     ts_np = np.asarray(ts, np.float64)

@@ -33,17 +33,20 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import NamedTuple
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers import samplers
+from fastsamplers.core.typing import HostArrayLike
 from fastsamplers.samplers.linear_table import LinearTable, run_table
 from fastsamplers.samplers.unipc import corrector_rows, unipc_terms
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.optimal.multistep_dp import local_row
+from fastsamplers.schedules.optimal.teacher import Teacher
+from fastsamplers.schedules.processes import Process
 
 PREDICTIONS = ("eps", "x0")
 ORDERS = (1, 2, 3)
@@ -81,19 +84,19 @@ def _corrector_fn(order, process):
     return jax.jit(row)
 
 
-def check_strategies(strategies, num_steps):
+def check_strategies(strategies: Iterable[Sequence[Any]], num_steps: int) -> tuple[Strategy, ...]:
     """The strategies as a tuple of `Strategy`, checked (one per step, known predictions and orders)."""
-    strategies = tuple(Strategy(*s) for s in strategies)
-    if len(strategies) != num_steps:
-        raise ValueError(f"a solver schedule needs one strategy per step: {num_steps}, got {len(strategies)}")
-    for s in strategies:
+    checked = tuple(Strategy(*s) for s in strategies)
+    if len(checked) != num_steps:
+        raise ValueError(f"a solver schedule needs one strategy per step: {num_steps}, got {len(checked)}")
+    for s in checked:
         if s.prediction not in PREDICTIONS or s.order not in ORDERS or not isinstance(s.corrector, (bool, np.bool_)):
             raise ValueError(f"a strategy is (prediction in {list(PREDICTIONS)}, order in {list(ORDERS)}, corrector "
                              f"True/False); got {tuple(s)}")
-    return strategies
+    return checked
 
 
-def strategy_table(process, ts, strategies) -> np.ndarray:
+def strategy_table(process: Process, ts: HostArrayLike, strategies: Iterable[Sequence[Any]]) -> np.ndarray:
     """The linear table (M, M + 1) of a solver schedule on the grid ts (module docstring)."""
     ts = np.asarray(ts, np.float64)
     m = ts.shape[0] - 1
@@ -103,7 +106,9 @@ def strategy_table(process, ts, strategies) -> np.ndarray:
         sigma = np.asarray(process.sigma(jnp.asarray(ts)))
         unit = np.eye(m + 1)
         # evaluation points x_j (x_T = alpha_0 d_0 + sigma_0 e_0), corrected points, effective orders
-        points, corrected, orders = [alpha[0] * unit[0] + sigma[0] * unit[1]], [], []
+        points = [alpha[0] * unit[0] + sigma[0] * unit[1]]
+        corrected: list[np.ndarray] = []
+        orders: list[int] = []
 
         def pred(kind, j):
             return unit[j + 1] if kind == "eps" else (points[j] - sigma[j] * unit[j + 1]) / alpha[j]
@@ -123,7 +128,8 @@ def strategy_table(process, ts, strategies) -> np.ndarray:
     return np.stack(points[1:])
 
 
-def fixed_schedules(num_steps, orders=ORDERS, predictions=PREDICTIONS):
+def fixed_schedules(num_steps: int, orders: Iterable[int] = ORDERS,
+                    predictions: Iterable[str] = PREDICTIONS) -> dict[str, tuple[Strategy, ...]]:
     """The solver schedules of one strategy everywhere, with and without the published lower-order final steps:
     {label: strategies}."""
     out = {}
@@ -173,8 +179,10 @@ class _Scorer:
         return np.concatenate(out)
 
 
-def learn_search(teacher, x_init, num_steps, *, grids=DEFAULT_GRIDS, budget: int = 600, moves=DEFAULT_MOVES,
-                 orders=ORDERS, predictions=PREDICTIONS, chunk: int = 16):
+def learn_search(teacher: Teacher, x_init: jax.Array, num_steps: int, *, grids: Iterable[str] = DEFAULT_GRIDS,
+                 budget: int = 600, moves: Iterable[float] = DEFAULT_MOVES, orders: Iterable[int] = ORDERS,
+                 predictions: Iterable[str] = PREDICTIONS,
+                 chunk: int = 16) -> tuple[LinearTable, jax.Array, dict[str, Any]]:
     """The solver schedule of `num_steps` steps found by the search (module docstring).
 
     Args:
