@@ -48,7 +48,7 @@ class Registry(dict):
     """
 
     def __init__(self, kind: str, entries: dict[Any, Any] | None = None, *, reserved: Iterable[str] = (),
-                 unknown: str = UNKNOWN, ordered: bool = False):
+                 unknown: str = UNKNOWN, ordered: bool = False) -> None:
         super().__init__(entries or {})
         self.kind = kind
         self.reserved = frozenset(reserved) | {"self", "parent", "name"}  # flax modules' own fields

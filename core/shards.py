@@ -88,7 +88,7 @@ class ShardStore:
         top-level keys that differ, or None when the entry does not hold its identity.
     """
 
-    def __init__(self, directory: str, identity: Any, *, refuse: Refusal | None = None):
+    def __init__(self, directory: str, identity: Any, *, refuse: Refusal | None = None) -> None:
         self.directory = directory
         self.identity = json.loads(json.dumps(identity, default=jsonable))  # as a record gives it back
         self.fingerprint = fingerprint(self.identity)

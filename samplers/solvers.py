@@ -37,7 +37,8 @@ class WithCorrector:
       variants: the option sets the tests sweep (`Solver.variants`), corrector included; default the predictor's.
     """
 
-    def __init__(self, predictor: type[Multistep], corrector: bool = False, variants: tuple[dict, ...] | None = None):
+    def __init__(self, predictor: type[Multistep], corrector: bool = False,
+                 variants: tuple[dict, ...] | None = None) -> None:
         self.predictor, self.corrector = predictor, corrector
         self.name = predictor.name
         self._variants = predictor.variants() if variants is None else variants
