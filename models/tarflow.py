@@ -23,8 +23,8 @@ Example:
     >>> import jax, jax.numpy as jnp
     >>> flow = TarFlow(image_size=8, channels=1, patch_size=2, num_blocks=2, layers_per_block=1, hidden=16,
     ...                num_heads=2)
-    >>> params = flow.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
-    >>> z, logdet = flow.apply(params, jnp.ones((3, 8, 8, 1)))
+    >>> params = jax.jit(flow.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+    >>> z, logdet = jax.jit(flow.apply)(params, jnp.ones((3, 8, 8, 1)))
     >>> z.shape, logdet.shape
     ((3, 8, 8, 1), (3,))
 """

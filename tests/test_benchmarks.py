@@ -13,6 +13,7 @@ import pytest
 
 from fastsamplers.experiments.runs import (coupling_benchmark, fm_benchmark, guidance_benchmark, learned_benchmark,
                                            schedule_benchmark, stochastic_benchmark)
+from sweep import slow_unless
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +89,9 @@ def test_fm_benchmark_without_torchcfm(tmp_path):
         fm_benchmark.benchmark(str(tmp_path / "x.json"), couplings=("emd",))
 
 
-@pytest.mark.parametrize("name", ["schedules", "learned", "stochastic", "guidance", "couplings", "fm", "boss"])
+# Each script is the same three lines around cli.main: two in the default suite, all in the slow set.
+@pytest.mark.parametrize("name", slow_unless(["schedules", "learned", "stochastic", "guidance", "couplings", "fm",
+                                              "boss"], lambda name: name in ("schedules", "guidance"), unpack=False))
 def test_the_scripts_show_their_flags(name):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", f"benchmark_{name}.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout

@@ -10,6 +10,7 @@ from scipy import integrate
 from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.samplers.multistep import IPNDM_WEIGHTS
+from sweep import one_per_kind
 
 
 def _lagrange(nodes, j, u):
@@ -149,7 +150,7 @@ def test_every_fixed_step_solver_has_a_constant_prediction_test():
     assert len(EPS_SOLVERS) + len(X0_SOLVERS) + len(VELOCITY_SOLVERS) == len(_VARIANTS)
 
 
-@pytest.mark.parametrize("name, opts", EPS_SOLVERS)
+@pytest.mark.parametrize("name, opts", one_per_kind(EPS_SOLVERS))  # every variant in the slow set
 @pytest.mark.parametrize("process_name", ["vp_linear", "ve", "ot"])
 def test_eps_solvers_are_exact_for_constant_noise(name, opts, process_name):
     """With eps(x, t) = c, dy/dgamma = c and y moves by c (gamma_end - gamma_start): exact for every eps solver."""
@@ -164,7 +165,7 @@ def test_eps_solvers_are_exact_for_constant_noise(name, opts, process_name):
     np.testing.assert_allclose(x, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name, opts", X0_SOLVERS)
+@pytest.mark.parametrize("name, opts", one_per_kind(X0_SOLVERS))
 def test_data_prediction_solvers_are_exact_for_constant_data(name, opts):
     p = schedules.get_process("vp_linear")
     ts = schedules.get_timesteps("logsnr", p, 9)

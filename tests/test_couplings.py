@@ -259,8 +259,8 @@ SHARDED = textwrap.dedent("""
 """)
 
 
-def test_couplings_run_under_jit_with_inputs_sharded_over_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+def test_couplings_run_under_jit_with_inputs_sharded_over_devices(device_flags):
+    env = dict(os.environ, XLA_FLAGS=device_flags(4), JAX_PLATFORMS="cpu",
                PYTHONPATH=ROOT)
     result = subprocess.run([sys.executable, "-c", SHARDED], env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=120)

@@ -122,6 +122,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path, caplog):
         train.checkpoint_target(os.path.join(ROOT, "experiments/configs/digits_fm.py:smoke"), str(tmp_path))
 
 
+@pytest.mark.slow  # 30 s on 2 cores; the default suite scores FD-digits in tests/test_fd_digits.py and test_scoring.py
 def test_fd_digits_table_on_a_trained_checkpoint(tmp_path, monkeypatch):
     # End to end on the smallest real case: a few steps of the digits_vp smoke run, FD-digits on 64 samples.
     from fastsamplers.experiments.metrics import digits_classifier, fd_digits

@@ -307,7 +307,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_four_devices_and_two_processes_match_one_device(smoke, reference_images, tmp_path):
+def test_four_devices_and_two_processes_match_one_device(smoke, reference_images, tmp_path, device_flags):
     """The script on 4 simulated devices, and 2 jax.distributed processes of 2 devices each, give the in-process
     one-device value (x64 on in all, as in this test session). Shards are split per process: s % 2."""
     script = os.path.join(ROOT, "scripts", "fid_pretrained.py")
@@ -315,10 +315,10 @@ def test_four_devices_and_two_processes_match_one_device(smoke, reference_images
               f"--config.reference={reference_images[0]}"]
     port = _free_port()
     runs = [_python([*common, f"--workdir={tmp_path / 'four'}"],
-                    {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})]
+                    {"XLA_FLAGS": device_flags(4)})]
     runs += [_python([*common, f"--workdir={tmp_path / 'two'}", "--distributed", f"--coordinator_address=localhost:"
                       f"{port}", "--num_processes=2", f"--process_id={i}"],
-                     {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}) for i in range(2)]
+                     {"XLA_FLAGS": device_flags(2)}) for i in range(2)]
     for run in runs:
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-3000:]

@@ -13,6 +13,7 @@ from fastsamplers import schedules
 from fastsamplers.models import GaussianMixture
 from fastsamplers.schedules.optimal import multistep_dp
 from fastsamplers.schedules.optimal.teacher import Teacher
+from sweep import slow_unless
 
 N, M = 10, 3
 SOLVERS = [("dpmpp_2m", {}), ("deis_tab", {"order": 3}), ("dpmpp_3m", {"lower_order_final": False})]
@@ -44,7 +45,7 @@ def _direct_cost(solver, p, ts, teacher, preds, path):
     return total
 
 
-@pytest.mark.parametrize("name,options", SOLVERS)
+@pytest.mark.parametrize("name,options", slow_unless(SOLVERS, lambda case: case[0] != "deis_tab"))
 def test_dp_is_the_brute_force_optimum(small, name, options):
     p, gm, x0 = small
     solver, ts_out, info = schedules.learn("dp", gm.model_fn(p), p, x0, M, solver=name, teacher_steps=N,
@@ -74,7 +75,8 @@ def test_windowed_dp_is_the_windowed_brute_force_optimum(small):
     np.testing.assert_allclose(info["cost"], min(costs), rtol=1e-9)
 
 
-@pytest.mark.parametrize("name,options", SOLVERS + [("deis_tab", {"order": 4}), ("ipndm", {"order": 3})])
+@pytest.mark.parametrize("name,options", slow_unless(SOLVERS + [("deis_tab", {"order": 4}), ("ipndm", {"order": 3})],
+                                                     lambda case: case[0] in ("dpmpp_3m", "ipndm")))
 def test_local_row_is_the_full_grid_row(name, options):
     p = schedules.get_process("vp_linear")
     solver = samplers.get_solver(name, **options)

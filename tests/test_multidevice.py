@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,12 +33,11 @@ def run(config, num_devices):
             "samples": np.asarray(samples).ravel().tolist(),
             "sharded": len(samples.sharding.device_set) if hasattr(samples, "sharding") else 0}
 
-out = {"devices": jax.device_count()}
 # (the independent coupling's plain data path is the digits UNet's; the toy run adds the per-device OT plan)
-for name, config in [("toy_ot", toy2d_fm.get_config("smoke,coupling=ot")),
-                     ("digits_unet", digits_fm.get_config("smoke"))]:
-    out[name] = {n: run(config, n) for n in (1, 4)}
-print("RESULT" + json.dumps(out))
+config = {"toy_ot": lambda: toy2d_fm.get_config("smoke,coupling=ot"),
+          "digits_unet": lambda: digits_fm.get_config("smoke")}[sys.argv[1]]()
+print("RESULT" + json.dumps({"devices": jax.device_count(), "lr": config.train.lr, "steps": 20,
+                             **{n: run(config, n) for n in (1, 4)}}))
 """
 
 
@@ -47,19 +47,26 @@ def _python(code_or_args, env_extra, **kwargs):
     return subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
-def test_four_devices_match_one():
-    run = _python(COMPARE, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, timeout=600)
+# In the slow set (40 s and 70 s on 2 cores): the default suite's multi-device training is the two-process run below
+# (2 devices each), its multi-device sampling and scoring tests/test_fid_pretrained.py's 4 devices.
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["toy_ot", "digits_unet"])
+def test_four_devices_match_one(name, device_flags):
+    run = _python(["-c", COMPARE, name], {"XLA_FLAGS": device_flags(4)}, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.split("RESULT", 1)[1])
     assert out["devices"] == 4
-    for name in ("toy_ot", "digits_unet"):
-        one, four = out[name]["1"], out[name]["4"]
-        # The same arithmetic up to the order of the batch-mean reduction.
-        np.testing.assert_allclose(four["losses"], one["losses"], rtol=2e-5, err_msg=name)
-        # Adam turns a rounding-level gradient into a step of size lr, so parameters whose gradient is ~0 may move
-        # by up to ~lr * 1e-3 differently; everything else agrees to float32 rounding.
-        np.testing.assert_allclose(four["params"], one["params"], rtol=1e-4, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(four["samples"], one["samples"], rtol=1e-4, atol=1e-5, err_msg=name)
+    one, four = out["1"], out["4"]
+    # The same arithmetic up to the order of the batch-mean reduction.
+    np.testing.assert_allclose(four["losses"], one["losses"], rtol=2e-5)
+    # Adam's step is about lr whatever the gradient's size, so a parameter whose gradient is at rounding level may
+    # move differently by up to lr a step (steps * lr over the run); such parameters are a rare few (1 in 45,000 of
+    # the UNet's, seen), the others agree to float32 rounding.
+    one_params, four_params = np.asarray(one["params"]), np.asarray(four["params"])
+    diff = np.abs(four_params - one_params)
+    apart = diff > 1e-5 + 1e-4 * np.abs(one_params)
+    assert np.mean(apart) < 1e-3 and diff.max() <= out["steps"] * out["lr"], (np.sum(apart), diff.max())
+    np.testing.assert_allclose(four["samples"], one["samples"], rtol=1e-4, atol=1e-5)
 
 
 def _free_port():
@@ -68,14 +75,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_with_jax_distributed(tmp_path):
+def test_two_processes_with_jax_distributed(tmp_path, device_flags):
     train = os.path.join(ROOT, "scripts", "train.py")
     config = os.path.join(ROOT, "experiments", "configs", "toy2d_fm.py") + ":smoke"
     common = [f"--config={config}", "--config.train.num_steps=200", "--config.eval.num_samples=100",
               "--config.sample.nfe=10", "--config.sample.num_samples=100"]
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+               XLA_FLAGS=device_flags(2))
     workers = [
         subprocess.Popen([sys.executable, train, *common, f"--workdir={tmp_path / 'two'}", "--distributed",
                           f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],

@@ -16,6 +16,7 @@ from fastsamplers import schedules
 from fastsamplers.models import GaussianMixture
 from fastsamplers.samplers.pytrees import TracedOptions, split
 from fastsamplers.samplers.unipc import UniC
+from sweep import slow_unless
 
 P = schedules.get_process("vp_linear")
 KEY = jax.random.PRNGKey(5)
@@ -53,9 +54,11 @@ SWEEPS = [
     ("edm_stochastic", "S_churn", (10.0, 40.0, 80.0)),
     ("edm_stochastic", "S_noise", (1.0, 1.003, 1.05)),
 ]
+SWEPT_FAST = ("ddim", "euler_ancestral", "dpmpp_2m_sde", "sa_solver")  # the others in the slow set
 
 
-@pytest.mark.parametrize("name, option, values", SWEEPS, ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize("name, option, values", slow_unless(SWEEPS, lambda case: case[0] in SWEPT_FAST),
+                         ids=lambda v: v if isinstance(v, str) else None)
 def test_vmap_over_a_numeric_option_equals_the_per_value_runs(name, option, values, problem):
     gm, x_init, ts = problem
     model, traces = counting(gm.model_fn(P))

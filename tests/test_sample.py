@@ -8,6 +8,7 @@ import pytest
 from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.models import MLP, GaussianMixture
+from sweep import one_per_kind, slow_unless
 
 # Read from the registry, so a new solver gets these tests without being named: every variant for the NFE count,
 # each solver's defaults for the rest; FIXED leaves out the error-controlled ones (no fixed trajectory on ts).
@@ -16,6 +17,12 @@ from fastsamplers.models import MLP, GaussianMixture
 VARIANTS = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()]
 ALL = [(name, {}) for name in samplers.SOLVERS if not samplers.get_solver(name).stochastic]
 FIXED = [(name, opts) for name, opts in ALL if samplers.get_solver(name).static_nfe]
+# The driver's properties (jit, batching, gradients, prediction kinds) are the same code for every solver: the default
+# suite checks them on one solver of each way of stepping, single-step (ddim), multistage (heun), multistep (dpmpp_2m)
+# and, where it applies, error-controlled (adaptive); the slow set on every solver. The NFE count runs on each
+# solver's most demanding variant there, on every variant in the slow set.
+SAMPLE = ("ddim", "heun", "dpmpp_2m", "adaptive")
+in_sample = lambda case: case[0] in SAMPLE
 KEY = jax.random.PRNGKey(0)
 
 
@@ -41,7 +48,7 @@ def counting(model_fn):
     return wrapped, counts
 
 
-@pytest.mark.parametrize("name, opts", VARIANTS)
+@pytest.mark.parametrize("name, opts", one_per_kind(VARIANTS))
 def test_reported_nfe_is_the_number_of_model_calls(name, opts, setup):
     oracle, p, x_init, ts = setup
     model, counts = counting(oracle.model_fn(p))
@@ -71,7 +78,7 @@ def test_compiles_once_for_repeated_calls(setup):
     assert counts["traces"] == traces
 
 
-@pytest.mark.parametrize("name, opts", FIXED)
+@pytest.mark.parametrize("name, opts", slow_unless(FIXED, in_sample))
 def test_works_under_jit_and_equals_eager(name, opts, setup):
     oracle, p, x_init, ts = setup
     solver = samplers.get_solver(name, **opts)
@@ -82,7 +89,7 @@ def test_works_under_jit_and_equals_eager(name, opts, setup):
     assert int(info["num_nonfinite"]) == 0
 
 
-@pytest.mark.parametrize("name, opts", ALL)
+@pytest.mark.parametrize("name, opts", slow_unless(ALL, in_sample))
 def test_gradient_with_respect_to_the_initial_noise(name, opts, setup):
     oracle, p, x_init, ts = setup
     solver = samplers.get_solver(name, **opts)
@@ -115,7 +122,7 @@ def test_gradient_with_respect_to_model_parameters_and_grid():
     assert bool(jnp.all(jnp.isfinite(g_ts)))
 
 
-@pytest.mark.parametrize("name, opts", FIXED)
+@pytest.mark.parametrize("name, opts", slow_unless(FIXED, in_sample))
 def test_a_batch_equals_its_pieces_and_any_batch_shape_works(name, opts, setup):
     oracle, p, x_init, ts = setup
     solver = samplers.get_solver(name, **opts)
@@ -127,9 +134,10 @@ def test_a_batch_equals_its_pieces_and_any_batch_shape_works(name, opts, setup):
     np.testing.assert_allclose(grid_shaped.reshape(12, 8), whole, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("kind", ["x0", "v", "velocity", "score"])
-@pytest.mark.parametrize("name", ["ddim", "heun", "dpmpp_2m", "deis_rhork"])
-def test_every_prediction_kind_gives_the_same_sample(kind, name, setup):
+@pytest.mark.parametrize("name, kind", slow_unless(
+    [(name, kind) for name in ["ddim", "heun", "dpmpp_2m", "deis_rhork"] for kind in ["x0", "v", "velocity", "score"]],
+    lambda case: case[0] == "dpmpp_2m" or case == ("heun", "velocity")))
+def test_every_prediction_kind_gives_the_same_sample(name, kind, setup):
     oracle, p, x_init, ts = setup
     solver = samplers.get_solver(name)
     reference, _ = samplers.sample(oracle.model_fn(p, "eps"), solver, p, x_init, ts, prediction="eps")
@@ -157,8 +165,8 @@ def test_heun_is_edm_algorithm_1():
     assert int(info["nfe"]) == 11
 
 
-@pytest.mark.parametrize("name", ["ddim", "heun", "euler", "deis_tab", "deis_rhoab", "ipndm", "dpmpp_2m",
-                                  "dpmpp_3m"])
+@pytest.mark.parametrize("name", slow_unless(["ddim", "heun", "euler", "deis_tab", "deis_rhoab", "ipndm", "dpmpp_2m",
+                                              "dpmpp_3m"], lambda name: name in ("heun", "dpmpp_3m"), unpack=False))
 def test_a_final_step_to_sigma_zero(name):
     p = schedules.get_process("vp_linear")
     gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=3, num_components=2)
@@ -270,7 +278,8 @@ def test_args_of_the_wrong_structure_or_shape_are_a_clear_error_before_compute(s
         samplers.sample(model, "ddim", p, x_init, ts)
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "heun", "unipc", "adaptive"])
+@pytest.mark.parametrize("name", slow_unless(["ddim", "dpmpp_2m", "heun", "unipc", "adaptive"],
+                                             lambda name: name in ("dpmpp_2m", "adaptive"), unpack=False))
 def test_denoise_to_zero(name, setup):
     """One more model call at ts[-1] gives the data prediction there: exactly x0_hat of the plain sample. The step
     is the driver's, the same for every solver: one solver of each native prediction kind, and the adaptive one."""

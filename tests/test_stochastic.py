@@ -14,6 +14,7 @@ from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.models import GaussianMixture
 from fastsamplers.samplers.multistep import DDIM
+from sweep import one_per_kind, slow_unless
 
 STOCHASTIC = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()
               if samplers.get_solver(name, **opts).stochastic]
@@ -55,7 +56,7 @@ def _sample(solver, num_steps, key, x_init=None, noise="fold_in"):
     return samplers.sample(gm.model_fn(p), solver, p, x0 if x_init is None else x_init, ts, key=key, noise=noise)[0]
 
 
-@pytest.mark.parametrize("config", STOCHASTIC, ids=_id)
+@pytest.mark.parametrize("config", one_per_kind(STOCHASTIC, unpack=False), ids=_id)  # every variant: slow set
 def test_the_samples_follow_the_exact_marginal(config):
     gm, p, _ = problem()
     x = _sample(samplers.get_solver(config[0], **config[1]), 200, jax.random.PRNGKey(7))
@@ -85,7 +86,8 @@ def test_a_wrong_noise_scale_fails_the_same_statistic():
 ONE_PER_CLASS = list({type(samplers.get_solver(n, **o)): (n, o) for n, o in reversed(STOCHASTIC)}.values())
 
 
-@pytest.mark.parametrize("config", ONE_PER_CLASS, ids=_id)
+@pytest.mark.parametrize("config", slow_unless(ONE_PER_CLASS, lambda c: c[0] in ("ddim", "sa_solver"), unpack=False),
+                         ids=_id)
 def test_seeded_by_key_and_batch_split_invariant(config):
     solver = samplers.get_solver(config[0], **config[1])
     _, _, x_init = problem()
@@ -150,6 +152,7 @@ def test_bad_keys_and_noise_are_clear_errors():
         samplers.get_solver("dpmpp_2m_sde", solver_type="rk4")
 
 
+@pytest.mark.slow  # 200,000 samples at 32-128 steps, six times; the default suite checks DDPM's marginal above
 def test_ddpm_is_weakly_first_order():
     """DDPM ancestral sampling (ddim, eta = 1) is an exponential Euler-Maruyama step of the reverse SDE: weak order
     1. On one Gaussian in 1-d everything is linear, the exact marginal at t_min is N(alpha mu, alpha^2 s^2 + sigma^2)

@@ -10,6 +10,10 @@ from fastsamplers.experiments import train
 from fastsamplers.experiments.configs import digits_dit, digits_fm, digits_vp
 
 
+# In the slow set (15-30 s each on 2 cores): the default suite trains, samples and resumes the conditional digits_vp
+# UNet end to end (tests/test_training.py), flow matching on the toy config, and checks the DiT's network and the OT
+# coupling on their own (tests/test_networks.py, tests/test_couplings.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("module,arg", [(digits_fm, "smoke,coupling=ot"), (digits_dit, "smoke"),
                                         (digits_fm, "conditional,smoke")])
 def test_image_configs_smoke(module, arg, tmp_path):

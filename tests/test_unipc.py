@@ -18,6 +18,7 @@ from fastsamplers import schedules
 from fastsamplers.models import GaussianMixture
 from fastsamplers.samplers.base import step_inputs
 from fastsamplers.samplers.unipc import g_functions
+from sweep import slow_unless
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "unipc_diffusers.npz")
@@ -122,7 +123,10 @@ def test_terms_are_the_paper_formulas(opts, small_problem):
         assert not np.any(np.asarray(terms.rho_p[i, k - 1:])) and not np.any(np.asarray(terms.rho_c[i, k:]))
 
 
-@pytest.mark.parametrize("opts", CONFIGS, ids=_id)
+# Order 3 with its final steps lowered (every order of step in one run), with and without the corrector, in the
+# default suite; every option set in the slow set.
+@pytest.mark.parametrize("opts", slow_unless(CONFIGS, lambda o: o["order"] == 3 and o["lower_order_final"],
+                                             unpack=False), ids=_id)
 def test_the_step_table_reproduces_the_paper_recursion(opts, small_problem):
     """The composed table (a, b, keep, prev, c) driven through `sample` equals the paper's two-track recursion."""
     p, gm, ts, x_init = small_problem
@@ -195,6 +199,7 @@ def test_the_corrector_reduces_the_error_at_nfe_10():
         assert rmse[order, True] < rmse[order, False], rmse
 
 
+@pytest.mark.slow  # tests/test_order.py checks UniPC-3's fitted order in the default suite
 def test_unipc_3_is_fourth_order_asymptotically():
     """UniPC-3 with exact starting values: the local slope of log error against log N, at N = 256 -> 512, on
     tests/test_order.py's problem. Its fit over N = 32..256 there is only about 3.2 (the error falls faster than h^4
@@ -217,8 +222,10 @@ def test_unipc_3_is_fourth_order_asymptotically():
     assert np.log2(errors[0] / errors[1]) > 3.7, errors
 
 
-@pytest.mark.parametrize("opts", [{}, dict(lower_order_final=False), dict(variant="bh1", lower_order_final=False),
-                                  dict(order=1), dict(corrector=False)], ids=str)
+@pytest.mark.parametrize("opts", slow_unless([{}, dict(lower_order_final=False),
+                                              dict(variant="bh1", lower_order_final=False), dict(order=1),
+                                              dict(corrector=False)], lambda o: o in ({}, dict(corrector=False)),
+                                             unpack=False), ids=str)
 def test_a_final_step_to_sigma_zero(opts):
     p = schedules.get_process("vp_linear")
     gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=3, num_components=2)
@@ -261,7 +268,7 @@ def test_bad_options_are_clear_errors(opts, match):
         samplers.get_solver("unipc", **opts)
 
 
-@pytest.mark.parametrize("num_steps", [3, 7, 16])
+@pytest.mark.parametrize("num_steps", slow_unless([3, 7, 16], lambda n: n == 7, unpack=False))
 def test_dpmpp_2m_with_the_unic_corrector_is_unipc_2_bh2(num_steps):
     """UniC as an option of DPM-Solver++: the 2M update is UniP-2 bh2, so with the corrector (and one
     lower_order_final rule) dpmpp_2m is UniPC-2 bh2, to rounding, also on a grid ending at sigma = 0."""
