@@ -77,6 +77,31 @@ def edm(process: Process, num_steps: int, t_min: float, t_max: float, rho: float
     return _t_of_gamma(process, g)
 
 
+@_grid("vp_time")
+def vp_time(process: Process, num_steps: int, t_min: float, t_max: float, exponent: float = 1.0,
+            eps: float = 1e-3) -> np.ndarray:
+    """The power grid in the time s of the linear-beta VP SDE whose noise level sigma_vp(s) / alpha_vp(s) =
+    sqrt(exp(beta_d s^2 / 2 + beta_min s) - 1) runs from gamma(t_max) at s = 1 to gamma(t_min) at s = eps, mapped
+    to t through gamma: DPM-Solver's "time_uniform" grid (exponent 1) and "time_quadratic" (exponent 2) on any
+    process, as zju-pi/diff-sampler's `get_schedule(schedule_type="time_uniform", schedule_rho=exponent)` (its DEIS
+    rows use exponent 2) computes it for EDM's sigma: beta_d and beta_min solve the two end conditions,
+    s_i = (1 + i/N (eps^(1/k) - 1))^k."""
+    if exponent <= 0 or not 0.0 < eps < 1.0:
+        raise ValueError(f"vp_time needs exponent > 0 and 0 < eps < 1, got exponent={exponent}, eps={eps}")
+    g_max, g_min = float(_gamma(process, t_max)), float(_gamma(process, t_min))
+    if not math.isfinite(g_max) or g_min <= 0.0:
+        raise ValueError(f"the vp_time grid needs a finite gamma at t_max and a positive one at t_min; {process.name}"
+                         f" has gamma {g_max} at t_max={t_max} and {g_min} at t_min={t_min}")
+    big, small = math.log1p(g_max**2), math.log1p(g_min**2)  # beta_d / 2 + beta_min, and at s = eps / eps
+    beta_d = 2.0 * (small / eps - big) / (eps - 1.0)
+    beta_min = big - 0.5 * beta_d
+    if min(beta_min + eps * beta_d, beta_min + beta_d) <= 0.0:  # d/ds of the exponent, at both ends (it is linear)
+        raise ValueError(f"vp_time: no increasing linear-beta VP SDE runs from gamma {g_min:.6g} at s = {eps} to "
+                         f"{g_max:.6g} at s = 1 (the ends are too close); use a wider range or a smaller eps")
+    s = (1.0 + np.arange(num_steps + 1) / num_steps * (eps ** (1.0 / exponent) - 1.0)) ** exponent
+    return _t_of_gamma(process, np.sqrt(np.expm1(0.5 * beta_d * s**2 + beta_min * s)))
+
+
 @_grid("flow_shift")
 def flow_shift(process: Process, num_steps: int, t_min: float, t_max: float, shift: float = 3.0) -> np.ndarray:
     """SD3 / FLUX shifted grid: uniform u in [1, 0] -> s u / (1 + (s - 1) u), placed between the rectified-flow
@@ -175,8 +200,8 @@ def get_timesteps(name: str, process: Process | str, num_steps: int, *, t_min: f
     """The time grid `name` for `process`: an array of num_steps + 1 strictly decreasing t's, t_max .. t_min.
 
     Args:
-      name: one of `GRIDS` ("uniform", "power", "quadratic", "logsnr", "edm", "flow_shift", "list", "published",
-        "file").
+      name: one of `GRIDS` ("uniform", "power", "quadratic", "logsnr", "edm", "vp_time", "flow_shift", "list",
+        "published", "file").
       process: a `Process` or its registered name.
       num_steps: number of steps (>= 1).
       t_min, t_max: the ends (default: the process's). t_min = 0 is allowed where the process reaches sigma = 0.

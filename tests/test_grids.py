@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from fastsamplers import schedules
 
 PROCESSES = ["vp_linear", "vp_cosine", "vp_discrete", "ve", "edm", "ot"]
-STANDARD = ["uniform", "quadratic", "power", "logsnr", "edm", "flow_shift"]
+STANDARD = ["uniform", "quadratic", "power", "logsnr", "edm", "flow_shift"]  # vp_time: only on wide ranges
 
 
 @settings(max_examples=150, deadline=None)
@@ -62,6 +62,22 @@ def test_edm_grid_on_vp_is_the_rho_grid_in_gamma():
     gmax, gmin = g[0], g[-1]
     expected = np.linspace(gmax ** (1 / 7), gmin ** (1 / 7), 11) ** 7
     np.testing.assert_allclose(g, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("exponent", [1.0, 2.0])
+def test_vp_time_grid_is_the_power_grid_of_the_fitted_vp_sde(exponent):
+    """On EDM's sigma in [0.002, 80] (diff-sampler's DEIS rows: exponent 2), the grid is the power grid in s from 1
+    to eps = 1e-3 of the linear-beta VP SDE through both ends, mapped by gamma = sigma / alpha: built here from the
+    framework's own vp_linear process with beta_d and beta_min solved from gamma(1) = 80, gamma(1e-3) = 0.002."""
+    edm, eps, n = schedules.get_process("edm"), 1e-3, 9
+    big, small = np.log1p(80.0**2), np.log1p(0.002**2)  # = beta_d / 2 + beta_min, and (beta_d eps / 2 + beta_min) eps
+    beta_d = (big - small / eps) / (0.5 - 0.5 * eps)
+    vp = schedules.get_process("vp_linear", beta_min=big - 0.5 * beta_d, beta_max=big + 0.5 * beta_d)
+    s = schedules.get_timesteps("power", vp, n, exponent=exponent, t_min=eps, t_max=1.0)
+    ts = schedules.get_timesteps("vp_time", edm, n, exponent=exponent, t_min=0.002, t_max=80.0)
+    np.testing.assert_allclose(np.asarray(ts), np.asarray(vp.gamma(s)), rtol=1e-10)  # float64 exp / log1p rounding
+    with pytest.raises(ValueError, match="no increasing linear-beta VP SDE"):
+        schedules.get_timesteps("vp_time", "vp_linear", 2, t_min=0.25, t_max=1.0)
 
 
 def test_flow_shift_on_rectified_flow_is_the_sd3_formula():
