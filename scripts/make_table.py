@@ -2,7 +2,9 @@
 
     python scripts/make_table.py --rows outputs/eval_vp/rows.json --out outputs/eval_vp
 
-Several --rows files (e.g. one per schedule family run separately) are concatenated into one table.
+Several --rows files (e.g. one per schedule family run separately) are concatenated into one table. With
+`--published NAME` (a table of experiments/results/published/, or a .json path) the rows are also printed beside the
+published numbers, "ours / theirs (difference)", into published.md.
 """
 
 import argparse
@@ -11,7 +13,7 @@ import os
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 from fastsamplers import core
-from fastsamplers.experiments.report import tables
+from fastsamplers.experiments.report import published_tables as published, tables
 
 
 def main(argv=None):
@@ -19,6 +21,8 @@ def main(argv=None):
     parser.add_argument("--rows", action="append", required=True, help="a rows.json of scripts/evaluate.py")
     parser.add_argument("--out", required=True, help="directory for table.md and table.png")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--published", default=None, help=f"a published table to compare with: {list(published.TABLES)}"
+                        " or a .json path")
     args = parser.parse_args(argv)
     rows, descriptions = [], []
     for path in args.rows:
@@ -34,6 +38,13 @@ def main(argv=None):
     core.write_atomic(os.path.join(args.out, "table.md"), text)
     tables.plot(rows, os.path.join(args.out, "table.png"), title=title)
     print(text)
+    if args.published:
+        table = published.load(args.published)
+        sources = "; ".join(f"{s['title']}, {s['where']}" for s in table["sources"].values())
+        text = (f"## {title}: ours beside {table['name']}\n\n{published.beside(rows, table)}\n\n"
+                f"Published: {table['checkpoint']}; {table['settings']}. Sources: {sources}.\n")
+        core.write_atomic(os.path.join(args.out, "published.md"), text)
+        print(text)
 
 
 if __name__ == "__main__":

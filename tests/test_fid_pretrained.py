@@ -26,6 +26,7 @@ from fastsamplers.experiments.runs import fid_protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "pretrained")
+LEARNED_VP = os.path.join(ROOT, "experiments", "results", "learned_vp", "olss_nfe5.json")  # learned on vp_linear
 
 
 def smoke_config(reference_path, **overrides):
@@ -190,6 +191,11 @@ def _bad_npz(path, **arrays):
     ("num_samples", dict(num_samples=0), ValueError, "num_samples must be an integer >= 2"),
     ("feature", dict(feature="clip"), ValueError, "unknown feature 'clip'"),
     ("layout_option", dict(model_config="vp/cifar10_ddpmpp_continuous"), ValueError, "for the other layout"),
+    ("grid_option", dict(grid_options={"rho": 7.0}), ValueError, r"grid 'logsnr' has no option\(s\) \['rho'\]"),
+    ("learned_nfe", dict(solver="olss", solver_options={"path": LEARNED_VP}), ValueError,
+     "a learned sampler of 5 model calls, but nfe=2; set nfe=5"),
+    ("learned_process", dict(solver="olss", solver_options={"path": LEARNED_VP}, nfe=5), ValueError,
+     "was learned on process 'vp_linear'; .* is sampled on 'vp_discrete'"),
 ])
 def test_bad_input_fails_before_compute(case, overrides, error, match, reference_images, tmp_path, monkeypatch):
     if isinstance(overrides, str):

@@ -104,10 +104,10 @@ def grid_spec(grid: str, nfe: int, num_steps: int) -> tuple[str, dict[str, str]]
 
 
 def grid_timesteps(grid: str, process, num_steps: int, nfe: int, t_min: float | None = None,
-                   t_max: float | None = None) -> np.ndarray:
-    """The time grid of one cell: a grid name of `schedules.GRIDS` (between t_min and t_max, None: the process's
-    ends), or "file:PATH" (a distilled schedule file with its own ends, resampled to num_steps by
-    `get_timesteps("file", ...)`). Returns float numpy (num_steps + 1,)."""
+                   t_max: float | None = None, grid_options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The time grid of one cell: a grid name of `schedules.GRIDS` with its `grid_options` (between t_min and t_max,
+    None: the process's ends), or "file:PATH" (a distilled schedule file with its own ends, resampled to num_steps
+    by `get_timesteps("file", ...)`). Returns float numpy (num_steps + 1,)."""
     name, options = grid_spec(grid, nfe, num_steps)
     ends = {} if options else {k: v for k, v in (("t_min", t_min), ("t_max", t_max)) if v is not None}
-    return np.asarray(schedules.get_timesteps(name, process, num_steps, **options, **ends))
+    return np.asarray(schedules.get_timesteps(name, process, num_steps, **options, **ends, **(grid_options or {})))

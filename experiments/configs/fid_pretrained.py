@@ -43,6 +43,30 @@ Variants (`fid_pretrained.py:ARG`, comma-separated):
                `--config.solver=deis_rhoab --config.solver_options="{'order': 3}" --config.label=...` (a dict).
   smoke        the committed tests/fixtures/pretrained/ddpm model, 12 samples in shards of 4, DDIM at NFE 2 and the
                `random_projection` test feature (not FID): for tests, seconds on a CPU.
+Presets that rebuild a published table (`PRESETS`; `fid_pretrained.py:preset=NAME,row=ROW`): the preset names the
+checkpoint's layout, the noise range, the NFE columns and, per row, the solver, its options and its time grid as the
+source ran them; `experiments/results/published/NAME.json` holds the source's numbers, and
+`scripts/make_table.py --published NAME` prints ours beside them with the difference. The EDM CIFAR-10 table
+(diff-sampler's settings: sigma 80 -> 0.002, no final step to 0), one workdir per cell:
+
+    for row in euler heun dpmpp_3m unipc3 deis_tab3 ipndm4; do
+      for nfe in 5 6 8 10; do
+        python scripts/fid_pretrained.py --config experiments/configs/fid_pretrained.py:preset=edm_cifar10_uncond_vp,row=$row \
+          --config.checkpoint=$HOME/ckpt/edm-cifar10-32x32-uncond-vp --config.fid_weights=$HOME/fid/inception_fid.npz \
+          --config.reference=$HOME/fid/cifar10-32x32.npz --config.nfe=$nfe --workdir outputs/edm_cifar10/${row}_${nfe}
+      done
+    done
+    python scripts/make_table.py $(printf -- '--rows %s ' outputs/edm_cifar10/*/results.json) --published edm_cifar10_uncond_vp --out outputs/edm_cifar10
+
+The checkpoint is the folder `scripts/convert_checkpoint.py --layout edm` wrote from EDM's pickle. The reference
+statistics are the user's: EDM's `fid.py ref --data=cifar10-32x32.zip --dest=cifar10-32x32.npz` writes the mu/sigma
+.npz read here (or give the dataset's images as an .npz or a folder, see `reference` above). Our learned samplers sit
+in the same table as a row of their own: `--config.solver=file --config.solver_options="{'path': 'LEARNED.json'}"
+--config.label='OLSS (ours)'` (the file's own grid is used; scripts/learn_sampler.py makes it on the same model).
+Other presets: edm_ffhq64_uncond_vp and edm_imagenet64_cond_adm (the same rows), score_sde_cifar10_ddpmpp_deep_continuous
+(score_sde_pytorch's checkpoint_8.pth converted with --layout score_sde_pytorch) and adm_imagenet64
+(guided-diffusion's 64x64 model).
+
 Overrides: `--config.num_samples=10000`, `--config.guidance_scale=2.0 --config.null_label=10` (a class-conditional
 checkpoint), `--config.grid=file:outputs/oss/oss_s{num_steps}.json` (a distilled schedule; {nfe} and {num_steps} are
 filled in), `--config.batch_size=1000`, `--config.num_devices=1`. `source` names where the model comes from
@@ -72,21 +96,60 @@ TABLE_SOLVERS = Registry("solver", {
     "dpmpp_3m": ("DPM-Solver++(3M)", "dpmpp_3m", {}),
 }, unknown="unknown {kind}={name!r}; the table's solvers: {valid} (any registered solver: --config.solver=NAME "
            "--config.solver_options=\"{{...}}\")")
+# diff-sampler's rows (zju-pi/diff-sampler, diff-solvers-main README "General Settings"): row -> (label, solver,
+# options, grid, grid options). Its Heun takes a full Heun step on every interval (NFE 2 per step, no final Euler
+# step): on the edm process (gamma = sigma) that is deis_rhork's 2heun tableau in (y, gamma), not `heun`, whose last
+# step is Euler as EDM's own sampler's is. tAB3 is deis_tab of order 4 (the DEIS paper's tAB-r has order r + 1).
+_DIFF_SAMPLER_ROWS = {
+    "euler": ("Euler", "euler", {}, "edm", {"rho": 7.0}),
+    "heun": ("Heun", "deis_rhork", {"method": "2heun"}, "edm", {"rho": 7.0}),
+    "dpmpp_3m": ("DPM-Solver++(3M)", "dpmpp_3m", {}, "logsnr", {}),
+    "unipc3": ("UniPC-3", "unipc", {"order": 3, "variant": "bh2"}, "logsnr", {}),
+    "deis_tab3": ("DEIS-tAB3", "deis_tab", {"order": 4}, "vp_time", {"exponent": 2.0}),
+    "ipndm4": ("iPNDM-4", "ipndm", {"order": 4}, "edm", {"rho": 7.0}),
+}
+_EDM = dict(layout="edm", t_min=0.002, t_max=80.0, nfes=(5, 6, 8, 10), rows=_DIFF_SAMPLER_ROWS)
+_VP_ROWS = {"dpmpp_3m": ("DPM-Solver++(3M)", "dpmpp_3m", {}, "logsnr", {}),
+            "unipc3": ("UniPC-3", "unipc", {"order": 3, "variant": "bh2"}, "logsnr", {}),
+            "deis_tab3": ("DEIS-tAB3", "deis_tab", {"order": 4}, "logsnr", {}),
+            "ipndm4": ("iPNDM-4", "ipndm", {"order": 4}, "edm", {"rho": 7.0})}
+# preset -> the published table it rebuilds (experiments/results/published/<name>.json) and how: the checkpoint's
+# layout, the grid's ends (None: the process's), the NFE columns and the rows.
+PRESETS = Registry("preset", {
+    "edm_cifar10_uncond_vp": dict(_EDM, published="edm_cifar10_uncond_vp"),
+    "edm_ffhq64_uncond_vp": dict(_EDM, published="edm_ffhq64_uncond_vp"),
+    "edm_imagenet64_cond_adm": dict(_EDM, published="edm_imagenet64_cond_adm"),
+    "score_sde_cifar10_ddpmpp_deep_continuous": dict(layout="score_sde_pytorch", t_min=None, t_max=None,
+                                                     nfes=(5, 6, 8, 10), rows=_VP_ROWS,
+                                                     published="score_sde_cifar10_ddpmpp_deep_continuous"),
+    "adm_imagenet64": dict(layout="guided_diffusion", t_min=None, t_max=None, nfes=(5, 6, 8, 10, 20), rows=_VP_ROWS,
+                           published="adm_imagenet64"),
+}, unknown="unknown {kind} {name!r}; valid presets: {valid}")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE_CHECKPOINT = os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm")
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, smoke=False, solver="")
-    name = arg.solver or ("ddim" if arg.smoke else "tab3")
-    label, solver, options = TABLE_SOLVERS.lookup(name)
+    arg = parse_arg(arg, smoke=False, solver="", preset="", row="")
+    preset = PRESETS.lookup(arg.preset) if arg.preset else None
+    if preset is not None:
+        if not arg.row or arg.solver:
+            raise ValueError(f"preset={arg.preset} takes row=NAME (one of {list(preset['rows'])}), not solver=")
+        rows = Registry("row", preset["rows"], ordered=True,
+                        unknown="unknown {kind} {name!r} of preset {preset}; valid rows: {valid}")
+        label, solver, options, grid, grid_options = rows.lookup(arg.row, preset=arg.preset)
+    elif arg.row:
+        raise ValueError("row= needs preset=NAME (one of the presets: " + ", ".join(PRESETS) + ")")
+    else:
+        label, solver, options = TABLE_SOLVERS.lookup(arg.solver or ("ddim" if arg.smoke else "tab3"))
+        grid, grid_options = "logsnr", {}
     c = ml_collections.ConfigDict()
     c.seed = 0  # sample k starts from fold_in(fold_in(PRNGKey(seed), 0), k); stochastic solvers use stream 1
 
     # The model: experiments.runs.sources ("pretrained": models.pretrained.load; the options of one layout only).
     c.source = "pretrained"
     c.checkpoint = SMOKE_CHECKPOINT if arg.smoke else ""  # a diffusers folder or a score_sde checkpoint_N
-    c.layout = ""  # "" = detected; "diffusers" | "score_sde"
+    c.layout = preset["layout"] if preset else ""  # "" = detected; else one of models.pretrained.LAYOUTS
     c.model_config = ""  # score_sde: the model config (a preset name such as vp/cifar10_ddpmpp_continuous, or .json)
     c.params = "params_ema"  # score_sde: the EMA weights (what score_sde samples with), or "params"
     c.scheduler_config = ""  # diffusers: a scheduler_config.json instead of the one beside the UNet
@@ -97,10 +160,14 @@ def get_config(arg=None):
     c.label = label  # the row's label in results.json (scripts/make_table.py); "" = the solver's name and options
     c.solver = solver  # samplers.SOLVERS
     c.solver_options = ml_collections.ConfigDict(options)
-    c.grid = "logsnr"  # schedules.GRIDS, or "file:PATH" for a schedule file
+    c.grid = grid  # schedules.GRIDS, or "file:PATH" for a schedule file
+    c.grid_options = ml_collections.ConfigDict(grid_options)  # the grid's own options (rho, exponent, ...)
     c.nfe = 2 if arg.smoke else 10  # the budget of model evaluations per sample; steps = solver.steps_for_nfe(nfe)
     c.t_min = placeholder(float)  # the grid's ends; None = the process's
     c.t_max = placeholder(float)
+    if preset is not None and preset["t_min"] is not None:
+        c.t_min, c.t_max = preset["t_min"], preset["t_max"]
+    c.published = preset["published"] if preset else ""  # experiments/results/published/<name>.json, for the report
     c.guidance_scale = 1.0  # class-conditional checkpoints: classifier-free guidance (1 = the conditional model)
 
     # The protocol.

@@ -57,6 +57,7 @@ from jax.sharding import Mesh
 from fastsamplers import core
 from fastsamplers import samplers
 from fastsamplers import schedules
+from fastsamplers.schedules.files import read_learned
 from fastsamplers.experiments.configs import grid_file, grid_timesteps
 from fastsamplers.experiments.metrics import features, references
 from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_score
@@ -134,7 +135,7 @@ def _check_config(config):
     if not math.isfinite(config.guidance_scale):
         raise ValueError(f"guidance_scale must be finite, got {config.guidance_scale}")
     if not config.grid.startswith("file:"):
-        schedules.GRIDS.lookup(config.grid)  # "unknown time grid ...; valid names: [...]"
+        schedules.GRIDS.check_options(config.grid, config.grid_options.to_dict())  # unknown grid or option
 
 
 def make_plan(config, workdir) -> Plan:
@@ -146,7 +147,15 @@ def make_plan(config, workdir) -> Plan:
     solver = samplers.get_solver(config.solver, **options)
     if not solver.static_nfe:
         raise ValueError(f"solver {config.solver!r} is adaptive: it has no NFE budget; pick a fixed-step solver")
-    num_steps = solver.steps_for_nfe(config.nfe)
+    learned = None
+    if config.solver in samplers.FILE_SOLVERS:  # a learned sampler runs on the grid saved with it
+        learned_ts, learned = read_learned(options["path"])
+        num_steps = learned_ts.shape[0] - 1
+        if solver.nfe(num_steps) != config.nfe:
+            raise ValueError(f"{options['path']}: a learned sampler of {solver.nfe(num_steps)} model calls, but "
+                             f"nfe={config.nfe}; set nfe={solver.nfe(num_steps)}")
+    else:
+        num_steps = solver.steps_for_nfe(config.nfe)
     solver.check_grid(num_steps)
     grid_file(config.grid, config.nfe, num_steps)
     feature_spec = features.from_config(config)
@@ -165,7 +174,11 @@ def make_plan(config, workdir) -> Plan:
             raise ValueError(f"guidance_scale={config.guidance_scale}: {target.description} is class-conditional "
                              f"({target.num_classes} labels) but has no null label for the unconditional call; set "
                              "null_label=... (the label its training used for 'no class')")
-    ts = grid_timesteps(config.grid, target.process, num_steps, config.nfe, config.t_min, config.t_max)
+    if learned is not None and learned["process"] != target.process.name:
+        raise ValueError(f"{options['path']} was learned on process {learned['process']!r}; {target.description} "
+                         f"is sampled on {target.process.name!r}")
+    ts = np.asarray(learned_ts) if learned is not None else grid_timesteps(
+        config.grid, target.process, num_steps, config.nfe, config.t_min, config.t_max, config.grid_options.to_dict())
     feature = feature_spec.build(target.shape)
     reference = references.check(config.reference, feature, target.shape)
 
@@ -457,7 +470,8 @@ def _results(config, plan, value, total, reference, resumed, sampled, sampling_s
                   "null_label": source.null_label},
         "solver": {"name": config.solver, "options": options, "label": plan.label,
                    "order": getattr(plan.solver, "order", None), "stochastic": plan.solver.stochastic},
-        "grid": {"name": plan.grid, "t_min": config.t_min, "t_max": config.t_max},
+        "grid": {"name": plan.grid, "options": config.grid_options.to_dict(), "t_min": config.t_min,
+                 "t_max": config.t_max},
         "ts": plan.identity["ts"],
         "nfe": {"budget": int(config.nfe), "num_steps": plan.num_steps, "per_sample": plan.nfe,
                 "network_calls_per_sample": network_calls},
