@@ -25,6 +25,7 @@ One upward import is allowed and documented where it is made: `schedules/__init_
 import ast
 import collections
 import os
+import sys
 
 import pytest
 
@@ -206,3 +207,28 @@ def test_the_parser_sees_every_form_of_import(source, expected, tmp_path):
     path = tmp_path / "probe.py"
     path.write_text(source)
     assert _imports("experiments.probe", str(path)) == expected
+
+
+# Files run by a torch-only python (no JAX, no fastsamplers): what each may import, anywhere in the file.
+TORCH_SIDE = {"scripts/convert_checkpoint.py": {"torch", "safetensors", "numpy"},
+              "experiments/runs/checkpoint_benchmark_torch.py": {"torch", "safetensors", "numpy",
+                                                                  "pretrained_benchmark_torch", "training",
+                                                                  "guided_diffusion"}}
+
+
+@pytest.mark.parametrize("path", sorted(TORCH_SIDE))
+def test_torch_side_files_import_no_jax(path):
+    """The converter and the reference benchmark worker run where torch is and JAX need not be: at module level
+    they import the standard library only, and inside functions the torch stack (and the reference code's
+    packages) only."""
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    everywhere = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                  for alias in node.names}
+    everywhere |= {node.module.split(".")[0] for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and node.module}
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    assert top <= stdlib | {"pretrained_benchmark_torch"}, top - stdlib
+    assert everywhere <= stdlib | TORCH_SIDE[path], everywhere - stdlib - TORCH_SIDE[path]

@@ -88,13 +88,18 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.batches or min(self.batches) < 1:
             raise ValueError(f"batches must be one or more numbers >= 1, got {list(self.batches)}")
-        python = self.torch_python or os.environ.get(TORCH_PYTHON_ENV)
-        if not python:
-            raise ValueError(f"the diffusers side needs a python with torch and diffusers: pass --torch-python PATH "
-                             f"or set {TORCH_PYTHON_ENV}")
-        if not os.access(python, os.X_OK):
-            raise ValueError(f"the torch python {python!r} is not an executable file")
-        return python
+        return torch_python(self.torch_python, "the diffusers side needs a python with torch and diffusers")
+
+
+def torch_python(python: str | None, needs: str) -> str:
+    """`python`, or $FASTSAMPLERS_TORCH_PYTHON, checked: ValueError "{needs}: pass --torch-python PATH ..." when
+    neither is given, and when it is not an executable file."""
+    python = python or os.environ.get(TORCH_PYTHON_ENV)
+    if not python:
+        raise ValueError(f"{needs}: pass --torch-python PATH or set {TORCH_PYTHON_ENV}")
+    if not os.access(python, os.X_OK):
+        raise ValueError(f"the torch python {python!r} is not an executable file")
+    return python
 
 
 def benchmark(settings: Settings) -> dict:
