@@ -49,13 +49,82 @@ def save(folder: str, config: dict, state: dict) -> None:
 
 # --- score_sde_pytorch -----------------------------------------------------------------------------------------------
 
+# What NCSNpp's state dict holds besides its trainable parameters (the EMA's shadow_params are those, in
+# registration order, models/ema.py:30): the `sigmas` buffer (models/ncsnpp.py:41, rebuilt from the config by the
+# loader, so not written) and the Gaussian Fourier `W` (requires_grad=False, models/layerspp.py:37; always the first
+# module, ncsnpp.py:73), which the network needs and which only 'model' holds.
+SCORE_SDE_BUFFERS = ("sigmas",)
+SCORE_SDE_FOURIER = "all_modules.0.W"
+
+
+def score_sde_weights(checkpoint: dict, params: str = "ema") -> dict:
+    """{name: tensor} of a score_sde_pytorch training state ({'model', 'ema', 'optimizer', 'step'}, utils.py:22-29)
+    under the network's names (DataParallel's `module.` stripped, `sigmas` dropped): the EMA shadow params zipped
+    with the trainable names in order, plus the Fourier W, for params="ema"; the raw weights for params="model".
+    Raises ValueError, one sentence, on a file that is not such a state or whose EMA list does not fit."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"not a score_sde_pytorch checkpoint: expected a dict with 'model' (a state dict), 'ema', "
+                         f"'optimizer' and 'step' as its utils.save_checkpoint writes, got {found}")
+    model = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in checkpoint["model"].items()}
+    model = {k: v for k, v in model.items() if k not in SCORE_SDE_BUFFERS}
+    if params == "model":
+        return model
+    ema = checkpoint.get("ema")
+    shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
+    if not isinstance(shadow, (list, tuple)):
+        raise ValueError("the checkpoint has no EMA weights ('ema': {'shadow_params': [...]}); pass --params model "
+                         "to convert the raw weights")
+    trainable = [k for k in model if k != SCORE_SDE_FOURIER]
+    if len(trainable) != len(shadow):
+        raise ValueError(f"the EMA holds {len(shadow)} tensors but the model has {len(trainable)} trainable "
+                         f"parameters (its state dict less the sigmas buffer and the Fourier W), so the EMA weights "
+                         f"cannot be named; pass --params model to convert the raw weights")
+    out = {}
+    for name, value in zip(trainable, shadow):
+        if tuple(value.shape) != tuple(model[name].shape):
+            raise ValueError(f"EMA tensor {len(out)} has shape {tuple(value.shape)} but the model's parameter "
+                             f"{name!r} in the same place has {tuple(model[name].shape)}: the EMA list is not in "
+                             f"the model's order; pass --params model to convert the raw weights")
+        out[name] = value
+    if SCORE_SDE_FOURIER in model:
+        out[SCORE_SDE_FOURIER] = model[SCORE_SDE_FOURIER]
+    return out
+
+
+def convert_score_sde_pytorch(source: str, out_folder: str, args: argparse.Namespace) -> None:
+    """A score_sde_pytorch `checkpoint_N.pth` -> config.json {"layout", "config"} + model.safetensors."""
+    import torch
+
+    if (args.config is None) == (args.config_json is None):
+        sys.exit("score_sde_pytorch: name the run's config, either --config NAME (e.g. "
+                 "vp/cifar10_ddpmpp_deep_continuous, as models/pretrained/score_sde.py PRESETS spells them) or "
+                 "--config-json FILE (score_sde config keys)")
+    if args.config_json is not None:
+        with open(args.config_json) as f:
+            config = json.load(f)
+    else:
+        config = args.config
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)  # plain dicts, lists and tensors
+    try:
+        state = score_sde_weights(checkpoint, args.params)
+    except ValueError as error:
+        sys.exit(f"{source}: {error}")
+    save(out_folder, {"layout": "score_sde_pytorch", "config": config}, state)
+
 
 # layout -> convert(source, out_folder, args), which reads the options `add_options` declares.
-CONVERTERS = {}
+CONVERTERS = {"score_sde_pytorch": convert_score_sde_pytorch}
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    pass
+    group = parser.add_argument_group("score_sde_pytorch")
+    group.add_argument("--config", default=None, help="score_sde_pytorch: the run's config name (as "
+                       "models/pretrained/score_sde.py PRESETS spells them, e.g. vp/cifar10_ddpmpp_deep_continuous)")
+    group.add_argument("--config-json", default=None, help="score_sde_pytorch: a JSON file of the run's score_sde "
+                       "config keys, in place of --config")
+    group.add_argument("--params", default="ema", choices=("ema", "model"), help="score_sde_pytorch: the EMA "
+                       "weights (default, what score_sde_pytorch samples with) or the raw ones")
 
 
 def main(argv=None):

@@ -6,8 +6,10 @@
 
 Layouts (`LAYOUTS`): "diffusers" (`models.pretrained.diffusers`: a UNet2DModel config.json with
 diffusion_pytorch_model.safetensors and a scheduler_config.json) and "score_sde" (`models.pretrained.score_sde`: a
-flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller). Both give the same
-Flax network, `models.pretrained.unet2d.UNet2D`. Only safe formats are read: safetensors and msgpack, never pickle
+flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller) and "score_sde_pytorch"
+(`models.pretrained.score_sde_pytorch`: a `checkpoint_N.pth` of the PyTorch port, converted once by
+scripts/convert_checkpoint.py into config.json + model.safetensors). All give the same Flax network,
+`models.pretrained.unet2d.UNet2D`. Only safe formats are read: safetensors and msgpack, never pickle
 (scripts/convert_to_safetensors.py converts a torch file once).
 """
 
@@ -16,33 +18,39 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fastsamplers.core import Registry
-from fastsamplers.models.pretrained import diffusers, score_sde
+from fastsamplers.core import Registry, read_json
+from fastsamplers.models.pretrained import diffusers, score_sde, score_sde_pytorch
 from fastsamplers.models.pretrained.model import Pretrained
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 # layout -> its loader, load(path, **options) -> Pretrained.
-LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load}, ordered=True,
+LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load,
+                              "score_sde_pytorch": score_sde_pytorch.load}, ordered=True,
                    unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
 __all__ = ["LAYOUTS", "Pretrained", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
 
 
 def detect_layout(path: str) -> str:
-    """ "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a `checkpoint_N` file or a
-    folder of them; FileNotFoundError otherwise."""
+    """The layout a converted folder's config.json names ({"layout": ...}, as scripts/convert_checkpoint.py writes
+    it), else "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a `checkpoint_N` file
+    or a folder of them, "score_sde_pytorch" for a `checkpoint_N.pth` (whose loader says how to convert it);
+    FileNotFoundError otherwise."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
     if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "unet",
-                                                                                            "config.json")):
+        config = os.path.join(path, "config.json")
+        raw = read_json(config) if os.path.isfile(config) else None
+        if isinstance(raw, dict) and "layout" in raw:
+            return LAYOUTS.check(raw["layout"])
+        if raw is not None or os.path.isfile(os.path.join(path, "unet", "config.json")):
             return "diffusers"
         if score_sde.checkpoint_files(path):
             return "score_sde"
         raise FileNotFoundError(f"{path}: neither a diffusers folder (config.json or unet/config.json) nor a score_sde "
                                 "checkpoint folder (checkpoint_N files)")
-    if os.path.basename(path).startswith("checkpoint_"):
-        return "score_sde"
+    if os.path.basename(path).startswith("checkpoint_"):  # score_sde's (msgpack) or score_sde_pytorch's (.pth)
+        return "score_sde_pytorch" if path.endswith(".pth") else "score_sde"
     raise FileNotFoundError(f"{path}: not a diffusers folder nor a score_sde checkpoint_N file; pass layout=... "
                             f"(one of {list(LAYOUTS)})")
 
@@ -51,11 +59,12 @@ def load(path: str, layout: str | None = None, **options: Any) -> Pretrained:
     """Load a published checkpoint.
 
     Args:
-      path: a diffusers UNet folder / pipeline root, or a score_sde `checkpoint_N` file (or its folder).
+      path: a diffusers UNet folder / pipeline root, a score_sde `checkpoint_N` file (or its folder), or a folder
+        written by scripts/convert_checkpoint.py.
       layout: one of `LAYOUTS`; None detects it from the files (`detect_layout`).
       **options: the layout's loader options: `models.pretrained.diffusers.load` (null_label, scheduler_config,
         variant, image_size) or `models.pretrained.score_sde.load` (config, image_size, params, and score_sde model
-        config keys).
+        config keys), or `models.pretrained.score_sde_pytorch.load` (score_sde config keys).
 
     Returns:
       A `Pretrained`: params, apply, model_fn, process, prediction, timestep, image_shape, num_classes, null_label.

@@ -45,7 +45,7 @@ class Pretrained:
       null_label: the label that means "no class" (for classifier-free guidance), where the checkpoint has one and
         the caller named it, else None.
       config: the network's architecture (`models.pretrained.unet2d.UNet2DConfig`).
-      source: the file or folder it was read from; layout: "diffusers" or "score_sde".
+      source: the file or folder it was read from; layout: its `models.pretrained.LAYOUTS` name.
     """
 
     params: PyTree

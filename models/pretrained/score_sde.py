@@ -111,19 +111,28 @@ _PIPELINE_KEYS = ("batch_size", "n_iters", "snapshot_freq", "log_freq", "eval_fr
                   "snapshot_freq_for_preemption", "snapshot_sampling", "n_jitted_steps")
 
 
-def resolve_config(config: str | dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+def resolve_config(config: str | dict[str, Any] | None = None, *, source: str | None = None,
+                   **overrides: Any) -> dict[str, Any]:
     """The flat score_sde config: DEFAULTS, updated by a preset name / dict / JSON file, then by `overrides`.
+
+    Args:
+      config: a preset name (`PRESETS`, `ALIASES`), a .json file, a dict of config keys, or None (DEFAULTS).
+      source: where the config came from (a file), for the errors (default "config dict").
+      **overrides: config keys applied last.
+
+    Returns:
+      The flat config, with "_source" (what the errors name).
 
     Raises:
       ValueError: an unknown preset or key (naming the valid ones); FileNotFoundError: a missing JSON file.
     """
-    raw, source = {}, "config dict"
+    given, raw, source = source, {}, source or "config dict"
     if isinstance(config, str) and config.endswith(".json"):
         raw = read_json(config)
         source = f"config file {config}"
     elif isinstance(config, str):
         raw = dict(PRESETS.lookup(ALIASES.get(config, config), aliases=sorted(ALIASES)))
-        source = f"preset {config!r}"
+        source = f"preset {config!r}" + (f" in {given}" if given else "")
     elif isinstance(config, dict):
         raw = dict(config)
     elif config is not None:
@@ -371,6 +380,36 @@ def to_score_sde_tree(params: PyTree, config: UNet2DConfig) -> dict[str, Any]:
     return tree
 
 
+def network(cfg: dict[str, Any]) -> tuple[UNet2DConfig, Shape, dict[ParamPath, Shape]]:
+    """(UNet2D config, image shape (H, W, 3), {UNet2D parameter path: shape}) of a resolved score_sde config, or
+    NotImplementedError / ValueError naming the key (no compute: an abstract init)."""
+    unet = unet_config(cfg)
+    image_shape = tuple(unet.sample_size) + (3,)
+    return unet, image_shape, expected_params(UNet2D(unet), image_shape)
+
+
+def make_pretrained(cfg: dict[str, Any], unet: UNet2DConfig, params: PyTree, source: str, layout: str) -> Pretrained:
+    """The `Pretrained` of UNet2D `params` for a resolved score_sde config: its family's process, time input and
+    prediction (see the module docstring), whichever file layout the weights came from."""
+    if family(cfg) == "ddpmpp_vp" and cfg["continuous"]:
+        process = get_process("vp_linear", beta_min=float(cfg["beta_min"]), beta_max=float(cfg["beta_max"]),
+                              t_min=VP_SAMPLING_EPS)
+        time_input, prediction = "t999", "eps"
+    elif family(cfg) == "ddpmpp_vp":  # score_sde's discrete VPSDE table
+        n = int(cfg["num_scales"])
+        betas = np.linspace(float(cfg["beta_min"]) / n, float(cfg["beta_max"]) / n, n, dtype=np.float64)
+        process = get_process("vp_discrete", alphas_cumprod=tuple(np.cumprod(1.0 - betas).tolist()))
+        time_input, prediction = "index", "eps"
+    else:
+        process = get_process("ve", sigma_min=float(cfg["sigma_min"]), sigma_max=float(cfg["sigma_max"]),
+                              t_min=VE_SAMPLING_EPS)
+        time_input, prediction = "sigma", "score"
+    timestep, apply, model_fn = make_functions(unet, process, time_input, None, None)
+    return Pretrained(params=params, apply=apply, model_fn=model_fn, process=process, prediction=prediction,
+                      timestep=timestep, image_shape=tuple(unet.sample_size) + (3,), config=unet, source=source,
+                      layout=layout)
+
+
 def load(path: str, *, config: str | dict[str, Any] | None = None, params: str = "params_ema",
          **overrides: Any) -> Pretrained:
     """A score_sde NCSN++ checkpoint as a `Pretrained`.
@@ -381,35 +420,18 @@ def load(path: str, *, config: str | dict[str, Any] | None = None, params: str =
       params: "params_ema" (default, what score_sde samples with) or "params" (the optimizer's).
       **overrides: score_sde config keys (image_size=..., sigma_max=..., nf=..., ...), applied last.
 
+    Returns:
+      A `Pretrained` on the family's process (see the module docstring).
+
     Raises:
       FileNotFoundError, ValueError, NotImplementedError: before any compute, naming the file and the key.
     """
     PARAMS_KEYS.check(params)  # before the config and the network are built
     cfg = resolve_config(config, **overrides)
-    unet = unet_config(cfg)
-    vp = family(cfg) == "ddpmpp_vp"
-    net = UNet2D(unet)
-    image_shape = tuple(unet.sample_size) + (3,)
-    expected = expected_params(net, image_shape)
+    unet, _, expected = network(cfg)
     mapping = parameter_map(unet, expected)
     file, found = read_checkpoint(path, params)
     check_weights({k: v.shape for k, v in found.items()}, {k: expected[v] for k, v in mapping.items()}, file,
                   f"score_sde {cfg['_source']}")
     weights = unflatten({mapping[k]: jnp.asarray(np.asarray(v, np.float32)) for k, v in found.items()})
-    if vp and cfg["continuous"]:
-        process = get_process("vp_linear", beta_min=float(cfg["beta_min"]), beta_max=float(cfg["beta_max"]),
-                              t_min=VP_SAMPLING_EPS)
-        time_input = "t999"
-    elif vp:  # score_sde's discrete VPSDE table
-        n = int(cfg["num_scales"])
-        betas = np.linspace(float(cfg["beta_min"]) / n, float(cfg["beta_max"]) / n, n, dtype=np.float64)
-        process = get_process("vp_discrete", alphas_cumprod=tuple(np.cumprod(1.0 - betas).tolist()))
-        time_input = "index"
-    else:
-        time_input = "sigma"
-        process = get_process("ve", sigma_min=float(cfg["sigma_min"]), sigma_max=float(cfg["sigma_max"]),
-                              t_min=VE_SAMPLING_EPS)
-    timestep, apply, model_fn = make_functions(unet, process, time_input, None, None)
-    return Pretrained(params=weights, apply=apply, model_fn=model_fn, process=process,
-                      prediction="eps" if vp else "score",
-                      timestep=timestep, image_shape=image_shape, config=unet, source=file, layout="score_sde")
+    return make_pretrained(cfg, unet, weights, file, "score_sde")
