@@ -1,6 +1,7 @@
 """Write small random-weight EDM networks in the converted `edm` layout and EDM's own outputs, for tests/test_edm.py.
 
     TORCH_VENV/bin/python scripts/make_edm_fixtures.py --edm-repo /path/to/NVlabs/edm [--out tests/fixtures/edm]
+    TORCH_VENV/bin/python scripts/make_edm_fixtures.py --edm-repo ... --out /tmp/edm_live --all   # LIVE_SPECS too
 
 Needs torch, numpy and safetensors, and a checkout of github.com/NVlabs/edm (whose training/networks.py builds and
 runs the networks; nothing of it is copied here). tests/test_edm.py reads what it writes and, where torch and the
@@ -158,9 +159,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edm-repo", required=True, help="a checkout of github.com/NVlabs/edm")
     parser.add_argument("--out", default=OUT, help="the fixtures folder")
+    parser.add_argument("--all", action="store_true", help="write LIVE_SPECS too (not for committing)")
     args = parser.parse_args()
     edm_repo = os.path.abspath(args.edm_repo)
-    for name in SPECS:
+    for name in LIVE_SPECS if args.all else SPECS:
         net = build(name, edm_repo)
         print(write(os.path.join(args.out, name), net, outputs(name, net)))
     print(convert_pickle(build("ddpmpp", edm_repo), os.path.join(args.out, "from_pickle"), edm_repo))

@@ -6,8 +6,9 @@
 
 Layouts (`LAYOUTS`): "diffusers" (`models.pretrained.diffusers`: a UNet2DModel config.json with
 diffusion_pytorch_model.safetensors and a scheduler_config.json) and "score_sde" (`models.pretrained.score_sde`: a
-flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller). Both give the same
-Flax network, `models.pretrained.unet2d.UNet2D`. Only safe formats are read: safetensors and msgpack, never pickle
+flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller), both giving the Flax
+network `models.pretrained.unet2d.UNet2D`; "edm" (`models.pretrained.edm`: a folder converted from an EDM network
+pickle by scripts/convert_checkpoint.py, whose config.json says "layout": "edm"; EDM's preconditioned networks). Only safe formats are read: safetensors and msgpack, never pickle
 (scripts/convert_to_safetensors.py converts a torch file once).
 """
 
@@ -17,23 +18,29 @@ import os
 from typing import Any
 
 from fastsamplers.core import Registry
-from fastsamplers.models.pretrained import diffusers, score_sde
+from fastsamplers.core import read_json
+from fastsamplers.models.pretrained import diffusers, edm, score_sde
 from fastsamplers.models.pretrained.model import Pretrained
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 # layout -> its loader, load(path, **options) -> Pretrained.
-LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load}, ordered=True,
-                   unknown="unknown {kind} {name!r}; valid layouts: {valid}")
+LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load, "edm": edm.load},
+                   ordered=True, unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
 __all__ = ["LAYOUTS", "Pretrained", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
 
 
 def detect_layout(path: str) -> str:
-    """ "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a `checkpoint_N` file or a
-    folder of them; FileNotFoundError otherwise."""
+    """The layout a converted folder's config.json names ("layout": "edm", ...), else "diffusers" for a folder with
+    config.json (or unet/config.json), "score_sde" for a `checkpoint_N` file or a folder of them; FileNotFoundError
+    otherwise."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
     if os.path.isdir(path):
+        config = os.path.join(path, "config.json")
+        declared = read_json(config) if os.path.isfile(config) else None
+        if isinstance(declared, dict) and "layout" in declared:  # scripts/convert_checkpoint.py's folders
+            return declared["layout"]
         if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "unet",
                                                                                             "config.json")):
             return "diffusers"
@@ -51,7 +58,8 @@ def load(path: str, layout: str | None = None, **options: Any) -> Pretrained:
     """Load a published checkpoint.
 
     Args:
-      path: a diffusers UNet folder / pipeline root, or a score_sde `checkpoint_N` file (or its folder).
+      path: a diffusers UNet folder / pipeline root, a score_sde `checkpoint_N` file (or its folder), or a converted
+        folder (config.json naming its layout, e.g. "edm").
       layout: one of `LAYOUTS`; None detects it from the files (`detect_layout`).
       **options: the layout's loader options: `models.pretrained.diffusers.load` (null_label, scheduler_config,
         variant, image_size) or `models.pretrained.score_sde.load` (config, image_size, params, and score_sde model

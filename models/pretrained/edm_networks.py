@@ -46,9 +46,16 @@ _DHARIWAL = dict(label_dim=0, augment_dim=0, model_channels=192, channel_mult=(1
                  num_blocks=3, attn_resolutions=(32, 16, 8), dropout=0.10, label_dropout=0.0)
 MODEL_TYPES = Registry("EDM model_type", {"SongUNet": _SONG, "DhariwalUNet": _DHARIWAL}, ordered=True,
                        unknown="unknown {kind} {name!r}; valid: {valid}")
-EMBEDDING_TYPES = ("positional", "fourier")  # networks.py:251-253
-ENCODER_TYPES = ("standard", "skip", "residual")
-DECODER_TYPES = ("standard", "skip")
+# model_type -> the names of its options (img_resolution, in_channels, out_channels and its constructor's).
+MODEL_OPTIONS = {name: Registry.of_names(f"{name} option", ("img_resolution", "in_channels", "out_channels",
+                                                           *defaults), unknown="{kind} {name!r} does not exist; "
+                                          "valid options: {valid}") for name, defaults in MODEL_TYPES.items()}
+# SongUNet's choices (EDM's asserts, networks.py:251-253).
+CHOICES = {key: Registry.of_names(key, values, ordered=True, unknown="SongUNet: {kind}={name!r} is not supported; "
+                                  "valid: {valid}")
+           for key, values in (("embedding_type", ("positional", "fourier")),
+                               ("encoder_type", ("standard", "skip", "residual")),
+                               ("decoder_type", ("standard", "skip")))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +100,9 @@ def network_config(model_type: str, **kwargs: Any) -> EDMNetworkConfig:
       ValueError: an unknown model_type or option (listing the valid ones), or a value EDM's constructor rejects.
     """
     defaults = MODEL_TYPES.lookup(model_type)
-    valid = ("img_resolution", "in_channels", "out_channels") + tuple(defaults)
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"{model_type} has no option(s) {unknown}; valid options: {sorted(valid)}")
-    missing = [k for k in valid[:3] if k not in kwargs]
+    for key in kwargs:
+        MODEL_OPTIONS[model_type].check(key)
+    missing = [k for k in ("img_resolution", "in_channels", "out_channels") if k not in kwargs]
     if missing:
         raise ValueError(f"{model_type} needs {missing}")
     options = {**defaults, **kwargs}
@@ -106,10 +111,8 @@ def network_config(model_type: str, **kwargs: Any) -> EDMNetworkConfig:
         if key in options:
             options[key] = tuple(options[key])
     config = EDMNetworkConfig(model_type=model_type, **options)
-    for key, valid_values in (("embedding_type", EMBEDDING_TYPES), ("encoder_type", ENCODER_TYPES),
-                              ("decoder_type", DECODER_TYPES)):
-        if getattr(config, key) not in valid_values:  # EDM's asserts, networks.py:251-253
-            raise ValueError(f"{model_type}: {key}={getattr(config, key)!r} is not one of {list(valid_values)}")
+    for key, choices in CHOICES.items():
+        choices.check(getattr(config, key))
     divisor = 2 ** (len(config.channel_mult) - 1)
     if config.img_resolution % divisor:
         raise ValueError(f"{model_type}: img_resolution={config.img_resolution} must be divisible by {divisor} "
