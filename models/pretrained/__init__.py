@@ -8,8 +8,9 @@ Layouts (`LAYOUTS`): "diffusers" (`models.pretrained.diffusers`: a UNet2DModel c
 diffusion_pytorch_model.safetensors and a scheduler_config.json) and "score_sde" (`models.pretrained.score_sde`: a
 flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller), both giving the Flax
 network `models.pretrained.unet2d.UNet2D`; "edm" (`models.pretrained.edm`: a folder converted from an EDM network
-pickle by scripts/convert_checkpoint.py, whose config.json says "layout": "edm"; EDM's preconditioned networks). Only safe formats are read: safetensors and msgpack, never pickle
-(scripts/convert_to_safetensors.py converts a torch file once).
+pickle by scripts/convert_checkpoint.py, whose config.json says "layout": "edm"; EDM's preconditioned networks).
+Only safe formats are read: safetensors and msgpack, never pickle (scripts/convert_to_safetensors.py and
+scripts/convert_checkpoint.py convert a torch file once).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -49,7 +49,7 @@ from fastsamplers.core import Registry, read_json
 from fastsamplers.core.typing import ArrayLike, ModelFn
 from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.pretrained.diffusers import torch_name, torch_shape, to_flax, unflatten
-from fastsamplers.models.pretrained.edm_networks import EDMNetwork, EDMNetworkConfig, _filter_2d, network_config
+from fastsamplers.models.pretrained.edm_networks import EDMNetwork, EDMNetworkConfig, filter_buffer, network_config
 from fastsamplers.models.pretrained.model import ApplyFn, Pretrained, TimestepFn, batch_times, check_weights
 from fastsamplers.schedules.processes import Process, get_process
 
@@ -62,16 +62,6 @@ def _vp_sigma(options, t):  # VPPrecond.sigma (networks.py:511-513)
     return math.sqrt(math.expm1(0.5 * options["beta_d"] * t ** 2 + options["beta_min"] * t))
 
 
-# class_name -> its constructor's options and defaults (networks.py:470-481, 529-537, 573-582, 633-642), less the
-# interface ones (`_INTERFACE`), and the factor of its network's output channels.
-PRECONDITIONERS = Registry("EDM preconditioner class_name", {
-    "VPPrecond": dict(options=dict(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5, model_type="SongUNet"),
-                      outputs=1),
-    "VEPrecond": dict(options=dict(sigma_min=0.02, sigma_max=100.0, model_type="SongUNet"), outputs=1),
-    "iDDPMPrecond": dict(options=dict(C_1=0.001, C_2=0.008, M=1000, model_type="DhariwalUNet"), outputs=2),
-    "EDMPrecond": dict(options=dict(sigma_min=0.0, sigma_max=math.inf, sigma_data=0.5, model_type="DhariwalUNet"),
-                       outputs=1),
-}, ordered=True, unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +148,19 @@ def _edm_coefficients(cfg, sigma, u):
             1 / jnp.sqrt(sd ** 2 + sigma ** 2), jnp.log(sigma) / 4)
 
 
-# class_name -> coefficients(config, sigma (B, 1), u or None) -> (c_skip, c_out, c_in, c_noise), each (B, 1) or 1.
-COEFFICIENTS: dict[str, Callable] = {"VPPrecond": _vp_coefficients, "VEPrecond": _ve_coefficients,
-                                     "iDDPMPrecond": _iddpm_coefficients, "EDMPrecond": _edm_coefficients}
+# class_name -> its constructor's options and defaults (networks.py:470-481, 529-537, 573-582, 633-642), less the
+# interface ones (`_INTERFACE`); the factor of its network's output channels; and its coefficients(config, sigma
+# (B, 1), u or None) -> (c_skip, c_out, c_in, c_noise), each (B, 1) or a float.
+PRECONDITIONERS = Registry("EDM preconditioner class_name", {
+    "VPPrecond": dict(options=dict(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5, model_type="SongUNet"),
+                      outputs=1, coefficients=_vp_coefficients),
+    "VEPrecond": dict(options=dict(sigma_min=0.02, sigma_max=100.0, model_type="SongUNet"), outputs=1,
+                      coefficients=_ve_coefficients),
+    "iDDPMPrecond": dict(options=dict(C_1=0.001, C_2=0.008, M=1000, model_type="DhariwalUNet"), outputs=2,
+                         coefficients=_iddpm_coefficients),
+    "EDMPrecond": dict(options=dict(sigma_min=0.0, sigma_max=math.inf, sigma_data=0.5, model_type="DhariwalUNet"),
+                       outputs=1, coefficients=_edm_coefficients),
+}, ordered=True, unknown="unknown {kind} {name!r}; valid: {valid}")
 
 
 class EDMDenoiser(nn.Module):
@@ -180,7 +180,7 @@ class EDMDenoiser(nn.Module):
                              f"{cfg.img_resolution}, {cfg.img_channels}), got {x.shape}")
         u = self.param("u", nn.initializers.zeros, (cfg.option("M") + 1,)) if cfg.class_name == "iDDPMPrecond" else None
         sigma = batch_times(jnp.asarray(sigma, x.dtype), x.shape[0])[:, None]
-        c_skip, c_out, c_in, c_noise = COEFFICIENTS[cfg.class_name](cfg, sigma, u)
+        c_skip, c_out, c_in, c_noise = PRECONDITIONERS[cfg.class_name]["coefficients"](cfg, sigma, u)
         labels = None
         if cfg.label_dim:
             labels = (jnp.zeros((1, cfg.label_dim), x.dtype) if class_labels is None else
@@ -279,7 +279,7 @@ def load(path: str) -> Pretrained:
     check_weights({k: v.shape for k, v in state.items()}, expected, weights_file,
                   f"network in {os.path.basename(config_file)}")
     for name in buffers:  # constants of the config here: a file with other filters was made by other code
-        if not np.array_equal(state[name], _filter_2d(config.network.resample_filter)):
+        if not np.array_equal(state[name], filter_buffer(config.network.resample_filter)):
             raise ValueError(f"{weights_file}: buffer {name!r} is not the resample_filter "
                              f"{list(config.network.resample_filter)} of config.json")
     params = unflatten({by_name[k]: to_flax(by_name[k], state[k]) for k in by_name})

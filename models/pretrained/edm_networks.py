@@ -122,7 +122,7 @@ def network_config(model_type: str, **kwargs: Any) -> EDMNetworkConfig:
 
 # --- layers ----------------------------------------------------------------------------------------------------------
 
-def _filter_2d(resample_filter):
+def filter_buffer(resample_filter: tuple[float, ...]) -> np.ndarray:
     """EDM's resample_filter buffer (networks.py:64-65): outer(r, r) / sum(r)^2, shape (1, 1, k, k)."""
     r = np.asarray(resample_filter, np.float32)
     return (np.outer(r, r) / np.square(r.sum()))[None, None]
@@ -134,7 +134,7 @@ def conv2d(module: nn.Module, x: jax.Array, features: int, kernel: int, name: st
     bias; none for kernel 0) with optional 2x resampling by `resample_filter` (`fir_upsample` / `fir_downsample`:
     the same depthwise filters as EDM's conv_transpose2d / strided conv2d)."""
     if (up or down) and module.is_initializing():  # list EDM's buffer among the init's variables (module docstring)
-        module.variable("buffers", f"{name}.resample_filter", lambda: jnp.asarray(_filter_2d(resample_filter)))
+        module.variable("buffers", f"{name}.resample_filter", lambda: jnp.asarray(filter_buffer(resample_filter)))
     if fused_resample and up and kernel:  # networks.py:75-77: no EDM network builds it
         raise NotImplementedError("EDM's fused_resample with up=True is not built: neither SongUNet nor DhariwalUNet "
                                   "uses it")

@@ -39,7 +39,7 @@ class Pretrained:
       prediction: what the network predicts, one of `models.predictions.KINDS`.
       timestep: timestep(t) -> the network's time input at framework time t: the (fractional) DDPM step index
         `process.discrete_index(t)` = N t - 1 for a beta-table checkpoint, `process.sigma(t)` for an NCSN++ VE one,
-        999 t for a score_sde VP one.
+        999 t for a score_sde VP one, t itself (EDM's sigma) for an EDM one.
       image_shape: (H, W, C) of the images the checkpoint was trained on.
       num_classes: the number of label embeddings of a class-conditional network (labels 0..num_classes-1), else None.
       null_label: the label that means "no class" (for classifier-free guidance), where the checkpoint has one and

@@ -302,7 +302,7 @@ def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool, fr
     formed as the flavor's reference code forms them ("diffusers", "score_sde", or "edm": EDM's
     PositionalEmbedding, freq_shift its endpoint), so that t ~ 1000 does not turn their ulps into 1e-5 errors."""
     half = dim // 2
-    if flavor == "edm":  # EDM's PositionalEmbedding (networks.py:201-203): float32(1 / P) ** float32(i / (half - shift))
+    if flavor == "edm":  # EDM's PositionalEmbedding (networks.py:201-203): float32(1/P) ** float32(i / (half - shift))
         exponent = np.arange(half, dtype=np.float32) / np.float32(half - freq_shift)
         freqs = jnp.asarray((np.float64(np.float32(1.0 / max_period)) ** exponent.astype(np.float64)).astype(
             np.float32))
