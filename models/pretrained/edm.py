@@ -62,8 +62,6 @@ def _vp_sigma(options, t):  # VPPrecond.sigma (networks.py:511-513)
     return math.sqrt(math.expm1(0.5 * options["beta_d"] * t ** 2 + options["beta_min"] * t))
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class EDMConfig:
     """A preconditioned EDM network: `class_name` (a key of `PRECONDITIONERS`), its options (a sorted tuple of
