@@ -27,7 +27,6 @@ import sys
 
 def save(folder: str, config: dict, state: dict) -> None:
     """Write config.json and model.safetensors (each tensor contiguous, float32 unless integer) into `folder`."""
-    import torch
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
@@ -42,6 +41,54 @@ def save(folder: str, config: dict, state: dict) -> None:
 
 
 # --- edm -------------------------------------------------------------------------------------------------------------
+
+EDM_CLASSES = ("EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond")  # training/networks.py's preconditioners
+
+
+def _jsonable(value):
+    """EDM's init_kwargs (EasyDicts, tuples, numpy scalars) as plain JSON values."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"init_kwargs holds a {type(value).__name__} ({value!r}), which JSON cannot hold")
+
+
+def convert_edm(source: str, out_folder: str, args: argparse.Namespace) -> None:
+    """An EDM network pickle (dict(ema=<preconditioned network>, ...), as EDM's training loop writes it,
+    training_loop.py:179) -> config.json {"layout": "edm", "class_name", "init_kwargs"} and the network's state_dict.
+    Unpickling runs EDM's code (the pickle embeds its classes), from the checkout `args.edm_repo`."""
+    if not args.edm_repo:
+        sys.exit("--layout edm needs --edm-repo PATH (a checkout of github.com/NVlabs/edm): EDM's network pickles "
+                 "embed their classes and unpickling them imports EDM's dnnlib and torch_utils; this is the only "
+                 "pickle the project ever opens, and only on this explicit request")
+    sys.path.insert(0, os.path.abspath(args.edm_repo))
+    try:
+        import dnnlib  # noqa: F401
+        import torch_utils.persistence  # noqa: F401
+    except ImportError as error:
+        sys.exit(f"--edm-repo {args.edm_repo}: cannot import EDM's dnnlib and torch_utils ({error}), which unpickling "
+                 "an EDM network pickle needs; point it at a checkout of github.com/NVlabs/edm")
+    import pickle
+
+    with open(source, "rb") as f:
+        data = pickle.load(f)  # the one pickle the project opens: an EDM network, on the user's explicit request
+    net = data.get("ema") if isinstance(data, dict) else None
+    if type(net).__name__ not in EDM_CLASSES or not hasattr(net, "init_kwargs"):
+        sys.exit(f"{source}: not an EDM network pickle: expected a dict whose 'ema' is one of {list(EDM_CLASSES)} "
+                 f"made by EDM's persistence, found {type(data).__name__}"
+                 + (f" with ema={type(net).__name__}" if isinstance(data, dict) else ""))
+    if net.init_args:
+        sys.exit(f"{source}: {type(net).__name__} was built with positional arguments {net.init_args}; EDM's "
+                 "training builds its networks with keywords only, and config.json records keywords")
+    config = {"layout": "edm", "class_name": type(net).__name__, "init_kwargs": _jsonable(dict(net.init_kwargs))}
+    save(out_folder, config, net.state_dict())
 
 
 # --- guided_diffusion ------------------------------------------------------------------------------------------------
@@ -114,10 +161,14 @@ def convert_score_sde_pytorch(source: str, out_folder: str, args: argparse.Names
 
 
 # layout -> convert(source, out_folder, args), which reads the options `add_options` declares.
-CONVERTERS = {"score_sde_pytorch": convert_score_sde_pytorch}
+CONVERTERS = {"edm": convert_edm, "score_sde_pytorch": convert_score_sde_pytorch}
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("edm")
+    group.add_argument("--edm-repo", default=None,
+                       help="edm: a checkout of github.com/NVlabs/edm; unpickling an EDM network pickle runs its code "
+                            "(the only pickle this project opens, on this explicit request)")
     group = parser.add_argument_group("score_sde_pytorch")
     group.add_argument("--config", default=None, help="score_sde_pytorch: the run's config name (as "
                        "models/pretrained/score_sde.py PRESETS spells them, e.g. vp/cifar10_ddpmpp_deep_continuous)")

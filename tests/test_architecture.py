@@ -210,7 +210,7 @@ def test_the_parser_sees_every_form_of_import(source, expected, tmp_path):
 
 
 # Files run by a torch-only python (no JAX, no fastsamplers): what each may import, anywhere in the file.
-TORCH_SIDE = {"scripts/convert_checkpoint.py": {"torch", "safetensors", "numpy"},
+TORCH_SIDE = {"scripts/convert_checkpoint.py": {"torch", "safetensors", "numpy", "dnnlib", "torch_utils"},
               "experiments/runs/checkpoint_benchmark_torch.py": {"torch", "safetensors", "numpy",
                                                                   "pretrained_benchmark_torch", "training",
                                                                   "guided_diffusion"}}
@@ -220,7 +220,7 @@ TORCH_SIDE = {"scripts/convert_checkpoint.py": {"torch", "safetensors", "numpy"}
 def test_torch_side_files_import_no_jax(path):
     """The converter and the reference benchmark worker run where torch is and JAX need not be: at module level
     they import the standard library only, and inside functions the torch stack (and the reference code's
-    packages) only."""
+    packages: EDM's dnnlib and torch_utils, which unpickling its networks needs) only."""
     with open(os.path.join(ROOT, path), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}

@@ -19,7 +19,7 @@ from fastsamplers.experiments.runs import (bottleneck_benchmark, oracle_quicksta
 from fastsamplers.experiments.train import couplings, data, experiment, losses, straighten
 from fastsamplers.models import GaussianMixture, conditioning, mlp, predictions, pretrained
 from fastsamplers.models.pretrained import model as pretrained_model
-from fastsamplers.models.pretrained import score_sde
+from fastsamplers.models.pretrained import edm_networks, score_sde
 from fastsamplers.samplers import adaptive, bottleneck, causal, multistep, noise, runge_kutta, sa_solver, unipc
 from fastsamplers.schedules import grids, published
 from fastsamplers.schedules.optimal import distillation, learned, olss
@@ -67,6 +67,13 @@ CASES = {
     "input_scaling": (conditioning.INPUT_SCALINGS, lambda m: conditioning.network_fn(mlp.MLP(), PROCESS,
                                                                                       input_scaling="karras")),
     "layout": (pretrained.LAYOUTS, lambda m: pretrained.load(ROOT, layout="ckpt")),
+    "EDM preconditioner": (pretrained.edm.PRECONDITIONERS, lambda m: pretrained.edm.edm_config("Precond", {})),
+    "EDM model_type": (edm_networks.MODEL_TYPES, lambda m: pretrained.edm.edm_config(
+        "EDMPrecond", dict(img_resolution=8, img_channels=3, model_type="UNet"))),
+    "EDM network option": (edm_networks.MODEL_OPTIONS["SongUNet"], lambda m: edm_networks.network_config(
+        "SongUNet", img_resolution=8, in_channels=3, out_channels=3, channels=8)),
+    "EDM encoder_type": (edm_networks.CHOICES["encoder_type"], lambda m: edm_networks.network_config(
+        "SongUNet", img_resolution=8, in_channels=3, out_channels=3, encoder_type="fir")),
     "pretrained time_input": (pretrained_model.TIME_INPUTS, lambda m: pretrained_model.make_functions(
         None, PROCESS, "seconds", None, None)),
     "score_sde preset": (score_sde.PRESETS, lambda m: score_sde.load(ROOT, config="vp/mnist")),

@@ -8,9 +8,11 @@ Layouts (`LAYOUTS`): "diffusers" (`models.pretrained.diffusers`: a UNet2DModel c
 diffusion_pytorch_model.safetensors and a scheduler_config.json) and "score_sde" (`models.pretrained.score_sde`: a
 flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller) and "score_sde_pytorch"
 (`models.pretrained.score_sde_pytorch`: a `checkpoint_N.pth` of the PyTorch port, converted once by
-scripts/convert_checkpoint.py into config.json + model.safetensors). All give the same Flax network,
-`models.pretrained.unet2d.UNet2D`. Only safe formats are read: safetensors and msgpack, never pickle
-(scripts/convert_to_safetensors.py converts a torch file once).
+scripts/convert_checkpoint.py into config.json + model.safetensors), all three giving the Flax network
+`models.pretrained.unet2d.UNet2D`; "edm" (`models.pretrained.edm`: a folder converted from an EDM network pickle by
+scripts/convert_checkpoint.py; EDM's preconditioned networks). A converted folder's config.json names its layout.
+Only safe formats are read: safetensors and msgpack, never pickle (scripts/convert_to_safetensors.py and
+scripts/convert_checkpoint.py convert a torch file once).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import os
 from typing import Any
 
 from fastsamplers.core import Registry, read_json
-from fastsamplers.models.pretrained import diffusers, score_sde, score_sde_pytorch
+from fastsamplers.models.pretrained import diffusers, edm, score_sde, score_sde_pytorch
 from fastsamplers.models.pretrained.model import Pretrained
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 # layout -> its loader, load(path, **options) -> Pretrained.
 LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load,
-                              "score_sde_pytorch": score_sde_pytorch.load}, ordered=True,
+                              "score_sde_pytorch": score_sde_pytorch.load, "edm": edm.load}, ordered=True,
                    unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
 __all__ = ["LAYOUTS", "Pretrained", "UNet2D", "UNet2DConfig", "load", "detect_layout"]

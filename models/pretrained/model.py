@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Hashable
 
 import jax
 import jax.numpy as jnp
@@ -39,13 +39,14 @@ class Pretrained:
       prediction: what the network predicts, one of `models.predictions.KINDS`.
       timestep: timestep(t) -> the network's time input at framework time t: the (fractional) DDPM step index
         `process.discrete_index(t)` = N t - 1 for a beta-table checkpoint, `process.sigma(t)` for an NCSN++ VE one,
-        999 t for a score_sde VP one.
+        999 t for a score_sde VP one, t itself (EDM's sigma) for an EDM one.
       image_shape: (H, W, C) of the images the checkpoint was trained on.
       num_classes: the number of label embeddings of a class-conditional network (labels 0..num_classes-1), else None.
       null_label: the label that means "no class" (for classifier-free guidance), where the checkpoint has one and
         the caller named it, else None.
-      config: the network's architecture (`models.pretrained.unet2d.UNet2DConfig`).
-      source: the file or folder it was read from; layout: its `models.pretrained.LAYOUTS` name.
+      config: the network's architecture, a hashable frozen dataclass of its layout
+        (`models.pretrained.unet2d.UNet2DConfig`, `models.pretrained.edm.EDMConfig`).
+      source: the file or folder it was read from; layout: the `models.pretrained.LAYOUTS` name it was read as.
     """
 
     params: PyTree
@@ -57,7 +58,7 @@ class Pretrained:
     image_shape: Shape
     num_classes: int | None = None
     null_label: int | None = None
-    config: UNet2DConfig | None = None
+    config: Hashable | None = None
     source: str = ""
     layout: str = ""
 

@@ -199,11 +199,13 @@ def fir_upsample(x: jax.Array, kernel_1d: Sequence[float] = FIR_KERNEL) -> jax.A
                       padding=((lo, hi + 1), (lo, hi + 1)))
 
 
-def fir_downsample(x: jax.Array, kernel_1d: Sequence[float] = FIR_KERNEL) -> jax.Array:
+def fir_downsample(x: jax.Array, kernel_1d: Sequence[float] = FIR_KERNEL,
+                   padding: tuple[int, int] | None = None) -> jax.Array:
     """2x FIR downsampling of NHWC x (StyleGAN2's downsample_2d): pad ((p + 1) // 2, p // 2) with
-    p = len(kernel) - 2, convolve with outer(k, k) / sum, keep every other pixel."""
+    p = len(kernel) - 2 (or `padding`, (low, high) on both axes), convolve with outer(k, k) / sum, keep every other
+    pixel."""
     p = len(kernel_1d) - 2
-    lo, hi = (p + 1) // 2, p // 2
+    lo, hi = ((p + 1) // 2, p // 2) if padding is None else padding
     return _depthwise(x, _fir_kernel_2d(kernel_1d, 1.0), lhs_dilation=(1, 1), strides=(2, 2),
                       padding=((lo, hi), (lo, hi)))
 
@@ -297,9 +299,14 @@ def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool, fr
                        max_period: float = 10000.0, flavor: str = "diffusers") -> jax.Array:
     """diffusers' get_timestep_embedding: (B,) float timesteps -> (B, dim) [sin, cos] (or [cos, sin] if flipped) of
     t * exp(-log(max_period) i / (dim // 2 - freq_shift)), zero-padded when dim is odd. The float32 frequencies are
-    formed as the flavor's reference code forms them, so that t ~ 1000 does not turn their ulps into 1e-5 errors."""
+    formed as the flavor's reference code forms them ("diffusers", "score_sde", or "edm": EDM's
+    PositionalEmbedding, freq_shift its endpoint), so that t ~ 1000 does not turn their ulps into 1e-5 errors."""
     half = dim // 2
-    if flavor == "score_sde":  # score_sde's layers.get_timestep_embedding, on XLA as score_sde ran
+    if flavor == "edm":  # EDM's PositionalEmbedding (networks.py:201-203): float32(1/P) ** float32(i / (half - shift))
+        exponent = np.arange(half, dtype=np.float32) / np.float32(half - freq_shift)
+        freqs = jnp.asarray((np.float64(np.float32(1.0 / max_period)) ** exponent.astype(np.float64)).astype(
+            np.float32))
+    elif flavor == "score_sde":  # score_sde's layers.get_timestep_embedding, on XLA as score_sde ran
         freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(max_period) / (half - freq_shift)))
     else:  # torch's exponents, exp'ed in float64 and rounded once (XLA's float32 exp is off by an ulp on some)
         exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half - freq_shift)
