@@ -6,9 +6,17 @@
 
 Layouts (`LAYOUTS`): "diffusers" (`models.pretrained.diffusers`: a UNet2DModel config.json with
 diffusion_pytorch_model.safetensors and a scheduler_config.json) and "score_sde" (`models.pretrained.score_sde`: a
-flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller). Both give the same
-Flax network, `models.pretrained.unet2d.UNet2D`. Only safe formats are read: safetensors and msgpack, never pickle
-(scripts/convert_to_safetensors.py converts a torch file once).
+flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named by the caller) give the Flax network
+`models.pretrained.unet2d.UNet2D`; "guided_diffusion" (`models.pretrained.guided_diffusion`: a folder converted by
+scripts/convert_checkpoint.py, whose config.json names its layout) gives ADM's `models.pretrained.adm.ADMUNet`, or
+for a noisy classifier a `PretrainedClassifier` (`classifier_fn` for `samplers.classifier_guided`):
+
+    c = models.pretrained.load("converted/64x64_classifier")
+    fn = samplers.classifier_guided(m.model_fn, c.classifier_fn, 1.0, process=m.process)
+    x, info = samplers.sample(fn, "ddim", m.process, x_init, ts, args=((m.params, labels), (c.params, labels)))
+
+Only safe formats are read: safetensors, JSON and msgpack, never pickle (scripts/convert_to_safetensors.py and
+scripts/convert_checkpoint.py convert a torch file once).
 """
 
 from __future__ import annotations
@@ -17,24 +25,31 @@ import os
 from typing import Any
 
 from fastsamplers.core import Registry
-from fastsamplers.models.pretrained import diffusers, score_sde
-from fastsamplers.models.pretrained.model import Pretrained
+from fastsamplers.core import read_json
+from fastsamplers.models.pretrained import diffusers, guided_diffusion, score_sde
+from fastsamplers.models.pretrained.model import Pretrained, PretrainedClassifier
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 # layout -> its loader, load(path, **options) -> Pretrained.
-LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load}, ordered=True,
+LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load,
+                              "guided_diffusion": guided_diffusion.load}, ordered=True,
                    unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
-__all__ = ["LAYOUTS", "Pretrained", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
+__all__ = ["LAYOUTS", "Pretrained", "PretrainedClassifier", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
 
 
 def detect_layout(path: str) -> str:
-    """ "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a `checkpoint_N` file or a
-    folder of them; FileNotFoundError otherwise."""
+    """The layout a converted folder's config.json names in its "layout" key (scripts/convert_checkpoint.py writes
+    it), else "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a `checkpoint_N` file
+    or a folder of them; FileNotFoundError otherwise."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
     if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "config.json")) or os.path.isfile(os.path.join(path, "unet",
+        config = os.path.join(path, "config.json")
+        named = read_json(config) if os.path.isfile(config) else None
+        if isinstance(named, dict) and "layout" in named:
+            return LAYOUTS.check(named["layout"], kind=f"{config}: layout")
+        if os.path.isfile(config) or os.path.isfile(os.path.join(path, "unet",
                                                                                             "config.json")):
             return "diffusers"
         if score_sde.checkpoint_files(path):
@@ -47,18 +62,20 @@ def detect_layout(path: str) -> str:
                             f"(one of {list(LAYOUTS)})")
 
 
-def load(path: str, layout: str | None = None, **options: Any) -> Pretrained:
+def load(path: str, layout: str | None = None, **options: Any) -> Pretrained | PretrainedClassifier:
     """Load a published checkpoint.
 
     Args:
-      path: a diffusers UNet folder / pipeline root, or a score_sde `checkpoint_N` file (or its folder).
+      path: a diffusers UNet folder / pipeline root, a score_sde `checkpoint_N` file (or its folder), or a
+        converted folder (config.json with "layout").
       layout: one of `LAYOUTS`; None detects it from the files (`detect_layout`).
       **options: the layout's loader options: `models.pretrained.diffusers.load` (null_label, scheduler_config,
         variant, image_size) or `models.pretrained.score_sde.load` (config, image_size, params, and score_sde model
         config keys).
 
     Returns:
-      A `Pretrained`: params, apply, model_fn, process, prediction, timestep, image_shape, num_classes, null_label.
+      A `Pretrained`: params, apply, model_fn, process, prediction, timestep, image_shape, num_classes, null_label;
+      for a guided-diffusion classifier folder a `PretrainedClassifier` (params, apply, classifier_fn, ...).
 
     Raises:
       FileNotFoundError, ValueError, NotImplementedError: before any compute, naming the file and the key.
