@@ -318,7 +318,7 @@ class AttentionPool2d(nn.Module):
         tokens = jnp.reshape(h, (b, height * width, c))
         tokens = jnp.concatenate([jnp.mean(tokens, axis=1, keepdims=True), tokens], axis=1)
         position = self.param("positional_embedding", nn.initializers.normal(c ** -0.5), (c, height * width + 1))
-        tokens = tokens + position.T.astype(tokens.dtype)
+        tokens = tokens + position.T[None].astype(tokens.dtype)
         # c_proj is a per-token 1x1 conv and only token 0 is kept, so it is applied to that token alone.
         pooled = self_attention(tokens[:, None], nn.Dense(3 * c, name="qkv_proj"), lambda a: a, c // self.head_channels,
                                 "adm")

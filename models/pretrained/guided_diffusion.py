@@ -41,7 +41,7 @@ from fastsamplers.models.pretrained.adm import ADMConfig, ADMEncoder, ADMUNet
 from fastsamplers.models.pretrained.diffusers import ParamPath, alphas_cumprod, expected_params, to_flax, unflatten
 from fastsamplers.models.pretrained.diffusers import torch_shape
 from fastsamplers.models.pretrained.model import Pretrained, PretrainedClassifier, check_weights, make_functions
-from fastsamplers.schedules.processes import Process, get_process
+from fastsamplers.schedules.processes import Process, as_float, get_process
 
 LAYOUT = "guided_diffusion"
 WEIGHTS = "model.safetensors"
@@ -258,7 +258,7 @@ def log_variance(process: Process, output: jax.Array, t: ArrayLike, s: ArrayLike
     gaussian_diffusion.py:157-161): pass that step's (t', s') as `posterior_step`.
 
     Args:
-      process: the model's `vp_discrete` process.
+      process: the model's `vp_discrete` process (a VP process: its log_alpha).
       output: apply's output (B, H, W, 2C).
       t, s: the step's times, scalars or (B,).
       posterior_step: the (t', s') whose beta_tilde replaces the step's own (None: the step's own).
@@ -269,10 +269,10 @@ def log_variance(process: Process, output: jax.Array, t: ArrayLike, s: ArrayLike
     v = output[..., output.shape[-1] // 2:]
 
     def logs(t_, s_):
-        t_, s_ = (jnp.reshape(jnp.asarray(u), (-1,) + (1,) * (v.ndim - 1)) for u in (t_, s_))
-        a_t, a_s = process.alpha(t_) ** 2, process.alpha(s_) ** 2
-        log_beta = jnp.log1p(-a_t / a_s)
-        return log_beta, log_beta + jnp.log1p(-a_s) - jnp.log1p(-a_t)
+        # From log alpha, with expm1: 1 - a_t / a_s and 1 - a near a = 1 keep float32's relative precision.
+        la_t, la_s = (process.log_alpha(jnp.reshape(as_float(u), (-1,) + (1,) * (v.ndim - 1))) for u in (t_, s_))
+        log_beta = jnp.log(-jnp.expm1(2.0 * (la_t - la_s)))
+        return log_beta, log_beta + jnp.log(-jnp.expm1(2.0 * la_s)) - jnp.log(-jnp.expm1(2.0 * la_t))
 
     log_beta, log_beta_tilde = logs(t, s)
     if posterior_step is not None:
