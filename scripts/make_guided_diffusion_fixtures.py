@@ -29,6 +29,11 @@ it). Written: x_init (B, H, W, C), labels, scale, timesteps (the original steps 
 (each step's sample), unguided_final (the same loop without cond_fn), alphas_cumprod_linear / _cosine
 (get_named_beta_schedule's tables), and log_variance_i2 / log_variance_i0: p_mean_variance's learned log variance on
 x_init at respaced indices 2 and 0 (the latter uses the clipped posterior variance).
+
+`released_shapes.json`: for every preset of scripts/convert_checkpoint.py (the released checkpoints' flags), the
+parameter count and the sha256 of the sorted "name:shape" lines of the network script_util builds from those flags
+(on torch's meta device: no weights), with guided-diffusion's 1-D convolutions' (O, I, 1) written (O, I) as the loader
+reads them. The test hashes the names and shapes our loader expects for the same flags.
 """
 
 from __future__ import annotations
@@ -238,6 +243,35 @@ def ddim_guided(model, classifier, repo: str, path: str, seed: int = 0) -> None:
              log_variance_i2=nhwc(log_variance[2]), log_variance_i0=nhwc(log_variance[0]), **tables)
 
 
+def shape_digest(shapes: dict[str, tuple[int, ...]]) -> str:
+    """sha256 of the sorted "name:d0,d1,..." lines (the test computes the same from our expected parameters)."""
+    import hashlib
+
+    lines = sorted(f"{name}:{','.join(map(str, shape))}" for name, shape in shapes.items())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def released_shapes(repo: str, path: str) -> None:
+    """{preset: {"parameters": count, "sha256": shape_digest}} of the released architectures, into `path`."""
+    import torch
+
+    script_util, _, _ = import_reference(repo)
+    converter = _converter()
+    out = {}
+    for name in sorted(converter.GUIDED_DIFFUSION_PRESETS):
+        config = converter.guided_diffusion_config(name, None)
+        with torch.device("meta"):
+            if "model_flags" in config:
+                net = script_util.create_model(**config["model_flags"])
+            else:
+                net = script_util.create_classifier(**config["classifier_flags"])
+        shapes = {k: tuple(v.shape[:-1]) if v.ndim == 3 and v.shape[-1] == 1 else tuple(v.shape)
+                  for k, v in net.state_dict().items()}
+        out[name] = {"parameters": sum(p.numel() for p in net.parameters()), "sha256": shape_digest(shapes)}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True, help="a checkout of openai/guided-diffusion")
@@ -245,6 +279,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     nets = {name: write_network(name, args.repo, args.out) for name, spec in SPECS.items() if spec["fixture"]}
     ddim_guided(nets["adm_new"], nets["classifier"], args.repo, os.path.join(args.out, "ddim_guided.npz"))
+    released_shapes(args.repo, os.path.join(args.out, "released_shapes.json"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(args.out) for f in files)
     print(f"wrote {args.out} ({total / 1e6:.2f} MB)")
 

@@ -29,7 +29,8 @@ import pytest
 from fastsamplers import samplers
 from fastsamplers.models import pretrained
 from fastsamplers.models.pretrained import guided_diffusion as gd
-from fastsamplers.models.pretrained.adm import ADMConfig
+from fastsamplers.models.pretrained.adm import ADMConfig, ADMEncoder, ADMUNet
+from fastsamplers.models.pretrained.diffusers import expected_params, torch_shape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "guided_diffusion")
@@ -172,6 +173,24 @@ def test_every_preset_makes_a_config_the_loader_accepts(preset):
         assert arch.attention_resolutions == tuple(arch.image_size // r for r in (32, 16, 8))
 
 
+def test_released_architectures_have_guided_diffusions_parameters():
+    """For every released checkpoint's preset, the parameter names and shapes the loader expects are those of the
+    network guided-diffusion's script_util builds from the same flags (released_shapes.json: their count and hash),
+    so a converted release file loads (64x64_diffusion: 295.9M parameters, 512x512_diffusion: 559.0M)."""
+    recorded = json.load(open(os.path.join(FIXTURES, "released_shapes.json")))
+    assert sorted(recorded) == sorted(CONVERTER.GUIDED_DIFFUSION_PRESETS)
+    for preset, facts in recorded.items():
+        config = CONVERTER.guided_diffusion_config(preset, None)
+        if "classifier_flags" in config:
+            arch, network = gd.classifier_config(config["classifier_flags"], preset), ADMEncoder
+        else:
+            arch, network = gd.model_config(config["model_flags"], preset), ADMUNet
+        expected = expected_params(network(arch), (arch.image_size, arch.image_size, 3))
+        shapes = {gd.torch_name(p): torch_shape(p, s) for p, s in expected.items()}
+        assert sum(int(np.prod(s)) for s in shapes.values()) == facts["parameters"], preset
+        assert SCRIPT.shape_digest(shapes) == facts["sha256"], preset
+
+
 def test_released_architectures():
     """The REFERENCES table: widths, heads, attention order, channel_mult (0.5 at 512), schedules."""
     def arch(preset):
@@ -243,7 +262,8 @@ def _edited(tmp_path, name, **changes):
 def test_bad_folders_are_one_sentence(name, changes, error, words, tmp_path):
     with pytest.raises(error, match=words) as info:
         pretrained.load(_edited(tmp_path, name, **changes))
-    assert "\n" not in str(info.value) and "config.json" in str(info.value) or "model.safetensors" in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and ("config.json" in message or "model.safetensors" in message)
 
 
 def test_missing_weights_and_foreign_config(tmp_path):
