@@ -139,11 +139,12 @@ CONVERTERS = {"guided_diffusion": convert_guided_diffusion}
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", help="guided_diffusion: the released checkpoint's name, one of "
-                        f"{sorted(GUIDED_DIFFUSION_PRESETS)}")
-    parser.add_argument("--flags", help="guided_diffusion: JSON text or file {\"model_flags\" or \"classifier_flags\": "
-                        "{create_model's / create_classifier's arguments}, \"diffusion_flags\": "
-                        "{create_gaussian_diffusion's}}, over the preset's if both are given")
+    group = parser.add_argument_group("guided_diffusion")
+    group.add_argument("--preset", help="guided_diffusion: the released checkpoint's name, one of "
+                       f"{sorted(GUIDED_DIFFUSION_PRESETS)}")
+    group.add_argument("--flags", help="guided_diffusion: JSON text or file {\"model_flags\" or \"classifier_flags\": "
+                       "{create_model's / create_classifier's arguments}, \"diffusion_flags\": "
+                       "{create_gaussian_diffusion's}}, over the preset's if both are given")
 
 
 def main(argv=None):

@@ -266,6 +266,16 @@ def test_bad_folders_are_one_sentence(name, changes, error, words, tmp_path):
     assert "\n" not in message and ("config.json" in message or "model.safetensors" in message)
 
 
+def test_diffusion_steps_is_the_scripts_name_for_steps():
+    """diffusion_defaults()'s key (what script_util's callers pass) works as create_gaussian_diffusion's `steps`."""
+    flags = dict(SCRIPT.SPECS["adm_legacy"]["diffusion_flags"])
+    flags["diffusion_steps"] = flags.pop("steps")
+    process, _ = gd.diffusion_process(flags, "config.json")
+    assert len(process.alphas_cumprod) == 1000
+    with pytest.raises(ValueError, match="steps=500 and diffusion_steps=1000; give one"):
+        gd.diffusion_process(dict(flags, steps=500), "config.json")
+
+
 def test_missing_weights_and_foreign_config(tmp_path):
     folder = _edited(tmp_path, "adm_legacy")
     os.remove(os.path.join(folder, "model.safetensors"))

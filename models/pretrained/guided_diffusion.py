@@ -4,8 +4,8 @@
 config.json = {"layout": "guided_diffusion", "model_flags": {...}, "diffusion_flags": {...}} for a diffusion model,
 with "classifier_flags" in place of "model_flags" for a noisy classifier; model.safetensors = the state dict under
 guided-diffusion's own names. The flags are the arguments of guided_diffusion/script_util.py's `create_model`
-(`MODEL_FLAGS`), `create_classifier` (`CLASSIFIER_FLAGS`) and `create_gaussian_diffusion` (`DIFFUSION_FLAGS`), with
-their meaning there: attention_resolutions "32,16,8" are resolutions (ds = image_size // resolution), channel_mult ""
+(`MODEL_FLAGS`), `create_classifier` (`CLASSIFIER_FLAGS`) and `create_gaussian_diffusion` (`DIFFUSION_FLAGS`; its
+`steps` may also be given under the scripts' name `diffusion_steps`), with their meaning there: attention_resolutions "32,16,8" are resolutions (ds = image_size // resolution), channel_mult ""
 is the image size's default (script_util.py:148-158), class_cond gives 1000 classes. Missing keys take those
 functions' defaults (create_classifier has none but classifier_use_fp16); the converter writes every key.
 channel_mult may also be a list of numbers (not a script_util form: it allows the 512x512 default's 0.5 at other
@@ -147,6 +147,11 @@ def classifier_config(flags: dict[str, Any], source: str) -> ADMConfig:
 
 def diffusion_process(flags: dict[str, Any], source: str) -> tuple[Process, str]:
     """(the `vp_discrete` process, the prediction kind) of create_gaussian_diffusion's flags."""
+    if isinstance(flags, dict) and "diffusion_steps" in flags:  # the scripts' name (diffusion_defaults()) for steps
+        if "steps" in flags and flags["steps"] != flags["diffusion_steps"]:
+            raise ValueError(f"{source}: diffusion_flags has steps={flags['steps']} and diffusion_steps="
+                             f"{flags['diffusion_steps']}; give one")
+        flags = {("steps" if k == "diffusion_steps" else k): v for k, v in flags.items()}
     f = _flags(DIFFUSION_FLAGS, flags, source, "diffusion_flags")
     steps = int(f["steps"])
     if f["rescale_timesteps"] and steps != 1000:
