@@ -41,8 +41,8 @@ def classifier_guided(model_fn: ModelFn, classifier_fn: ModelFn, scale: ArrayLik
       model_fn: model_fn(x, t, model_args) -> prediction of kind `prediction` (unconditional, or class-conditional
         with model_args = (params, labels)).
       classifier_fn: classifier_fn(x, t, classifier_params) -> logits of shape (batch, num_classes), x the noisy
-        state at time t (the time the sampler passes: guided-diffusion's classifiers take the step index, so wrap
-        them to map t as their model's loader does).
+        state at time t (the time the sampler passes; a loaded guided-diffusion classifier's
+        `PretrainedClassifier.classifier_fn` maps t to its step index as its model's loader does).
       scale: the guidance scale (0: no guidance, 1: the classifier's Bayes posterior); a finite number, an array,
         or a tracer (a `jax.vmap` over it is one program).
       process: the process the model is sampled on (sigma(t), and the conversions between prediction kinds).

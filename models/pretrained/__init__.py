@@ -10,8 +10,16 @@ flax msgpack `checkpoint_N` of Song et al.'s code, with the model config named b
 (`models.pretrained.score_sde_pytorch`: a `checkpoint_N.pth` of the PyTorch port, converted once by
 scripts/convert_checkpoint.py into config.json + model.safetensors), all three giving the Flax network
 `models.pretrained.unet2d.UNet2D`; "edm" (`models.pretrained.edm`: a folder converted from an EDM network pickle by
-scripts/convert_checkpoint.py; EDM's preconditioned networks). A converted folder's config.json names its layout.
-Only safe formats are read: safetensors and msgpack, never pickle (scripts/convert_to_safetensors.py and
+scripts/convert_checkpoint.py; EDM's preconditioned networks); "guided_diffusion" (`models.pretrained.guided_diffusion`:
+a folder converted by scripts/convert_checkpoint.py) gives ADM's `models.pretrained.adm.ADMUNet`, or for a noisy
+classifier a `PretrainedClassifier` (`classifier_fn` for `samplers.classifier_guided`):
+
+    c = models.pretrained.load("converted/64x64_classifier")
+    fn = samplers.classifier_guided(m.model_fn, c.classifier_fn, 1.0, process=m.process)
+    x, info = samplers.sample(fn, "ddim", m.process, x_init, ts, args=((m.params, labels), (c.params, labels)))
+
+A converted folder's config.json names its layout. Only safe formats are read: safetensors, JSON and msgpack, never
+pickle (scripts/convert_to_safetensors.py and
 scripts/convert_checkpoint.py convert a torch file once).
 """
 
@@ -21,16 +29,17 @@ import os
 from typing import Any
 
 from fastsamplers.core import Registry, read_json
-from fastsamplers.models.pretrained import diffusers, edm, score_sde, score_sde_pytorch
-from fastsamplers.models.pretrained.model import Pretrained
+from fastsamplers.models.pretrained import diffusers, edm, guided_diffusion, score_sde, score_sde_pytorch
+from fastsamplers.models.pretrained.model import Pretrained, PretrainedClassifier
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 # layout -> its loader, load(path, **options) -> Pretrained.
 LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load,
-                              "score_sde_pytorch": score_sde_pytorch.load, "edm": edm.load}, ordered=True,
+                              "score_sde_pytorch": score_sde_pytorch.load, "edm": edm.load,
+                              "guided_diffusion": guided_diffusion.load}, ordered=True,
                    unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
-__all__ = ["LAYOUTS", "Pretrained", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
+__all__ = ["LAYOUTS", "Pretrained", "PretrainedClassifier", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
 
 
 def detect_layout(path: str) -> str:
@@ -44,7 +53,10 @@ def detect_layout(path: str) -> str:
         config = os.path.join(path, "config.json")
         raw = read_json(config) if os.path.isfile(config) else None
         if isinstance(raw, dict) and "layout" in raw:
-            return LAYOUTS.check(raw["layout"])
+            try:
+                return LAYOUTS.check(raw["layout"])
+            except ValueError as error:  # the sentence, naming the file
+                raise ValueError(f"{config}: {error}") from None
         if raw is not None or os.path.isfile(os.path.join(path, "unet", "config.json")):
             return "diffusers"
         if score_sde.checkpoint_files(path):
@@ -57,7 +69,7 @@ def detect_layout(path: str) -> str:
                             f"(one of {list(LAYOUTS)})")
 
 
-def load(path: str, layout: str | None = None, **options: Any) -> Pretrained:
+def load(path: str, layout: str | None = None, **options: Any) -> Pretrained | PretrainedClassifier:
     """Load a published checkpoint.
 
     Args:
@@ -69,7 +81,8 @@ def load(path: str, layout: str | None = None, **options: Any) -> Pretrained:
         config keys), or `models.pretrained.score_sde_pytorch.load` (score_sde config keys).
 
     Returns:
-      A `Pretrained`: params, apply, model_fn, process, prediction, timestep, image_shape, num_classes, null_label.
+      A `Pretrained`: params, apply, model_fn, process, prediction, timestep, image_shape, num_classes, null_label;
+      for a guided-diffusion classifier folder a `PretrainedClassifier` (params, apply, classifier_fn, ...).
 
     Raises:
       FileNotFoundError, ValueError, NotImplementedError: before any compute, naming the file and the key.

@@ -1,11 +1,12 @@
-"""What a loaded checkpoint is (`Pretrained`), and the checks every loader makes before any compute: its weights
-(`check_weights`; its JSON files are read by `core.read_json`, whose errors name the file)."""
+"""What a loaded checkpoint is (`Pretrained`, and `PretrainedClassifier` for a noisy classifier), and the checks every
+loader makes before any compute: its weights (`check_weights`; its JSON files are read by `core.read_json`, whose
+errors name the file)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Callable, Hashable
+from typing import TYPE_CHECKING, Callable, Hashable, Union
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +17,14 @@ from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 if TYPE_CHECKING:
+    from fastsamplers.models.pretrained.adm import ADMConfig
     from fastsamplers.schedules.processes import Process
 
 # apply(params, x, timestep, class_labels=None) -> output, and timestep(t) -> the network's time input (`Pretrained`).
 ApplyFn = Callable[..., jax.Array]
 TimestepFn = Callable[[ArrayLike], jax.Array]
+# A network's architecture: the flax module class a loader builds takes it as its one field.
+NetworkConfig = Union["UNet2DConfig", "ADMConfig"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (samplers cache on model_fn, not params)
@@ -38,14 +42,14 @@ class Pretrained:
       process: the `schedules.Process` the checkpoint was trained for.
       prediction: what the network predicts, one of `models.predictions.KINDS`.
       timestep: timestep(t) -> the network's time input at framework time t: the (fractional) DDPM step index
-        `process.discrete_index(t)` = N t - 1 for a beta-table checkpoint, `process.sigma(t)` for an NCSN++ VE one,
-        999 t for a score_sde VP one, t itself (EDM's sigma) for an EDM one.
+        `process.discrete_index(t)` = N t - 1 for a beta-table checkpoint (diffusers, guided-diffusion),
+        `process.sigma(t)` for an NCSN++ VE one, 999 t for a score_sde VP one, t itself (EDM's sigma) for an EDM one.
       image_shape: (H, W, C) of the images the checkpoint was trained on.
       num_classes: the number of label embeddings of a class-conditional network (labels 0..num_classes-1), else None.
       null_label: the label that means "no class" (for classifier-free guidance), where the checkpoint has one and
         the caller named it, else None.
       config: the network's architecture, a hashable frozen dataclass of its layout
-        (`models.pretrained.unet2d.UNet2DConfig`, `models.pretrained.edm.EDMConfig`).
+        (`models.pretrained.unet2d.UNet2DConfig`, `models.pretrained.edm.EDMConfig`, `models.pretrained.adm.ADMConfig`).
       source: the file or folder it was read from; layout: the `models.pretrained.LAYOUTS` name it was read as.
     """
 
@@ -63,6 +67,33 @@ class Pretrained:
     layout: str = ""
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PretrainedClassifier:
+    """A published noisy classifier p(y | x_t) in the framework's conventions (guided-diffusion's ImageNet ones).
+
+    Attributes:
+      params: the weights, a pytree of jnp float32 arrays.
+      apply: apply(params, x, timestep) -> logits (B, num_classes) at the checkpoint's own time input.
+      classifier_fn: classifier_fn(x, t, params) -> logits in the framework's time, `apply(params, x, timestep(t))`
+        with t a scalar or (B,): the `classifier_fn` of `samplers.classifier_guided`.
+      process: the process of the diffusion it was trained on (its time mapping).
+      timestep: timestep(t) -> the network's time input, as for `Pretrained`.
+      image_shape: (H, W, C) of its inputs; num_classes: the number of logits.
+      config, source, layout: as for `Pretrained`.
+    """
+
+    params: PyTree
+    apply: ApplyFn
+    classifier_fn: ModelFn
+    process: Process
+    timestep: TimestepFn
+    image_shape: Shape
+    num_classes: int
+    config: Hashable | None = None
+    source: str = ""
+    layout: str = ""
+
+
 # The network's time label for t on the process: the discrete index (DDPM tables), sigma(t) (VE), or 999 t
 # (score_sde's continuous VP label). name -> label(process, t).
 TIME_INPUTS = Registry("time_input", {"index": lambda process, t: process.discrete_index(t),
@@ -72,14 +103,20 @@ TIME_INPUTS = Registry("time_input", {"index": lambda process, t: process.discre
 
 
 @functools.lru_cache(maxsize=32)
-def make_functions(config: UNet2DConfig, process: Process, time_input: str, num_classes: int | None,
-                   null_label: int | None) -> tuple[TimestepFn, ApplyFn, ModelFn]:
-    """(timestep, apply, model_fn) of the `UNet2D` of `config` on `process` (see `Pretrained`); time_input "index"
-    (the network takes `process.discrete_index(t)`), "sigma" (`process.sigma(t)`) or "t999" (999 t, score_sde's
-    continuous VP label). Cached on these (hashable) arguments: checkpoints of one architecture and process (two
-    loads, EMA and raw weights) share the same function objects, hence jax's and the samplers' compiled programs."""
+def make_functions(config: NetworkConfig, process: Process, time_input: str, num_classes: int | None,
+                   null_label: int | None, network: type = UNet2D,
+                   model_channels: int | None = None) -> tuple[TimestepFn, ApplyFn, ModelFn]:
+    """(timestep, apply, model_fn) of the `network` (a flax module class, built as network(config)) on `process`
+    (see `Pretrained`); time_input "index" (the network takes `process.discrete_index(t)`), "sigma"
+    (`process.sigma(t)`) or "t999" (999 t, score_sde's continuous VP label). model_fn keeps the first
+    `model_channels` output channels when given (guided-diffusion's learned sigma: [eps | v], apply returns both).
+    Cached on these (hashable) arguments: checkpoints of one architecture and process (two loads, EMA and raw
+    weights) share the same function objects, hence jax's and the samplers' compiled programs."""
     label = TIME_INPUTS.lookup(time_input)
-    net = UNet2D(config)
+    net = network(config)
+
+    def kept(out):
+        return out if model_channels is None else out[..., :model_channels]
 
     def timestep(t):
         return label(process, t)
@@ -94,11 +131,11 @@ def make_functions(config: UNet2DConfig, process: Process, time_input: str, num_
 
     if num_classes is None:
         def model_fn(x, t, args):
-            return apply(args, x, timestep(batch_times(t, x.shape[0])))
+            return kept(apply(args, x, timestep(batch_times(t, x.shape[0]))))
     else:
         def model_fn(x, t, args):
             params, labels = split_conditional_args(args, num_classes)
-            return apply(params, x, timestep(batch_times(t, x.shape[0])), labels)
+            return kept(apply(params, x, timestep(batch_times(t, x.shape[0])), labels))
 
     return timestep, apply, model_fn
 
