@@ -190,7 +190,7 @@ def _bad_npz(path, **arrays):
      "no null label"),
     ("num_samples", dict(num_samples=0), ValueError, "num_samples must be an integer >= 2"),
     ("feature", dict(feature="clip"), ValueError, "unknown feature 'clip'"),
-    ("layout_option", dict(model_config="vp/cifar10_ddpmpp_continuous"), ValueError, "for the other layout"),
+    ("layout_option", dict(model_config="vp/cifar10_ddpmpp_continuous"), ValueError, "are for another layout"),
     ("grid_option", dict(grid_options={"rho": 7.0}), ValueError, r"grid 'logsnr' has no option\(s\) \['rho'\]"),
     ("learned_nfe", dict(solver="olss", solver_options={"path": LEARNED_VP}), ValueError,
      "a learned sampler of 5 model calls, but nfe=2; set nfe=5"),

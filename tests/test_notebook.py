@@ -25,3 +25,29 @@ def test_notebook_executes_on_smoke_settings(tmp_path, monkeypatch):
     assert "no checkpoint in" in text
     assert (tmp_path / "out" / "oracle" / "rows.json").exists()
     assert (tmp_path / "out" / "oracle" / "table.png").stat().st_size > 1000
+
+
+PUBLISHED = os.path.join(ROOT, "experiments", "notebooks", "published_checkpoints.ipynb")
+
+
+def test_published_checkpoints_notebook_executes_on_the_edm_fixture(tmp_path, monkeypatch):
+    """Convert (printed: no torch here), load the committed EDM fixture, sample solvers x NFE, score a smoke FID of
+    one preset row, and print it beside the published table."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("FASTSAMPLERS_SMOKE", "1")
+    monkeypatch.setenv("FASTSAMPLERS_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    for name in ("FASTSAMPLERS_SOURCE", "FASTSAMPLERS_CHECKPOINT", "FASTSAMPLERS_REFERENCE"):
+        monkeypatch.delenv(name, raising=False)
+    notebook = nbformat.read(PUBLISHED, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.dirname(PUBLISHED)}}).execute()
+    text = "".join(output.get("text", "") + str(output.get("data", {}).get("text/markdown", ""))
+                   for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", []))
+    assert "convert with:" in text and "--layout edm" in text
+    assert "layout edm, process edm, prediction x0" in text
+    assert "iPNDM-4 NFE  5" in text and "Euler NFE  6" in text
+    assert "iPNDM-4 at NFE 5: fd_random_projection" in text
+    assert "| iPNDM-4 | " in text and " / 13.59 (" in text  # ours beside the published 13.59 at NFE 5
+    assert (tmp_path / "out" / "samples.png").stat().st_size > 1000

@@ -100,13 +100,16 @@ def oracle(config) -> Source:
 @_source("pretrained", "checkpoint", "layout", "model_config", "params", "scheduler_config", "variant", "null_label")
 def pretrained(config) -> Source:
     if not config.checkpoint:
-        raise ValueError("config.checkpoint is empty: give a diffusers folder or a score_sde checkpoint_N file")
+        raise ValueError("config.checkpoint is empty: give a diffusers folder, a score_sde checkpoint_N file or a "
+                         "folder of scripts/convert_checkpoint.py")
     if not os.path.exists(config.checkpoint):
         raise FileNotFoundError(f"checkpoint {config.checkpoint!r} not found")
     layout = pretrained_models.LAYOUTS.check(config.layout) if config.layout else \
         pretrained_models.detect_layout(config.checkpoint)
     options = _load_options(config, layout)
     model = pretrained_models.load(config.checkpoint, layout=layout, **options)
+    if not isinstance(model, pretrained_models.Pretrained):
+        raise ValueError(f"{config.checkpoint} is a {type(model).__name__}, not a diffusion model to sample")
     files = _checkpoint_files(model, config, layout, options)
     record = {"path": os.path.abspath(config.checkpoint), "layout": layout, "load_options": options, "files": files,
               "sha256": core.fingerprint(list(files.values()))}
@@ -120,20 +123,23 @@ def pretrained(config) -> Source:
     return Source(target, classes, model.null_label, identity, record)
 
 
+# layout -> {config key: its `models.pretrained.load` option}; the other layouts take none of these keys. A key at its
+# default ("", None, or "params_ema") is not passed.
+LOAD_OPTIONS = {"diffusers": {"scheduler_config": "scheduler_config", "variant": "variant", "null_label": "null_label"},
+                "score_sde": {"model_config": "config", "params": "params"}}
+_DEFAULTS = {"params": "params_ema"}
+
+
 def _load_options(config, layout):
-    """The keywords of models.pretrained.load for the layout; a set option of the other layout is an error."""
-    diffusers_options = {"scheduler_config": config.scheduler_config or None, "variant": config.variant or None,
-                         "null_label": config.null_label}
-    score_sde_options = {"config": config.model_config or None,
-                         "params": None if config.params == "params_ema" else config.params}
-    ours, theirs, their_names = ((diffusers_options, score_sde_options, ("model_config", "params"))
-                                 if layout == "diffusers" else
-                                 (score_sde_options, diffusers_options, ("scheduler_config", "variant", "null_label")))
-    wrong = [name for name, value in zip(their_names, theirs.values()) if value is not None]
+    """The keywords of models.pretrained.load for the layout; a set option of another layout is an error."""
+    given = {key: config[key] for keys in LOAD_OPTIONS.values() for key in keys
+             if config[key] not in ("", None, _DEFAULTS.get(key))}
+    ours = LOAD_OPTIONS.get(layout, {})
+    wrong = sorted(set(given) - set(ours))
     if wrong:
-        raise ValueError(f"{config.checkpoint} is a {layout} checkpoint: the option(s) {wrong} are for the other "
+        raise ValueError(f"{config.checkpoint} is a {layout} checkpoint: the option(s) {wrong} are for another "
                          f"layout ({list(pretrained_models.LAYOUTS)})")
-    return {k: v for k, v in ours.items() if v is not None}
+    return {ours[key]: value for key, value in given.items()}
 
 
 def _checkpoint_files(model, config, layout, options):
@@ -143,6 +149,9 @@ def _checkpoint_files(model, config, layout, options):
 
         files = list(diffusers_layout.find_files(config.checkpoint, options.get("variant"),
                                                  options.get("scheduler_config")))
+    elif os.path.isdir(model.source):  # a converted folder: its config.json and weights
+        files = [os.path.join(model.source, name) for name in sorted(os.listdir(model.source))
+                 if name in ("config.json", "model.safetensors")]
     else:
         files = [model.source] + ([config.model_config] if os.path.isfile(config.model_config) else [])
     return {os.path.abspath(f): core.sha256_file(f) for f in files}
