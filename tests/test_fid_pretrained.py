@@ -250,6 +250,35 @@ def test_guidance_on_the_conditional_fixture(reference_images, tmp_path, monkeyp
     assert diff.max() <= 1 and np.mean(diff == 0) > 0.99  # equal but where float32 rounding meets a .5 tie
 
 
+def test_classifier_guidance_on_the_adm_fixture(reference_images, tmp_path):
+    """guided-diffusion's model and noisy classifier (random-weight fixtures): the saved samples are those of
+    samplers.sample on samplers.classifier_guided with balanced labels, and the classifier is in the fingerprint."""
+    checkpoint, classifier = (os.path.join(ROOT, "tests", "fixtures", "guided_diffusion", name)
+                              for name in ("adm_new", "classifier"))
+    config = smoke_config(reference_images[0], checkpoint=checkpoint, classifier=classifier, classifier_scale=3.0,
+                          num_samples=4, num_save=4)
+    results = fid_protocol.run(config, str(tmp_path / "guided"))
+    assert results["guidance"]["classifier"]["scale"] == 3.0 and np.isfinite(results["value"])
+    assert "classifier guidance 3" in results["description"]
+    m, c = pretrained.load(checkpoint), pretrained.load(classifier)
+    key = jax.random.fold_in(jax.random.PRNGKey(0), fid_protocol.NOISE_STREAM)
+    x = jnp.stack([m.process.prior(jax.random.fold_in(key, k), m.image_shape, dtype=jnp.float32) for k in range(4)])
+    labels = jnp.arange(4)  # classes[k % 1000]
+    model = samplers.classifier_guided(m.model_fn, c.classifier_fn, 3.0, process=m.process)
+    ts = schedules.get_timesteps("logsnr", m.process, 2)
+    x, _ = samplers.sample(model, "ddim", m.process, x, ts, prediction=m.prediction,
+                           args=((m.params, labels), (c.params, labels)))
+    expected = np.round(np.clip((np.asarray(x, np.float64) + 1) * 127.5, 0, 255))
+    diff = np.abs(np.load(tmp_path / "guided" / "samples.npz")["images"] - expected)
+    assert diff.max() <= 1 and np.mean(diff == 0) > 0.99  # equal but where float32 rounding meets a .5 tie
+    with pytest.raises(ValueError, match="statistics of another run .*differs in classifier_scale"):
+        fid_protocol.run(smoke_config(reference_images[0], checkpoint=checkpoint, classifier=classifier,
+                                      classifier_scale=1.0, num_samples=4, num_save=4), str(tmp_path / "guided"))
+    with pytest.raises(ValueError, match="takes \\(8, 8, 3\\) images on process 'vp_discrete'; the model makes"):
+        fid_protocol.run(smoke_config(reference_images[0], checkpoint=os.path.join(FIXTURES, "ncsnpp"),
+                                      classifier=classifier), str(tmp_path / "other"))
+
+
 def test_two_guidance_scales_share_one_compiled_sampler(reference_images, tmp_path):
     """The runner's sampling program is keyed on the structures of the model and the solver
     (`samplers.pytrees.split`), the guidance scale traced: a second scale traces the model no more, and gives other

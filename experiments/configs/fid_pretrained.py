@@ -64,8 +64,9 @@ statistics are the user's: EDM's `fid.py ref --data=cifar10-32x32.zip --dest=cif
 in the same table as a row of their own: `--config.solver=file --config.solver_options="{'path': 'LEARNED.json'}"
 --config.label='OLSS (ours)'` (the file's own grid is used; scripts/learn_sampler.py makes it on the same model).
 Other presets: edm_ffhq64_uncond_vp and edm_imagenet64_cond_adm (the same rows), score_sde_cifar10_ddpmpp_deep_continuous
-(score_sde_pytorch's checkpoint_8.pth converted with --layout score_sde_pytorch) and adm_imagenet64
-(guided-diffusion's 64x64 model).
+(score_sde_pytorch's checkpoint_8.pth converted with --layout score_sde_pytorch), adm_imagenet64 (guided-diffusion's
+64x64 model) and adm_imagenet64_guided (the same with classifier guidance: `--config.classifier=` the converted
+64x64_classifier folder; `--config.classifier_scale=` overrides the release's 1.0).
 
 Overrides: `--config.num_samples=10000`, `--config.guidance_scale=2.0 --config.null_label=10` (a class-conditional
 checkpoint), `--config.grid=file:outputs/oss/oss_s{num_steps}.json` (a distilled schedule; {nfe} and {num_steps} are
@@ -124,6 +125,9 @@ PRESETS = Registry("preset", {
                                                      published="score_sde_cifar10_ddpmpp_deep_continuous"),
     "adm_imagenet64": dict(layout="guided_diffusion", t_min=None, t_max=None, nfes=(5, 6, 8, 10, 20), rows=_VP_ROWS,
                            published="adm_imagenet64"),
+    # With guided-diffusion's 64x64 classifier (--config.classifier=...) at the release's scale 1.0 (its README).
+    "adm_imagenet64_guided": dict(layout="guided_diffusion", t_min=None, t_max=None, nfes=(5, 6, 8, 10, 20),
+                                  rows=_VP_ROWS, published="adm_imagenet64", classifier_scale=1.0),
 }, unknown="unknown {kind} {name!r}; valid presets: {valid}")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE_CHECKPOINT = os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm")
@@ -155,6 +159,7 @@ def get_config(arg=None):
     c.scheduler_config = ""  # diffusers: a scheduler_config.json instead of the one beside the UNet
     c.variant = ""  # diffusers: diffusion_pytorch_model.<variant>.safetensors
     c.null_label = placeholder(int)  # diffusers, class-conditional: the "no class" label (needed for guidance)
+    c.classifier = ""  # a converted noisy classifier folder (guided_diffusion): classifier guidance; "" = none
 
     # The sampler.
     c.label = label  # the row's label in results.json (scripts/make_table.py); "" = the solver's name and options
@@ -169,6 +174,7 @@ def get_config(arg=None):
         c.t_min, c.t_max = preset["t_min"], preset["t_max"]
     c.published = preset["published"] if preset else ""  # experiments/results/published/<name>.json, for the report
     c.guidance_scale = 1.0  # class-conditional checkpoints: classifier-free guidance (1 = the conditional model)
+    c.classifier_scale = preset.get("classifier_scale", 1.0) if preset else 1.0  # with `classifier`: its scale
 
     # The protocol.
     c.num_samples = 12 if arg.smoke else 50_000

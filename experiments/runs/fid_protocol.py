@@ -12,7 +12,9 @@ evaluation layer's (`experiments.metrics`: `features`, `references`, `frechet`),
   `fold_in(fold_in(PRNGKey(seed), SOLVER_STREAM), k)` (one key per sample), so a sample does not depend on the batch,
   device, host or run that draws it. A class-conditional model gets balanced labels (sample k: class k mod the number
   of classes, the null label left out) and classifier-free guidance of `guidance_scale` (`samplers.guided`, one
-  network call on the doubled batch).
+  network call on the doubled batch). With `config.classifier` (a converted noisy classifier) the model is guided
+  by it at `classifier_scale` (`samplers.classifier_guided`: the gradient of log p(y | x_t) by `jax.grad` in the
+  compiled loop), the labels balanced over the classifier's classes.
 - The feature (`config.feature`, `features.FEATURES`): "inception" is FID (pool3 of the FID Inception-v3, weights
   from `config.fid_weights`), seeing the samples quantised to uint8 as PNGs would hold them; "random_projection" is
   a test feature whose Fréchet distance is not FID (results.json says which was used: "metric" and "feature").
@@ -103,11 +105,13 @@ class Plan:
     num_steps: int
     nfe: int  # model evaluations per sample
     guidance_scale: float
+    classifier_scale: float  # classifier guidance (`samplers.classifier_guided`), with source.classifier
     feature: features.Feature  # its params replicated on the mesh
     reference: references.Reference
     mesh: Mesh
     batch: int  # samples per device call, a multiple of the devices
     params: Any  # the model's weights, replicated on the mesh
+    classifier_params: Any  # the classifier's weights, replicated (None without one)
     noise_key: Any
     solver_key: Any
     identity: dict  # what decides a shard's content
@@ -132,8 +136,9 @@ def _check_config(config):
             raise ValueError(f"{name} must be >= 1, got {config[name]}")
     if config.num_devices < 0:
         raise ValueError(f"num_devices must be >= 0 (0 = all local devices), got {config.num_devices}")
-    if not math.isfinite(config.guidance_scale):
-        raise ValueError(f"guidance_scale must be finite, got {config.guidance_scale}")
+    for name in ("guidance_scale", "classifier_scale"):
+        if not math.isfinite(config[name]):
+            raise ValueError(f"{name} must be finite, got {config[name]}")
     if not config.grid.startswith("file:"):
         schedules.GRIDS.check_options(config.grid, config.grid_options.to_dict())  # unknown grid or option
 
@@ -193,13 +198,17 @@ def make_plan(config, workdir) -> Plan:
                 "solver": config.solver, "solver_options": options, "grid": config.grid, "ts": ts.tolist(),
                 "nfe": solver.nfe(num_steps), "seed": config.seed, "guidance_scale": float(config.guidance_scale),
                 "classes": source.classes, "null_label": source.null_label, "feature": feature.identity(),
+                "classifier_scale": float(config.classifier_scale) if source.classifier else None,
                 "shard_size": config.shard_size, "x64": bool(jax.config.jax_enable_x64), "shard_format": SHARD_FORMAT}
     return Plan(source=source, solver=solver, label=config.label or _solver_label(config.solver, options),
                 grid=config.grid, ts=jax.device_put(jnp.asarray(ts), replicated), num_steps=num_steps,
                 nfe=solver.nfe(num_steps), guidance_scale=float(config.guidance_scale),
+                classifier_scale=float(config.classifier_scale),
                 feature=dataclasses.replace(feature, params=jax.device_put(feature.params, replicated)),
                 reference=reference, mesh=mesh, batch=-(-config.batch_size // num_devices) * num_devices,
                 params=jax.device_put(target.args, replicated),
+                classifier_params=None if source.classifier is None else jax.device_put(source.classifier.params,
+                                                                                        replicated),
                 noise_key=jax.device_put(jax.random.fold_in(root, NOISE_STREAM), replicated),
                 solver_key=jax.device_put(jax.random.fold_in(root, SOLVER_STREAM), replicated), identity=identity,
                 shards=core.ShardStore(os.path.join(workdir, "shards"), identity,
@@ -217,18 +226,20 @@ def _solver_label(name, options):
 
 @functools.lru_cache(maxsize=8)
 def _sample_program(model_structure, solver_structure, process, prediction, image_shape, classes, null_label, guided,
-                    mesh):
+                    conditional, classifier_fn, mesh):
     """jit(params, indices (n,) int32 sharded, ts, noise_key, solver_key, model leaves, solver leaves, guidance
-    scale) -> float32 samples (n, *image_shape).
+    scale, classifier params, classifier scale) -> float32 samples (n, *image_shape).
 
     Cached on its static inputs, the structures of the model function and the solver (`samplers.pytrees.split`) and
     whether the model is guided: one compiled program per model, solver structure, step count and batch, whatever
     the guidance scale or the solver's numeric options (eta, tau, ...), which are traced arguments, as in
     `samplers.sample`. The guided model function is built inside the traced function, so it is traced and compiled
-    once with it."""
+    once with it. `conditional`: the model takes labels (an unconditional one guided by a classifier does not);
+    `classifier_fn`: a noisy classifier's function for classifier guidance, or None."""
     batch_sharding = features.sharding(mesh, True)
 
-    def draw(params, indices, ts, noise_key, solver_key, model_leaves, solver_leaves, scale):
+    def draw(params, indices, ts, noise_key, solver_key, model_leaves, solver_leaves, scale, classifier_params,
+             classifier_scale):
         model_fn, solver = merge(model_structure, model_leaves), merge(solver_structure, solver_leaves)
         keys = jax.vmap(lambda k: jax.random.fold_in(noise_key, k))(indices)
         x = jax.vmap(lambda key: process.prior(key, image_shape, t=ts[0], dtype=jnp.float32))(keys)
@@ -236,17 +247,21 @@ def _sample_program(model_structure, solver_structure, process, prediction, imag
         model, args = model_fn, params
         if classes is not None:
             labels = jnp.asarray(classes, jnp.int32)[indices % len(classes)]
-            args = (params, labels)
+            args = (params, labels) if conditional else params
             if guided:
                 model = samplers.guided(model_fn, scale, (params, jnp.full_like(labels, null_label)),
                                         batch_axes=(None, 0))
+            if classifier_fn is not None:
+                model = samplers.classifier_guided(model, classifier_fn, classifier_scale, process=process,
+                                                   prediction=prediction)
+                args = (args, (classifier_params, labels))
         key = jax.vmap(lambda k: jax.random.fold_in(solver_key, k))(indices) if solver.stochastic else None
         x, _ = samplers.sample(model, solver, process, x, ts, prediction=prediction, key=key, args=args,
                                check_finite=False)
         return x.astype(jnp.float32)
 
     replicated = features.sharding(mesh, False)
-    return jax.jit(draw, in_shardings=(replicated, batch_sharding) + (replicated,) * 6, out_shardings=batch_sharding)
+    return jax.jit(draw, in_shardings=(replicated, batch_sharding) + (replicated,) * 8, out_shardings=batch_sharding)
 
 
 def sample_batch(plan: Plan, indices: np.ndarray) -> jax.Array:
@@ -254,11 +269,14 @@ def sample_batch(plan: Plan, indices: np.ndarray) -> jax.Array:
     the mesh's data axis: sample k from its own noise key (module docstring), whatever the batch it is drawn in."""
     target = plan.source.target
     (model_structure, model_leaves), (solver_structure, solver_leaves) = split(target.model_fn), split(plan.solver)
+    classifier = plan.source.classifier
     program = _sample_program(model_structure, solver_structure, target.process, target.prediction,
                               tuple(target.shape), plan.source.classes, plan.source.null_label,
-                              plan.guidance_scale != 1.0, plan.mesh)
+                              plan.guidance_scale != 1.0, bool(target.num_classes),
+                              None if classifier is None else classifier.classifier_fn, plan.mesh)
     return program(plan.params, jax.device_put(indices, features.sharding(plan.mesh, True)), plan.ts, plan.noise_key,
-                   plan.solver_key, model_leaves, solver_leaves, plan.guidance_scale)
+                   plan.solver_key, model_leaves, solver_leaves, plan.guidance_scale, plan.classifier_params,
+                   plan.classifier_scale)
 
 
 def _sample_batches(shard, plan, bar, kept, num_save):
@@ -407,8 +425,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results = json.loads(json.dumps(results, default=core.atomic.jsonable))  # what the file holds
         name = "FID" if plan.feature.name == "inception" else f"FD ({plan.feature.name} features, not FID)"
         print(f"{name} {value:.4f}: {total.num_samples} samples, {plan.label}, {plan.grid} grid, NFE {plan.nfe}"
-              + (f", guidance {plan.guidance_scale:g}" if plan.guidance_scale != 1.0 else "")
-              + (f", {total.num_nonfinite} non-finite left out" if total.num_nonfinite else "")
+              + _guidance_text(plan) + (f", {total.num_nonfinite} non-finite left out" if total.num_nonfinite else "")
               + f" -> {os.path.join(workdir, 'results.json')}", flush=True)
     if not complete and not config.keep_shards:
         if process_count > 1:  # the shards go only once process 0 holds the final statistics
@@ -452,6 +469,7 @@ def _merge_over_processes(stats, sampled, resumed):
 def _results(config, plan, value, total, reference, resumed, sampled, sampling_s, wall_s, process_count):
     metric = plan.feature.metric
     network_calls = plan.nfe * (2 if plan.guidance_scale != 1.0 else 1)
+    classifier = plan.source.classifier
     options = plan.identity["solver_options"]
     row = {"label": plan.label, "solver": config.solver, "options": options, "grid": plan.grid,
            "nfe_budget": int(config.nfe), "num_steps": plan.num_steps, "nfe": plan.nfe, "metric": metric,
@@ -477,7 +495,10 @@ def _results(config, plan, value, total, reference, resumed, sampled, sampling_s
                 "network_calls_per_sample": network_calls},
         "guidance": {"scale": plan.guidance_scale, "null_label": source.null_label,
                      "labels": None if source.classes is None else "sample k: classes[k % len(classes)]",
-                     "classes": source.classes},
+                     "classes": source.classes,
+                     "classifier": None if classifier is None else {
+                         "path": source.record["classifier"]["path"], "scale": plan.classifier_scale,
+                         "gradients_per_sample": plan.nfe}},
         "seeds": {"seed": config.seed,
                   "noise": f"sample k: fold_in(fold_in(PRNGKey({config.seed}), {NOISE_STREAM}), k)",
                   "solver": (f"sample k: fold_in(fold_in(PRNGKey({config.seed}), {SOLVER_STREAM}), k)"
@@ -498,6 +519,11 @@ def _results(config, plan, value, total, reference, resumed, sampled, sampling_s
         "versions": versions(),
         "config": config.to_dict(),
         "description": f"{target.description}: {'FID' if metric == 'fid' else metric}, {total.num_samples} samples"
-                       + (f", guidance {plan.guidance_scale:g}" if plan.guidance_scale != 1.0 else ""),
+                       + _guidance_text(plan),
         "rows": [row],
     }
+
+
+def _guidance_text(plan):
+    return ((f", guidance {plan.guidance_scale:g}" if plan.guidance_scale != 1.0 else "")
+            + (f", classifier guidance {plan.classifier_scale:g}" if plan.source.classifier is not None else ""))

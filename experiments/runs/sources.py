@@ -5,7 +5,8 @@
   "oracle"      the Gaussian-mixture oracle: exact predictions, so every sampler error is measurable (keys oracle,
                 seed);
   "pretrained"  a published checkpoint, `models.pretrained.load` (keys checkpoint, layout, model_config, params,
-                scheduler_config, variant, null_label).
+                scheduler_config, variant, null_label, classifier: a converted noisy classifier for classifier
+                guidance, "" for none).
 
 `load(config)` checks that the config has the keys its source reads, then returns a `Source`: the `Target` that is
 sampled, the labels a class-conditional model is sampled with, and what decides the samples (`identity`, for the
@@ -34,7 +35,9 @@ class Source:
 
     `target` is what is sampled (process, prediction, example shape, model_fn and its args). A class-conditional
     model is sampled with balanced labels, sample k with `classes[k % len(classes)]`, and guided with `null_label`
-    as the unconditional call (None: it has none); `classes` is None for an unconditional model.
+    as the unconditional call (None: it has none); `classes` is None for an unconditional model. With a noisy
+    `classifier` (a `models.pretrained.PretrainedClassifier`, for classifier guidance) the labels are its classes
+    even for an unconditional model, which then ignores them.
     """
 
     target: Target
@@ -42,6 +45,7 @@ class Source:
     null_label: int | None
     identity: dict
     record: dict
+    classifier: pretrained_models.PretrainedClassifier | None = None
 
 
 def _source(name, *config_keys):
@@ -97,7 +101,8 @@ def oracle(config) -> Source:
     return _trained(target, identity, dict(identity, description=target.description))
 
 
-@_source("pretrained", "checkpoint", "layout", "model_config", "params", "scheduler_config", "variant", "null_label")
+@_source("pretrained", "checkpoint", "layout", "model_config", "params", "scheduler_config", "variant", "null_label",
+         "classifier")
 def pretrained(config) -> Source:
     if not config.checkpoint:
         raise ValueError("config.checkpoint is empty: give a diffusers folder, a score_sde checkpoint_N file or a "
@@ -117,10 +122,34 @@ def pretrained(config) -> Source:
                 "load_options": {k: v for k, v in options.items() if k != "scheduler_config"}}
     num_classes = model.num_classes
     classes = None if num_classes is None else tuple(c for c in range(num_classes) if c != model.null_label)
+    classifier = _classifier(config.classifier, model) if config.classifier else None
+    if classifier is not None:
+        classes = classes or tuple(range(classifier.num_classes))
+        files = {os.path.abspath(os.path.join(classifier.source, name)): core.sha256_file(
+            os.path.join(classifier.source, name)) for name in ("config.json", "model.safetensors")}
+        record["classifier"] = {"path": os.path.abspath(config.classifier), "files": files}
+        identity["classifier_sha256"] = core.fingerprint(list(files.values()))
     target = Target(model.process, model.prediction, model.image_shape, model.model_fn, args=model.params,
                     num_classes=num_classes or 0,
                     description=os.path.basename(os.path.normpath(config.checkpoint)))
-    return Source(target, classes, model.null_label, identity, record)
+    return Source(target, classes, model.null_label, identity, record, classifier)
+
+
+def _classifier(path, model):
+    """The noisy classifier at `path`, checked against the model it guides (images, time mapping)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"classifier {path!r} not found")
+    classifier = pretrained_models.load(path)
+    if not isinstance(classifier, pretrained_models.PretrainedClassifier):
+        raise ValueError(f"classifier {path!r} is a {type(classifier).__name__}, not a noisy classifier")
+    if tuple(classifier.image_shape) != tuple(model.image_shape) or classifier.process != model.process:
+        raise ValueError(f"classifier {path!r} takes {tuple(classifier.image_shape)} images on process "
+                         f"{classifier.process.name!r}; the model makes {tuple(model.image_shape)} on "
+                         f"{model.process.name!r}")
+    if model.num_classes is not None and model.num_classes != classifier.num_classes:
+        raise ValueError(f"classifier {path!r} has {classifier.num_classes} classes, the model "
+                         f"{model.num_classes}")
+    return classifier
 
 
 # layout -> {config key: its `models.pretrained.load` option}; the other layouts take none of these keys. A key at its
