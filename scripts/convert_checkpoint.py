@@ -96,10 +96,10 @@ def convert_edm(source: str, out_folder: str, args: argparse.Namespace) -> None:
 # script_util.py's model_and_diffusion_defaults() and classifier_defaults(), as create_model / create_classifier /
 # create_gaussian_diffusion name their arguments ("steps", not the scripts' "diffusion_steps"); each preset is the
 # released file's flags from guided-diffusion's README over these.
-_GD_MODEL = dict(image_size=64, num_channels=128, num_res_blocks=2, channel_mult="", learn_sigma=False, class_cond=False,
-                 use_checkpoint=False, attention_resolutions="16,8", num_heads=4, num_head_channels=-1,
-                 num_heads_upsample=-1, use_scale_shift_norm=True, dropout=0.0, resblock_updown=False, use_fp16=False,
-                 use_new_attention_order=False)
+_GD_MODEL = dict(image_size=64, num_channels=128, num_res_blocks=2, channel_mult="", learn_sigma=False,
+                 class_cond=False, use_checkpoint=False, attention_resolutions="16,8", num_heads=4,
+                 num_head_channels=-1, num_heads_upsample=-1, use_scale_shift_norm=True, dropout=0.0,
+                 resblock_updown=False, use_fp16=False, use_new_attention_order=False)
 _GD_CLASSIFIER = dict(image_size=64, classifier_use_fp16=False, classifier_width=128, classifier_depth=2,
                       classifier_attention_resolutions="32,16,8", classifier_use_scale_shift_norm=True,
                       classifier_resblock_updown=True, classifier_pool="attention")
@@ -147,7 +147,8 @@ def guided_diffusion_config(preset: str | None, flags: str | None) -> dict:
     """The converted folder's config.json: a preset's flags, updated section by section by `flags` (JSON text or a
     JSON file: {"model_flags" or "classifier_flags": {...}, "diffusion_flags": {...}})."""
     if preset is None and flags is None:
-        sys.exit(f"--layout guided_diffusion needs --preset (one of {sorted(GUIDED_DIFFUSION_PRESETS)}) or --flags JSON")
+        sys.exit(f"--layout guided_diffusion needs --preset (one of {sorted(GUIDED_DIFFUSION_PRESETS)}) or "
+                 "--flags JSON")
     if preset is not None and preset not in GUIDED_DIFFUSION_PRESETS:
         sys.exit(f"unknown guided_diffusion preset {preset!r}; valid presets: {sorted(GUIDED_DIFFUSION_PRESETS)}")
     config = json.loads(json.dumps(GUIDED_DIFFUSION_PRESETS[preset])) if preset else {}

@@ -1,4 +1,4 @@
-"""FID of a published checkpoint with one solver x time grid x NFE: the standard protocol (50,000 samples, uint8
+r"""FID of a published checkpoint with one solver x time grid x NFE: the standard protocol (50,000 samples, uint8
 images, Inception-v3 pool3 statistics against a reference), sharded over devices and hosts, resumable.
 
 Launch (from the repository root; nothing is downloaded: the checkpoint, the Inception weights and the reference are
@@ -51,22 +51,25 @@ source ran them; `experiments/results/published/NAME.json` holds the source's nu
 
     for row in euler heun dpmpp_3m unipc3 deis_tab3 ipndm4; do
       for nfe in 5 6 8 10; do
-        python scripts/fid_pretrained.py --config experiments/configs/fid_pretrained.py:preset=edm_cifar10_uncond_vp,row=$row \
+        python scripts/fid_pretrained.py \
+          --config experiments/configs/fid_pretrained.py:preset=edm_cifar10_uncond_vp,row=$row \
           --config.checkpoint=$HOME/ckpt/edm-cifar10-32x32-uncond-vp --config.fid_weights=$HOME/fid/inception_fid.npz \
           --config.reference=$HOME/fid/cifar10-32x32.npz --config.nfe=$nfe --workdir outputs/edm_cifar10/${row}_${nfe}
       done
     done
-    python scripts/make_table.py $(printf -- '--rows %s ' outputs/edm_cifar10/*/results.json) --published edm_cifar10_uncond_vp --out outputs/edm_cifar10
+    python scripts/make_table.py $(printf -- '--rows %s ' outputs/edm_cifar10/*/results.json) \
+      --published edm_cifar10_uncond_vp --out outputs/edm_cifar10
 
 The checkpoint is the folder `scripts/convert_checkpoint.py --layout edm` wrote from EDM's pickle. The reference
 statistics are the user's: EDM's `fid.py ref --data=cifar10-32x32.zip --dest=cifar10-32x32.npz` writes the mu/sigma
 .npz read here (or give the dataset's images as an .npz or a folder, see `reference` above). Our learned samplers sit
 in the same table as a row of their own: `--config.solver=file --config.solver_options="{'path': 'LEARNED.json'}"
 --config.label='OLSS (ours)'` (the file's own grid is used; scripts/learn_sampler.py makes it on the same model).
-Other presets: edm_ffhq64_uncond_vp and edm_imagenet64_cond_adm (the same rows), score_sde_cifar10_ddpmpp_deep_continuous
-(score_sde_pytorch's checkpoint_8.pth converted with --layout score_sde_pytorch), adm_imagenet64 (guided-diffusion's
-64x64 model) and adm_imagenet64_guided (the same with classifier guidance: `--config.classifier=` the converted
-64x64_classifier folder; `--config.classifier_scale=` overrides the release's 1.0).
+Other presets: edm_ffhq64_uncond_vp and edm_imagenet64_cond_adm (the same rows),
+score_sde_cifar10_ddpmpp_deep_continuous (score_sde_pytorch's checkpoint_8.pth converted with --layout
+score_sde_pytorch), adm_imagenet64 (guided-diffusion's 64x64 model) and adm_imagenet64_guided (the same with
+classifier guidance: `--config.classifier=` the converted 64x64_classifier folder; `--config.classifier_scale=`
+overrides the release's 1.0).
 
 Overrides: `--config.num_samples=10000`, `--config.guidance_scale=2.0 --config.null_label=10` (a class-conditional
 checkpoint), `--config.grid=file:outputs/oss/oss_s{num_steps}.json` (a distilled schedule; {nfe} and {num_steps} are

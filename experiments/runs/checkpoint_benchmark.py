@@ -45,8 +45,8 @@ SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What `benchmark` measures. torch_python: a python with torch, numpy and safetensors (default
-    $FASTSAMPLERS_TORCH_PYTHON, `pretrained_benchmark.torch_python`); edm_repo, guided_diffusion_repo: checkouts of NVlabs/edm and
-    openai/guided-diffusion; model_dir: where the random models go (default: a temporary folder)."""
+    $FASTSAMPLERS_TORCH_PYTHON, `pretrained_benchmark.torch_python`); edm_repo, guided_diffusion_repo: checkouts of
+    NVlabs/edm and openai/guided-diffusion; model_dir: where the random models go (default: a temporary folder)."""
 
     json: str
     torch_python: str | None = None

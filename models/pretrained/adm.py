@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike
 from fastsamplers.models.pretrained.attention import self_attention
-from fastsamplers.models.pretrained.unet2d import (_conv, _norm, average_downsample, nearest_upsample,
+from fastsamplers.models.pretrained.unet2d import (conv_layer, group_norm_layer, average_downsample, nearest_upsample,
                                                    timestep_embedding)
 
 GROUPS, EPS = 32, 1e-5  # GroupNorm32 (nn.py:93-100): 32 groups, torch's default eps
@@ -85,8 +85,8 @@ class ADMConfig:
             raise ValueError(f"num_res_blocks ({self.num_res_blocks}) must be >= 1 and channel_mult non-empty")
         for c in sorted({self.channel(m) for m in self.channel_mult}):
             if c % GROUPS or c < GROUPS:
-                raise ValueError(f"channel count {c} (channel_mult x model_channels) is not a multiple of GroupNorm32's "
-                                 f"{GROUPS} groups")
+                raise ValueError(f"channel count {c} (channel_mult x model_channels) is not a multiple of "
+                                 f"GroupNorm32's {GROUPS} groups")
         for c, num_heads in self._attention_widths():
             heads = self.heads(c, num_heads)
             if heads < 1 or c % heads:
@@ -135,21 +135,21 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
-        h = nn.silu(_norm(GROUPS, EPS, "in_layers_0")(x))
+        h = nn.silu(group_norm_layer(GROUPS, EPS, "in_layers_0")(x))
         if self.resample is not None:  # unet.py:238-243: resample after the norm and SiLU, before the conv
             resample = nearest_upsample if self.resample == "up" else average_downsample
             h, x = resample(h), resample(x)
-        h = _conv(self.out_channels, 3, "in_layers_2")(h)
+        h = conv_layer(self.out_channels, 3, "in_layers_2")(h)
         emb_out = nn.Dense(2 * self.out_channels if self.scale_shift else self.out_channels,
                            name="emb_layers_1")(nn.silu(emb))[:, None, None, :]
         if self.scale_shift:
             scale, shift = jnp.split(emb_out, 2, axis=-1)  # th.chunk: scale first (unet.py:250)
-            h = _norm(GROUPS, EPS, "out_layers_0")(h) * (1.0 + scale) + shift
+            h = group_norm_layer(GROUPS, EPS, "out_layers_0")(h) * (1.0 + scale) + shift
         else:
-            h = _norm(GROUPS, EPS, "out_layers_0")(h + emb_out)
-        h = _conv(self.out_channels, 3, "out_layers_3")(nn.silu(h))
+            h = group_norm_layer(GROUPS, EPS, "out_layers_0")(h + emb_out)
+        h = conv_layer(self.out_channels, 3, "out_layers_3")(nn.silu(h))
         if x.shape[-1] != self.out_channels:  # unet.py:219-226 (use_conv is never set by UNetModel: a 1x1 conv)
-            x = _conv(self.out_channels, 1, "skip_connection")(x)
+            x = conv_layer(self.out_channels, 1, "skip_connection")(x)
         return x + h
 
 
@@ -163,7 +163,7 @@ class AttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        h = _norm(GROUPS, EPS, "norm")(x)
+        h = group_norm_layer(GROUPS, EPS, "norm")(x)
         return x + self_attention(h, nn.Dense(3 * c, name="qkv"), nn.Dense(c, name="proj_out"), self.heads,
                                   self.layout)
 
@@ -176,8 +176,8 @@ class _Resample(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         if self.direction == "down":
-            return _conv(h.shape[-1], 3, "op", strides=2)(h)
-        return _conv(h.shape[-1], 3, "conv")(nearest_upsample(h))
+            return conv_layer(h.shape[-1], 3, "op", strides=2)(h)
+        return conv_layer(h.shape[-1], 3, "conv")(nearest_upsample(h))
 
 
 def _resample(cfg: ADMConfig, h: jax.Array, emb: jax.Array, direction: str, name: str) -> jax.Array:
@@ -203,7 +203,7 @@ def _time_embedding(cfg: ADMConfig, timesteps: jax.Array, dtype: jnp.dtype) -> j
 def _encoder(cfg: ADMConfig, x: jax.Array, emb: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
     """input_blocks and middle_block (unet.py:476-556, 754-826), created in the calling module's scope. Returns the
     middle block's output and every input block's output (the decoder's skips)."""
-    h = _conv(cfg.channel(cfg.channel_mult[0]), 3, "input_blocks_0_0")(x)
+    h = conv_layer(cfg.channel(cfg.channel_mult[0]), 3, "input_blocks_0_0")(x)
     saved, ds, index = [h], 1, 1
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
@@ -279,8 +279,8 @@ class ADMUNet(nn.Module):
                     h = _resample(cfg, h, emb, "up", f"output_blocks_{index}_{part}")
                     ds //= 2
                 index += 1
-        h = nn.silu(_norm(GROUPS, EPS, "out_0")(h))
-        return _conv(cfg.out_channels, 3, "out_2")(h)
+        h = nn.silu(group_norm_layer(GROUPS, EPS, "out_0")(h))
+        return conv_layer(cfg.out_channels, 3, "out_2")(h)
 
 
 class ADMEncoder(nn.Module):
@@ -299,9 +299,9 @@ class ADMEncoder(nn.Module):
         _check_input(cfg, x, "ADMEncoder")
         emb = _time_embedding(cfg, jnp.broadcast_to(jnp.asarray(timestep, jnp.float32), (x.shape[0],)), x.dtype)
         h, _ = _encoder(cfg, x, emb)
-        h = nn.silu(_norm(GROUPS, EPS, "out_0")(h))
+        h = nn.silu(group_norm_layer(GROUPS, EPS, "out_0")(h))
         if cfg.pool == "adaptive":  # unet.py:837-843: mean over positions, then a 1x1 conv
-            return _conv(cfg.out_channels, 1, "out_3")(jnp.mean(h, axis=(1, 2), keepdims=True))[:, 0, 0]
+            return conv_layer(cfg.out_channels, 1, "out_3")(jnp.mean(h, axis=(1, 2), keepdims=True))[:, 0, 0]
         return AttentionPool2d(cfg.num_head_channels, cfg.out_channels, name="out_2")(h)
 
 

@@ -35,8 +35,8 @@ import numpy as np
 from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike
 from fastsamplers.models.pretrained.attention import self_attention
-from fastsamplers.models.pretrained.unet2d import (_conv, _norm, _quarter_groups, fir_downsample, fir_upsample,
-                                                    timestep_embedding)
+from fastsamplers.models.pretrained.unet2d import (conv_layer, fir_downsample, fir_upsample, group_norm_layer,
+                                                    quarter_groups, timestep_embedding)
 
 # model_type -> its constructor's defaults (networks.py:230-250, 373-387), less img_resolution / in / out_channels.
 _SONG = dict(label_dim=0, augment_dim=0, model_channels=128, channel_mult=(1, 2, 2, 2), channel_mult_emb=4,
@@ -140,17 +140,17 @@ def conv2d(module: nn.Module, x: jax.Array, features: int, kernel: int, name: st
                                   "uses it")
     if fused_resample and down and kernel:  # networks.py:78-80: conv with the filter's padding added, then filter
         f_pad = (len(resample_filter) - 1) // 2
-        x = _conv(features, kernel, name, padding=kernel // 2 + f_pad)(x)
+        x = conv_layer(features, kernel, name, padding=kernel // 2 + f_pad)(x)
         return fir_downsample(x, resample_filter, padding=(0, 0))
     if up:
         x = fir_upsample(x, resample_filter)
     if down:
         x = fir_downsample(x, resample_filter)
-    return _conv(features, kernel, name)(x) if kernel else x
+    return conv_layer(features, kernel, name)(x) if kernel else x
 
 
 def _group_norm(channels, eps, name):
-    return _norm(_quarter_groups(channels), eps, name)  # GroupNorm(num_groups=32, min_channels_per_group=4)
+    return group_norm_layer(quarter_groups(channels), eps, name)  # GroupNorm(num_groups=32, min_channels_per_group=4)
 
 
 class UNetBlock(nn.Module):
@@ -179,14 +179,14 @@ class UNetBlock(nn.Module):
             x = nn.silu(shift + _group_norm(cout, self.eps, "norm1")(x) * (scale + 1))
         else:
             x = nn.silu(_group_norm(cout, self.eps, "norm1")(x + params.astype(x.dtype)))
-        x = _conv(cout, 3, "conv1")(x)
+        x = conv_layer(cout, 3, "conv1")(x)
         if cout != self.in_channels or self.up or self.down:  # networks.py:156-159
             kernel = 1 if self.resample_proj or cout != self.in_channels else 0
             orig = conv2d(self, orig, cout, kernel, "skip", **resample)
         x = (x + orig) * self.skip_scale
         if self.heads:
             def project(features, name):  # EDM's 1x1 Conv2d on (B, L, C)
-                conv = _conv(features, 1, name)
+                conv = conv_layer(features, 1, name)
                 return lambda h: conv(h[:, :, None, :])[:, :, 0, :]
 
             a = self_attention(_group_norm(cout, self.eps, "norm2")(x), project(3 * cout, "qkv"),
@@ -381,7 +381,7 @@ class EDMNetwork(nn.Module):
         x, skips = Encoder(cfg, name="enc")(x, emb)
         x = Decoder(cfg, name="dec")(x, skips, emb)
         if not cfg.song:
-            x = _conv(cfg.out_channels, 3, "out_conv")(nn.silu(_group_norm(x.shape[-1], 1e-5, "out_norm")(x)))
+            x = conv_layer(cfg.out_channels, 3, "out_conv")(nn.silu(_group_norm(x.shape[-1], 1e-5, "out_norm")(x)))
         return x
 
     def _augment(self, emb, augment_labels, features):

@@ -5,12 +5,14 @@ config.json = {"layout": "guided_diffusion", "model_flags": {...}, "diffusion_fl
 with "classifier_flags" in place of "model_flags" for a noisy classifier; model.safetensors = the state dict under
 guided-diffusion's own names. The flags are the arguments of guided_diffusion/script_util.py's `create_model`
 (`MODEL_FLAGS`), `create_classifier` (`CLASSIFIER_FLAGS`) and `create_gaussian_diffusion` (`DIFFUSION_FLAGS`; its
-`steps` may also be given under the scripts' name `diffusion_steps`), with their meaning there: attention_resolutions "32,16,8" are resolutions (ds = image_size // resolution), channel_mult ""
-is the image size's default (script_util.py:148-158), class_cond gives 1000 classes. Missing keys take those
-functions' defaults (create_classifier has none but classifier_use_fp16); the converter writes every key.
-channel_mult may also be a list of numbers (not a script_util form: it allows the 512x512 default's 0.5 at other
-sizes), and classifier_flags may hold one too (ours: create_classifier always takes the image size's default, which
-"" or no key gives, as for every released classifier). dropout, use_checkpoint and use_fp16 do not change inference here (the network runs in float32).
+`steps` may also be given under the scripts' name `diffusion_steps`), with their meaning there: attention_resolutions
+"32,16,8" are resolutions (ds = image_size // resolution), channel_mult "" is the image size's default
+(script_util.py:148-158), class_cond gives 1000 classes. Missing keys take those functions' defaults
+(create_classifier has none but classifier_use_fp16); the converter writes every key. channel_mult may also be a list
+of numbers (not a script_util form: it allows the 512x512 default's 0.5 at other sizes), and classifier_flags may
+hold one too (ours: create_classifier always takes the image size's default, which "" or no key gives, as for every
+released classifier). dropout, use_checkpoint and use_fp16 do not change inference here (the network runs in
+float32).
 
 The model loads on the `vp_discrete` process of its betas (`get_named_beta_schedule`, gaussian_diffusion.py:18-42:
 "linear" = linspace(1e-4, 0.02) scaled by 1000 / steps, "cosine" = the squared-cosine alpha-bar with beta <= 0.999;
@@ -123,7 +125,8 @@ def model_config(flags: dict[str, Any], source: str) -> ADMConfig:
                          num_classes=NUM_CLASSES if f["class_cond"] else None, num_heads=int(f["num_heads"]),
                          num_head_channels=int(f["num_head_channels"]),
                          num_heads_upsample=int(f["num_heads_upsample"]),
-                         use_scale_shift_norm=bool(f["use_scale_shift_norm"]), resblock_updown=bool(f["resblock_updown"]),
+                         use_scale_shift_norm=bool(f["use_scale_shift_norm"]),
+                         resblock_updown=bool(f["resblock_updown"]),
                          use_new_attention_order=bool(f["use_new_attention_order"]))
     except (ValueError, NotImplementedError) as error:
         raise type(error)(f"{source}: {error}") from None
@@ -221,8 +224,8 @@ def load(path: str) -> Pretrained | PretrainedClassifier:
     process, prediction = diffusion_process(raw["diffusion_flags"], config_file)
     if not classifier and bool(raw["model_flags"].get("learn_sigma", False)) != bool(
             raw["diffusion_flags"].get("learn_sigma", False)):
-        raise ValueError(f"{config_file}: learn_sigma differs between model_flags and diffusion_flags (guided-diffusion "
-                         "passes one value to both)")
+        raise ValueError(f"{config_file}: learn_sigma differs between model_flags and diffusion_flags "
+                         "(guided-diffusion passes one value to both)")
     weights_file = os.path.join(path, WEIGHTS)
     if not os.path.isfile(weights_file):
         raise FileNotFoundError(f"missing weights file {weights_file}")

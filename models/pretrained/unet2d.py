@@ -168,7 +168,7 @@ def _strip(block_type):
     return block_type[7:] if isinstance(block_type, str) and block_type.startswith("UNetRes") else block_type
 
 
-def _quarter_groups(channels):
+def quarter_groups(channels):
     return min(channels // 4, 32)
 
 
@@ -219,12 +219,12 @@ def average_downsample(x: jax.Array) -> jax.Array:
     return jnp.mean(jnp.reshape(x, (b, h // 2, 2, w // 2, 2, c)), axis=(2, 4))
 
 
-def _norm(groups, eps, name):
+def group_norm_layer(groups, eps, name):
     # use_fast_variance=False: E[(x - mean)^2], as torch computes it (E[x^2] - mean^2 loses float32 digits).
     return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, name=name)
 
 
-def _conv(features, kernel, name, padding=None, strides=1):
+def conv_layer(features, kernel, name, padding=None, strides=1):
     pad = kernel // 2 if padding is None else padding
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
                    name=name)
@@ -249,23 +249,23 @@ class ResnetBlock2D(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.act]
-        h = act(_norm(self.groups, self.eps, "norm1")(x))
+        h = act(group_norm_layer(self.groups, self.eps, "norm1")(x))
         resample = {None: None, "up": nearest_upsample, "down": average_downsample, "fir_up": fir_upsample,
                     "fir_down": fir_downsample}[self.resample]
         if resample is not None:
             x, h = resample(x), resample(h)
-        h = _conv(self.out_channels, 3, "conv1")(h)
+        h = conv_layer(self.out_channels, 3, "conv1")(h)
         width = self.out_channels * (2 if self.time_scale_shift == "scale_shift" else 1)
         t = nn.Dense(width, name="time_emb_proj")(act(temb))[:, None, None, :]
         if self.time_scale_shift == "scale_shift":
             scale, shift = jnp.split(t, 2, axis=-1)
-            h = _norm(self.groups_out, self.eps, "norm2")(h) * (1.0 + scale) + shift
+            h = group_norm_layer(self.groups_out, self.eps, "norm2")(h) * (1.0 + scale) + shift
         else:
-            h = _norm(self.groups_out, self.eps, "norm2")(h + t)
-        h = _conv(self.out_channels, 3, "conv2")(act(h))
+            h = group_norm_layer(self.groups_out, self.eps, "norm2")(h + t)
+        h = conv_layer(self.out_channels, 3, "conv2")(act(h))
         shortcut = x.shape[-1] != self.out_channels if self.use_in_shortcut is None else self.use_in_shortcut
         if shortcut:
-            x = _conv(self.out_channels, 1, "conv_shortcut")(x)
+            x = conv_layer(self.out_channels, 1, "conv_shortcut")(x)
         return (x + h) / self.output_scale_factor
 
 
@@ -280,7 +280,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
-        h = x if self.groups is None else _norm(self.groups, self.eps, "group_norm")(x)
+        h = x if self.groups is None else group_norm_layer(self.groups, self.eps, "group_norm")(x)
         h = jnp.reshape(h, (b, height * width, c))
         d = c // self.heads
 
@@ -321,7 +321,7 @@ def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool, fr
 
 def _groups(cfg, channels, diffusers_groups):
     """A GroupNorm's group count: diffusers' value, or score_sde's min(C // 4, 32) in the "score_sde" flavor."""
-    return _quarter_groups(channels) if cfg.flavor == "score_sde" else diffusers_groups
+    return quarter_groups(channels) if cfg.flavor == "score_sde" else diffusers_groups
 
 
 def _resnet_options(cfg, skip):
@@ -352,7 +352,7 @@ class DownBlock(nn.Module):
         for i in range(cfg.layers_per_block):
             c_in = self.in_channels if i == 0 else out
             if skip:
-                groups = (_quarter_groups(c_in), _quarter_groups(out))
+                groups = (quarter_groups(c_in), quarter_groups(out))
             else:
                 groups = (_groups(cfg, c_in, cfg.norm_num_groups), _groups(cfg, out, cfg.norm_num_groups))
             h = ResnetBlock2D(out, *groups, **resnet, name=f"resnets_{i}")(h, temb)
@@ -362,12 +362,12 @@ class DownBlock(nn.Module):
             saved.append(h)
         if not self.add_downsample:
             return h, saved, skip_sample
-        g = _quarter_groups(out) if skip else _groups(cfg, out, cfg.norm_num_groups)
+        g = quarter_groups(out) if skip else _groups(cfg, out, cfg.norm_num_groups)
         if skip:
             h = ResnetBlock2D(out, g, g, **resnet, resample="fir_down", use_in_shortcut=True, name="resnet_down")(
                 h, temb)
             skip_sample = fir_downsample(skip_sample)
-            h = _conv(out, 1, "skip_conv")(skip_sample) + h
+            h = conv_layer(out, 1, "skip_conv")(skip_sample) + h
         elif self.kind == "ResnetDownsampleBlock2D" or (self.kind == "AttnDownBlock2D"
                                                         and cfg.downsample_type == "resnet"):
             # score_sde's BigGAN down-resnet always has a shortcut conv; diffusers' only if the width changes.
@@ -390,7 +390,7 @@ class _DownsampleConv(nn.Module):
     def __call__(self, h):
         if self.padding == 0:  # diffusers pads (0, 1) at the bottom and right, then convolves unpadded
             h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        return _conv(self.features, 3, "conv", padding=self.padding, strides=2)(h)
+        return conv_layer(self.features, 3, "conv", padding=self.padding, strides=2)(h)
 
 
 class _UpsampleConv(nn.Module):
@@ -400,7 +400,7 @@ class _UpsampleConv(nn.Module):
 
     @nn.compact
     def __call__(self, h):
-        return _conv(self.features, 3, "conv")(nearest_upsample(h))
+        return conv_layer(self.features, 3, "conv")(nearest_upsample(h))
 
 
 class UpBlock(nn.Module):
@@ -428,9 +428,9 @@ class UpBlock(nn.Module):
             res_skip = self.in_channels if i == n - 1 else out
             res_in = self.prev_output_channels if i == 0 else out
             if self.kind == "SkipUpBlock2D":
-                groups = (_quarter_groups(res_in + res_skip), _quarter_groups(out))
+                groups = (quarter_groups(res_in + res_skip), quarter_groups(out))
             elif self.kind == "AttnSkipUpBlock2D":  # diffusers computes min(res_in + res_skip // 4, 32) here
-                groups = (_groups(cfg, res_in + res_skip, min(res_in + res_skip // 4, 32)), _quarter_groups(out))
+                groups = (_groups(cfg, res_in + res_skip, min(res_in + res_skip // 4, 32)), quarter_groups(out))
             else:
                 groups = (_groups(cfg, res_in + res_skip, cfg.norm_num_groups), _groups(cfg, out, cfg.norm_num_groups))
             h = jnp.concatenate([h, saved.pop()], axis=-1)
@@ -443,8 +443,8 @@ class UpBlock(nn.Module):
         if skip:
             skip_sample = None if skip_sample is None else fir_upsample(skip_sample)
             if self.add_upsample:
-                g = _quarter_groups(out)
-                pyramid = _conv(3, 3, "skip_conv")(nn.silu(_norm(g, cfg.norm_eps, "skip_norm")(h)))
+                g = quarter_groups(out)
+                pyramid = conv_layer(3, 3, "skip_conv")(nn.silu(group_norm_layer(g, cfg.norm_eps, "skip_norm")(h)))
                 skip_sample = pyramid if skip_sample is None else skip_sample + pyramid
                 h = ResnetBlock2D(out, g, g, **resnet, resample="fir_up", use_in_shortcut=True, name="resnet_up")(
                     h, temb)
@@ -470,7 +470,7 @@ class MidBlock(nn.Module):
     def __call__(self, h: jax.Array, temb: jax.Array) -> jax.Array:
         cfg = self.config
         c = cfg.block_out_channels[-1]
-        groups = cfg.norm_num_groups if cfg.norm_num_groups is not None else _quarter_groups(c)
+        groups = cfg.norm_num_groups if cfg.norm_num_groups is not None else quarter_groups(c)
         attn_groups = cfg.attn_norm_num_groups
         if attn_groups is None:  # diffusers: a norm only with the "default" shift
             attn_groups = groups if cfg.resnet_time_scale_shift == "default" else None
@@ -554,7 +554,7 @@ class UNet2D(nn.Module):
             raise ValueError("class_labels given to an unconditional network (num_class_embeds is None)")
 
         skip_sample = x
-        h = _conv(c0, 3, "conv_in")(x)
+        h = conv_layer(c0, 3, "conv_in")(x)
         saved = [h]
         n = len(cfg.block_out_channels)
         out = c0
@@ -576,9 +576,9 @@ class UNet2D(nn.Module):
                 h, saved[len(saved) - cfg.layers_per_block - 1:], emb, skip_sample)
             del saved[len(saved) - cfg.layers_per_block - 1:]
 
-        groups = cfg.norm_num_groups if cfg.norm_num_groups is not None else _quarter_groups(c0)
-        h = nn.silu(_norm(groups, cfg.norm_eps, "conv_norm_out")(h))
-        h = _conv(cfg.out_channels, 3, "conv_out")(h)
+        groups = cfg.norm_num_groups if cfg.norm_num_groups is not None else quarter_groups(c0)
+        h = nn.silu(group_norm_layer(groups, cfg.norm_eps, "conv_norm_out")(h))
+        h = conv_layer(cfg.out_channels, 3, "conv_out")(h)
         if skip_sample is not None:
             h = h + skip_sample
         if cfg.time_embedding_type == "fourier":
