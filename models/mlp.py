@@ -8,6 +8,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike
@@ -18,13 +19,23 @@ ACTIVATIONS = Registry("activation", {"silu": nn.silu, "selu": nn.selu, "relu": 
 TIME_INPUTS = Registry.of_names("time_input", ("sinusoidal", "concat"), ordered=True)
 
 
-def time_embedding(t: ArrayLike, dim: int, max_period: float = 10_000.0) -> jax.Array:
-    """Sinusoidal embedding of t (any shape) into (..., dim) features (Vaswani et al. 2017; DDPM)."""
+def time_embedding(t: ArrayLike, dim: int, max_period: float = 10_000.0, *, flip_sin_to_cos: bool = False,
+                   freq_shift: float = 0.0) -> jax.Array:
+    """Sinusoidal embedding of t (any shape) into (..., dim) features (Vaswani et al. 2017; DDPM): [sin, cos] of
+    t * exp(-log(max_period) i / (dim // 2 - freq_shift)), i < dim // 2, zero-padded when dim is odd.
+
+    `flip_sin_to_cos` gives [cos, sin] (DiT's TimestepEmbedder, DiT/models.py:41-56; diffusers' flip_sin_to_cos) and
+    `freq_shift` is diffusers' downscale_freq_shift (1 in DiTTransformer2DModel's time projection). The float32
+    frequencies are formed as torch forms them and exp'ed once in float64, so that t ~ 1000 does not turn an ulp of
+    XLA's float32 exp into a 1e-5 error against a reference.
+    """
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
+    exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half - freq_shift)
+    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
     t = jnp.asarray(t, jnp.float32)
-    args = t[..., None] * jnp.reshape(freqs, (1,) * t.ndim + (half,))
-    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    args = t[..., None] * jnp.reshape(jnp.asarray(freqs), (1,) * t.ndim + (half,))
+    pair = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
+    emb = jnp.concatenate(pair, axis=-1)
     return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 2 * half)])
 
 

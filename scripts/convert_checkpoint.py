@@ -1,6 +1,6 @@
 """Convert a published PyTorch checkpoint, once, into the folder `models.pretrained.load` reads.
 
-    python scripts/convert_checkpoint.py SOURCE OUT_FOLDER --layout edm|guided_diffusion|score_sde_pytorch [options]
+    python scripts/convert_checkpoint.py SOURCE OUT_FOLDER --layout edm|guided_diffusion|score_sde_pytorch|dit|sit [...]
 
 Runs where torch is installed: it imports only torch, safetensors and numpy (none of the JAX stack), so a torch-only
 environment will do. It writes OUT_FOLDER/config.json (the layout and the network's configuration) and
@@ -15,6 +15,8 @@ that `models.pretrained` documents. Each layout's conversion is one function of 
                      given as JSON.
   score_sde_pytorch  a score_sde_pytorch `checkpoint_N.pth` (weights_only=True): its EMA weights under parameter
                      names, with the run's config named as for the flax checkpoints.
+  dit, sit           a released DiT / SiT `.pt` state dict (weights_only=True), its model named by a preset
+                     (--model DiT-XL/2 --image-size 256), the SD VAE recorded by name or copied from a diffusers folder.
 """
 
 from __future__ import annotations
@@ -245,9 +247,65 @@ def convert_score_sde_pytorch(source: str, out_folder: str, args: argparse.Names
     save(out_folder, {"layout": "score_sde_pytorch", "config": config}, state)
 
 
+# --- dit / sit -------------------------------------------------------------------------------------------------------
+
+DIT_KEYS = ("depth", "hidden_size", "patch_size", "num_heads", "mlp_ratio")  # DiT/models.py's constructor keys
+
+
+def _dit_model(text: str | None, layout: str):
+    """--model: a preset name ("DiT-XL/2", "SiT-XL/2", ...: models/pretrained/dit.py PRESETS checks it on load) or
+    JSON text {depth, hidden_size, patch_size, num_heads[, mlp_ratio]}."""
+    if not text:
+        sys.exit(f"--layout {layout} needs --model: a preset such as {layout.replace('dit', 'DiT').replace('sit', 'SiT')}"
+                 "-XL/2 or JSON {\"depth\", \"hidden_size\", \"patch_size\", \"num_heads\"}")
+    if not text.lstrip().startswith("{"):
+        return text
+    model = json.loads(text)
+    if set(model) - set(DIT_KEYS) or set(DIT_KEYS[:4]) - set(model):
+        sys.exit(f"--model {text}: keys must be {list(DIT_KEYS[:4])} and optionally mlp_ratio")
+    return model
+
+
+def convert_dit(source: str, out_folder: str, args: argparse.Namespace, layout: str = "dit") -> None:
+    """A released DiT (or SiT) `.pt`, a plain state dict (DiT/download.py; train.py's checkpoints hold it under
+    "ema", also accepted) read with torch.load(weights_only=True) -> config.json {"layout", "model", "input_size",
+    "in_channels", "num_classes", "learn_sigma", "vae"} and the state dict under its own names; `--vae FOLDER` copies
+    a diffusers AutoencoderKL folder (already safetensors) into OUT_FOLDER/vae, `--vae ema|mse` records which one the
+    checkpoint samples with."""
+    import shutil
+
+    import torch
+
+    model = _dit_model(args.model, layout)
+    if args.image_size % 8:
+        sys.exit(f"--image-size {args.image_size} is not divisible by 8 (the SD VAE's factor)")
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "ema" in state and isinstance(state["ema"], dict):
+        state = state["ema"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        sys.exit(f"{source}: not a state dict of tensors (nor a training checkpoint with \"ema\")")
+    vae_name = args.vae if args.vae in ("ema", "mse") else None
+    config = {"layout": layout, "model": model, "input_size": args.image_size // 8, "in_channels": 4,
+              "num_classes": args.num_classes, "learn_sigma": args.learn_sigma == "true", "vae": vae_name}
+    save(out_folder, config, state)
+    if args.vae and vae_name is None:
+        files = ("config.json", "diffusion_pytorch_model.safetensors")
+        if not all(os.path.isfile(os.path.join(args.vae, f)) for f in files):
+            sys.exit(f"--vae {args.vae}: neither ema / mse nor a diffusers AutoencoderKL folder ({', '.join(files)})")
+        os.makedirs(os.path.join(out_folder, "vae"), exist_ok=True)
+        for f in files:
+            shutil.copyfile(os.path.join(args.vae, f), os.path.join(out_folder, "vae", f))
+        print(f"copied the VAE {args.vae} to {os.path.join(out_folder, 'vae')}")
+
+
+def convert_sit(source: str, out_folder: str, args: argparse.Namespace) -> None:
+    """A released SiT `.pt` (SiT-XL-2-256x256.pt): as `convert_dit`, layout "sit"."""
+    convert_dit(source, out_folder, args, layout="sit")
+
+
 # layout -> convert(source, out_folder, args), which reads the options `add_options` declares.
 CONVERTERS = {"edm": convert_edm, "guided_diffusion": convert_guided_diffusion,
-              "score_sde_pytorch": convert_score_sde_pytorch}
+              "score_sde_pytorch": convert_score_sde_pytorch, "dit": convert_dit, "sit": convert_sit}
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -268,6 +326,17 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                        "config keys, in place of --config")
     group.add_argument("--params", default="ema", choices=("ema", "model"), help="score_sde_pytorch: the EMA "
                        "weights (default, what score_sde_pytorch samples with) or the raw ones")
+    group = parser.add_argument_group("dit / sit")
+    group.add_argument("--model", default=None, help="dit / sit: a preset (DiT-XL/2, DiT-B/4, SiT-XL/2, ...) or "
+                       "JSON {depth, hidden_size, patch_size, num_heads[, mlp_ratio]}")
+    group.add_argument("--image-size", type=int, default=256, help="dit / sit: the image size (256 or 512); the "
+                       "latents are image_size // 8")
+    group.add_argument("--num-classes", type=int, default=1000, help="dit / sit: label classes (the null label is "
+                       "this number)")
+    group.add_argument("--learn-sigma", default="true", choices=("true", "false"), help="dit / sit: 2C output "
+                       "channels [eps | variance] (the released models: true)")
+    group.add_argument("--vae", default=None, help="dit / sit: ema or mse (the sd-vae-ft-* the checkpoint samples "
+                       "with, recorded), or a diffusers AutoencoderKL folder to copy into OUT_FOLDER/vae")
 
 
 def main(argv=None):

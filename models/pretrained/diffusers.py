@@ -207,11 +207,13 @@ def to_flax(path: ParamPath, array: np.ndarray) -> jax.Array:
     return jnp.asarray(array)
 
 
-def expected_params(net: UNet2D, image_shape: Shape) -> dict[ParamPath, Shape]:
-    """{flax path: shape} of the network's parameters (abstract init: no compute, no memory)."""
+def expected_params(net: Any, image_shape: Shape, inputs: tuple | None = None) -> dict[ParamPath, Shape]:
+    """{flax path: shape} of the network's parameters (abstract init: no compute, no memory). The network is called
+    as net(x, *inputs), x (1, *image_shape); inputs None: a UNet2D's (1.0, labels or None)."""
     x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
-    labels = jnp.zeros((1,), jnp.int32) if net.config.conditional else None
-    tree = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype), 1.0, labels))
+    if inputs is None:
+        inputs = (1.0, jnp.zeros((1,), jnp.int32) if net.config.conditional else None)
+    tree = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype), *inputs))
     return {tuple(getattr(k, "key", k) for k in path): leaf.shape
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree["params"])[0]}
 

@@ -51,6 +51,12 @@ class Pretrained:
       config: the network's architecture, a hashable frozen dataclass of its layout
         (`models.pretrained.unet2d.UNet2DConfig`, `models.pretrained.edm.EDMConfig`, `models.pretrained.adm.ADMConfig`).
       source: the file or folder it was read from; layout: the `models.pretrained.LAYOUTS` name it was read as.
+      latent_shape: for a latent model (DiT, SiT), the (h, w, C) of the latents it samples, image_shape being the
+        decoded images'; None for a pixel-space model, which samples image_shape.
+      decode: for a latent model with its VAE, decode(z) -> images in about [-1, 1] from diffusion latents (it
+        divides by the VAE's scaling factor itself); else None.
+      guidance_mask: the channels the checkpoint's own classifier-free guidance guides (a tuple of bools, for
+        `samplers.guided(..., channel_mask=m.guidance_mask)`; DiT's and SiT's code guide channels 0-2 of 4); None: all.
     """
 
     params: PyTree
@@ -65,6 +71,9 @@ class Pretrained:
     config: Hashable | None = None
     source: str = ""
     layout: str = ""
+    latent_shape: Shape | None = None
+    decode: Callable[[jax.Array], jax.Array] | None = None
+    guidance_mask: tuple[bool, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -234,7 +234,8 @@ def conv_layer(features, kernel, name, padding=None, strides=1):
 
 class ResnetBlock2D(nn.Module):
     """diffusers' ResnetBlock2D (see the module docstring). `resample`: None, "up"/"down" (nearest / 2x2 average,
-    diffusers' kernel=None) or "fir_up"/"fir_down" (FIR, kernel="fir")."""
+    diffusers' kernel=None) or "fir_up"/"fir_down" (FIR, kernel="fir"). temb None: a block built with
+    temb_channels=None (AutoencoderKL's), which has no time projection."""
 
     out_channels: int
     groups: int
@@ -247,7 +248,7 @@ class ResnetBlock2D(nn.Module):
     use_in_shortcut: bool | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, temb: jax.Array | None) -> jax.Array:
         act = ACTIVATIONS[self.act]
         h = act(group_norm_layer(self.groups, self.eps, "norm1")(x))
         resample = {None: None, "up": nearest_upsample, "down": average_downsample, "fir_up": fir_upsample,
@@ -256,11 +257,13 @@ class ResnetBlock2D(nn.Module):
             x, h = resample(x), resample(h)
         h = conv_layer(self.out_channels, 3, "conv1")(h)
         width = self.out_channels * (2 if self.time_scale_shift == "scale_shift" else 1)
-        t = nn.Dense(width, name="time_emb_proj")(act(temb))[:, None, None, :]
-        if self.time_scale_shift == "scale_shift":
-            scale, shift = jnp.split(t, 2, axis=-1)
+        if temb is None:  # temb_channels=None (the VAE's blocks): no time projection
+            h = group_norm_layer(self.groups_out, self.eps, "norm2")(h)
+        elif self.time_scale_shift == "scale_shift":
+            scale, shift = jnp.split(nn.Dense(width, name="time_emb_proj")(act(temb))[:, None, None, :], 2, axis=-1)
             h = group_norm_layer(self.groups_out, self.eps, "norm2")(h) * (1.0 + scale) + shift
         else:
+            t = nn.Dense(width, name="time_emb_proj")(act(temb))[:, None, None, :]
             h = group_norm_layer(self.groups_out, self.eps, "norm2")(h + t)
         h = conv_layer(self.out_channels, 3, "conv2")(act(h))
         shortcut = x.shape[-1] != self.out_channels if self.use_in_shortcut is None else self.use_in_shortcut
@@ -393,7 +396,7 @@ class _DownsampleConv(nn.Module):
         return conv_layer(self.features, 3, "conv", padding=self.padding, strides=2)(h)
 
 
-class _UpsampleConv(nn.Module):
+class UpsampleConv(nn.Module):
     """Upsample2D(use_conv=True): nearest 2x, then conv3x3 (named `conv`)."""
 
     features: int
@@ -457,7 +460,7 @@ class UpBlock(nn.Module):
                 h = ResnetBlock2D(out, g, g, **resnet, resample="up", use_in_shortcut=shortcut,
                                   name="upsamplers_0")(h, temb)
             else:
-                h = _UpsampleConv(out, name="upsamplers_0")(h)
+                h = UpsampleConv(out, name="upsamplers_0")(h)
         return h, skip_sample
 
 
