@@ -114,13 +114,13 @@ def plan(stages: Iterable[Stage], process: Process | str,
 
 
 def check_resolutions(model_fn: ModelFn, stages: Sequence[Stage], channels: int, dtype: DTypeLike = jnp.float32,
-                      args: PyTree = None) -> None:
-    """Trace model_fn at every stage's resolution (model_fn(x, t, args) when args is given); a size the model
-    cannot take fails here, naming the stage."""
+                      args: PyTree = None, batch: int = 1) -> None:
+    """Trace model_fn at every stage's resolution on a `batch` of images (model_fn(x, t, args) when args is given,
+    args with the sampled batch's per-sample leaves); a size the model cannot take fails here, naming the stage."""
     extra = () if args is None else (jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
                                                   args),)
     for k, stage in enumerate(stages):
-        x = jax.ShapeDtypeStruct((1, *stage.size, channels), dtype)
+        x = jax.ShapeDtypeStruct((batch, *stage.size, channels), dtype)
         try:
             jax.eval_shape(model_fn, x, jax.ShapeDtypeStruct((), dtype), *extra)
         except Exception as error:  # the model's own error, re-raised with the stage that caused it
@@ -211,7 +211,8 @@ def _stages_fn(model_key, has_args, stages, process, prediction, resize_method, 
         model_fn = merge(model_key, model_leaves)
         args = args if has_args else None
         built = plan(stages, process)
-        check_resolutions(model_fn, [s for s, _, _ in built], x_init.shape[-1], x_init.dtype, args)
+        # The sampled batch: args may hold per-sample leaves (a class-conditional model's labels).
+        check_resolutions(model_fn, [s for s, _, _ in built], x_init.shape[-1], x_init.dtype, args, x_init.shape[0])
         model = model_fn if args is None else (lambda x, t: model_fn(x, t, args))
         x, stage_nfe = x_init, []
         for k, ((stage, solver, ts), grid) in enumerate(zip(built, grids)):

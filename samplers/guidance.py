@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 
 def guided(model_fn: ModelFn, scale: ArrayLike, uncond_args: Any, *, interval: tuple[float, float] | None = None,
-           batch_axes: Any = None, process: Process | None = None) -> Guided:
+           batch_axes: Any = None, process: Process | None = None,
+           channel_mask: tuple[bool, ...] | None = None) -> Guided:
     """The classifier-free guided model function.
 
     Args:
@@ -50,6 +51,9 @@ def guided(model_fn: ModelFn, scale: ArrayLike, uncond_args: Any, *, interval: t
       batch_axes: None (two model calls), or a prefix pytree of args with 0 for leaves to concatenate along their
         leading axis and None for leaves shared by both calls (taken from args): one call on the doubled batch.
       process: optionally, the process the model will be sampled on, to check that the interval meets its times.
+      channel_mask: None guides every channel; a tuple of bools, one per channel (the last axis), guides only the
+        True ones and gives the conditional prediction in the others: DiT's and SiT's forward_with_cfg guide latent
+        channels 0-2 of 4 (DiT/models.py:257-262), `Pretrained.guidance_mask` of those layouts.
 
     Returns:
       A `Guided` model function (x, t, args) -> the guided prediction, of the same kind as model_fn's. It is a
@@ -58,7 +62,8 @@ def guided(model_fn: ModelFn, scale: ArrayLike, uncond_args: Any, *, interval: t
 
     Raises:
       ValueError: a known scale that is not finite, or an interval that is not a pair, or whose known ends are empty,
-        not finite, below t = 0, or (with process) outside [process.t_min, process.t_max].
+        not finite, below t = 0, or (with process) outside [process.t_min, process.t_max]; a channel_mask that is
+        not a non-empty tuple of bools.
 
     Example:
         >>> import jax.numpy as jnp
@@ -74,21 +79,28 @@ def guided(model_fn: ModelFn, scale: ArrayLike, uncond_args: Any, *, interval: t
         scale = float(values)  # a number stays weakly typed: it takes the prediction's dtype
     if interval is not None:
         interval = _check_interval(interval, process)
+    if channel_mask is not None:
+        if not (isinstance(channel_mask, (tuple, list)) and channel_mask
+                and all(isinstance(c, (bool, np.bool_)) for c in channel_mask)):
+            raise ValueError(f"channel_mask must be a non-empty tuple of bools, one per channel, got {channel_mask!r}")
+        channel_mask = tuple(bool(c) for c in channel_mask)
     axes = None if batch_axes is None else tuple(jax.tree.flatten(batch_axes, is_leaf=lambda leaf: leaf is None))
     return Guided(model_fn=model_fn, scale=scale, uncond_args=uncond_args, interval=interval,
-                  batch_axes=(tuple(axes[0]), axes[1]) if axes else None)
+                  batch_axes=(tuple(axes[0]), axes[1]) if axes else None, channel_mask=channel_mask)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Guided(TracedOptions):
     """The model function `guided` returns. Its pytree children are `scale`, `uncond_args` and `interval` (traced
-    under jit and vmap); `model_fn` and `batch_axes` (held as (leaves, treedef), hashable) are static."""
+    under jit and vmap); `model_fn`, `batch_axes` (held as (leaves, treedef), hashable) and `channel_mask` are
+    static."""
 
     model_fn: ModelFn
     scale: Any
     uncond_args: Any
     interval: tuple | None = None
     batch_axes: tuple | None = None
+    channel_mask: tuple[bool, ...] | None = None
     traced = ("scale", "uncond_args", "interval")
 
     def __call__(self, x: jax.Array, t: ArrayLike, args: PyTree) -> jax.Array:
@@ -105,7 +117,13 @@ class Guided(TracedOptions):
                          self._combine(cond, uncond), cond)
 
     def _combine(self, cond, uncond):
-        return uncond + self.scale * (cond - uncond)
+        guided = uncond + self.scale * (cond - uncond)
+        if self.channel_mask is None:
+            return guided
+        if len(self.channel_mask) != cond.shape[-1]:
+            raise ValueError(f"channel_mask has {len(self.channel_mask)} entries for predictions of "
+                             f"{cond.shape[-1]} channels")
+        return jnp.where(np.asarray(self.channel_mask), guided, cond)
 
     def _both(self, x, t, args):
         """(cond, uncond): two calls, or one on the doubled batch with `batch_axes`."""
