@@ -90,7 +90,7 @@ class DiT(nn.Module):
     `num_classes` > 0 makes it class-conditional: DiT's LabelEmbedder, a learned table of num_classes + 1 rows (the
     last the null label, also used when labels are None), added to the time embedding (`models.conditioning`).
 
-    The published networks' options (`models.pretrained.dit` sets them): `out_channels` (DiT's learn_sigma: 2C, the
+    The published networks' options (`models.pretrained.latent` sets them): `out_channels` (DiT's learn_sigma: 2C, the
     eps and the variance halves), `columns_first` and `pos_base_size` (see `sincos_2d`), `flip_sin_to_cos` and
     `freq_shift` of the time embedding (`models.mlp.time_embedding`; DiT: [cos, sin], shift 0; diffusers' DiT
     shift 1), and `mlp_norm_eps`, the epsilon of the LayerNorm before the MLP (DiT: 1e-6; diffusers' norm3 uses its

@@ -253,11 +253,12 @@ DIT_KEYS = ("depth", "hidden_size", "patch_size", "num_heads", "mlp_ratio")  # D
 
 
 def _dit_model(text: str | None, layout: str):
-    """--model: a preset name ("DiT-XL/2", "SiT-XL/2", ...: models/pretrained/dit.py PRESETS checks it on load) or
+    """--model: a preset name ("DiT-XL/2", "SiT-XL/2", ...: models/pretrained/latent.py PRESETS checks it on load) or
     JSON text {depth, hidden_size, patch_size, num_heads[, mlp_ratio]}."""
     if not text:
-        sys.exit(f"--layout {layout} needs --model: a preset such as {layout.replace('dit', 'DiT').replace('sit', 'SiT')}"
-                 "-XL/2 or JSON {\"depth\", \"hidden_size\", \"patch_size\", \"num_heads\"}")
+        family = {"dit": "DiT", "sit": "SiT"}[layout]
+        sys.exit(f"--layout {layout} needs --model: a preset such as {family}-XL/2 or JSON with keys "
+                 "depth, hidden_size, patch_size, num_heads")
     if not text.lstrip().startswith("{"):
         return text
     model = json.loads(text)

@@ -16,8 +16,8 @@ Written under --out (default tests/fixtures/dit):
   pipeline/  a DiTPipeline root: transformer/ = diffusers' DiTTransformer2DModel holding the tiny DiT's weights (by
              the renames of diffusers' scripts/convert_dit_to_diffusers.py: qkv chunked into to_q/k/v, the timestep
              and label embedders copied into every block; 1000 classes and a label table of its own, since
-             DiTPipeline's null label is 1000 whatever the model), vae/ = a tiny random AutoencoderKL (two levels, 16 and 32
-             channels, 8 groups), scheduler/ = DDIMScheduler (linear betas, clip_sample false); and
+             DiTPipeline's null label is 1000 whatever the model), vae/ = a tiny random AutoencoderKL (two levels, 16
+             and 32 channels, 8 groups), scheduler/ = DDIMScheduler (linear betas, clip_sample false); and
              pipeline/outputs.npz: x, t, y, out = the transformer's output on the dit inputs; vae_z (B, 8, 8, 4),
              vae_out = AutoencoderKL.decode(vae_z) (NHWC); the pipeline run `DiTPipeline(class_labels, guidance_scale
              4, 4 steps, generator seed 0, output_type "np")`: run_labels, run_timesteps, run_x_init (its noise),
@@ -114,7 +114,8 @@ def to_diffusers(state: dict, depth: int) -> dict:
     """DiT's state dict under DiTTransformer2DModel's names (diffusers' scripts/convert_dit_to_diffusers.py)."""
     import torch
 
-    new = {"pos_embed.proj.weight": state["x_embedder.proj.weight"], "pos_embed.proj.bias": state["x_embedder.proj.bias"],
+    new = {"pos_embed.proj.weight": state["x_embedder.proj.weight"],
+           "pos_embed.proj.bias": state["x_embedder.proj.bias"],
            "proj_out_1.weight": state["final_layer.adaLN_modulation.1.weight"],
            "proj_out_1.bias": state["final_layer.adaLN_modulation.1.bias"],
            "proj_out_2.weight": state["final_layer.linear.weight"], "proj_out_2.bias": state["final_layer.linear.bias"]}

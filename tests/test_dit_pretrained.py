@@ -1,4 +1,4 @@
-"""Latent DiT / SiT on published-layout weights (`models.pretrained.dit`, `models.pretrained.vae`) against the
+"""Latent DiT / SiT on published-layout weights (`models.pretrained.latent`, `models.pretrained.vae`) against the
 reference code, on the tiny random-weight fixtures of scripts/make_dit_fixtures.py (tests/fixtures/dit):
 
 - the "dit" and "sit" layouts (converted from DiT's and SiT's own networks' state dicts by

@@ -14,7 +14,7 @@ scripts/convert_checkpoint.py; EDM's preconditioned networks); "guided_diffusion
 a folder converted by scripts/convert_checkpoint.py) gives ADM's `models.pretrained.adm.ADMUNet`, or for a noisy
 classifier a `PretrainedClassifier` (`classifier_fn` for `samplers.classifier_guided`); "dit", "sit" (folders
 converted from DiT's / SiT's `.pt`) and "diffusers_dit" (a DiTPipeline root) give latent transformers
-(`models.pretrained.dit`: `models.dit.DiT` with the SD VAE's `decode`, `latent_shape`, `guidance_mask`):
+(`models.pretrained.latent`: `models.dit.DiT` with the SD VAE's `decode`, `latent_shape`, `guidance_mask`):
 
     c = models.pretrained.load("converted/64x64_classifier")
     fn = samplers.classifier_guided(m.model_fn, c.classifier_fn, 1.0, process=m.process)
@@ -31,15 +31,15 @@ import os
 from typing import Any
 
 from fastsamplers.core import Registry, read_json
-from fastsamplers.models.pretrained import diffusers, dit, edm, guided_diffusion, score_sde, score_sde_pytorch
+from fastsamplers.models.pretrained import diffusers, edm, guided_diffusion, latent, score_sde, score_sde_pytorch
 from fastsamplers.models.pretrained.model import Pretrained, PretrainedClassifier
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 # layout -> its loader, load(path, **options) -> Pretrained.
 LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load,
                               "score_sde_pytorch": score_sde_pytorch.load, "edm": edm.load,
-                              "guided_diffusion": guided_diffusion.load, "dit": dit.load_dit, "sit": dit.load_sit,
-                              "diffusers_dit": dit.load_diffusers}, ordered=True,
+                              "guided_diffusion": guided_diffusion.load, "dit": latent.load_dit, "sit": latent.load_sit,
+                              "diffusers_dit": latent.load_diffusers}, ordered=True,
                    unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
 __all__ = ["LAYOUTS", "Pretrained", "PretrainedClassifier", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
@@ -48,8 +48,8 @@ __all__ = ["LAYOUTS", "Pretrained", "PretrainedClassifier", "UNet2D", "UNet2DCon
 def detect_layout(path: str) -> str:
     """The layout a converted folder's config.json names ({"layout": ...}, as scripts/convert_checkpoint.py writes
     it), else "diffusers_dit" for a DiTPipeline root (transformer/config.json of a DiTTransformer2DModel) or its
-    transformer folder, "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a `checkpoint_N` file
-    or a folder of them, "score_sde_pytorch" for a `checkpoint_N.pth` (whose loader says how to convert it);
+    transformer folder, "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a
+    `checkpoint_N` file or a folder of them, "score_sde_pytorch" for a `checkpoint_N.pth` (whose loader says how to convert it);
     FileNotFoundError otherwise."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -61,7 +61,7 @@ def detect_layout(path: str) -> str:
                 return LAYOUTS.check(raw["layout"])
             except ValueError as error:  # the sentence, naming the file
                 raise ValueError(f"{config}: {error}") from None
-        if dit.transformer_folder(path) is not None:
+        if latent.transformer_folder(path) is not None:
             return "diffusers_dit"
         if raw is not None or os.path.isfile(os.path.join(path, "unet", "config.json")):
             return "diffusers"

@@ -102,53 +102,47 @@ def _linear(prefix, path):
     return {f"{prefix}.weight": (path + ("kernel",), _dense), f"{prefix}.bias": (path + ("bias",), _same)}
 
 
-def original_names(net: DiT) -> dict[str, tuple[tuple[str, ...], Callable]]:
-    """{DiT/SiT state-dict key: (flax path, array converter)}, DiT/models.py's names. The fused timm qkv
-    (3D, D) rows are [q | k | v], each head-major (timm's reshape(B, N, 3, heads, d)); pos_embed is left out (a
-    fixed buffer, recomputed and compared by the loader)."""
-    h = net.num_heads
-    names = {"x_embedder.proj.weight": (("patch_embed", "kernel"), _conv),
-             "x_embedder.proj.bias": (("patch_embed", "bias"), _same),
-             "y_embedder.embedding_table.weight": (("label_embed", "embedding"), _same)}
-    names.update(_linear("t_embedder.mlp.0", ("time_embed_0",)))
-    names.update(_linear("t_embedder.mlp.2", ("time_embed_1",)))
-    names.update(_linear("final_layer.adaLN_modulation.1", ("final_modulation",)))
-    names.update(_linear("final_layer.linear", ("final_linear",)))
-    for i in range(net.depth):
-        block, attn = f"blocks.{i}", (f"block_{i}", "MultiHeadDotProductAttention_0")
-        names.update(_linear(f"{block}.adaLN_modulation.1", (f"block_{i}", "Dense_0")))
-        names.update(_linear(f"{block}.mlp.fc1", (f"block_{i}", "Dense_1")))
-        names.update(_linear(f"{block}.mlp.fc2", (f"block_{i}", "Dense_2")))
-        names[f"{block}.attn.qkv.weight"] = (attn, "qkv", _heads(h))  # split by `_params`
-        names[f"{block}.attn.qkv.bias"] = (attn, "qkv_bias", _bias_heads(h))
-        names[f"{block}.attn.proj.weight"] = (attn + ("out", "kernel"), _out_heads(h))
-        names[f"{block}.attn.proj.bias"] = (attn + ("out", "bias"), _same)
-    return names
+# Each layout's names of DiT's layers: the patch conv, the label table, the timestep MLP's two Linears, the final
+# layer's two, each block's prefix, adaLN Linear and MLP's two (diffusers: scripts/convert_dit_to_diffusers.py).
+_EMB = "transformer_blocks.0.norm1.emb"
+NAMES = {"original": dict(patch="x_embedder.proj", label="y_embedder.embedding_table",
+                          time=("t_embedder.mlp.0", "t_embedder.mlp.2"),
+                          final=("final_layer.adaLN_modulation.1", "final_layer.linear"), block="blocks",
+                          ada="adaLN_modulation.1", mlp=("mlp.fc1", "mlp.fc2")),
+         "diffusers": dict(patch="pos_embed.proj", label=f"{_EMB}.class_embedder.embedding_table",
+                           time=(f"{_EMB}.timestep_embedder.linear_1", f"{_EMB}.timestep_embedder.linear_2"),
+                           final=("proj_out_1", "proj_out_2"), block="transformer_blocks", ada="norm1.linear",
+                           mlp=("ff.net.0.proj", "ff.net.2"))}
 
 
-def diffusers_names(net: DiT) -> dict[str, tuple[tuple[str, ...], Callable]]:
-    """{DiTTransformer2DModel state-dict key: (flax path, converter)} (the renames of diffusers'
-    scripts/convert_dit_to_diffusers.py); the per-block embedders of blocks 1.. are left out (the loader checks
-    they equal block 0's)."""
-    h = net.num_heads
-    emb = "transformer_blocks.0.norm1.emb"
-    names = {"pos_embed.proj.weight": (("patch_embed", "kernel"), _conv),
-             "pos_embed.proj.bias": (("patch_embed", "bias"), _same),
-             f"{emb}.class_embedder.embedding_table.weight": (("label_embed", "embedding"), _same)}
-    names.update(_linear(f"{emb}.timestep_embedder.linear_1", ("time_embed_0",)))
-    names.update(_linear(f"{emb}.timestep_embedder.linear_2", ("time_embed_1",)))
-    names.update(_linear("proj_out_1", ("final_modulation",)))
-    names.update(_linear("proj_out_2", ("final_linear",)))
+def state_names(net: DiT, layout: str) -> dict[str, tuple]:
+    """{state-dict key: (flax path, array converter)} of DiT/models.py's names (`layout` "original") or
+    DiTTransformer2DModel's ("diffusers"). The original's fused timm qkv (3D, D) rows are [q | k | v], each
+    head-major (timm's reshape(B, N, 3, heads, d)): its entries are (attention path, "qkv" or "qkv_bias",
+    converter), split by `_params`. Left out: DiT's pos_embed buffer (recomputed and compared by the loader) and
+    diffusers' per-block embedder copies of blocks 1.. (compared with block 0's by the loader)."""
+    n, h = NAMES[layout], net.num_heads
+    names = {f"{n['patch']}.weight": (("patch_embed", "kernel"), _conv),
+             f"{n['patch']}.bias": (("patch_embed", "bias"), _same),
+             f"{n['label']}.weight": (("label_embed", "embedding"), _same)}
+    for prefix, path in zip(n["time"] + n["final"], ("time_embed_0", "time_embed_1", "final_modulation",
+                                                      "final_linear")):
+        names.update(_linear(prefix, (path,)))
     for i in range(net.depth):
-        block, attn = f"transformer_blocks.{i}", (f"block_{i}", "MultiHeadDotProductAttention_0")
-        names.update(_linear(f"{block}.norm1.linear", (f"block_{i}", "Dense_0")))
-        names.update(_linear(f"{block}.ff.net.0.proj", (f"block_{i}", "Dense_1")))
-        names.update(_linear(f"{block}.ff.net.2", (f"block_{i}", "Dense_2")))
-        for ours, theirs in (("query", "to_q"), ("key", "to_k"), ("value", "to_v")):
-            names[f"{block}.attn1.{theirs}.weight"] = (attn + (ours, "kernel"), _heads(h))
-            names[f"{block}.attn1.{theirs}.bias"] = (attn + (ours, "bias"), _bias_heads(h))
-        names[f"{block}.attn1.to_out.0.weight"] = (attn + ("out", "kernel"), _out_heads(h))
-        names[f"{block}.attn1.to_out.0.bias"] = (attn + ("out", "bias"), _same)
+        block, attn = f"{n['block']}.{i}", (f"block_{i}", "MultiHeadDotProductAttention_0")
+        for prefix, dense in zip((n["ada"],) + n["mlp"], ("Dense_0", "Dense_1", "Dense_2")):
+            names.update(_linear(f"{block}.{prefix}", (f"block_{i}", dense)))
+        if layout == "original":
+            names[f"{block}.attn.qkv.weight"] = (attn, "qkv", _heads(h))
+            names[f"{block}.attn.qkv.bias"] = (attn, "qkv_bias", _bias_heads(h))
+            out = f"{block}.attn.proj"
+        else:
+            for ours, theirs in (("query", "to_q"), ("key", "to_k"), ("value", "to_v")):
+                names[f"{block}.attn1.{theirs}.weight"] = (attn + (ours, "kernel"), _heads(h))
+                names[f"{block}.attn1.{theirs}.bias"] = (attn + (ours, "bias"), _bias_heads(h))
+            out = f"{block}.attn1.to_out.0"
+        names[f"{out}.weight"] = (attn + ("out", "kernel"), _out_heads(h))
+        names[f"{out}.bias"] = (attn + ("out", "bias"), _same)
     return names
 
 
@@ -312,7 +306,8 @@ def _original(path: str, layout: str, vae: str | None) -> Pretrained:
     else:  # DiT/diffusion/__init__.py: gd.get_named_beta_schedule("linear", 1000)
         table = alphas_cumprod({"num_train_timesteps": 1000, "beta_schedule": "linear"}, config_file)
         process, prediction = get_process("vp_discrete", alphas_cumprod=tuple(table.tolist())), "eps"
-    return _latent_model(path, layout, net, state, original_names(net), process, prediction, (size, size, channels),
+    return _latent_model(path, layout, net, state, state_names(net, "original"), process, prediction,
+                         (size, size, channels),
                          num_classes, vae, os.path.join(path, WEIGHTS), REFERENCE_GUIDANCE_MASK, learned)
 
 
@@ -392,7 +387,8 @@ def load_diffusers(path: str, *, vae: str | None = None, scheduler_config: str |
     if out not in (channels, 2 * channels):
         raise ValueError(f"{config_file}: out_channels={out} is neither in_channels={channels} nor twice it")
     net = DiT(patch_size=patch, hidden=heads * head_dim, depth=int(raw.get("num_layers", 28)), num_heads=heads,
-              time_scale=1.0, num_classes=num_classes, out_channels=out, columns_first=True, pos_base_size=size // patch,
+              time_scale=1.0, num_classes=num_classes, out_channels=out, columns_first=True,
+              pos_base_size=size // patch,
               flip_sin_to_cos=True, freq_shift=1.0, mlp_norm_eps=float(raw.get("norm_eps", 1e-5)))
     weights_file = os.path.join(folder, "diffusion_pytorch_model.safetensors")
     if not os.path.isfile(weights_file):
@@ -413,5 +409,5 @@ def load_diffusers(path: str, *, vae: str | None = None, scheduler_config: str |
         raise FileNotFoundError(f"missing scheduler config {scheduler_config} (it gives the noise schedule); pass "
                                 "scheduler_config=PATH")
     process, prediction, _ = scheduler_process(read_json(scheduler_config), scheduler_config)
-    return _latent_model(root, "diffusers_dit", net, state, diffusers_names(net), process, prediction,
+    return _latent_model(root, "diffusers_dit", net, state, state_names(net, "diffusers"), process, prediction,
                          (size, size, channels), num_classes, vae, weights_file, None, out == 2 * channels)
