@@ -279,6 +279,46 @@ def test_classifier_guidance_on_the_adm_fixture(reference_images, tmp_path):
                                       classifier=classifier), str(tmp_path / "other"))
 
 
+def test_latent_dit_samples_latents_and_scores_decoded_images(tmp_path, monkeypatch):
+    """A latent DiT (the DiT-layout fixture with the pipeline fixture's VAE as its vae/): latents sampled with DiT's
+    3-channel guidance, decoded in the program, scored on the images; the saved samples are the decoded ones."""
+    import shutil
+
+    dit = tmp_path / "dit"
+    shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "dit", "dit"), dit)
+    shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "dit", "pipeline", "vae"), dit / "vae")
+    m = pretrained.load(str(dit))
+    images = np.random.default_rng(0).integers(0, 256, (16,) + tuple(m.image_shape), dtype=np.uint8)
+    np.savez(tmp_path / "ref.npz", images=images)
+    masks = []
+    guided = samplers.guided
+
+    def recording(*args, **kwargs):
+        masks.append(kwargs.get("channel_mask"))
+        return guided(*args, **kwargs)
+
+    monkeypatch.setattr(samplers, "guided", recording)
+    config = smoke_config(tmp_path / "ref.npz", checkpoint=str(dit), null_label=None, guidance_scale=1.5,
+                          num_samples=4, num_save=4)
+    results = fid_protocol.run(config, str(tmp_path / "w"))
+    assert masks == [(True, True, True, False)]  # DiT's forward_with_cfg guides channels 0-2
+    assert results["model"]["image_shape"] == list(m.image_shape)
+    assert results["model"]["latent_shape"] == list(m.latent_shape)
+    key = jax.random.fold_in(jax.random.PRNGKey(0), fid_protocol.NOISE_STREAM)
+    x = jnp.stack([m.process.prior(jax.random.fold_in(key, k), m.latent_shape, dtype=jnp.float32) for k in range(4)])
+    labels = jnp.arange(4) % m.num_classes
+    model = guided(m.model_fn, 1.5, (m.params, jnp.full((4,), m.null_label)), batch_axes=(None, 0),
+                   channel_mask=m.guidance_mask)
+    ts = schedules.get_timesteps("logsnr", m.process, 2)
+    x, _ = samplers.sample(model, "ddim", m.process, x, ts, prediction=m.prediction, args=(m.params, labels))
+    expected = np.round(np.clip((np.asarray(m.decode(x), np.float64) + 1) * 127.5, 0, 255))
+    diff = np.abs(np.load(tmp_path / "w" / "samples.npz")["images"] - expected)
+    assert diff.max() <= 1 and np.mean(diff == 0) > 0.99  # equal but where float32 rounding meets a .5 tie
+    shutil.rmtree(dit / "vae")
+    with pytest.raises(ValueError, match="samples latents \\(8, 8, 4\\) and has no VAE to decode them"):
+        fid_protocol.run(config, str(tmp_path / "w2"))
+
+
 def test_two_guidance_scales_share_one_compiled_sampler(reference_images, tmp_path):
     """The runner's sampling program is keyed on the structures of the model and the solver
     (`samplers.pytrees.split`), the guidance scale traced: a second scale traces the model no more, and gives other

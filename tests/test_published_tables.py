@@ -15,7 +15,8 @@ from fastsamplers.experiments.report import published_tables as published
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [(preset, row) for preset, spec in fid_pretrained.PRESETS.items() for row in spec["rows"]]
-PROCESS = {"edm": "edm", "score_sde_pytorch": "vp_linear", "guided_diffusion": "vp_discrete"}
+PROCESS = {"edm": "edm", "score_sde_pytorch": "vp_linear", "guided_diffusion": "vp_discrete", "dit": "vp_discrete",
+           "sit": "ot"}
 
 
 @pytest.mark.parametrize("name", list(published.TABLES))

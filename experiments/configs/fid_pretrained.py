@@ -67,9 +67,10 @@ in the same table as a row of their own: `--config.solver=file --config.solver_o
 --config.label='OLSS (ours)'` (the file's own grid is used; scripts/learn_sampler.py makes it on the same model).
 Other presets: edm_ffhq64_uncond_vp and edm_imagenet64_cond_adm (the same rows),
 score_sde_cifar10_ddpmpp_deep_continuous (score_sde_pytorch's checkpoint_8.pth converted with --layout
-score_sde_pytorch), adm_imagenet64 (guided-diffusion's 64x64 model) and adm_imagenet64_guided (the same with
+score_sde_pytorch), adm_imagenet64 (guided-diffusion's 64x64 model), adm_imagenet64_guided (the same with
 classifier guidance: `--config.classifier=` the converted 64x64_classifier folder; `--config.classifier_scale=`
-overrides the release's 1.0).
+overrides the release's 1.0), and the latent dit_xl2_256 and sit_xl2_256 (converted with their VAE; classifier-free
+guidance 1.5 on channels 0-2 as published; the FID is on the decoded images).
 
 Overrides: `--config.num_samples=10000`, `--config.guidance_scale=2.0 --config.null_label=10` (a class-conditional
 checkpoint), `--config.grid=file:outputs/oss/oss_s{num_steps}.json` (a distilled schedule; {nfe} and {num_steps} are
@@ -128,6 +129,20 @@ PRESETS = Registry("preset", {
                                                      published="score_sde_cifar10_ddpmpp_deep_continuous"),
     "adm_imagenet64": dict(layout="guided_diffusion", t_min=None, t_max=None, nfes=(5, 6, 8, 10, 20), rows=_VP_ROWS,
                            published="adm_imagenet64"),
+    # Latent DiT / SiT (converted with their VAE: `--layout dit|sit --vae FOLDER`; FID on the decoded images), with
+    # classifier-free guidance 1.5 on latent channels 0-2 as their sample.py runs. The published numbers are DiT's 250
+    # DDPM steps (an ancestral sampler with the learned variance, which no solver here uses) and SiT's best SDE
+    # sampler: our ODE rows sit beside them at the NFE columns given.
+    "dit_xl2_256": dict(layout="dit", t_min=None, t_max=None, nfes=(10, 25, 50, 250), published="dit_xl2_256",
+                        guidance_scale=1.5, rows={
+                            "ddim": ("DDIM", "ddim", {}, "uniform", {}),
+                            "dpmpp_2m": ("DPM-Solver++(2M)", "dpmpp_2m", {}, "logsnr", {}),
+                            "unipc3": ("UniPC-3", "unipc", {"order": 3, "variant": "bh2"}, "logsnr", {}),
+                            "deis_tab3": ("DEIS-tAB3", "deis_tab", {"order": 4}, "logsnr", {})}),
+    "sit_xl2_256": dict(layout="sit", t_min=None, t_max=None, nfes=(10, 25, 50, 250), published="sit_xl2_256",
+                        guidance_scale=1.5, rows={  # from t = 1 (pure noise): velocity solvers only
+                            "euler": ("Euler", "euler", {}, "uniform", {}),
+                            "heun": ("Heun", "heun", {}, "uniform", {})}),
     # With guided-diffusion's 64x64 classifier (--config.classifier=...) at the release's scale 1.0 (its README).
     "adm_imagenet64_guided": dict(layout="guided_diffusion", t_min=None, t_max=None, nfes=(5, 6, 8, 10, 20),
                                   rows=_VP_ROWS, published="adm_imagenet64", classifier_scale=1.0),
@@ -176,7 +191,8 @@ def get_config(arg=None):
     if preset is not None and preset["t_min"] is not None:
         c.t_min, c.t_max = preset["t_min"], preset["t_max"]
     c.published = preset["published"] if preset else ""  # experiments/results/published/<name>.json, for the report
-    c.guidance_scale = 1.0  # class-conditional checkpoints: classifier-free guidance (1 = the conditional model)
+    c.guidance_scale = preset.get("guidance_scale", 1.0) if preset else 1.0  # class-conditional checkpoints:
+    # classifier-free guidance (1 = the conditional model), on the channels the model's layout guides
     c.classifier_scale = preset.get("classifier_scale", 1.0) if preset else 1.0  # with `classifier`: its scale
 
     # The protocol.

@@ -184,8 +184,8 @@ def make_plan(config, workdir) -> Plan:
                          f"is sampled on {target.process.name!r}")
     ts = np.asarray(learned_ts) if learned is not None else grid_timesteps(
         config.grid, target.process, num_steps, config.nfe, config.t_min, config.t_max, config.grid_options.to_dict())
-    feature = feature_spec.build(target.shape)
-    reference = references.check(config.reference, feature, target.shape)
+    feature = feature_spec.build(source.images)
+    reference = references.check(config.reference, feature, source.images)
 
     devices = jax.local_devices()
     num_devices = config.num_devices or len(devices)
@@ -226,7 +226,7 @@ def _solver_label(name, options):
 
 @functools.lru_cache(maxsize=8)
 def _sample_program(model_structure, solver_structure, process, prediction, image_shape, classes, null_label, guided,
-                    conditional, classifier_fn, mesh):
+                    conditional, classifier_fn, decode, guidance_mask, mesh):
     """jit(params, indices (n,) int32 sharded, ts, noise_key, solver_key, model leaves, solver leaves, guidance
     scale, classifier params, classifier scale) -> float32 samples (n, *image_shape).
 
@@ -235,7 +235,9 @@ def _sample_program(model_structure, solver_structure, process, prediction, imag
     the guidance scale or the solver's numeric options (eta, tau, ...), which are traced arguments, as in
     `samplers.sample`. The guided model function is built inside the traced function, so it is traced and compiled
     once with it. `conditional`: the model takes labels (an unconditional one guided by a classifier does not);
-    `classifier_fn`: a noisy classifier's function for classifier guidance, or None."""
+    `classifier_fn`: a noisy classifier's function for classifier guidance, or None; `decode`: a latent model's VAE
+    decoder (the samples are decoded in the program: `image_shape` is then the latents'), or None; `guidance_mask`:
+    the channels classifier-free guidance guides (None: all)."""
     batch_sharding = features.sharding(mesh, True)
 
     def draw(params, indices, ts, noise_key, solver_key, model_leaves, solver_leaves, scale, classifier_params,
@@ -250,7 +252,7 @@ def _sample_program(model_structure, solver_structure, process, prediction, imag
             args = (params, labels) if conditional else params
             if guided:
                 model = samplers.guided(model_fn, scale, (params, jnp.full_like(labels, null_label)),
-                                        batch_axes=(None, 0))
+                                        batch_axes=(None, 0), channel_mask=guidance_mask)
             if classifier_fn is not None:
                 model = samplers.classifier_guided(model, classifier_fn, classifier_scale, process=process,
                                                    prediction=prediction)
@@ -258,6 +260,8 @@ def _sample_program(model_structure, solver_structure, process, prediction, imag
         key = jax.vmap(lambda k: jax.random.fold_in(solver_key, k))(indices) if solver.stochastic else None
         x, _ = samplers.sample(model, solver, process, x, ts, prediction=prediction, key=key, args=args,
                                check_finite=False)
+        if decode is not None:
+            x = decode(x)
         return x.astype(jnp.float32)
 
     replicated = features.sharding(mesh, False)
@@ -273,7 +277,8 @@ def sample_batch(plan: Plan, indices: np.ndarray) -> jax.Array:
     program = _sample_program(model_structure, solver_structure, target.process, target.prediction,
                               tuple(target.shape), plan.source.classes, plan.source.null_label,
                               plan.guidance_scale != 1.0, bool(target.num_classes),
-                              None if classifier is None else classifier.classifier_fn, plan.mesh)
+                              None if classifier is None else classifier.classifier_fn, plan.source.decode,
+                              plan.source.guidance_mask, plan.mesh)
     return program(plan.params, jax.device_put(indices, features.sharding(plan.mesh, True)), plan.ts, plan.noise_key,
                    plan.solver_key, model_leaves, solver_leaves, plan.guidance_scale, plan.classifier_params,
                    plan.classifier_scale)
@@ -484,7 +489,8 @@ def _results(config, plan, value, total, reference, resumed, sampled, sampling_s
         "source": config.source,
         "checkpoint": source.record,
         "model": {"process": target.process.name, "prediction": target.prediction,
-                  "image_shape": list(target.shape), "num_classes": target.num_classes or None,
+                  "image_shape": list(plan.source.images), "num_classes": target.num_classes or None,
+                  "latent_shape": list(target.shape) if plan.source.decode is not None else None,
                   "null_label": source.null_label},
         "solver": {"name": config.solver, "options": options, "label": plan.label,
                    "order": getattr(plan.solver, "order", None), "stochastic": plan.solver.stochastic},

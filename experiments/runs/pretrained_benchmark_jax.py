@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers import samplers
-from fastsamplers.experiments.runs.pretrained_benchmark_torch import (CONVOLUTIONS, NFE, SOLVERS,
+from fastsamplers.experiments.runs.pretrained_benchmark_torch import (CONVOLUTIONS, SOLVERS,
                                                                      diffusers_timesteps, peak_rss_mib, timed)
 from fastsamplers.models import pretrained
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable
 
 import jax
 
@@ -37,7 +38,9 @@ class Source:
     model is sampled with balanced labels, sample k with `classes[k % len(classes)]`, and guided with `null_label`
     as the unconditional call (None: it has none); `classes` is None for an unconditional model. With a noisy
     `classifier` (a `models.pretrained.PretrainedClassifier`, for classifier guidance) the labels are its classes
-    even for an unconditional model, which then ignores them.
+    even for an unconditional model, which then ignores them. A latent model (DiT, SiT) samples `target.shape`
+    latents that `decode` turns into images of `image_shape` (None: the samples are the images); `guidance_mask` is
+    the channels its published guidance guides (None: all; `samplers.guided`'s channel_mask).
     """
 
     target: Target
@@ -46,6 +49,14 @@ class Source:
     identity: dict
     record: dict
     classifier: pretrained_models.PretrainedClassifier | None = None
+    decode: Callable[[jax.Array], jax.Array] | None = None
+    image_shape: tuple | None = None
+    guidance_mask: tuple | None = None
+
+    @property
+    def images(self) -> tuple:
+        """The shape of the images the samples become (decoded for a latent model)."""
+        return tuple(self.image_shape or self.target.shape)
 
 
 def _source(name, *config_keys):
@@ -129,10 +140,14 @@ def pretrained(config) -> Source:
             os.path.join(classifier.source, name)) for name in ("config.json", "model.safetensors")}
         record["classifier"] = {"path": os.path.abspath(config.classifier), "files": files}
         identity["classifier_sha256"] = core.fingerprint(list(files.values()))
-    target = Target(model.process, model.prediction, model.image_shape, model.model_fn, args=model.params,
-                    num_classes=num_classes or 0,
+    if model.latent_shape is not None and model.decode is None:
+        raise ValueError(f"{config.checkpoint} samples latents {tuple(model.latent_shape)} and has no VAE to decode "
+                         "them into images: give its folder a vae/ (scripts/convert_checkpoint.py --vae FOLDER)")
+    target = Target(model.process, model.prediction, model.latent_shape or model.image_shape, model.model_fn,
+                    args=model.params, num_classes=num_classes or 0,
                     description=os.path.basename(os.path.normpath(config.checkpoint)))
-    return Source(target, classes, model.null_label, identity, record, classifier)
+    return Source(target, classes, model.null_label, identity, record, classifier, decode=model.decode,
+                  image_shape=tuple(model.image_shape), guidance_mask=model.guidance_mask)
 
 
 def _classifier(path, model):
@@ -178,9 +193,9 @@ def _checkpoint_files(model, config, layout, options):
 
         files = list(diffusers_layout.find_files(config.checkpoint, options.get("variant"),
                                                  options.get("scheduler_config")))
-    elif os.path.isdir(model.source):  # a converted folder: its config.json and weights
-        files = [os.path.join(model.source, name) for name in sorted(os.listdir(model.source))
-                 if name in ("config.json", "model.safetensors")]
+    elif os.path.isdir(model.source):  # a converted folder or a pipeline root: its configs and weights, vae/ included
+        files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(model.source) for name in names
+                       if name.endswith((".json", ".safetensors")))
     else:
         files = [model.source] + ([config.model_config] if os.path.isfile(config.model_config) else [])
     return {os.path.abspath(f): core.sha256_file(f) for f in files}
