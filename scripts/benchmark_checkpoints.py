@@ -1,6 +1,6 @@
-r"""Benchmark EDM's and guided-diffusion's published architectures against their reference PyTorch code on the same
-random weights, on this machine: network call and the whole sampler (`experiments.runs.checkpoint_benchmark`, whose
-docstring says what is measured and how).
+r"""Benchmark EDM's, guided-diffusion's and DiT's published architectures against their reference PyTorch code on
+the same random weights, on this machine: network call and the whole sampler (`experiments.runs.checkpoint_benchmark`,
+whose docstring says what is measured and how).
 
 The reference side runs in a separate environment with torch, numpy and safetensors (--torch-python, or the
 environment variable FASTSAMPLERS_TORCH_PYTHON) from checkouts of NVlabs/edm and openai/guided-diffusion. Command
@@ -27,6 +27,7 @@ def main(argv=None) -> None:
     parser.add_argument("--torch-python", default=None, help="a python with torch, numpy and safetensors")
     parser.add_argument("--edm-repo", default="", help="a checkout of NVlabs/edm")
     parser.add_argument("--guided-diffusion-repo", default="", help="a checkout of openai/guided-diffusion")
+    parser.add_argument("--dit-repo", default="", help="a checkout of facebookresearch/DiT (timm installed)")
     parser.add_argument("--model-dir", default=None, help="where the random models go (default: a temp dir)")
     parser.add_argument("--architectures", nargs="+", default=list(checkpoint_benchmark.ARCHITECTURES))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
                          + (sys.argv[1:] if argv is None else list(argv)))
     settings = checkpoint_benchmark.Settings(
         json=args.json, torch_python=args.torch_python, edm_repo=args.edm_repo,
-        guided_diffusion_repo=args.guided_diffusion_repo, model_dir=args.model_dir,
+        guided_diffusion_repo=args.guided_diffusion_repo, dit_repo=args.dit_repo, model_dir=args.model_dir,
         architectures=tuple(args.architectures), batches=tuple(args.batches), sampler_batch=args.sampler_batch,
         repeats=args.repeats, command=command)
     try:

@@ -213,7 +213,7 @@ def test_the_parser_sees_every_form_of_import(source, expected, tmp_path):
 TORCH_SIDE = {"scripts/convert_checkpoint.py": {"torch", "safetensors", "numpy", "dnnlib", "torch_utils"},
               "experiments/runs/checkpoint_benchmark_torch.py": {"torch", "safetensors", "numpy",
                                                                   "pretrained_benchmark_torch", "training",
-                                                                  "guided_diffusion"}}
+                                                                  "guided_diffusion", "diffusion"}}
 
 
 @pytest.mark.parametrize("path", sorted(TORCH_SIDE))

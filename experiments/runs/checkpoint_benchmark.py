@@ -2,7 +2,8 @@
 call and the whole sampler (`scripts/benchmark_checkpoints.py`).
 
 `benchmark(settings)`, for each architecture of `settings.architectures` (`checkpoint_benchmark_torch.ARCHITECTURES`:
-EDM's CIFAR-10 DDPM++ at 55.7M parameters, guided-diffusion's ImageNet-64 model at 296M):
+EDM's CIFAR-10 DDPM++ at 55.7M parameters, guided-diffusion's ImageNet-64 model at 296M, a DiT-B/2 on 32 x 32 x 4
+latents at 130M):
 
 1. The reference side writes the architecture with its own random initialisation (torch seed 0) in the converted
    layout `scripts/convert_checkpoint.py` writes, once, to `settings.model_dir/ARCH`; ours reads that folder with
@@ -10,9 +11,10 @@ EDM's CIFAR-10 DDPM++ at 55.7M parameters, guided-diffusion's ImageNet-64 model 
 2. For each batch of `settings.batches`: the reference in a worker process (`checkpoint_benchmark_torch`, with
    `settings.torch_python`), ours in this process. A network call: one warm-up call (ours: the compilation), then
    the minimum of `repeats` timed calls. The sampler, at `settings.sampler_batch`: the reference's own (EDM's
-   `edm_sampler`, Heun on the rho = 7 grid with 6 points, NFE 11; guided-diffusion's `ddim_sample_loop` on
-   "ddim10", NFE 10) against `samplers.sample` with the same method on the same grid (`heun` with its final Euler
-   step to sigma = 0; `ddim` ending at the clean data), from noise to the sample, compiled once before timing.
+   `edm_sampler`, Heun on the rho = 7 grid with 6 points, NFE 11; guided-diffusion's (and DiT's copy of it)
+   `ddim_sample_loop` on "ddim10", NFE 10, unguided) against `samplers.sample` with the same method on the same
+   grid (`heun` with its final Euler step to sigma = 0; `ddim` ending at the clean data), from noise to the
+   sample, compiled once before timing.
 3. Output: a markdown table (printed) and a JSON record (`core.write_json`): every number, the ratios (reference
    time / ours: > 1 means ours is faster), the machine (cores, load averages before and after: the CPU may be
    shared), versions and the command.
@@ -39,19 +41,23 @@ from fastsamplers.experiments.runs.pretrained_benchmark_torch import timed
 
 ARCHITECTURES = core.Registry.of_names("architecture", tuple(reference.ARCHITECTURES), ordered=True,
                                        unknown="unknown {kind} {name!r}; valid: {valid}")
+# an architecture's kind -> the Settings field naming its reference checkout
+REPO_FLAGS = {"edm": "edm_repo", "guided_diffusion": "guided_diffusion_repo", "dit": "dit_repo"}
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What `benchmark` measures. torch_python: a python with torch, numpy and safetensors (default
-    $FASTSAMPLERS_TORCH_PYTHON, `pretrained_benchmark.torch_python`); edm_repo, guided_diffusion_repo: checkouts of
-    NVlabs/edm and openai/guided-diffusion; model_dir: where the random models go (default: a temporary folder)."""
+    $FASTSAMPLERS_TORCH_PYTHON, `pretrained_benchmark.torch_python`); edm_repo, guided_diffusion_repo, dit_repo:
+    checkouts of NVlabs/edm, openai/guided-diffusion and facebookresearch/DiT (with timm); model_dir: where the
+    random models go (default: a temporary folder)."""
 
     json: str
     torch_python: str | None = None
     edm_repo: str = ""
     guided_diffusion_repo: str = ""
+    dit_repo: str = ""
     model_dir: str | None = None
     architectures: tuple[str, ...] = tuple(reference.ARCHITECTURES)
     batches: tuple[int, ...] = (1, 8)
@@ -67,20 +73,20 @@ class Settings:
         for name in self.architectures:
             repo = self._repo(name)
             if not os.path.isdir(repo):
-                flag = "edm" if reference.ARCHITECTURES[name]["kind"] == "edm" else "guided-diffusion"
-                raise ValueError(f"{name} needs a checkout of the reference code (--{flag}-repo), got {repo!r}")
+                flag = REPO_FLAGS[reference.ARCHITECTURES[name]["kind"]].replace("_", "-")
+                raise ValueError(f"{name} needs a checkout of the reference code (--{flag}), got {repo!r}")
         if min(self.batches) < 1 or self.sampler_batch < 1 or self.repeats < 1:
             raise ValueError("batches, sampler_batch and repeats must be >= 1")
 
     def _repo(self, name):
-        return self.edm_repo if reference.ARCHITECTURES[name]["kind"] == "edm" else self.guided_diffusion_repo
+        return getattr(self, REPO_FLAGS[reference.ARCHITECTURES[name]["kind"]])
 
 
 def _worker(settings, spec):
     python = torch_python(settings.torch_python, "the reference side")
     with tempfile.TemporaryDirectory() as tmp:
-        spec = dict(spec, result=os.path.join(tmp, "result.json"), edm_repo=settings.edm_repo,
-                    guided_diffusion_repo=settings.guided_diffusion_repo, scripts_dir=SCRIPTS)
+        spec = dict(spec, result=os.path.join(tmp, "result.json"), scripts_dir=SCRIPTS,
+                    **{field: getattr(settings, field) for field in REPO_FLAGS.values()})
         path = os.path.join(tmp, "spec.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(spec, f)
@@ -93,7 +99,7 @@ def _ours(model, architecture, batch, repeats, sampler):
     """Our numbers for a loaded model at one batch: the jitted model function, and with `sampler` the whole
     sampler (`samplers.sample`, compiled before timing)."""
     key = jax.random.PRNGKey(0)
-    x = jax.random.normal(key, (batch,) + tuple(model.image_shape))
+    x = jax.random.normal(key, (batch,) + tuple(model.latent_shape or model.image_shape))
     labels = jnp.zeros((batch,), jnp.int32)
     args = model.params if model.num_classes is None else (model.params, labels)
     if reference.ARCHITECTURES[architecture]["kind"] == "edm":

@@ -4,8 +4,9 @@ and samplers, timed on this machine.
 A worker process runs this file with a python that has torch, numpy and safetensors (not this project's packages):
 `TORCH_PYTHON checkpoint_benchmark_torch.py SPEC.json`. It imports only the standard library at module level and
 nothing of the project; the reference code comes from the checkouts the spec names (`edm_repo`: NVlabs/edm,
-`guided_diffusion_repo`: openai/guided-diffusion), and the converted layout is written by
-scripts/convert_checkpoint.py's own `save` (a torch-only file, loaded by path), so that both sides read one folder.
+`guided_diffusion_repo`: openai/guided-diffusion, `dit_repo`: facebookresearch/DiT), and the converted layout is
+written by scripts/convert_checkpoint.py's own `save` (a torch-only file, loaded by path), so that both sides read one
+folder.
 
 SPEC.json: "mode" ("save": build the architecture with the reference's own initialisation, torch seed 0, and write
 its converted folder to "model_dir"; "measure": time it), "architecture" (a key of `ARCHITECTURES`), "model_dir",
@@ -39,6 +40,8 @@ ARCHITECTURES = {
         use_new_attention_order=True), diffusion_flags=dict(
         learn_sigma=True, diffusion_steps=1000, noise_schedule="cosine", timestep_respacing="", use_kl=False,
         predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False)),
+    # A DiT-B/2 on ImageNet-256 latents (32 x 32 x 4; DiT/models.py's DiT_B_2, learned sigma, 1000 classes: 130M).
+    "dit_b2": dict(kind="dit", model="DiT-B/2", input_size=32, num_classes=1000, learn_sigma=True),
 }
 # The samplers timed on both sides: EDM's deterministic Heun (generate.py's edm_sampler, rho 7, sigma 80 -> 0.002,
 # then 0) with 6 points, NFE 2 * 6 - 1 = 11 (its Heun takes an odd NFE); guided-diffusion's DDIM (eta 0) on the
@@ -65,6 +68,14 @@ def build(spec: dict):
         sys.path.insert(0, spec["edm_repo"])
         from training import networks
         return getattr(networks, arch["class_name"])(**arch["kwargs"]).eval(), None
+    if arch["kind"] == "dit":
+        sys.path.insert(0, spec["dit_repo"])
+        from diffusion import create_diffusion
+
+        dit = _load(os.path.join(spec["dit_repo"], "models.py"), "dit_models")  # by path: "models" is ours' name too
+        net = dit.DiT_models[arch["model"]](input_size=arch["input_size"], num_classes=arch["num_classes"],
+                                            learn_sigma=arch["learn_sigma"]).eval()
+        return net, create_diffusion(ADM_RESPACING)
     sys.path.insert(0, spec["guided_diffusion_repo"])
     from guided_diffusion import script_util
     net = script_util.create_model(**arch["model_flags"]).eval()
@@ -80,6 +91,9 @@ def save(spec: dict) -> dict:
     convert = _load(os.path.join(spec["scripts_dir"], "convert_checkpoint.py"), "convert_checkpoint")
     if arch["kind"] == "edm":
         config = {"layout": "edm", "class_name": type(net).__name__, "init_kwargs": dict(net.init_kwargs)}
+    elif arch["kind"] == "dit":
+        config = {"layout": "dit", "model": arch["model"], "input_size": arch["input_size"], "in_channels": 4,
+                  "num_classes": arch["num_classes"], "learn_sigma": arch["learn_sigma"], "vae": None}
     else:
         config = {"layout": "guided_diffusion", "model_flags": arch["model_flags"],
                   "diffusion_flags": arch["diffusion_flags"]}
@@ -108,8 +122,8 @@ def measure(spec: dict) -> dict:
             with torch.no_grad():
                 net(x, sigma)
     else:
-        size = arch["model_flags"]["image_size"]
-        x, t = torch.randn((b, 3, size, size), generator=gen), torch.full((b,), 500)
+        channels, size = (4, arch["input_size"]) if arch["kind"] == "dit" else (3, arch["model_flags"]["image_size"])
+        x, t = torch.randn((b, channels, size, size), generator=gen), torch.full((b,), 500)
         y = torch.randint(0, 1000, (b,), generator=gen)
 
         def call():
@@ -131,8 +145,7 @@ def measure(spec: dict) -> dict:
         else:
             def run():
                 with torch.no_grad():
-                    diffusion.ddim_sample_loop(net, (b, 3, size, size), noise=torch.randn((b, 3, size, size),
-                                                                                          generator=gen),
+                    diffusion.ddim_sample_loop(net, x.shape, noise=torch.randn(x.shape, generator=gen),
                                                clip_denoised=False, model_kwargs={"y": y}, eta=0.0)
 
             record["sampler"] = {"name": f"ddim_sample_loop ({ADM_RESPACING})",
