@@ -1,6 +1,6 @@
-"""What a loaded checkpoint is (`Pretrained`, and `PretrainedClassifier` for a noisy classifier), and the checks every
-loader makes before any compute: its weights (`check_weights`; its JSON files are read by `core.read_json`, whose
-errors name the file)."""
+"""What a loaded checkpoint is (`Pretrained`, `PretrainedClassifier` for a noisy classifier and `PretrainedFlow` for a
+normalizing flow), and the checks every loader makes before any compute: its weights (`check_weights`; its JSON
+files are read by `core.read_json`, whose errors name the file)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree, Shape
 from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
+from fastsamplers.models.tarflow import TarFlow
 
 if TYPE_CHECKING:
     from fastsamplers.models.pretrained.adm import ADMConfig
@@ -90,6 +91,32 @@ class PretrainedClassifier:
     image_shape: Shape
     num_classes: int
     config: Hashable | None = None
+    source: str = ""
+    layout: str = ""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PretrainedFlow:
+    """A published normalizing flow (Apple's TarFlow) in the framework's conventions.
+
+    Attributes:
+      flow: the `models.tarflow.TarFlow` module configured as the checkpoint's architecture: `flow.apply(params, x,
+        y)` -> (z, log|det|), `samplers.causal.invert(flow, params, z, y, ...)` and `models.tarflow.denoise(flow,
+        params, x, noise_std, y)` take it as it is.
+      params: its variables, {"params": {...}} (jnp float32 arrays).
+      image_shape: (H, W, C) of the images it models; num_classes: its class count, or None if unconditional.
+      noise_std: the standard deviation of the noise added to the training data (the denoising step's sigma), when
+        the converted folder records it, else None.
+      config: the reference constructor's arguments (a dict, as config.json's init_kwargs).
+      source, layout: as for `Pretrained`.
+    """
+
+    flow: TarFlow
+    params: PyTree
+    image_shape: Shape
+    num_classes: int | None = None
+    noise_std: float | None = None
+    config: dict | None = None
     source: str = ""
     layout: str = ""
 
