@@ -315,7 +315,7 @@ class TarFlow(nn.Module):
         z = self.to_images(tokens)
         if self.prior_variance:  # the fixed last layer z / sqrt(var) (module docstring)
             std = self.prior_std()
-            z = z / std.astype(z.dtype)
+            z = z / std[None].astype(z.dtype)
             logdet = logdet - jnp.sum(jnp.log(std)).astype(logdet.dtype)
         return z, logdet
 

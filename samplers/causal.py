@@ -166,7 +166,7 @@ def invert(flow: TarFlow, params: PyTree, z: jax.Array, y: jax.Array | None = No
     # flax's apply returns (out, state) only when a collection is mutable: here, out alone (the casts say so)
     labels = flow.apply({}, y, z.shape[0], method=TarFlow.labels)
     if flow.prior_variance:  # the flow's last layer z / sqrt(var), inverted first
-        z = z * cast(jax.Array, flow.apply(params, method=TarFlow.prior_std)).astype(z.dtype)
+        z = z * cast(jax.Array, flow.apply(params, method=TarFlow.prior_std))[None].astype(z.dtype)
     tokens = cast(jax.Array, flow.apply({}, z, method=TarFlow.to_tokens))
     passes: list[Any] = [None] * flow.num_blocks
     iterations: list[Any] = [None] * flow.num_blocks
