@@ -15,7 +15,7 @@ Class conditioning adds a learned class embedding to every token; index `num_cla
 that label dropout trains, used as the unconditional branch of guidance.
 
 Options reproduce Apple's reference TarFlow (ml-tarflow transformer_flow.py, `Model`), whose published weights
-`models.pretrained.tarflow` loads; the defaults are this module's own design:
+`models.pretrained.ml_tarflow` loads; the defaults are this module's own design:
   patch_order  "hwc": a patch vector is row-major over its pixels, channel fastest; "chw": channel slowest, as
                torch's unfold orders it (transformer_flow.py:288-291).
   shift        "input": the transformer reads the tokens shifted right, a zero token at position 0 that it attends

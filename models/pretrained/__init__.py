@@ -18,7 +18,7 @@ classifier a `PretrainedClassifier` (`classifier_fn` for `samplers.classifier_gu
     fn = samplers.classifier_guided(m.model_fn, c.classifier_fn, 1.0, process=m.process)
     x, info = samplers.sample(fn, "ddim", m.process, x_init, ts, args=((m.params, labels), (c.params, labels)))
 
-"tarflow" (`models.pretrained.tarflow`: a folder converted from Apple's TarFlow `.pth` by
+"tarflow" (`models.pretrained.ml_tarflow`: a folder converted from Apple's TarFlow `.pth` by
 scripts/convert_checkpoint.py) gives a `PretrainedFlow`, a `models.tarflow.TarFlow` and its variables:
 
     m = models.pretrained.load("converted/afhq_tarflow")
@@ -35,14 +35,15 @@ import os
 from typing import Any
 
 from fastsamplers.core import Registry, read_json
-from fastsamplers.models.pretrained import diffusers, edm, guided_diffusion, score_sde, score_sde_pytorch, tarflow
+from fastsamplers.models.pretrained import (diffusers, edm, guided_diffusion, ml_tarflow, score_sde,
+                                            score_sde_pytorch)
 from fastsamplers.models.pretrained.model import Pretrained, PretrainedClassifier, PretrainedFlow
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 # layout -> its loader, load(path, **options) -> Pretrained.
 LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load,
                               "score_sde_pytorch": score_sde_pytorch.load, "edm": edm.load,
-                              "guided_diffusion": guided_diffusion.load, "tarflow": tarflow.load}, ordered=True,
+                              "guided_diffusion": guided_diffusion.load, "tarflow": ml_tarflow.load}, ordered=True,
                    unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
 __all__ = ["LAYOUTS", "Pretrained", "PretrainedClassifier", "PretrainedFlow", "UNet2D", "UNet2DConfig", "load",

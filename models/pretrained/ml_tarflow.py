@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.core import read_json
+from fastsamplers.core import Registry, read_json
 from fastsamplers.core.typing import Shape
 from fastsamplers.models.pretrained.diffusers import unflatten
 from fastsamplers.models.pretrained.model import PretrainedFlow, check_weights
@@ -36,6 +36,8 @@ WEIGHTS = "model.safetensors"
 HEAD_CHANNELS = 64  # MetaBlock's head_dim default (transformer_flow.py:128)
 REQUIRED = ("in_channels", "img_size", "patch_size", "channels", "num_blocks", "layers_per_block")
 OPTIONAL = {"nvp": True, "num_classes": 0}  # Model's defaults (transformer_flow.py:262-263)
+INIT_KWARGS = Registry.of_names("init_kwargs key", REQUIRED + tuple(OPTIONAL), ordered=True,
+                                unknown="{where}: unknown {kind} {name!r}; valid: {valid}")
 # flax layer name (its index stripped) -> the reference's module path inside an attention block
 _LAYERS = {"attn": "attention.qkv", "ln_attn": "attention.norm", "ln_mlp": "mlp.norm", "mlp_in": "mlp.main.0",
            "mlp_out": "mlp.main.2"}
@@ -44,11 +46,11 @@ _LAYERS = {"attn": "attention.qkv", "ln_attn": "attention.norm", "ln_mlp": "mlp.
 def flow_of(init_kwargs: dict[str, Any], source: str = "config.json") -> TarFlow:
     """The `TarFlow` of the reference Model's constructor arguments; ValueError (one sentence naming `source`) on
     unknown, missing or ill-typed arguments, NotImplementedError for nvp=False (not built)."""
-    valid = list(REQUIRED) + list(OPTIONAL)
-    unknown = sorted(set(init_kwargs) - set(valid))
+    for key in init_kwargs:
+        INIT_KWARGS.check(key, where=source)
     missing = [k for k in REQUIRED if k not in init_kwargs]
-    if unknown or missing:
-        raise ValueError(f"{source}: init_kwargs has unknown key(s) {unknown} and lacks {missing}; valid keys: {valid}")
+    if missing:
+        raise ValueError(f"{source}: init_kwargs lacks {missing}, which transformer_flow.Model requires")
     kwargs = {**OPTIONAL, **init_kwargs}
     for key, value in kwargs.items():
         if not isinstance(value, int) or (key != "nvp" and isinstance(value, bool)) or value < 0:
