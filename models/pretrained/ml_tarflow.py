@@ -26,13 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.core import Registry, read_json
+from fastsamplers.core import Registry
 from fastsamplers.core.typing import Shape
 from fastsamplers.models.pretrained.diffusers import unflatten
-from fastsamplers.models.pretrained.model import PretrainedFlow, check_weights
+from fastsamplers.models.pretrained.model import PretrainedFlow, check_weights, read_converted_config
 from fastsamplers.models.tarflow import TarFlow
 
-WEIGHTS = "model.safetensors"
 HEAD_CHANNELS = 64  # MetaBlock's head_dim default (transformer_flow.py:128)
 REQUIRED = ("in_channels", "img_size", "patch_size", "channels", "num_blocks", "layers_per_block")
 OPTIONAL = {"nvp": True, "num_classes": 0}  # Model's defaults (transformer_flow.py:262-263)
@@ -135,12 +134,8 @@ def load(path: str) -> PretrainedFlow:
     """
     from safetensors.numpy import load_file
 
-    config_file, weights_file = os.path.join(path, "config.json"), os.path.join(path, WEIGHTS)
-    raw = read_json(config_file)
-    if not isinstance(raw, dict) or raw.get("layout") != "tarflow":
-        layout = raw.get("layout") if isinstance(raw, dict) else None
-        raise ValueError(f"{config_file}: layout {layout!r} is not 'tarflow'; convert the published .pth with "
-                         "scripts/convert_checkpoint.py SOURCE OUT --layout tarflow")
+    raw, config_file, weights_file = read_converted_config(path, "tarflow", "convert the published .pth with "
+                                                           "scripts/convert_checkpoint.py SOURCE OUT --layout tarflow")
     if not isinstance(raw.get("init_kwargs"), dict):
         raise ValueError(f"{config_file}: a tarflow folder's config.json holds init_kwargs, an object of the "
                          "reference Model's constructor arguments")

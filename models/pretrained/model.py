@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import TYPE_CHECKING, Callable, Hashable, Union
 
 import jax
 import jax.numpy as jnp
 
-from fastsamplers.core import Registry
+from fastsamplers.core import Registry, read_json
 from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree, Shape
 from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
@@ -173,6 +174,17 @@ def batch_times(t: ArrayLike, batch: int) -> jax.Array:
     if t.ndim:
         t = jnp.reshape(t, (t.shape[0],))
     return jnp.broadcast_to(t, (batch,))
+
+
+def read_converted_config(path: str, layout: str, how: str) -> tuple[dict, str, str]:
+    """(config.json's contents, its path, model.safetensors' path) of a folder that scripts/convert_checkpoint.py
+    wrote for `layout`; ValueError naming the file, and `how` it is converted, when config.json names another."""
+    config_file = os.path.join(path, "config.json")
+    raw = read_json(config_file)
+    if not isinstance(raw, dict) or raw.get("layout") != layout:
+        found = raw.get("layout") if isinstance(raw, dict) else None
+        raise ValueError(f"{config_file}: layout {found!r} is not {layout!r}; {how}")
+    return raw, config_file, os.path.join(path, "model.safetensors")
 
 
 def check_weights(found: dict[str, Shape], expected: dict[str, Shape], source: str, origin: str) -> None:
