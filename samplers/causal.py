@@ -123,7 +123,7 @@ def _block_plan(item):
 
 def invert(flow: TarFlow, params: PyTree, z: jax.Array, y: jax.Array | None = None, plan: PlanSpec = "sequential",
            guidance: float = 0.0, annealed_guidance: bool = False, clamp: float | None = None,
-           precision: str | None = "highest") -> tuple[jax.Array, dict[str, Any]]:
+           precision: str | None = "highest", attn_temperature: float = 1.0) -> tuple[jax.Array, dict[str, Any]]:
     """x with flow(x) = z: every block inverted as `plan` says, last block first.
 
     Args:
@@ -141,6 +141,8 @@ def invert(flow: TarFlow, params: PyTree, z: jax.Array, y: jax.Array | None = No
         float32 by default: the GPU default (TF32 products) moves the fixed point by ~1e-3, so a Jacobi tolerance
         of 1e-4 is never met and the iterations run to their cap (measured on an H100 with the digits TarFlow:
         190 dependent passes instead of 58, max |x - x_seq| 6e-3 instead of 9e-5).
+      attn_temperature: divides the attention logits of guidance's unconditional branch (the reference TarFlow's
+        attn_temp, transformer_flow.py:54-56, 228; 1 = none).
 
     Returns:
       (x (B, H, W, C), info): info["passes"] (num_blocks,) dependent network passes per block (the sum of the
@@ -155,11 +157,16 @@ def invert(flow: TarFlow, params: PyTree, z: jax.Array, y: jax.Array | None = No
         raise ValueError("guidance needs labels y: it contrasts the conditional and the unconditional outputs")
     if clamp is not None and not clamp > 0:
         raise ValueError(f"clamp must be None or > 0, got {clamp}")
+    if not attn_temperature > 0 or (attn_temperature != 1 and not guidance):
+        raise ValueError(f"attn_temperature must be > 0 and applies to guidance's unconditional branch only; got "
+                         f"{attn_temperature} with guidance {guidance}")
     PRECISIONS.check(precision)
     for p in plans:
         p.layout(flow.num_tokens)  # divisibility errors before any compute
     # flax's apply returns (out, state) only when a collection is mutable: here, out alone (the casts say so)
     labels = flow.apply({}, y, z.shape[0], method=TarFlow.labels)
+    if flow.prior_variance:  # the flow's last layer z / sqrt(var), inverted first
+        z = z * cast(jax.Array, flow.apply(params, method=TarFlow.prior_std))[None].astype(z.dtype)
     tokens = cast(jax.Array, flow.apply({}, z, method=TarFlow.to_tokens))
     passes: list[Any] = [None] * flow.num_blocks
     iterations: list[Any] = [None] * flow.num_blocks
@@ -167,27 +174,31 @@ def invert(flow: TarFlow, params: PyTree, z: jax.Array, y: jax.Array | None = No
     with jax.default_matmul_precision(precision):  # read when the passes are traced
         for k in reversed(range(flow.num_blocks)):
             x, iterations[k], changes[k] = _invert_block(flow, params, k, block_order(k, tokens), labels, plans[k],
-                                                         guidance, annealed_guidance, clamp)
+                                                         guidance, annealed_guidance, clamp, attn_temperature)
             passes[k] = jnp.sum(iterations[k])
             tokens = block_order(k, x)
     x = cast(jax.Array, flow.apply({}, tokens, method=TarFlow.to_images))
     return x, {"passes": jnp.stack(passes), "iterations": tuple(iterations), "max_change": tuple(changes)}
 
 
-def _invert_block(flow, params, k, z, labels, plan, guidance, annealed, clamp):
+def _invert_block(flow, params, k, z, labels, plan, guidance, annealed, clamp, attn_temperature=1.0):
     """Block k's inverse on tokens z (B, T, D) in the block's order: a scan over segments, each a Jacobi loop."""
     batch, num_tokens, _ = z.shape
     num_segments, length, max_iterations = plan.layout(num_tokens)
     guided = bool(guidance)
+    temperature = None
     if guided:
         labels = jnp.concatenate([labels, jnp.full_like(labels, flow.num_classes)])
+        if attn_temperature != 1:
+            temperature = jnp.concatenate([jnp.ones(labels.shape[0] // 2), jnp.full(labels.shape[0] // 2,
+                                                                                      attn_temperature)])
     cache = empty_cache(flow, labels.shape[0], z.dtype)
     x = z if plan.init == "z" else jnp.concatenate([z[:, :1], jnp.zeros_like(z[:, 1:])], axis=1)
 
     def outputs(u, start, cache):
         if guided:
             u = jnp.concatenate([u, u])
-        a, b, cache = flow.apply(params, k, u, start, labels, cache, method=TarFlow.block_outputs)
+        a, b, cache = flow.apply(params, k, u, start, labels, cache, temperature, method=TarFlow.block_outputs)
         if guided:
             (a, a_u), (b, b_u) = jnp.split(a, 2), jnp.split(b, 2)
             w = guidance

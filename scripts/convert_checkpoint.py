@@ -17,6 +17,9 @@ that `models.pretrained` documents. Each layout's conversion is one function of 
                      names, with the run's config named as for the flax checkpoints.
   dit, sit           a released DiT / SiT `.pt` state dict (weights_only=True), its model named by a preset
                      (--model DiT-XL/2 --image-size 256), the SD VAE recorded by name or copied from a diffusers folder.
+  tarflow            an Apple TarFlow state dict (`afhq_model_8_768_8_8_0.07.pth`, weights_only=True); the Model's
+                     constructor arguments from --preset, --init-kwargs JSON, or the file name
+                     `{ds}_model_{p}_{D}_{blocks}_{layers}_{sigma}.pth`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 
@@ -304,9 +308,80 @@ def convert_sit(source: str, out_folder: str, args: argparse.Namespace) -> None:
     convert_dit(source, out_folder, args, layout="sit")
 
 
+# --- tarflow ---------------------------------------------------------------------------------------------------------
+
+# name -> (Model's init_kwargs, the training noise sigma_n): the released AFHQ model and the paper's ImageNet configs,
+# named as train.py would name them (ml-tarflow README.md:44-72, train.py:88; REFERENCES_CHECKPOINTS.md section 3).
+TARFLOW_PRESETS = {
+    "afhq_model_8_768_8_8_0.07": (dict(in_channels=3, img_size=256, patch_size=8, channels=768, num_blocks=8,
+                                       layers_per_block=8, num_classes=3), 0.07),
+    "imagenet64_model_2_768_8_8_0.05": (dict(in_channels=3, img_size=64, patch_size=2, channels=768, num_blocks=8,
+                                             layers_per_block=8, num_classes=0), 0.05),
+    "imagenet_model_2_768_8_8_0.05": (dict(in_channels=3, img_size=64, patch_size=2, channels=768, num_blocks=8,
+                                           layers_per_block=8, num_classes=1000), 0.05),
+    "imagenet_model_4_1024_8_8_0.15": (dict(in_channels=3, img_size=128, patch_size=4, channels=1024, num_blocks=8,
+                                            layers_per_block=8, num_classes=1000), 0.15),
+}
+# train.py's file names (train.py:88): {dataset}_model_{patch}_{channels}_{blocks}_{layers}_{noise_std:.2f}
+TARFLOW_NAME = re.compile(r"(?P<ds>[a-z0-9]+)_model_(?P<p>\d+)_(?P<D>\d+)_(?P<blocks>\d+)_(?P<layers>\d+)_"
+                          r"(?P<sigma>\d+(?:\.\d+)?)$")
+# dataset -> what the name leaves out: classes, and the image size where the dataset has one ("imagenet" is trained
+# at 64 and 128 px, README.md:56-66, so its size comes from --init-kwargs)
+TARFLOW_DATASETS = {"afhq": dict(img_size=256, num_classes=3), "imagenet64": dict(img_size=64, num_classes=0),
+                    "imagenet": dict(num_classes=1000)}
+TARFLOW_REQUIRED = ("in_channels", "img_size", "patch_size", "channels", "num_blocks", "layers_per_block")
+
+
+def tarflow_config(source: str, preset: str | None, init_kwargs: str | None) -> dict:
+    """The converted folder's config.json, {"layout": "tarflow", "init_kwargs", "noise_std"}: the preset's (or the
+    file name's) arguments, updated by --init-kwargs (JSON text or file; a "noise_std" key sets noise_std)."""
+    if preset is not None and preset not in TARFLOW_PRESETS:
+        sys.exit(f"unknown tarflow preset {preset!r}; valid presets: {sorted(TARFLOW_PRESETS)}")
+    name = os.path.splitext(os.path.basename(source))[0]
+    match = TARFLOW_NAME.match(name)
+    kwargs, noise_std = {}, None
+    if preset is not None or name in TARFLOW_PRESETS:
+        kwargs, noise_std = TARFLOW_PRESETS[preset or name]
+    elif match and match["ds"] in TARFLOW_DATASETS:
+        kwargs = dict(in_channels=3, patch_size=int(match["p"]), channels=int(match["D"]),
+                      num_blocks=int(match["blocks"]), layers_per_block=int(match["layers"]),
+                      **TARFLOW_DATASETS[match["ds"]])
+        noise_std = float(match["sigma"])
+    if init_kwargs is not None:
+        try:
+            given = json.load(open(init_kwargs)) if os.path.isfile(init_kwargs) else json.loads(init_kwargs)
+        except (OSError, ValueError) as error:
+            sys.exit(f"--init-kwargs must be JSON text or a JSON file ({error})")
+        if not isinstance(given, dict):
+            sys.exit("--init-kwargs must be a JSON object of transformer_flow.Model's constructor arguments")
+        noise_std = given.pop("noise_std", noise_std)
+        kwargs = {**kwargs, **given}
+    missing = [k for k in TARFLOW_REQUIRED if k not in kwargs]
+    if missing:
+        sys.exit(f"--layout tarflow: the Model's arguments {missing} are unknown for {name!r}: pass --preset (one of "
+                 f"{sorted(TARFLOW_PRESETS)}) or --init-kwargs JSON (file names {{dataset}}_model_{{p}}_{{D}}_"
+                 f"{{blocks}}_{{layers}}_{{sigma}} with a dataset among {sorted(TARFLOW_DATASETS)} give the rest)")
+    return {"layout": "tarflow", "init_kwargs": kwargs, "noise_std": noise_std}
+
+
+def convert_tarflow(source: str, out_folder: str, args: argparse.Namespace) -> None:
+    """An Apple TarFlow state dict (train.py:144's torch.save(model.state_dict())) -> the converted folder."""
+    import torch
+
+    config = tarflow_config(source, args.preset, args.init_kwargs)
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # a DistributedDataParallel's names
+    if not (isinstance(state, dict) and "var" in state and all(isinstance(k, str) and torch.is_tensor(v)
+                                                               for k, v in state.items())):
+        sys.exit(f"{source}: not a TarFlow state dict (a dict of parameter name -> tensor with the prior's 'var')")
+    save(out_folder, config, state)
+
+
 # layout -> convert(source, out_folder, args), which reads the options `add_options` declares.
 CONVERTERS = {"edm": convert_edm, "guided_diffusion": convert_guided_diffusion,
-              "score_sde_pytorch": convert_score_sde_pytorch, "dit": convert_dit, "sit": convert_sit}
+              "score_sde_pytorch": convert_score_sde_pytorch, "dit": convert_dit, "sit": convert_sit,
+              "tarflow": convert_tarflow}
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -316,7 +391,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                             "(the only pickle this project opens, on this explicit request)")
     group = parser.add_argument_group("guided_diffusion")
     group.add_argument("--preset", help="guided_diffusion: the released checkpoint's name, one of "
-                       f"{sorted(GUIDED_DIFFUSION_PRESETS)}")
+                       f"{sorted(GUIDED_DIFFUSION_PRESETS)}; tarflow: one of {sorted(TARFLOW_PRESETS)}")
     group.add_argument("--flags", help="guided_diffusion: JSON text or file {\"model_flags\" or \"classifier_flags\": "
                        "{create_model's / create_classifier's arguments}, \"diffusion_flags\": "
                        "{create_gaussian_diffusion's}}, over the preset's if both are given")
@@ -338,6 +413,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                        "channels [eps | variance] (the released models: true)")
     group.add_argument("--vae", default=None, help="dit / sit: ema or mse (the sd-vae-ft-* the checkpoint samples "
                        "with, recorded), or a diffusers AutoencoderKL folder to copy into OUT_FOLDER/vae")
+    group = parser.add_argument_group("tarflow")
+    group.add_argument("--init-kwargs", default=None, help="tarflow: JSON text or file of transformer_flow.Model's "
+                       "constructor arguments (and optionally noise_std), over the preset's or the file name's")
 
 
 def main(argv=None):

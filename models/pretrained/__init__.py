@@ -20,6 +20,12 @@ converted from DiT's / SiT's `.pt`) and "diffusers_dit" (a DiTPipeline root) giv
     fn = samplers.classifier_guided(m.model_fn, c.classifier_fn, 1.0, process=m.process)
     x, info = samplers.sample(fn, "ddim", m.process, x_init, ts, args=((m.params, labels), (c.params, labels)))
 
+"tarflow" (`models.pretrained.ml_tarflow`: a folder converted from Apple's TarFlow `.pth` by
+scripts/convert_checkpoint.py) gives a `PretrainedFlow`, a `models.tarflow.TarFlow` and its variables:
+
+    m = models.pretrained.load("converted/afhq_tarflow")
+    x, info = samplers.causal.invert(m.flow, m.params, z, labels, plan="sequential", guidance=1.5)
+
 A converted folder's config.json names its layout. Only safe formats are read: safetensors, JSON and msgpack, never
 pickle (scripts/convert_to_safetensors.py and
 scripts/convert_checkpoint.py convert a torch file once).
@@ -31,26 +37,28 @@ import os
 from typing import Any
 
 from fastsamplers.core import Registry, read_json
-from fastsamplers.models.pretrained import diffusers, edm, guided_diffusion, latent, score_sde, score_sde_pytorch
-from fastsamplers.models.pretrained.model import Pretrained, PretrainedClassifier
+from fastsamplers.models.pretrained import (diffusers, edm, guided_diffusion, latent, ml_tarflow, score_sde,
+                                            score_sde_pytorch)
+from fastsamplers.models.pretrained.model import Pretrained, PretrainedClassifier, PretrainedFlow
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
 
 # layout -> its loader, load(path, **options) -> Pretrained.
 LAYOUTS = Registry("layout", {"diffusers": diffusers.load, "score_sde": score_sde.load,
                               "score_sde_pytorch": score_sde_pytorch.load, "edm": edm.load,
                               "guided_diffusion": guided_diffusion.load, "dit": latent.load_dit, "sit": latent.load_sit,
-                              "diffusers_dit": latent.load_diffusers}, ordered=True,
+                              "diffusers_dit": latent.load_diffusers, "tarflow": ml_tarflow.load}, ordered=True,
                    unknown="unknown {kind} {name!r}; valid layouts: {valid}")
 
-__all__ = ["LAYOUTS", "Pretrained", "PretrainedClassifier", "UNet2D", "UNet2DConfig", "load", "detect_layout"]
+__all__ = ["LAYOUTS", "Pretrained", "PretrainedClassifier", "PretrainedFlow", "UNet2D", "UNet2DConfig", "load",
+           "detect_layout"]
 
 
 def detect_layout(path: str) -> str:
     """The layout a converted folder's config.json names ({"layout": ...}, as scripts/convert_checkpoint.py writes
     it), else "diffusers_dit" for a DiTPipeline root (transformer/config.json of a DiTTransformer2DModel) or its
     transformer folder, "diffusers" for a folder with config.json (or unet/config.json), "score_sde" for a
-    `checkpoint_N` file or a folder of them, "score_sde_pytorch" for a `checkpoint_N.pth` (whose loader says how to convert it);
-    FileNotFoundError otherwise."""
+    `checkpoint_N` file or a folder of them, "score_sde_pytorch" for a `checkpoint_N.pth` (whose loader says how to
+    convert it); FileNotFoundError otherwise."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
     if os.path.isdir(path):
@@ -75,7 +83,7 @@ def detect_layout(path: str) -> str:
                             f"(one of {list(LAYOUTS)})")
 
 
-def load(path: str, layout: str | None = None, **options: Any) -> Pretrained | PretrainedClassifier:
+def load(path: str, layout: str | None = None, **options: Any) -> Pretrained | PretrainedClassifier | PretrainedFlow:
     """Load a published checkpoint.
 
     Args:
@@ -88,7 +96,8 @@ def load(path: str, layout: str | None = None, **options: Any) -> Pretrained | P
 
     Returns:
       A `Pretrained`: params, apply, model_fn, process, prediction, timestep, image_shape, num_classes, null_label;
-      for a guided-diffusion classifier folder a `PretrainedClassifier` (params, apply, classifier_fn, ...).
+      for a guided-diffusion classifier folder a `PretrainedClassifier` (params, apply, classifier_fn, ...); for a
+      tarflow folder a `PretrainedFlow` (flow, params, image_shape, num_classes, noise_std, ...).
 
     Raises:
       FileNotFoundError, ValueError, NotImplementedError: before any compute, naming the file and the key.

@@ -45,12 +45,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.core import Registry, read_json
+from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike, ModelFn
 from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.pretrained.diffusers import torch_name, torch_shape, to_flax, unflatten
 from fastsamplers.models.pretrained.edm_networks import EDMNetwork, EDMNetworkConfig, filter_buffer, network_config
-from fastsamplers.models.pretrained.model import ApplyFn, Pretrained, TimestepFn, batch_times, check_weights
+from fastsamplers.models.pretrained.model import (ApplyFn, Pretrained, TimestepFn, batch_times, check_weights,
+                                                  read_converted_config)
 from fastsamplers.schedules.processes import Process, get_process
 
 WEIGHTS = "model.safetensors"
@@ -253,12 +254,9 @@ def load(path: str) -> Pretrained:
     """
     from safetensors.numpy import load_file
 
-    config_file, weights_file = os.path.join(path, "config.json"), os.path.join(path, WEIGHTS)
-    raw = read_json(config_file)
-    if not isinstance(raw, dict) or raw.get("layout") != "edm":
-        layout = raw.get("layout") if isinstance(raw, dict) else None
-        raise ValueError(f"{config_file}: layout {layout!r} is not 'edm'; convert EDM's pickle with "
-                         "scripts/convert_checkpoint.py SOURCE OUT --layout edm --edm-repo PATH")
+    raw, config_file, weights_file = read_converted_config(path, "edm", "convert EDM's pickle with "
+                                                           "scripts/convert_checkpoint.py SOURCE OUT --layout edm "
+                                                           "--edm-repo PATH")
     for key in ("class_name", "init_kwargs"):
         if key not in raw:
             raise ValueError(f"{config_file}: missing key {key!r} (an edm folder's config.json holds layout, "

@@ -337,6 +337,8 @@ DIT_CONFIG = dict(activation_fn="gelu-approximate", norm_type="ada_norm_zero", n
                   attention_bias=True)
 _DIT_KEYS = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers", "dropout",
              "norm_num_groups", "sample_size", "patch_size", "num_embeds_ada_norm", "upcast_attention", "norm_eps")
+DIT_CONFIG_KEYS = Registry.of_names("DiTTransformer2DModel config key", tuple(DIT_CONFIG) + _DIT_KEYS, ordered=True,
+                                    unknown="{source}: unknown {kind} {name!r}; valid: {valid}")
 
 
 def transformer_folder(path: str) -> str | None:
@@ -377,9 +379,9 @@ def load_diffusers(path: str, *, vae: str | None = None, scheduler_config: str |
         if raw.get(key, value) != value:
             raise NotImplementedError(f"{config_file}: {key}={raw[key]!r} is not DiT's ({value!r}); only DiT's "
                                       "DiTTransformer2DModel is built")
-    unknown = sorted(k for k in raw if not k.startswith("_") and k not in DIT_CONFIG and k not in _DIT_KEYS)
-    if unknown:
-        raise ValueError(f"{config_file}: unknown DiTTransformer2DModel config keys {unknown}")
+    for key in sorted(raw):
+        if not key.startswith("_"):  # diffusers' own entries (_class_name, _diffusers_version)
+            DIT_CONFIG_KEYS.check(key, source=config_file)
     heads, head_dim = int(raw.get("num_attention_heads", 16)), int(raw.get("attention_head_dim", 72))
     channels, patch = int(raw.get("in_channels", 4)), int(raw.get("patch_size", 2))
     out, size = int(raw.get("out_channels") or channels), int(raw.get("sample_size", 32))

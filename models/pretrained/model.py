@@ -1,20 +1,22 @@
-"""What a loaded checkpoint is (`Pretrained`, and `PretrainedClassifier` for a noisy classifier), and the checks every
-loader makes before any compute: its weights (`check_weights`; its JSON files are read by `core.read_json`, whose
-errors name the file)."""
+"""What a loaded checkpoint is (`Pretrained`, `PretrainedClassifier` for a noisy classifier and `PretrainedFlow` for a
+normalizing flow), and the checks every loader makes before any compute: its weights (`check_weights`; its JSON
+files are read by `core.read_json`, whose errors name the file)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import TYPE_CHECKING, Callable, Hashable, Union
 
 import jax
 import jax.numpy as jnp
 
-from fastsamplers.core import Registry
+from fastsamplers.core import Registry, read_json
 from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree, Shape
 from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.pretrained.unet2d import UNet2D, UNet2DConfig
+from fastsamplers.models.tarflow import TarFlow
 
 if TYPE_CHECKING:
     from fastsamplers.models.pretrained.adm import ADMConfig
@@ -103,6 +105,32 @@ class PretrainedClassifier:
     layout: str = ""
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PretrainedFlow:
+    """A published normalizing flow (Apple's TarFlow) in the framework's conventions.
+
+    Attributes:
+      flow: the `models.tarflow.TarFlow` module configured as the checkpoint's architecture: `flow.apply(params, x,
+        y)` -> (z, log|det|), `samplers.causal.invert(flow, params, z, y, ...)` and `models.tarflow.denoise(flow,
+        params, x, noise_std, y)` take it as it is.
+      params: its variables, {"params": {...}} (jnp float32 arrays).
+      image_shape: (H, W, C) of the images it models; num_classes: its class count, or None if unconditional.
+      noise_std: the standard deviation of the noise added to the training data (the denoising step's sigma), when
+        the converted folder records it, else None.
+      config: the reference constructor's arguments (a dict, as config.json's init_kwargs).
+      source, layout: as for `Pretrained`.
+    """
+
+    flow: TarFlow
+    params: PyTree
+    image_shape: Shape
+    num_classes: int | None = None
+    noise_std: float | None = None
+    config: dict | None = None
+    source: str = ""
+    layout: str = ""
+
+
 # The network's time label for t on the process: the discrete index (DDPM tables), sigma(t) (VE), or 999 t
 # (score_sde's continuous VP label). name -> label(process, t).
 TIME_INPUTS = Registry("time_input", {"index": lambda process, t: process.discrete_index(t),
@@ -155,6 +183,17 @@ def batch_times(t: ArrayLike, batch: int) -> jax.Array:
     if t.ndim:
         t = jnp.reshape(t, (t.shape[0],))
     return jnp.broadcast_to(t, (batch,))
+
+
+def read_converted_config(path: str, layout: str, how: str) -> tuple[dict, str, str]:
+    """(config.json's contents, its path, model.safetensors' path) of a folder that scripts/convert_checkpoint.py
+    wrote for `layout`; ValueError naming the file, and `how` it is converted, when config.json names another."""
+    config_file = os.path.join(path, "config.json")
+    raw = read_json(config_file)
+    if not isinstance(raw, dict) or raw.get("layout") != layout:
+        found = raw.get("layout") if isinstance(raw, dict) else None
+        raise ValueError(f"{config_file}: layout {found!r} is not {layout!r}; {how}")
+    return raw, config_file, os.path.join(path, "model.safetensors")
 
 
 def check_weights(found: dict[str, Shape], expected: dict[str, Shape], source: str, origin: str) -> None:
