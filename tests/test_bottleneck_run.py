@@ -1,10 +1,8 @@
 """Bottleneck sampling on a checkpointed smoke DiT: the sampling entry's files, the benchmark's rows (FLOPs from the
 plans, equal-cost baselines within a step), the FLOP counter, FD wiring, and clear errors for bad configs."""
 
-import importlib.util
 import json
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 from fastsamplers.experiments import train
 from fastsamplers.experiments.runs import bottleneck_benchmark
 from fastsamplers.experiments.configs import digits_bottleneck, digits_dit
+from script_loader import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SMOKE = os.path.join(ROOT, "experiments/configs/digits_dit.py:smoke")
@@ -81,20 +80,10 @@ def test_sampling_entry_writes_the_grids_and_json(run_dir, tmp_path):
     assert results["rows"][1]["num_samples"] == 16
 
 
-def _script(name):
-    """A script as a module, found as `python scripts/NAME.py` finds its imports (scripts/ on sys.path, for cli)."""
-    if os.path.join(ROOT, "scripts") not in sys.path:
-        sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_script_writes_every_row(run_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the config names the smoke model's training config relative to the repository
     path = tmp_path / "bench.json"
-    _script("benchmark_bottleneck").main(["--config", f"experiments/configs/digits_bottleneck.py:smoke,checkpoint_dir="
+    load_script("benchmark_bottleneck").main(["--config", f"experiments/configs/digits_bottleneck.py:smoke,checkpoint_dir="
                                           f"{run_dir}", "--metric", "none", "--json", str(path)])
     report = json.loads(path.read_text())
     labels = ["baseline", "bottleneck_2x", "equal_cost_bottleneck_2x", "bottleneck_3x", "equal_cost_bottleneck_3x"]

@@ -2,8 +2,6 @@
 cache-free reference, the log-determinant against autodiff, guidance, CRM / IGM, training and the scripts."""
 
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +15,7 @@ from fastsamplers.experiments.train.experiment import data_batch
 from fastsamplers.experiments.configs import digits_tarflow
 from fastsamplers.models.tarflow import TarFlow, block_order, denoise, nll, patchify, unpatchify
 from fastsamplers.samplers import causal, causal_metrics
+from script_loader import load_script
 
 SIZE, P = 8, 2
 T = (SIZE // P) ** 2  # 16 tokens
@@ -337,24 +336,14 @@ def test_training_decreases_nll_and_samples(smoke_run):
 
 
 def test_scripts_metrics_and_benchmark(smoke_run, tmp_path):
-    import importlib.util
-
     _, workdir, *_ = smoke_run
-
-    def load(name):  # as `python scripts/NAME.py` runs it: scripts/ on sys.path (for cli)
-        if os.path.abspath("scripts") not in sys.path:
-            sys.path.insert(0, os.path.abspath("scripts"))
-        spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
 
     plan_path, json_path = str(tmp_path / "plan.json"), str(tmp_path / "bench.json")
     spec = "experiments/configs/digits_tarflow.py:smoke"
-    plan, metrics = load("causal_metrics").main(["--config", spec, "--workdir", workdir, "--plan", plan_path,
+    plan, metrics = load_script("causal_metrics").main(["--config", spec, "--workdir", workdir, "--plan", plan_path,
                                                  "--num-examples", "64", "--segments", "4"])
     assert len(plan) == len(metrics) == 2 and json.load(open(plan_path))["plan"] == plan
-    rows = load("benchmark_causal").main(["--config", spec, "--workdir", workdir, "--json", json_path,
+    rows = load_script("benchmark_causal").main(["--config", spec, "--workdir", workdir, "--json", json_path,
                                           "--plan-file", plan_path, "--num-samples", "24", "--batch-size", "16",
                                           "--latency-batch", "4", "--segments", "4", "--tol", "0", "--no-fd"])
     assert [r["plan"] for r in rows] == ["sequential", "jacobi", "gs_jacobi x4", "CRM/IGM plan"]

@@ -5,7 +5,6 @@ into a temporary cache (a module fixture), so these tests never touch the user's
 
 import json
 import os
-import sys
 
 import jax
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 
 from fastsamplers.experiments.metrics import digits_classifier, digits_training, fd_digits
 from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_distance
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
@@ -226,15 +226,8 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_script_reports_the_cached_classifier(cache, capsys):
-    import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.join(root, "scripts") not in sys.path:  # as `python scripts/...` runs it (for cli)
-        sys.path.insert(0, os.path.join(root, "scripts"))
-    spec = importlib.util.spec_from_file_location("train_fd_digits", os.path.join(root, "scripts",
-                                                                                   "train_fd_digits.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_fd_digits")
     results = script.main(["--size", "8", "--cache", cache, "--no-floor"])
     out = capsys.readouterr().out
     assert "held-out accuracy" in out and "cached" in out and digits_classifier.VERSION in out

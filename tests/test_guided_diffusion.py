@@ -16,7 +16,6 @@ rounding by sigma / alpha <= 21 at step 800, and alpha_s / alpha_t scales x up a
 ~1e-6 relative, so every state agrees to 1e-5 of its own scale (measured: 6e-7 to 7e-7).
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -31,21 +30,15 @@ from fastsamplers.models import pretrained
 from fastsamplers.models.pretrained import guided_diffusion as gd
 from fastsamplers.models.pretrained.adm import ADMConfig, ADMEncoder, ADMUNet
 from fastsamplers.models.pretrained.diffusers import expected_params, torch_shape
+from script_loader import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "guided_diffusion")
 TOLERANCE = 1e-5
 
 
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPT = _module("make_guided_diffusion_fixtures")
-CONVERTER = _module("convert_checkpoint")
+SCRIPT = load_script("make_guided_diffusion_fixtures")
+CONVERTER = load_script("convert_checkpoint")
 
 
 def _rel_error(ours, theirs):

@@ -2,16 +2,15 @@
 torch; with torch and pytorch-fid installed, equality with pytorch-fid's own FID network (random weights, no
 download)."""
 
-import importlib.util
 import math
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from fastsamplers.experiments.metrics import inception
+from script_loader import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -197,11 +196,7 @@ def test_convert_script(torch_fid, tmp_path):
     torch, _, state = torch_fid
     pth = tmp_path / "weights.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
-    if os.path.join(ROOT, "scripts") not in sys.path:  # as `python scripts/...` runs it (for cli)
-        sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    spec = importlib.util.spec_from_file_location("convert", os.path.join(ROOT, "scripts/convert_inception_weights.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("convert_inception_weights")
     assert script.main(["--pth", str(pth), "--out", str(tmp_path / "out.npz")]) == 0
     loaded = inception.load_params(tmp_path / "out.npz")
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(inception.convert_torch_state_dict(state))):

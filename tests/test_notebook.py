@@ -51,3 +51,31 @@ def test_published_checkpoints_notebook_executes_on_the_edm_fixture(tmp_path, mo
     assert "iPNDM-4 at NFE 5: fd_random_projection" in text
     assert "| iPNDM-4 | " in text and " / 13.59 (" in text  # ours beside the published 13.59 at NFE 5
     assert (tmp_path / "out" / "samples.png").stat().st_size > 1000
+
+
+TRANSFORMERS = os.path.join(ROOT, "experiments", "notebooks", "published_transformers.ipynb")
+
+
+def test_published_transformers_notebook_executes_on_the_fixtures(tmp_path, monkeypatch):
+    """GS-Jacobi plans on the TarFlow fixture (every plan agrees with sequential to its tolerance) and bottleneck
+    sampling on the DiT pipeline fixture (decoded), headless."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("FASTSAMPLERS_SMOKE", "1")
+    monkeypatch.setenv("FASTSAMPLERS_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    for name in ("FASTSAMPLERS_TARFLOW", "FASTSAMPLERS_DIT"):
+        monkeypatch.delenv(name, raising=False)
+    notebook = nbformat.read(TRANSFORMERS, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.dirname(TRANSFORMERS)}}).execute()
+    text = "".join(output.get("text", "") + str(output.get("data", {}).get("text/markdown", ""))
+                   for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", []))
+    assert "| block | CRM | share |" in text
+    for line in text.splitlines():
+        if "max |x - x_sequential|" in line:  # every plan at tol 1e-4 lands within 1e-3 of the sequential inverse
+            assert float(line.rsplit("=", 1)[1]) < 1e-3, line
+    assert "layout diffusers_dit, latents (8, 8, 4) -> images (16, 16, 3)" in text
+    assert "plain: NFE 12" in text and "bottleneck: NFE 12 (per stage [5, 5, 2])" in text
+    for name in ("tarflow_passes.png", "dit_plain.png", "dit_bottleneck.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000

@@ -9,7 +9,6 @@ fresh random models of every spec in the script. Numbers are compared in float32
 max |ours - reference| <= 1e-5 max(1, max |reference|).
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from fastsamplers.models import pretrained
 from fastsamplers import samplers
 from fastsamplers import schedules
 from fastsamplers.models.pretrained import score_sde
+from script_loader import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "pretrained")
@@ -34,11 +34,7 @@ EXPECTED = {"ddpm": ("vp_discrete", "eps", (8, 8, 3), None), "ncsnpp": ("ve", "s
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_pretrained_fixtures",
-                                                  os.path.join(ROOT, "scripts", "make_pretrained_fixtures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_pretrained_fixtures")
 
 
 SCRIPT = _script()
@@ -464,10 +460,7 @@ def test_unknown_layout(tmp_path):
 
 def test_convert_to_safetensors_live(tmp_path):
     torch = pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("convert", os.path.join(ROOT, "scripts",
-                                                                          "convert_to_safetensors.py"))
-    convert = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert)
+    convert = load_script("convert_to_safetensors")
     from safetensors.numpy import load_file
 
     state = {"a.weight": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}

@@ -23,7 +23,6 @@ max |theirs|, per state); against diffusers as shipped (float32 tables and sampl
 as well.
 """
 
-import importlib.util
 import os
 
 import jax
@@ -33,6 +32,7 @@ import pytest
 
 from fastsamplers.models import pretrained
 from fastsamplers import samplers
+from script_loader import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm")
@@ -45,11 +45,7 @@ SOLVERS = {"ddim": samplers.get_solver("ddim"), "ddim_offset1_a0": samplers.get_
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "make_pretrained_sampling_fixture", os.path.join(ROOT, "scripts", "make_pretrained_sampling_fixture.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_pretrained_sampling_fixture")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ weights). Where torch imports and SCORE_SDE_PYTORCH_REPO names a checkout, the w
 networks. Numbers are compared in float32: max |ours - reference| <= 1e-5 max |reference|.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from fastsamplers.models import pretrained
+from script_loader import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "score_sde_pytorch")
@@ -25,14 +25,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "score_sde_pytorch")
 EXPECTED = {"ddpmpp_vp": ("vp_linear", "eps"), "ncsnpp_ve": ("ve", "score")}
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CONVERT = _script("convert_checkpoint")  # imports torch only inside its functions
+CONVERT = load_script("convert_checkpoint")  # imports torch only inside its functions
 
 
 def _relative_error(ours, theirs):
@@ -198,7 +191,7 @@ def test_live_against_score_sde_pytorch(name, tmp_path):
     repo = os.environ.get("SCORE_SDE_PYTORCH_REPO")
     if not repo or not os.path.isdir(repo):
         pytest.skip("set SCORE_SDE_PYTORCH_REPO to a checkout of github.com/yang-song/score_sde_pytorch")
-    folder = _script("make_score_sde_pytorch_fixtures").save(name, str(tmp_path), repo, seed=7, raw=True)
+    folder = load_script("make_score_sde_pytorch_fixtures").save(name, str(tmp_path), repo, seed=7, raw=True)
     d = np.load(os.path.join(folder, "outputs.npz"))
     for suffix, key in (("", "out"), ("_raw", "out_raw")):
         m = pretrained.load(folder + suffix)

@@ -14,7 +14,6 @@ segment's length of iterations are exact solvers of the same triangular system a
 rounding only, 1e-5 relative too.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from safetensors.numpy import load_file, save_file
 from fastsamplers.models import pretrained
 from fastsamplers.models.tarflow import TarFlow, denoise, patchify, unpatchify
 from fastsamplers.samplers import causal
+from script_loader import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tarflow")
@@ -38,14 +38,7 @@ REVERSES = {"reverse_cond": dict(), "reverse_guided": dict(guidance=1.5),
             "reverse_temp": dict(guidance=1.5, attn_temperature=0.7)}
 
 
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CONVERTER = _module("convert_checkpoint")
+CONVERTER = load_script("convert_checkpoint")
 
 
 def _nhwc(a):
@@ -196,5 +189,5 @@ def test_matches_ml_tarflow_live(name, tmp_path):
     repo = os.environ.get("TARFLOW_REPO")
     if not repo or not os.path.isfile(os.path.join(repo, "transformer_flow.py")):
         pytest.skip("set TARFLOW_REPO to an ml-tarflow checkout")
-    _module("make_tarflow_fixtures").write(name, repo, str(tmp_path), seed=11)
+    load_script("make_tarflow_fixtures").write(name, repo, str(tmp_path), seed=11)
     _check_folder(str(tmp_path / name))

@@ -4,7 +4,6 @@ asymptotic order, bad options, and parity with diffusers' `UniPCMultistepSchedul
 where diffusers imports)."""
 
 import decimal
-import importlib.util
 import math
 import os
 
@@ -19,6 +18,7 @@ from fastsamplers.models import GaussianMixture
 from fastsamplers.samplers.base import step_inputs
 from fastsamplers.samplers.unipc import g_functions
 from sweep import slow_unless
+from script_loader import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "unipc_diffusers.npz")
@@ -389,10 +389,7 @@ def test_the_fixture_is_small_and_covers_every_case():
 def test_matches_diffusers_live(name):
     pytest.importorskip("diffusers")
     pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("make_unipc_fixture",
-                                                  os.path.join(ROOT, "scripts", "make_unipc_fixture.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("make_unipc_fixture")
     case = next(c for c in script.CASES if c[0] == name)
     params = script.toy_params()
     timesteps, final_sigma, alphas_cumprod, states = script.run_case(case, params, float64_sigmas=True)

@@ -168,7 +168,7 @@ def _strip(block_type):
     return block_type[7:] if isinstance(block_type, str) and block_type.startswith("UNetRes") else block_type
 
 
-def quarter_groups(channels):
+def quarter_groups(channels: int) -> int:
     return min(channels // 4, 32)
 
 
@@ -219,12 +219,13 @@ def average_downsample(x: jax.Array) -> jax.Array:
     return jnp.mean(jnp.reshape(x, (b, h // 2, 2, w // 2, 2, c)), axis=(2, 4))
 
 
-def group_norm_layer(groups, eps, name):
+def group_norm_layer(groups: int, eps: float, name: str) -> nn.GroupNorm:
     # use_fast_variance=False: E[(x - mean)^2], as torch computes it (E[x^2] - mean^2 loses float32 digits).
     return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, name=name)
 
 
-def conv_layer(features, kernel, name, padding=None, strides=1):
+def conv_layer(features: int, kernel: int, name: str, padding: int | None = None,
+               strides: int = 1) -> nn.Conv:
     pad = kernel // 2 if padding is None else padding
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
                    name=name)
@@ -402,7 +403,7 @@ class UpsampleConv(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, h):
+    def __call__(self, h: jax.Array) -> jax.Array:
         return conv_layer(self.features, 3, "conv")(nearest_upsample(h))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -179,7 +179,7 @@ def load_decoder(folder: str) -> tuple[VAEConfig, PyTree]:
     return config, unflatten({by_name[k]: to_flax(by_name[k], v) for k, v in state.items()})
 
 
-def decode_fn(config: VAEConfig):
+def decode_fn(config: VAEConfig) -> Callable[[PyTree, jax.Array], jax.Array]:
     """decode(params, z) -> images: `VAEDecoder` on z / scaling_factor (DiTPipeline, pipeline_dit.py; DiT's
     sample.py), jitted once per config."""
     net = VAEDecoder(config)
