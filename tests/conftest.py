@@ -63,3 +63,19 @@ def oracle():
 def device_flags():
     """XLA_FLAGS for a subprocess on n simulated CPU devices, the session's own flags kept: device_flags(4)."""
     return lambda n: f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+
+
+@pytest.fixture
+def guided_calls(monkeypatch):
+    """`samplers.guided` spied on for one test: the keyword arguments of each call, in order (the real wrapper is
+    returned, so what is sampled does not change)."""
+    from fastsamplers import samplers
+
+    calls, real = [], samplers.guided
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(samplers, "guided", spy)
+    return calls

@@ -19,7 +19,7 @@ from fastsamplers import schedules
 from fastsamplers.experiments import train
 from fastsamplers.experiments.runs import sampler_tables, schedule_distillation
 from fastsamplers.experiments.train.experiment import abstract_state
-from fastsamplers.experiments.configs import digits_vp, distill_checkpoint, distill_oracle
+from fastsamplers.experiments.configs import digits_vp, distill_checkpoint, distill_oracle, distill_pretrained
 from fastsamplers.experiments.configs import evaluate as evaluate_config
 from fastsamplers.samplers.unipc import UniC
 
@@ -135,7 +135,7 @@ def test_the_oracle_source_takes_step_counts_too():
     config.outputs.schedule = "oss_s{num_steps}.json"
     config.lock()
     plan = schedule_distillation._validate(config)
-    assert plan.step_counts == (2, 4) and plan.source == "oracle" and plan.reference_kind == "exact"
+    assert plan.step_counts == (2, 4) and plan.source_name == "oracle" and plan.reference_kind == "exact"
     assert {k: schedule_distillation._solver_text(s) for k, s in plan.score_solvers.items()} == {
         2: "deis_tab order=2", 4: "deis_tab order=3"}
     assert sorted(plan.grids) == [2, 4] and list(plan.grids[2]) == list(config.compare_grids)
@@ -197,3 +197,20 @@ def test_config_variants():
     assert (smoke.train_config, smoke.checkpoint_dir) == ("experiments/configs/digits_vp.py:smoke", "/tmp/x")
     with pytest.raises(ValueError, match="valid"):
         distill_checkpoint.get_config("model=oracle")
+
+
+def test_schedules_distil_on_a_published_latent_dit_with_guidance(tmp_path, guided_calls):
+    """distill_pretrained on the DiT fixture: balanced labels, DiT's 3-channel classifier-free guidance in the
+    distillation, the scoring and the teacher reference; the files record the checkpoint they were made on."""
+    config = _with(distill_pretrained.get_config("smoke"), guidance_scale=1.5)
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = schedule_distillation.run(config, str(tmp_path))
+    masks = [call["channel_mask"] for call in guided_calls]
+    assert masks == [(True, True, True, False)] * 2  # the distillation batch and the held-out batch
+    assert results["source"] == "pretrained" and results["step_counts"] == [2, 3]
+    assert all(math.isfinite(row["rmse"]) for row in results["rows"])
+    record = json.load(open(results["files"]["schedules"]["2"]))
+    assert record["source"] == "pretrained" and record["checkpoint"]["layout"] == "dit"
+    unconditional = os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm")
+    with pytest.raises(ValueError, match="guidance_scale=1.5 needs a class-conditional model"):
+        schedule_distillation.run(_with(config, checkpoint=unconditional), str(tmp_path / "x"))

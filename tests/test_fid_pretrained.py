@@ -220,29 +220,21 @@ def test_workdir_of_another_run_is_refused(smoke, reference_images):
         fid_protocol.run(smoke_config(reference_images[0], grid="uniform"), smoke[1])
 
 
-def test_guidance_on_the_conditional_fixture(reference_images, tmp_path, monkeypatch):
+def test_guidance_on_the_conditional_fixture(reference_images, tmp_path, guided_calls):
     """Balanced labels without the null label, the guided model built (and compiled) once for every batch, and the
     saved samples round(clip((x + 1) 127.5)) of samplers.sample on samplers.guided from fold_in(key, k)."""
-    calls = []
-    guided = samplers.guided
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("batch_axes"))
-        return guided(*args, **kwargs)
-
-    monkeypatch.setattr(samplers, "guided", counting)
     checkpoint = os.path.join(FIXTURES, "conditional")
     config = smoke_config(reference_images[0], checkpoint=checkpoint, null_label=9, guidance_scale=2.0,
                           num_samples=8, num_save=4)
     results = fid_protocol.run(config, str(tmp_path))
-    assert calls == [(None, 0)]  # 2 shards x 1 batch, one trace
+    assert [call["batch_axes"] for call in guided_calls] == [(None, 0)]  # 2 shards x 1 batch, one trace
     assert results["guidance"]["scale"] == 2.0 and results["guidance"]["classes"] == list(range(9))
     assert results["nfe"]["network_calls_per_sample"] == 4 and np.isfinite(results["value"])
     m = pretrained.load(checkpoint, null_label=9)
     key = jax.random.fold_in(jax.random.PRNGKey(0), fid_protocol.NOISE_STREAM)
     x = jnp.stack([m.process.prior(jax.random.fold_in(key, k), m.image_shape, dtype=jnp.float32) for k in range(4)])
     labels = jnp.arange(4) % 9
-    model = guided(m.model_fn, 2.0, (m.params, jnp.full((4,), 9)), batch_axes=(None, 0))
+    model = samplers.guided(m.model_fn, 2.0, (m.params, jnp.full((4,), 9)), batch_axes=(None, 0))
     ts = schedules.get_timesteps("logsnr", m.process, 2)
     x, _ = samplers.sample(model, "ddim", m.process, x, ts, prediction=m.prediction, args=(m.params, labels))
     expected = np.round(np.clip((np.asarray(x, np.float64) + 1) * 127.5, 0, 255))
@@ -279,7 +271,7 @@ def test_classifier_guidance_on_the_adm_fixture(reference_images, tmp_path):
                                       classifier=classifier), str(tmp_path / "other"))
 
 
-def test_latent_dit_samples_latents_and_scores_decoded_images(tmp_path, monkeypatch):
+def test_latent_dit_samples_latents_and_scores_decoded_images(tmp_path, guided_calls):
     """A latent DiT (the DiT-layout fixture with the pipeline fixture's VAE as its vae/): latents sampled with DiT's
     3-channel guidance, decoded in the program, scored on the images; the saved samples are the decoded ones."""
     import shutil
@@ -290,25 +282,17 @@ def test_latent_dit_samples_latents_and_scores_decoded_images(tmp_path, monkeypa
     m = pretrained.load(str(dit))
     images = np.random.default_rng(0).integers(0, 256, (16,) + tuple(m.image_shape), dtype=np.uint8)
     np.savez(tmp_path / "ref.npz", images=images)
-    masks = []
-    guided = samplers.guided
-
-    def recording(*args, **kwargs):
-        masks.append(kwargs.get("channel_mask"))
-        return guided(*args, **kwargs)
-
-    monkeypatch.setattr(samplers, "guided", recording)
     config = smoke_config(tmp_path / "ref.npz", checkpoint=str(dit), null_label=None, guidance_scale=1.5,
                           num_samples=4, num_save=4)
     results = fid_protocol.run(config, str(tmp_path / "w"))
-    assert masks == [(True, True, True, False)]  # DiT's forward_with_cfg guides channels 0-2
+    assert [call["channel_mask"] for call in guided_calls] == [(True, True, True, False)]  # DiT's: channels 0-2
     assert results["model"]["image_shape"] == list(m.image_shape)
     assert results["model"]["latent_shape"] == list(m.latent_shape)
     key = jax.random.fold_in(jax.random.PRNGKey(0), fid_protocol.NOISE_STREAM)
     x = jnp.stack([m.process.prior(jax.random.fold_in(key, k), m.latent_shape, dtype=jnp.float32) for k in range(4)])
     labels = jnp.arange(4) % m.num_classes
-    model = guided(m.model_fn, 1.5, (m.params, jnp.full((4,), m.null_label)), batch_axes=(None, 0),
-                   channel_mask=m.guidance_mask)
+    model = samplers.guided(m.model_fn, 1.5, (m.params, jnp.full((4,), m.null_label)), batch_axes=(None, 0),
+                            channel_mask=m.guidance_mask)
     ts = schedules.get_timesteps("logsnr", m.process, 2)
     x, _ = samplers.sample(model, "ddim", m.process, x, ts, prediction=m.prediction, args=(m.params, labels))
     expected = np.round(np.clip((np.asarray(m.decode(x), np.float64) + 1) * 127.5, 0, 255))

@@ -184,6 +184,9 @@ def make_plan(config, workdir) -> Plan:
                          f"is sampled on {target.process.name!r}")
     ts = np.asarray(learned_ts) if learned is not None else grid_timesteps(
         config.grid, target.process, num_steps, config.nfe, config.t_min, config.t_max, config.grid_options.to_dict())
+    if source.decode is None and source.images != tuple(target.shape):
+        raise ValueError(f"{config.checkpoint} samples latents {tuple(target.shape)} and has no VAE to decode them "
+                         "into images: give its folder a vae/ (scripts/convert_checkpoint.py --vae FOLDER)")
     feature = feature_spec.build(source.images)
     reference = references.check(config.reference, feature, source.images)
 

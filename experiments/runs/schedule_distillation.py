@@ -62,7 +62,7 @@ HELDOUT_STREAM = 2  # the batch every schedule is scored on
 class DistillSetup:
     """Everything a distillation config names, built and checked before any model call (`_validate`)."""
 
-    source: str  # the name of config.source ("oracle" when absent)
+    source_name: str  # the name of config.source ("oracle" when absent)
     process: Any
     prediction: str
     solver: Any  # the solver the schedules are for (named in their files)
@@ -72,7 +72,7 @@ class DistillSetup:
     grids: dict  # {count: {standard grid name: ts}}
     distill_options: dict  # keywords of `schedules.distill_many`
     target: Target  # the model (`sources.load`)
-    source_record: dict  # where it came from (`sources.Source.record`)
+    source: sources.Source  # with the labels, null label and guided channels of a class-conditional model
     model_name: str
     reference_kind: str  # "exact" or "teacher": what the RMSE is measured against
     reference_record: dict
@@ -105,8 +105,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     setup = _validate(config)
     process, solver, counts = setup.process, setup.solver, setup.step_counts
     inputs = _inputs(config, setup)
-    model_fn, x_distill, x_heldout = inputs["model_fn"], inputs["x_distill"], inputs["x_heldout"]
-    args = inputs["args"]
+    (model_fn, args), (heldout_fn, heldout_args) = inputs["distill"], inputs["heldout"]
+    x_distill, x_heldout = inputs["x_distill"], inputs["x_heldout"]
 
     tic = time.perf_counter()
     distilled = schedules.distill_many(config.method, model_fn, solver, process, x_distill, counts,
@@ -124,8 +124,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             ts_refined, refine_info = _refine(config, setup, model_fn, x_distill, *distilled[k], args=args)
             named.append((f"{config.method} + refined", "refined", ts_refined))
         named += [(name, "grid", setup.grids[k][name]) for name in config.compare_grids]
-        count_rows = _score(setup, inputs["reference"], setup.score_solvers[k], model_fn, x_heldout, named,
-                            args=args)
+        count_rows = _score(setup, inputs["reference"], setup.score_solvers[k], heldout_fn, x_heldout, named,
+                            args=heldout_args)
         _add_ratios(count_rows)
         rows += count_rows
 
@@ -177,7 +177,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    reference=setup.reference_kind)
     results = {"config": config.to_dict()}
     if not setup.single or not setup.exact:
-        results.update(source=setup.source, model=setup.model_name, reference=setup.reference_record)
+        results.update(source=setup.source_name, model=setup.model_name, reference=setup.reference_record)
     if not setup.single:
         results["step_counts"] = list(counts)
     results["rows"] = [{k: v for k, v in row.items() if k != "ts"} for row in rows]
@@ -285,9 +285,9 @@ def _validate(config):
     grids = {k: {name: grid_timesteps(name, process, k, score_solvers[k].nfe(k)) for name in config.compare_grids}
              for k in step_counts}
     options["prediction"] = prediction
-    return DistillSetup(source=source, process=process, prediction=prediction, solver=solver,
+    return DistillSetup(source_name=source, process=process, prediction=prediction, solver=solver,
                         step_counts=step_counts, single=single, score_solvers=score_solvers, grids=grids,
-                        distill_options=options, target=target, source_record=loaded.record, model_name=model_name,
+                        distill_options=options, target=target, source=loaded, model_name=model_name,
                         reference_kind=reference["kind"], reference_record=reference)
 
 
@@ -334,11 +334,13 @@ def _solver_for_steps(solver, num_steps):
 
 def _inputs(config, setup):
     """The model, the distillation and held-out batches at t_max and the scoring reference of the config's source:
-    {"model_fn", "args" (its args: a checkpoint's parameters, or None), "x_distill", "x_heldout",
+    {"distill", "heldout": (model_fn, args) of each batch (`_conditioned`), "x_distill", "x_heldout",
     "reference": fn(x_heldout, t_end) -> float64 array}."""
     process, target = setup.process, setup.target
     root = jax.random.PRNGKey(config.seed)
-    inputs = {"model_fn": target.model_fn, "args": target.args}
+    scale = float(config.get("guidance_scale", 1.0))
+    inputs = {"distill": _conditioned(setup.source, config.batch, scale),
+              "heldout": _conditioned(setup.source, config.eval_batch, scale)}
     if setup.exact:
         oracle = target.oracle
         # One compiled draw instead of a dispatch (and, on first use, a compile) per operation.
@@ -363,14 +365,36 @@ def _inputs(config, setup):
     record = setup.reference_record
     teacher = samplers.get_solver(record["solver"], **record["options"])
 
+    heldout_fn, heldout_args = inputs["heldout"]
+
     def reference(x, t_end):
         ts = grid_timesteps(record["grid"], process, record["steps"], teacher.nfe(record["steps"]), t_end,
                             process.t_max)
-        y, _ = samplers.sample(target.model_fn, teacher, process, x, ts, prediction=target.prediction,
-                               args=target.args)
+        y, _ = samplers.sample(heldout_fn, teacher, process, x, ts, prediction=target.prediction, args=heldout_args)
         return np.asarray(y, np.float64)
 
     return {**inputs, "x_distill": x_distill, "x_heldout": x_heldout, "reference": reference}
+
+
+def _conditioned(source, num, guidance_scale):
+    """(model_fn, args) for a batch of `num` samples: the model's own for an unconditional one; for a
+    class-conditional one balanced labels (sample k: classes[k % len(classes)]) and, at a guidance scale other than
+    1, classifier-free guidance against the null label on the channels its layout guides."""
+    target = source.target
+    if source.classes is None or not target.num_classes:
+        if guidance_scale != 1.0:
+            raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model; "
+                             f"{target.description} is unconditional")
+        return target.model_fn, target.args
+    labels = jnp.asarray(source.classes, jnp.int32)[jnp.arange(num) % len(source.classes)]
+    if guidance_scale == 1.0:
+        return target.model_fn, (target.args, labels)
+    if source.null_label is None:
+        raise ValueError(f"guidance_scale={guidance_scale}: {target.description} has no null label for the "
+                         "unconditional call")
+    model = samplers.guided(target.model_fn, guidance_scale, (target.args, jnp.full_like(labels, source.null_label)),
+                            batch_axes=(None, 0), channel_mask=source.guidance_mask)
+    return model, (target.args, labels)
 
 
 def _provenance(config, setup, **fields):
@@ -380,7 +404,7 @@ def _provenance(config, setup, **fields):
     record = dict(model=setup.model_name, solver_options=_options(config.solver.options), student=config.student,
                   prediction=setup.prediction, **fields, config=config.to_dict())
     if not setup.exact:
-        record.update(setup.source_record, reference=setup.reference_record)
+        record.update(source=setup.source_name, checkpoint=setup.source.record, reference=setup.reference_record)
     return record
 
 

@@ -39,7 +39,8 @@ class Source:
     as the unconditional call (None: it has none); `classes` is None for an unconditional model. With a noisy
     `classifier` (a `models.pretrained.PretrainedClassifier`, for classifier guidance) the labels are its classes
     even for an unconditional model, which then ignores them. A latent model (DiT, SiT) samples `target.shape`
-    latents that `decode` turns into images of `image_shape` (None: the samples are the images); `guidance_mask` is
+    latents that `decode` turns into images of `image_shape` (None: the samples are the images; a latent model
+    without its VAE has image_shape but no decode, so what needs images refuses it); `guidance_mask` is
     the channels its published guidance guides (None: all; `samplers.guided`'s channel_mask).
     """
 
@@ -140,9 +141,6 @@ def pretrained(config) -> Source:
             os.path.join(classifier.source, name)) for name in ("config.json", "model.safetensors")}
         record["classifier"] = {"path": os.path.abspath(config.classifier), "files": files}
         identity["classifier_sha256"] = core.fingerprint(list(files.values()))
-    if model.latent_shape is not None and model.decode is None:
-        raise ValueError(f"{config.checkpoint} samples latents {tuple(model.latent_shape)} and has no VAE to decode "
-                         "them into images: give its folder a vae/ (scripts/convert_checkpoint.py --vae FOLDER)")
     target = Target(model.process, model.prediction, model.latent_shape or model.image_shape, model.model_fn,
                     args=model.params, num_classes=num_classes or 0,
                     description=os.path.basename(os.path.normpath(config.checkpoint)))
