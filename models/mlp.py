@@ -19,21 +19,44 @@ ACTIVATIONS = Registry("activation", {"silu": nn.silu, "selu": nn.selu, "relu": 
 TIME_INPUTS = Registry.of_names("time_input", ("sinusoidal", "concat"), ordered=True)
 
 
+def _torch_frequencies(half, shift, max_period):
+    # torch's float32 exponents, exp'ed in float64 and rounded once (XLA's float32 exp is an ulp off on some)
+    exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half - shift)
+    return jnp.asarray(np.exp(exponent.astype(np.float64)).astype(np.float32))
+
+
+def _score_sde_frequencies(half, shift, max_period):
+    # score_sde's layers.get_timestep_embedding, on XLA's float32 exp as score_sde ran
+    return jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(max_period) / (half - shift)))
+
+
+def _edm_frequencies(half, shift, max_period):
+    # EDM's PositionalEmbedding (training/networks.py:201-203): float32(1 / P) ** float32(i / (half - endpoint))
+    exponent = np.arange(half, dtype=np.float32) / np.float32(half - shift)
+    return jnp.asarray((np.float64(np.float32(1.0 / max_period)) ** exponent.astype(np.float64)).astype(np.float32))
+
+
+# How the float32 frequencies exp(-log(max_period) i / (half - shift)) are formed, as each reference forms them, so
+# that t ~ 1000 does not turn their ulps into 1e-5 errors against it: name -> fn(half, shift, max_period).
+FREQUENCIES = Registry("frequency rule", {"torch": _torch_frequencies, "score_sde": _score_sde_frequencies,
+                                          "edm": _edm_frequencies}, ordered=True,
+                       unknown="unknown {kind} {name!r}; valid: {valid}")
+
+
 def time_embedding(t: ArrayLike, dim: int, max_period: float = 10_000.0, *, flip_sin_to_cos: bool = False,
-                   freq_shift: float = 0.0) -> jax.Array:
+                   freq_shift: float = 0.0, frequencies: str = "torch") -> jax.Array:
     """Sinusoidal embedding of t (any shape) into (..., dim) features (Vaswani et al. 2017; DDPM): [sin, cos] of
     t * exp(-log(max_period) i / (dim // 2 - freq_shift)), i < dim // 2, zero-padded when dim is odd.
 
-    `flip_sin_to_cos` gives [cos, sin] (DiT's TimestepEmbedder, DiT/models.py:41-56; diffusers' flip_sin_to_cos) and
-    `freq_shift` is diffusers' downscale_freq_shift (1 in DiTTransformer2DModel's time projection). The float32
-    frequencies are formed as torch forms them and exp'ed once in float64, so that t ~ 1000 does not turn an ulp of
-    XLA's float32 exp into a 1e-5 error against a reference.
+    `flip_sin_to_cos` gives [cos, sin] (DiT's TimestepEmbedder, DiT/models.py:41-56; diffusers' flip_sin_to_cos);
+    `freq_shift` is diffusers' downscale_freq_shift (1 in DiTTransformer2DModel's time projection; EDM's endpoint);
+    `frequencies` names how the float32 frequencies are formed (`FREQUENCIES`: "torch", diffusers' and DiT's and
+    ours; "score_sde"; "edm").
     """
     half = dim // 2
-    exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half - freq_shift)
-    freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
+    freqs = FREQUENCIES.lookup(frequencies)(half, freq_shift, max_period)
     t = jnp.asarray(t, jnp.float32)
-    args = t[..., None] * jnp.reshape(jnp.asarray(freqs), (1,) * t.ndim + (half,))
+    args = t[..., None] * jnp.reshape(freqs, (1,) * t.ndim + (half,))
     pair = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
     emb = jnp.concatenate(pair, axis=-1)
     return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 2 * half)])

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.core.typing import ArrayLike
+from fastsamplers.models.mlp import time_embedding
 
 DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D", "SkipDownBlock2D", "AttnSkipDownBlock2D", "ResnetDownsampleBlock2D")
 UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D", "ResnetUpsampleBlock2D")
@@ -301,24 +302,11 @@ class Attention(nn.Module):
 
 def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool, freq_shift: float,
                        max_period: float = 10000.0, flavor: str = "diffusers") -> jax.Array:
-    """diffusers' get_timestep_embedding: (B,) float timesteps -> (B, dim) [sin, cos] (or [cos, sin] if flipped) of
-    t * exp(-log(max_period) i / (dim // 2 - freq_shift)), zero-padded when dim is odd. The float32 frequencies are
-    formed as the flavor's reference code forms them ("diffusers", "score_sde", or "edm": EDM's
-    PositionalEmbedding, freq_shift its endpoint), so that t ~ 1000 does not turn their ulps into 1e-5 errors."""
-    half = dim // 2
-    if flavor == "edm":  # EDM's PositionalEmbedding (networks.py:201-203): float32(1/P) ** float32(i / (half - shift))
-        exponent = np.arange(half, dtype=np.float32) / np.float32(half - freq_shift)
-        freqs = jnp.asarray((np.float64(np.float32(1.0 / max_period)) ** exponent.astype(np.float64)).astype(
-            np.float32))
-    elif flavor == "score_sde":  # score_sde's layers.get_timestep_embedding, on XLA as score_sde ran
-        freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(max_period) / (half - freq_shift)))
-    else:  # torch's exponents, exp'ed in float64 and rounded once (XLA's float32 exp is off by an ulp on some)
-        exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half - freq_shift)
-        freqs = jnp.asarray(np.exp(exponent.astype(np.float64)).astype(np.float32))
-    args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
-    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)],
-                          axis=-1)
-    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+    """diffusers' get_timestep_embedding: (B,) float timesteps -> (B, dim) [sin, cos] (or [cos, sin] if flipped),
+    `models.mlp.time_embedding` with the frequencies formed as the flavor's reference code forms them ("diffusers":
+    torch's; "score_sde"; "edm": EDM's PositionalEmbedding, freq_shift its endpoint)."""
+    return time_embedding(timesteps, dim, max_period, flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift,
+                          frequencies="torch" if flavor == "diffusers" else flavor)
 
 
 # --- blocks ----------------------------------------------------------------------------------------------------------
