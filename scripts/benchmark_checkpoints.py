@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 from fastsamplers.experiments.runs import checkpoint_benchmark
@@ -36,8 +34,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=os.path.join(cli.ROOT, "experiments", "results",
                                                        "checkpoint_benchmark_cpu.json"))
     args = parser.parse_args(argv)
-    command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__), cli.ROOT)]
-                         + (sys.argv[1:] if argv is None else list(argv)))
+    command = cli.command_line(__file__, argv)
     settings = checkpoint_benchmark.Settings(
         json=args.json, torch_python=args.torch_python, edm_repo=args.edm_repo,
         guided_diffusion_repo=args.guided_diffusion_repo, dit_repo=args.dit_repo, model_dir=args.model_dir,

@@ -12,8 +12,6 @@ the JSON) and the JSON of every cell.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 import jax
@@ -37,8 +35,7 @@ def main(argv=None):
         nfes, args.calibration, args.evaluation, args.teacher_steps, args.budget = [4, 5], 128, 256, 60, 60
     learned_benchmark.benchmark(args.json, nfes=nfes, calibration=args.calibration, evaluation=args.evaluation,
                                 teacher_steps=args.teacher_steps, budget=args.budget,
-                                command=shlex.join(["python", "scripts/benchmark_learned.py",
-                                                    *(sys.argv[1:] if argv is None else argv)]))
+                                command=cli.command_line(__file__, argv))
 
 
 if __name__ == "__main__":

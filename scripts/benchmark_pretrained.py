@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 from fastsamplers.experiments.runs import pretrained_benchmark
@@ -49,8 +47,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=os.path.join(cli.ROOT, "experiments", "results",
                                                        "pretrained_benchmark_cpu.json"))
     args = parser.parse_args(argv)
-    command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__), cli.ROOT)]
-                         + (sys.argv[1:] if argv is None else list(argv)))
+    command = cli.command_line(__file__, argv)
     settings = pretrained_benchmark.Settings(
         json=args.json, torch_python=args.torch_python, model_dir=args.model_dir, batches=tuple(args.batches),
         sampler_batch=args.sampler_batch, repeats=args.repeats, large_repeats=args.large_repeats,

@@ -16,8 +16,6 @@ NFE, log-log, one panel per grid) in --out-dir.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
 from fastsamplers.experiments.runs import solver_benchmark
@@ -34,7 +32,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     plan = (solver_benchmark.quick_plan(args.batch or 128) if args.quick
             else solver_benchmark.Plan(accuracy_batch=args.batch or 1024))
-    command = shlex.join([sys.executable, *sys.argv] if argv is None else ["scripts/benchmark_solvers.py", *argv])
+    command = cli.command_line(__file__, argv)
     solver_benchmark.benchmark(plan, args.json, out_dir=args.out_dir, process=args.process, seed=args.seed,
                                command=command)
 

@@ -40,6 +40,15 @@ VERBOSE_ENV = "FASTSAMPLERS_VERBOSE"
 NOISY_LOGGERS = ("jax._src.xla_bridge", "orbax", "absl")
 
 
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces this run, for a benchmark's record: `python scripts/NAME.py ARGS` relative to the
+    repository (ARGS: argv, or the process's own arguments when argv is None)."""
+    import shlex
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", os.path.relpath(os.path.abspath(script), ROOT), *args])
+
+
 def verbose() -> bool:
     """FASTSAMPLERS_VERBOSE is set to something other than "", "0" or "false"."""
     return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false")

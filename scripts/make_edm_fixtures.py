@@ -5,7 +5,7 @@
 
 Needs torch, numpy and safetensors, and a checkout of github.com/NVlabs/edm (whose training/networks.py builds and
 runs the networks; nothing of it is copied here). tests/test_edm.py reads what it writes and, where torch and the
-checkout import (EDM_REPO, default /work/refs/edm), calls `build` and `outputs` live on `LIVE_SPECS`.
+checkout import (EDM_REPO names it), calls `build` and `outputs` live on `LIVE_SPECS`.
 
 Each fixture `<name>/` holds config.json ({"layout": "edm", "class_name", "init_kwargs"}: what the converter writes)
 and model.safetensors (the network's state_dict; parameters rounded to float16 and stored so, which halves the

@@ -18,3 +18,17 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def reference_checkout(variable, marker):
+    """The checkout of a reference implementation named by the environment variable `variable` (it holds the file
+    or folder `marker`), for a live check: the test is skipped where torch and safetensors do not import (the
+    project's environment has neither) or the variable names no such checkout."""
+    import pytest
+
+    pytest.importorskip("torch")
+    pytest.importorskip("safetensors.torch")
+    repo = os.environ.get(variable)
+    if not repo or not os.path.exists(os.path.join(repo, marker)):
+        pytest.skip(f"set {variable} to a checkout holding {marker}")
+    return repo

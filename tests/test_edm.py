@@ -3,7 +3,7 @@
 The committed fixtures (tests/fixtures/edm/, written by scripts/make_edm_fixtures.py with NVlabs/edm's
 training/networks.py) are small random-weight networks in the converted layout with EDM's D(x; sigma) on fixed inputs;
 from_pickle/ is the "ddpmpp" network pickled by EDM's persistence and converted by scripts/convert_checkpoint.py.
-Where torch and an EDM checkout import (EDM_REPO, default /work/refs/edm), the checks also run live on every spec of
+Where torch and an EDM checkout import (EDM_REPO names it), the checks also run live on every spec of
 the script, two of them (several heads; skip encoder and decoder with FIR on three levels) only live.
 Numbers are compared in float32, per sample: max |ours - EDM| <= 1e-5 max |EDM| (EDM runs in float32; measured
 errors are 1e-7 to 2e-6 relative).
@@ -22,10 +22,10 @@ import pytest
 from fastsamplers import samplers, schedules
 from fastsamplers.models import pretrained
 from fastsamplers.models.pretrained import edm
+from script_loader import reference_checkout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "edm")
-EDM_REPO = os.environ.get("EDM_REPO", "/work/refs/edm")
 # name -> (class_name, model_type, num_classes, the process's (t_min, t_max))
 EXPECTED = {"ddpmpp": ("EDMPrecond", "SongUNet", None, (0.002, 80.0)),
             "ncsnpp_ve": ("VEPrecond", "SongUNet", None, (0.02, 80.0)),
@@ -178,10 +178,7 @@ def test_layouts_are_detected_and_refused(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(SCRIPT["LIVE_SPECS"]))
 def test_matches_edm_live(name, tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("safetensors.torch")
-    if not os.path.isfile(os.path.join(EDM_REPO, "training", "networks.py")):
-        pytest.skip(f"no EDM checkout at {EDM_REPO} (set EDM_REPO)")
-    net = SCRIPT["build"](name, EDM_REPO, seed=5)
+    repo = reference_checkout("EDM_REPO", os.path.join("training", "networks.py"))
+    net = SCRIPT["build"](name, repo, seed=5)
     folder = SCRIPT["write"](str(tmp_path / name), net, SCRIPT["outputs"](name, net, seed=5))
     _check_outputs(pretrained.load(folder), folder)

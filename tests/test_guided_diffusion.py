@@ -30,7 +30,7 @@ from fastsamplers.models import pretrained
 from fastsamplers.models.pretrained import guided_diffusion as gd
 from fastsamplers.models.pretrained.adm import ADMConfig, ADMEncoder, ADMUNet
 from fastsamplers.models.pretrained.diffusers import expected_params, torch_shape
-from script_loader import load_script
+from script_loader import load_script, reference_checkout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "guided_diffusion")
@@ -274,7 +274,7 @@ def test_missing_weights_and_foreign_config(tmp_path):
     os.remove(os.path.join(folder, "model.safetensors"))
     with pytest.raises(FileNotFoundError, match="missing weights file .*model.safetensors"):
         pretrained.load(folder)
-    with pytest.raises(ValueError, match="not a guided_diffusion folder"):
+    with pytest.raises(ValueError, match="layout None is not 'guided_diffusion'; convert the .pt"):
         gd.load(os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm", "unet"))
 
 
@@ -302,10 +302,6 @@ def test_converter_refuses_bad_options():
 
 @pytest.mark.parametrize("name", sorted(SCRIPT.SPECS))
 def test_matches_guided_diffusion_live(name, tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("safetensors.torch")
-    repo = os.environ.get("GUIDED_DIFFUSION_REPO")
-    if not repo or not os.path.isdir(os.path.join(repo, "guided_diffusion")):
-        pytest.skip("set GUIDED_DIFFUSION_REPO to a guided-diffusion checkout")
+    repo = reference_checkout("GUIDED_DIFFUSION_REPO", "guided_diffusion")
     SCRIPT.write_network(name, repo, str(tmp_path), seed=11)
     _check_network(str(tmp_path / name), name)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastsamplers.models import pretrained
-from script_loader import load_script
+from script_loader import load_script, reference_checkout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "score_sde_pytorch")
@@ -187,10 +187,7 @@ def test_bad_folders(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_live_against_score_sde_pytorch(name, tmp_path):
-    pytest.importorskip("torch")
-    repo = os.environ.get("SCORE_SDE_PYTORCH_REPO")
-    if not repo or not os.path.isdir(repo):
-        pytest.skip("set SCORE_SDE_PYTORCH_REPO to a checkout of github.com/yang-song/score_sde_pytorch")
+    repo = reference_checkout("SCORE_SDE_PYTORCH_REPO", "models")
     folder = load_script("make_score_sde_pytorch_fixtures").save(name, str(tmp_path), repo, seed=7, raw=True)
     d = np.load(os.path.join(folder, "outputs.npz"))
     for suffix, key in (("", "out"), ("_raw", "out_raw")):

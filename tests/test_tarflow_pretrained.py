@@ -27,7 +27,7 @@ from safetensors.numpy import load_file, save_file
 from fastsamplers.models import pretrained
 from fastsamplers.models.tarflow import TarFlow, denoise, patchify, unpatchify
 from fastsamplers.samplers import causal
-from script_loader import load_script
+from script_loader import load_script, reference_checkout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tarflow")
@@ -184,10 +184,6 @@ def test_converter_config_from_preset_name_and_json():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_ml_tarflow_live(name, tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("safetensors.torch")
-    repo = os.environ.get("TARFLOW_REPO")
-    if not repo or not os.path.isfile(os.path.join(repo, "transformer_flow.py")):
-        pytest.skip("set TARFLOW_REPO to an ml-tarflow checkout")
+    repo = reference_checkout("TARFLOW_REPO", "transformer_flow.py")
     load_script("make_tarflow_fixtures").write(name, repo, str(tmp_path), seed=11)
     _check_folder(str(tmp_path / name))

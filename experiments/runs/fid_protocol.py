@@ -112,6 +112,7 @@ class Plan:
     batch: int  # samples per device call, a multiple of the devices
     params: Any  # the model's weights, replicated on the mesh
     classifier_params: Any  # the classifier's weights, replicated (None without one)
+    decode_params: Any  # a latent model's VAE weights, replicated (None for a pixel model)
     noise_key: Any
     solver_key: Any
     identity: dict  # what decides a shard's content
@@ -212,6 +213,7 @@ def make_plan(config, workdir) -> Plan:
                 params=jax.device_put(target.args, replicated),
                 classifier_params=None if source.classifier is None else jax.device_put(source.classifier.params,
                                                                                         replicated),
+                decode_params=None if source.decode is None else jax.device_put(source.decode_params, replicated),
                 noise_key=jax.device_put(jax.random.fold_in(root, NOISE_STREAM), replicated),
                 solver_key=jax.device_put(jax.random.fold_in(root, SOLVER_STREAM), replicated), identity=identity,
                 shards=core.ShardStore(os.path.join(workdir, "shards"), identity,
@@ -231,7 +233,7 @@ def _solver_label(name, options):
 def _sample_program(model_structure, solver_structure, process, prediction, image_shape, classes, null_label, guided,
                     conditional, classifier_fn, decode, guidance_mask, mesh):
     """jit(params, indices (n,) int32 sharded, ts, noise_key, solver_key, model leaves, solver leaves, guidance
-    scale, classifier params, classifier scale) -> float32 samples (n, *image_shape).
+    scale, classifier params, classifier scale, decoder params) -> float32 samples (n, *image_shape).
 
     Cached on its static inputs, the structures of the model function and the solver (`samplers.pytrees.split`) and
     whether the model is guided: one compiled program per model, solver structure, step count and batch, whatever
@@ -239,12 +241,13 @@ def _sample_program(model_structure, solver_structure, process, prediction, imag
     `samplers.sample`. The guided model function is built inside the traced function, so it is traced and compiled
     once with it. `conditional`: the model takes labels (an unconditional one guided by a classifier does not);
     `classifier_fn`: a noisy classifier's function for classifier guidance, or None; `decode`: a latent model's VAE
-    decoder (the samples are decoded in the program: `image_shape` is then the latents'), or None; `guidance_mask`:
+    decoder decode(params, z) (the samples are decoded in the program, its weights a traced argument: `image_shape`
+    is then the latents'), or None; `guidance_mask`:
     the channels classifier-free guidance guides (None: all)."""
     batch_sharding = features.sharding(mesh, True)
 
     def draw(params, indices, ts, noise_key, solver_key, model_leaves, solver_leaves, scale, classifier_params,
-             classifier_scale):
+             classifier_scale, decode_params):
         model_fn, solver = merge(model_structure, model_leaves), merge(solver_structure, solver_leaves)
         keys = jax.vmap(lambda k: jax.random.fold_in(noise_key, k))(indices)
         x = jax.vmap(lambda key: process.prior(key, image_shape, t=ts[0], dtype=jnp.float32))(keys)
@@ -264,11 +267,11 @@ def _sample_program(model_structure, solver_structure, process, prediction, imag
         x, _ = samplers.sample(model, solver, process, x, ts, prediction=prediction, key=key, args=args,
                                check_finite=False)
         if decode is not None:
-            x = decode(x)
+            x = decode(decode_params, x)
         return x.astype(jnp.float32)
 
     replicated = features.sharding(mesh, False)
-    return jax.jit(draw, in_shardings=(replicated, batch_sharding) + (replicated,) * 8, out_shardings=batch_sharding)
+    return jax.jit(draw, in_shardings=(replicated, batch_sharding) + (replicated,) * 9, out_shardings=batch_sharding)
 
 
 def sample_batch(plan: Plan, indices: np.ndarray) -> jax.Array:
@@ -284,7 +287,7 @@ def sample_batch(plan: Plan, indices: np.ndarray) -> jax.Array:
                               plan.source.guidance_mask, plan.mesh)
     return program(plan.params, jax.device_put(indices, features.sharding(plan.mesh, True)), plan.ts, plan.noise_key,
                    plan.solver_key, model_leaves, solver_leaves, plan.guidance_scale, plan.classifier_params,
-                   plan.classifier_scale)
+                   plan.classifier_scale, plan.decode_params)
 
 
 def _sample_batches(shard, plan, bar, kept, num_save):

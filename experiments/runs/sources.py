@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 
@@ -39,9 +39,9 @@ class Source:
     as the unconditional call (None: it has none); `classes` is None for an unconditional model. With a noisy
     `classifier` (a `models.pretrained.PretrainedClassifier`, for classifier guidance) the labels are its classes
     even for an unconditional model, which then ignores them. A latent model (DiT, SiT) samples `target.shape`
-    latents that `decode` turns into images of `image_shape` (None: the samples are the images; a latent model
-    without its VAE has image_shape but no decode, so what needs images refuses it); `guidance_mask` is
-    the channels its published guidance guides (None: all; `samplers.guided`'s channel_mask).
+    latents that `decode(decode_params, x)` turns into images of `image_shape` (None: the samples are the images; a
+    latent model without its VAE has image_shape but no decode, so what needs images refuses it); `guidance_mask`
+    is the channels its published guidance guides (None: all; `samplers.guided`'s channel_mask).
     """
 
     target: Target
@@ -50,7 +50,8 @@ class Source:
     identity: dict
     record: dict
     classifier: pretrained_models.PretrainedClassifier | None = None
-    decode: Callable[[jax.Array], jax.Array] | None = None
+    decode: Callable[[Any, jax.Array], jax.Array] | None = None  # decode(decode_params, latents) -> images
+    decode_params: Any = None
     image_shape: tuple | None = None
     guidance_mask: tuple | None = None
 
@@ -144,8 +145,11 @@ def pretrained(config) -> Source:
     target = Target(model.process, model.prediction, model.latent_shape or model.image_shape, model.model_fn,
                     args=model.params, num_classes=num_classes or 0,
                     description=os.path.basename(os.path.normpath(config.checkpoint)))
-    return Source(target, classes, model.null_label, identity, record, classifier, decode=model.decode,
-                  image_shape=tuple(model.image_shape), guidance_mask=model.guidance_mask)
+    decode = model.decode  # functools.partial(fn, vae_params): the weights go into programs as arguments
+    return Source(target, classes, model.null_label, identity, record, classifier,
+                  decode=None if decode is None else decode.func,
+                  decode_params=None if decode is None else decode.args[0], image_shape=tuple(model.image_shape),
+                  guidance_mask=model.guidance_mask)
 
 
 def _classifier(path, model):

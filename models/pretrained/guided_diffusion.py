@@ -35,14 +35,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from fastsamplers.core import Registry, read_json
+from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike
 from fastsamplers.models.pretrained.adm import ADMConfig, ADMEncoder, ADMUNet
 from fastsamplers.models.pretrained.diffusers import ParamPath, alphas_cumprod, expected_params, to_flax, unflatten
 from fastsamplers.models.pretrained.diffusers import torch_shape
-from fastsamplers.models.pretrained.model import Pretrained, PretrainedClassifier, check_weights, make_functions
+from fastsamplers.models.pretrained.model import (Pretrained, PretrainedClassifier, check_weights, make_functions,
+                                                read_converted_config)
 from fastsamplers.schedules.processes import Process, as_float, get_process
 
 LAYOUT = "guided_diffusion"
@@ -184,12 +184,8 @@ def _split_index(module):
 
 def read_state(path: str) -> tuple[str, dict[str, Any]]:
     """(config.json path, its contents) of a converted folder; FileNotFoundError / ValueError of one sentence."""
-    config_file = os.path.join(path, "config.json")
-    raw = read_json(config_file)
-    if not isinstance(raw, dict) or raw.get("layout") != LAYOUT:
-        found = raw.get("layout") if isinstance(raw, dict) else None
-        raise ValueError(f"{config_file}: not a guided_diffusion folder (its \"layout\" is {found!r}, expected "
-                         f"{LAYOUT!r}); convert the .pt with scripts/convert_checkpoint.py --layout guided_diffusion")
+    raw, config_file, _ = read_converted_config(path, LAYOUT, "convert the .pt with scripts/convert_checkpoint.py "
+                                                "--layout guided_diffusion")
     kinds = [k for k in ("model_flags", "classifier_flags") if k in raw]
     if len(kinds) != 1 or "diffusion_flags" not in raw:
         raise ValueError(f"{config_file}: a guided_diffusion config.json holds \"diffusion_flags\" and exactly one of "

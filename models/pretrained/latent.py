@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,8 @@ from fastsamplers.core.typing import Shape
 from fastsamplers.models.conditioning import split_conditional_args
 from fastsamplers.models.dit import DiT, sincos_2d
 from fastsamplers.models.pretrained.diffusers import alphas_cumprod, scheduler_process
-from fastsamplers.models.pretrained.model import Pretrained, batch_times, check_weights, make_functions
+from fastsamplers.models.pretrained.model import (Pretrained, batch_times, check_weights, make_functions,
+                                               read_converted_config)
 from fastsamplers.models.pretrained.vae import VAEConfig, decode_fn, load_decoder
 from fastsamplers.schedules.processes import Process, get_process
 
@@ -265,12 +266,8 @@ def _read_converted(path: str, layout: str) -> tuple[str, dict[str, Any], dict[s
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no such folder: {path}")
-    config_file = os.path.join(path, "config.json")
-    raw = read_json(config_file)
-    if not isinstance(raw, dict) or raw.get("layout") != layout:
-        found = raw.get("layout") if isinstance(raw, dict) else None
-        raise ValueError(f"{config_file}: not a {layout} folder (its \"layout\" is {found!r}); convert the .pt with "
-                         f"scripts/convert_checkpoint.py --layout {layout}")
+    raw, config_file, weights_file = read_converted_config(path, layout, "convert the .pt with "
+                                                           f"scripts/convert_checkpoint.py --layout {layout}")
     keys = {"layout", "model", "input_size", "in_channels", "num_classes", "learn_sigma", "vae", "image_size"}
     unknown = sorted(set(raw) - keys)
     if unknown or "model" not in raw or "input_size" not in raw:
@@ -278,7 +275,6 @@ def _read_converted(path: str, layout: str) -> tuple[str, dict[str, Any], dict[s
                          f"in_channels, num_classes, learn_sigma, vae, image_size); it has {sorted(raw)}")
     if raw.get("vae") not in VAE_NAMES + (None,):
         raise ValueError(f"{config_file}: vae={raw['vae']!r}; valid: {list(VAE_NAMES)} or null")
-    weights_file = os.path.join(path, WEIGHTS)
     if not os.path.isfile(weights_file):
         raise FileNotFoundError(f"missing weights file {weights_file}")
     return config_file, raw, load_file(weights_file)

@@ -56,7 +56,9 @@ class Pretrained:
       latent_shape: for a latent model (DiT, SiT), the (h, w, C) of the latents it samples, image_shape being the
         decoded images'; None for a pixel-space model, which samples image_shape.
       decode: for a latent model with its VAE, decode(z) -> images in about [-1, 1] from diffusion latents (it
-        divides by the VAE's scaling factor itself); else None.
+        divides by the VAE's scaling factor itself); else None. It is `functools.partial(fn, vae_params)` of the
+        VAE's jitted fn(params, z) (`models.pretrained.vae.decode_fn`), so a compiled program can call `decode.func`
+        with the weights `decode.args[0]` as a traced argument rather than baked-in constants.
       guidance_mask: the channels the checkpoint's own classifier-free guidance guides (a tuple of bools, for
         `samplers.guided(..., channel_mask=m.guidance_mask)`; DiT's and SiT's code guide channels 0-2 of 4); None: all.
     """

@@ -26,11 +26,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers.core import read_json
 from fastsamplers.core.typing import Shape
 from fastsamplers.models.pretrained import score_sde
 from fastsamplers.models.pretrained.diffusers import PICKLED, ParamPath, to_flax, torch_shape, unflatten
-from fastsamplers.models.pretrained.model import Pretrained, check_weights
+from fastsamplers.models.pretrained.model import Pretrained, check_weights, read_converted_config
 from fastsamplers.models.pretrained.unet2d import UNet2DConfig
 
 LAYOUT = "score_sde_pytorch"
@@ -91,8 +90,9 @@ def load(path: str, **overrides: Any) -> Pretrained:
     from safetensors.numpy import load_file
 
     config_file, weights_file = find_files(path)
-    raw = read_json(config_file)
-    if not isinstance(raw, dict) or raw.get("layout") != LAYOUT or not isinstance(raw.get("config"), (str, dict)):
+    raw = read_converted_config(path, LAYOUT, "convert the .pth with scripts/convert_checkpoint.py --layout "
+                                f"{LAYOUT}")[0]
+    if not isinstance(raw.get("config"), (str, dict)):
         raise ValueError(f"{config_file}: expected {{\"layout\": \"{LAYOUT}\", \"config\": <a score_sde preset name "
                          f"or config keys>}} as scripts/convert_checkpoint.py writes it, got "
                          f"{sorted(raw) if isinstance(raw, dict) else type(raw).__name__}")

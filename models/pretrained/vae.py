@@ -13,6 +13,7 @@ the last), GroupNorm, SiLU, conv_out; every GroupNorm has norm_num_groups groups
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -179,8 +180,9 @@ def load_decoder(folder: str) -> tuple[VAEConfig, PyTree]:
     return config, unflatten({by_name[k]: to_flax(by_name[k], v) for k, v in state.items()})
 
 
+@functools.lru_cache(maxsize=8)
 def decode_fn(config: VAEConfig) -> Callable[[PyTree, jax.Array], jax.Array]:
     """decode(params, z) -> images: `VAEDecoder` on z / scaling_factor (DiTPipeline, pipeline_dit.py; DiT's
-    sample.py), jitted once per config."""
+    sample.py), jitted once per config (cached: two loads of one VAE share it, and the programs that call it)."""
     net = VAEDecoder(config)
     return jax.jit(lambda params, z: net.apply({"params": params}, jnp.asarray(z) / config.scaling_factor))
