@@ -17,7 +17,8 @@ of past points a multistep solver keeps), `convergence_order` (what the tests me
 equal to `order` except where a published method falls short of its name), `stages` (model calls per step), `native`
 (the prediction kind the solver consumes: the model's output is converted to it exactly), `evaluates_end` (whether
 a step calls the model at its end time, which rules out a final step to sigma = 0), `static_nfe` (whether the model
-calls are known from the grid alone).
+calls are known from the grid alone), `learned_variance` (whether the model returns 2C channels, [prediction | a
+learned variance], of which the driver converts the first half: `samplers.ancestral`).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Solver(TracedOptions):
     native = "eps"
     evaluates_end = False
     static_nfe = True
+    learned_variance = False
 
     def __post_init__(self) -> None:
         # A numeric option given as a Python int is held as a float: `samplers.pytrees.split` keeps ints static (a

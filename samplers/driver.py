@@ -11,7 +11,7 @@ guidance scale) reuse it, and no weight is compiled in as a constant.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -185,10 +185,11 @@ def describe_args(args: PyTree, max_leaves: int = 4) -> str:
     return f"a {type(args).__name__} of {len(leaves)} arrays ({size:,} numbers)"
 
 
-def checked_model(model_fn: ModelFn, has_args: bool) -> Callable[[jax.Array, jax.Array, PyTree], jax.Array]:
+def checked_model(model_fn: ModelFn, has_args: bool,
+                  learned_variance: bool = False) -> Callable[[jax.Array, jax.Array, PyTree], jax.Array]:
     """model_fn as model(x, t, args), its output checked at trace time (free at run time): a prediction has x's shape
-    and a floating dtype, and anything else is a sentence naming what was expected, not an error deep inside a
-    solver."""
+    (twice its channels, [prediction | variance], for a solver with `learned_variance`) and a floating dtype, and
+    anything else is a sentence naming what was expected, not an error deep inside a solver."""
     signature = "model_fn(x, t, args)" if has_args else "model_fn(x, t)"
 
     def model(x, t, args):
@@ -198,10 +199,14 @@ def checked_model(model_fn: ModelFn, has_args: bool) -> Callable[[jax.Array, jax
             given = f" and args {describe_args(args)}" if has_args else ""
             raise ValueError(f"{signature} failed for x of shape {x.shape} ({x.dtype}){given}: {err}") from err
         shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
-        if shape != x.shape or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        expected = x.shape[:-1] + (2 * x.shape[-1],) if learned_variance else x.shape
+        if shape != expected or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             got = f"shape {shape} and dtype {dtype}" if shape is not None else f"a {type(out).__name__}"
-            raise ValueError(f"{signature} must return one floating-point array of x's shape {x.shape} "
-                             f"(x has dtype {x.dtype}); it returned {got}")
+            what = (f"of shape {expected}, [prediction | learned variance] along the last axis (the solver's "
+                    f"variance='learned'; a checkpoint's m.variance_model_fn)" if learned_variance
+                    else f"of x's shape {x.shape}")
+            raise ValueError(f"{signature} must return one floating-point array {what} (x has dtype {x.dtype}); it "
+                             f"returned {got}")
         return out
 
     return model
@@ -209,21 +214,36 @@ def checked_model(model_fn: ModelFn, has_args: bool) -> Callable[[jax.Array, jax
 
 def _sample_fn(model_key, solver_key, process, prediction, save_trajectory, has_args, noise_kind):
     def run(model_leaves, solver_leaves, x_init, ts, args, key):
-        checked = checked_model(merge(model_key, model_leaves), has_args)
         solver = merge(solver_key, solver_leaves)
-        model = predictions.converted(lambda x, t: checked(x, t, args), prediction, solver.native, process)
+        checked = checked_model(merge(model_key, model_leaves), has_args, solver.learned_variance)
+        model = _native_model(lambda x, t: checked(x, t, args), prediction, solver, process)
         noise = None
         if noise_kind is not None:
             noise = noises.make_noise(noise_kind, key, process, x_init.shape[0] if x_init.ndim else None)
         x, nfe, trajectory = solver.integrate(model, process, x_init, ts, save_trajectory=save_trajectory,
                                               noise=noise)
         if solver.denoise_to_zero:  # one more call at ts[-1]: its data prediction, the jump to sigma = 0
-            x = predictions.convert(model(x, ts[-1]), solver.native, "x0", x, ts[-1], process)
+            x = predictions.convert(model(x, ts[-1])[..., :x.shape[-1]], solver.native, "x0", x, ts[-1], process)
             nfe = nfe + 1
         x = x.astype(x_init.dtype)
         return x, nfe, jnp.sum(~jnp.isfinite(x)), trajectory
 
     return run
+
+
+def _native_model(model: Callable, prediction: str, solver: Solver, process: Process) -> Callable:
+    """model(x, t) converted to the solver's native prediction; with `solver.learned_variance`, the first half of the
+    channels is the prediction (converted) and the second the variance (passed through)."""
+    if not solver.learned_variance:
+        return predictions.converted(model, prediction, solver.native, process)
+
+    def split_converted(x, t):
+        out = model(x, t)
+        channels = x.shape[-1]
+        native = predictions.convert(out[..., :channels], prediction, solver.native, x, t, process)
+        return jnp.concatenate([native, out[..., channels:]], axis=-1)
+
+    return split_converted
 
 
 @functools.lru_cache(maxsize=64)

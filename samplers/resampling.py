@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from fastsamplers.core import Registry
+from fastsamplers.core.typing import PyTree
 
 
 def ess(log_w: jax.Array) -> jax.Array:
@@ -72,7 +73,7 @@ def resample(key: jax.Array, log_w: jax.Array, method: str = "systematic") -> ja
     return fn(key, log_w)
 
 
-def gather(tree, index: jax.Array, axis: int = 0):
+def gather(tree: PyTree, index: jax.Array, axis: int = 0) -> PyTree:
     """Each leaf of `tree` (a pytree of arrays with a particle axis at `axis` of length K) indexed by the ancestors
     `index` (K,) along that axis; for G populations of K particles laid out as G * K along `axis`, pass index of
     shape (G, K) (indices within each population)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from fastsamplers.core import Registry
 from fastsamplers.samplers.adaptive import Adaptive
+from fastsamplers.samplers.ancestral import DDPM
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.linear_table import LinearTable
 from fastsamplers.samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE,
@@ -82,7 +83,7 @@ SOLVERS = Registry("solver", {entry.name: entry for entry in (
         dict(order=3, corrector=False, lower_order_final=False), {})),
     Adaptive, EulerAncestral, EDMStochastic,
     WithCorrector(DPMSolverPP2MSDE), WithCorrector(DPMSolverPP3MSDE),  # UniC refuses them unless eta = 0
-    SASolver)}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from a file: "
+    SASolver, DDPM)}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from a file: "
                          f"{FILE_SOLVERS.valid()} with path=..."))
 
 
@@ -108,7 +109,8 @@ def get_solver(name: str, **options: Any) -> Solver:
     variant, corrector), unipc (order 1-3, variant "bh1" | "bh2", corrector, lower_order_final), adaptive (method,
     rtol, atol, max_steps, gamma_floor); the stochastic ones: ddim (eta), euler_ancestral (eta), edm_stochastic
     (S_churn, S_min, S_max, S_noise), dpmpp_2m_sde (eta, solver_type), dpmpp_3m_sde (eta), sa_solver
-    (predictor_order, corrector_order, tau, tau_interval, variant, lower_order_final; tau = 0 is deterministic).
+    (predictor_order, corrector_order, tau, tau_interval, variant, lower_order_final; tau = 0 is deterministic),
+    ddpm (variance "small" | "large" | "learned", clip_x0; always stochastic).
     Every solver takes denoise_to_zero; `lower_order_final` means the same in every multistep solver
     (`samplers.multistep`); `corrector=True` returns the predictor wrapped in UniC (`samplers.unic`). The paper's
     tAB-r is deis_tab with order = r + 1. A learned sampler loads from its file: "file", "olss" or

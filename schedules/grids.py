@@ -40,6 +40,28 @@ def uniform(process: Process, num_steps: int, t_min: float, t_max: float) -> np.
     return np.linspace(t_max, t_min, num_steps + 1)
 
 
+@_grid("respaced")
+def respaced(process: Process, num_steps: int, t_min: float, t_max: float) -> np.ndarray:
+    """The evenly respaced integer steps of a discrete-time process (`vp_discrete`, N steps, index n at
+    t = (n + 1) / N): guided-diffusion's timestep_respacing "K" with one section (respace.py:41-58: index
+    round(i (size - 1) / (K - 1)) from the lowest index up, the stride accumulated in floating point, Python's
+    round), the grid of ADM's and DiT's published 250-step samplers; K = num_steps + 1 indices between those of
+    t_min and t_max."""
+    size = len(getattr(process, "alphas_cumprod", ()))
+    if not size:
+        raise ValueError(f"the respaced grid takes the integer steps of a discrete-time process (vp_discrete); "
+                         f"{process.name!r} has none")
+    low, high = (int(round(float(process.discrete_index(t)))) for t in (t_min, t_max))
+    if num_steps > high - low:
+        raise ValueError(f"the respaced grid has {high - low + 1} integer steps between t_min and t_max, fewer than "
+                         f"the {num_steps + 1} times asked for")
+    stride, position, index = (high - low) / num_steps, 0.0, []
+    for _ in range(num_steps + 1):
+        index.append(low + round(position))
+        position += stride
+    return (np.asarray(index[::-1], np.float64) + 1.0) / size
+
+
 @_grid("power")
 def power(process: Process, num_steps: int, t_min: float, t_max: float, exponent: float = 2.0) -> np.ndarray:
     """t_i = (t_max^(1/k) + i/N (t_min^(1/k) - t_max^(1/k)))^k: DEIS's "t" grid of order k."""
@@ -200,8 +222,8 @@ def get_timesteps(name: str, process: Process | str, num_steps: int, *, t_min: f
     """The time grid `name` for `process`: an array of num_steps + 1 strictly decreasing t's, t_max .. t_min.
 
     Args:
-      name: one of `GRIDS` ("uniform", "power", "quadratic", "logsnr", "edm", "vp_time", "flow_shift", "list",
-        "published", "file").
+      name: one of `GRIDS` ("uniform", "power", "quadratic", "logsnr", "edm", "vp_time", "flow_shift", "respaced",
+        "list", "published", "file").
       process: a `Process` or its registered name.
       num_steps: number of steps (>= 1).
       t_min, t_max: the ends (default: the process's). t_min = 0 is allowed where the process reaches sigma = 0.

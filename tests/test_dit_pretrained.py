@@ -68,6 +68,10 @@ def test_model_fn_is_the_eps_half_at_the_step_index(models):
         eps = m.model_fn(x, (jnp.asarray(d["t"]) + 1.0) / 1000.0, (m.params, y))  # step n sits at t = (n + 1) / N
     assert eps.shape == x.shape
     assert _relative(eps, d["out"][..., :4]) <= TOLERANCE
+    with jax.enable_x64(False):  # all 8 channels, [eps | v], for the ancestral sampler with the learned variance
+        full = m.variance_model_fn(x, (jnp.asarray(d["t"]) + 1.0) / 1000.0, (m.params, y))
+    assert _relative(full, d["out"]) <= TOLERANCE
+    assert models["sit"].variance_model_fn is None  # SiT samples its velocity
 
 
 def test_sit_velocity_in_our_time(models):

@@ -186,6 +186,8 @@ def _bad_npz(path, **arrays):
     ("mu_only", "mu_only", ValueError, "has mu but not sigma"),
     ("dim", "dim", ValueError, "do not match the random_projection feature of dimension 8"),
     ("guidance", dict(guidance_scale=2.0), ValueError, "is unconditional"),
+    ("learned_variance", dict(solver="ddpm", solver_options={"variance": "learned"}), ValueError,
+     "needs a checkpoint with a learned variance"),
     ("null_label", dict(guidance_scale=2.0, checkpoint=os.path.join(FIXTURES, "conditional")), ValueError,
      "no null label"),
     ("num_samples", dict(num_samples=0), ValueError, "num_samples must be an integer >= 2"),
@@ -298,6 +300,13 @@ def test_latent_dit_samples_latents_and_scores_decoded_images(tmp_path, guided_c
     expected = np.round(np.clip((np.asarray(m.decode(x), np.float64) + 1) * 127.5, 0, 255))
     diff = np.abs(np.load(tmp_path / "w" / "samples.npz")["images"] - expected)
     assert diff.max() <= 1 and np.mean(diff == 0) > 0.99  # equal but where float32 rounding meets a .5 tie
+    # DiT's published sampler: DDPM with the learned variance, guidance on eps channels 0-2, v from the conditional
+    ddpm = smoke_config(tmp_path / "ref.npz", checkpoint=str(dit), null_label=None, guidance_scale=1.5,
+                        num_samples=4, solver="ddpm", grid="respaced", nfe=3, label="DDPM")
+    ddpm.solver_options = {"variance": "learned", "denoise_to_zero": True}
+    results = fid_protocol.run(ddpm, str(tmp_path / "w_ddpm"))
+    assert guided_calls[-1]["channel_mask"] == (True, True, True) + (False,) * 5
+    assert results["nfe"]["per_sample"] == 3 and np.isfinite(results["value"]) and results["solver"]["stochastic"]
     shutil.rmtree(dit / "vae")
     with pytest.raises(ValueError, match="samples latents \\(8, 8, 4\\) and has no VAE to decode them"):
         fid_protocol.run(config, str(tmp_path / "w2"))

@@ -154,3 +154,19 @@ def test_get_timesteps_inside_jit():
     ts = schedules.get_timesteps("flow_shift", process, 5, shift=2.0, t_min=0.0, t_max=1.0)
     inside = jax.jit(lambda: schedules.get_timesteps("flow_shift", process, 5, shift=2.0, t_min=0.0, t_max=1.0))()
     np.testing.assert_array_equal(inside, ts)
+
+
+def test_respaced_grid_is_guided_diffusions_space_timesteps():
+    """guided-diffusion's space_timesteps(1000, "K") (respace.py), recorded from its code for K = 10 and 25."""
+    recorded = {10: [0, 111, 222, 333, 444, 555, 666, 777, 888, 999],
+                25: [0, 42, 83, 125, 166, 208, 250, 291, 333, 375, 416, 458, 500, 541, 583, 624, 666, 708, 749, 791,
+                     832, 874, 916, 957, 999]}
+    p = schedules.get_process("vp_discrete")
+    for k, index in recorded.items():
+        ts = np.asarray(schedules.get_timesteps("respaced", p, k - 1), np.float64)
+        np.testing.assert_array_equal(np.rint(ts * 1000 - 1)[::-1], index)
+        np.testing.assert_allclose(ts * 1000 - 1, np.rint(ts * 1000 - 1), atol=1e-3)  # on the integer steps
+    with pytest.raises(ValueError, match="discrete-time process"):
+        schedules.get_timesteps("respaced", schedules.get_process("vp_linear"), 10)
+    with pytest.raises(ValueError, match="fewer than"):
+        schedules.get_timesteps("respaced", p, 10, t_min=0.5, t_max=0.505)

@@ -118,6 +118,14 @@ _VP_ROWS = {"dpmpp_3m": ("DPM-Solver++(3M)", "dpmpp_3m", {}, "logsnr", {}),
             "unipc3": ("UniPC-3", "unipc", {"order": 3, "variant": "bh2"}, "logsnr", {}),
             "deis_tab3": ("DEIS-tAB3", "deis_tab", {"order": 4}, "logsnr", {}),
             "ipndm4": ("iPNDM-4", "ipndm", {"order": 4}, "edm", {"rho": 7.0})}
+
+
+def _ddpm_row(label, **options):
+    """The published ancestral sampler's row: DDPM with the learned variance on guided-diffusion's respaced steps,
+    its last step the point mass at x0_hat (denoise_to_zero: 250 steps are 250 model calls)."""
+    return (label, "ddpm", dict(variance="learned", denoise_to_zero=True, **options), "respaced", {})
+
+
 # preset -> the published table it rebuilds (experiments/results/published/<name>.json) and how: the checkpoint's
 # layout, the grid's ends (None: the process's), the NFE columns and the rows.
 PRESETS = Registry("preset", {
@@ -127,14 +135,16 @@ PRESETS = Registry("preset", {
     "score_sde_cifar10_ddpmpp_deep_continuous": dict(layout="score_sde_pytorch", t_min=None, t_max=None,
                                                      nfes=(5, 6, 8, 10), rows=_VP_ROWS,
                                                      published="score_sde_cifar10_ddpmpp_deep_continuous"),
-    "adm_imagenet64": dict(layout="guided_diffusion", t_min=None, t_max=None, nfes=(5, 6, 8, 10, 20), rows=_VP_ROWS,
+    "adm_imagenet64": dict(layout="guided_diffusion", t_min=None, t_max=None, nfes=(5, 6, 8, 10, 20, 250),
+                           rows=dict(_VP_ROWS, ddpm=_ddpm_row("DDPM, learned variance", clip_x0=1.0)),
                            published="adm_imagenet64"),
     # Latent DiT / SiT (converted with their VAE: `--layout dit|sit --vae FOLDER`; FID on the decoded images), with
     # classifier-free guidance 1.5 on latent channels 0-2 as their sample.py runs. The published numbers are DiT's 250
-    # DDPM steps (an ancestral sampler with the learned variance, which no solver here uses) and SiT's best SDE
-    # sampler: our ODE rows sit beside them at the NFE columns given.
+    # DDPM steps (the `ddpm` row: the ancestral sampler with the learned variance on the respaced grid, latents not
+    # clipped) and SiT's best SDE sampler: our ODE rows sit beside them at the NFE columns given.
     "dit_xl2_256": dict(layout="dit", t_min=None, t_max=None, nfes=(10, 25, 50, 250), published="dit_xl2_256",
                         guidance_scale=1.5, rows={
+                            "ddpm": _ddpm_row("DDPM, learned variance"),
                             "ddim": ("DDIM", "ddim", {}, "uniform", {}),
                             "dpmpp_2m": ("DPM-Solver++(2M)", "dpmpp_2m", {}, "logsnr", {}),
                             "unipc3": ("UniPC-3", "unipc", {"order": 3, "variant": "bh2"}, "logsnr", {}),

@@ -42,6 +42,7 @@ provenance; "rows" is one row for `scripts/make_table.py`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -171,6 +172,8 @@ def make_plan(config, workdir) -> Plan:
         raise FileNotFoundError(f"reference {config.reference!r} not found")
 
     source = sources.load(config)
+    if solver.learned_variance:
+        source = _with_learned_variance(source, config.solver)
     target = source.target
     if config.guidance_scale != 1.0:
         if source.classes is None:
@@ -219,6 +222,26 @@ def make_plan(config, workdir) -> Plan:
                 shards=core.ShardStore(os.path.join(workdir, "shards"), identity,
                                        refuse=_refusal("remove its shards/ folder to start over")),
                 final=core.ShardStore(workdir, identity, refuse=_refusal("remove it and shards/ to start over")))
+
+
+def _with_learned_variance(source, solver_name):
+    """The source sampled through its [eps | v] output, for a solver with a learned variance; its guidance guides the
+    eps channels as published (all, or the layout's mask) and takes v from the conditional call, as DiT's
+    forward_with_cfg does (DiT/models.py:257-262)."""
+    if source.variance_model_fn is None:
+        raise ValueError(f"solver {solver_name!r} with variance='learned' needs a checkpoint with a learned variance "
+                         f"(guided-diffusion's or DiT's learn_sigma); {source.target.description} has none: use "
+                         "variance='small' or 'large'")
+    if source.classifier is not None:
+        raise NotImplementedError(
+            "classifier guidance of the ancestral sampler with the learned variance: guided-diffusion shifts its "
+            "posterior mean by the variance times the gradient (condition_mean), which is not built here; "
+            "classifier_guided's score form runs with variance='small' or 'large' and with the ODE solvers")
+    target = copy.copy(source.target)
+    target.model_fn = source.variance_model_fn
+    channels = target.shape[-1]
+    mask = (source.guidance_mask or (True,) * channels) + (False,) * channels
+    return dataclasses.replace(source, target=target, guidance_mask=mask)
 
 
 def _solver_label(name, options):

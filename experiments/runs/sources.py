@@ -41,7 +41,9 @@ class Source:
     even for an unconditional model, which then ignores them. A latent model (DiT, SiT) samples `target.shape`
     latents that `decode(decode_params, x)` turns into images of `image_shape` (None: the samples are the images; a
     latent model without its VAE has image_shape but no decode, so what needs images refuses it); `guidance_mask`
-    is the channels its published guidance guides (None: all; `samplers.guided`'s channel_mask).
+    is the channels its published guidance guides (None: all; `samplers.guided`'s channel_mask);
+    `variance_model_fn` the checkpoint's model_fn with its learned variance's channels ([eps | v], for the `ddpm`
+    solver's variance="learned"), None where it has none.
     """
 
     target: Target
@@ -54,6 +56,7 @@ class Source:
     decode_params: Any = None
     image_shape: tuple | None = None
     guidance_mask: tuple | None = None
+    variance_model_fn: Callable | None = None
 
     @property
     def images(self) -> tuple:
@@ -149,7 +152,7 @@ def pretrained(config) -> Source:
     return Source(target, classes, model.null_label, identity, record, classifier,
                   decode=None if decode is None else decode.func,
                   decode_params=None if decode is None else decode.args[0], image_shape=tuple(model.image_shape),
-                  guidance_mask=model.guidance_mask)
+                  guidance_mask=model.guidance_mask, variance_model_fn=model.variance_model_fn)
 
 
 def _classifier(path, model):

@@ -19,9 +19,10 @@ The model loads on the `vp_discrete` process of its betas (`get_named_beta_sched
 both are diffusers' tables, `diffusers.alphas_cumprod`), step n at t = (n + 1) / steps (the network is fed
 `process.discrete_index(t)`), prediction "eps" ("x0" with predict_xstart). With learn_sigma the network's 6 output
 channels are [eps | v]: `Pretrained.apply` returns all of them, `model_fn` the eps ones (what every ODE solver uses),
-and `log_variance` gives guided-diffusion's learned log variance from v. timestep_respacing is a sampling choice of the
-reference scripts and is ignored (the framework's grid picks the steps); sigma_small, use_kl and rescale_learned_sigmas
-concern only the reverse variance and training.
+`variance_model_fn` all of them in framework time, for the ancestral sampler with the learned variance
+(`samplers.get_solver("ddpm", variance="learned")`, guided-diffusion's p_sample). timestep_respacing is a sampling
+choice of the reference scripts and is ignored (the framework's grid picks the steps: the `respaced` grid is
+guided-diffusion's); sigma_small, use_kl and rescale_learned_sigmas concern only the reverse variance and training.
 
 A classifier folder loads to a `PretrainedClassifier`: classifier_fn(x, t, params) -> logits, on the same time
 mapping (guided-diffusion's cond_fn gets the original step index, respace.py:98-128), for `samplers.classifier_guided`.
@@ -33,17 +34,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 from fastsamplers.core import Registry
-from fastsamplers.core.typing import ArrayLike
 from fastsamplers.models.pretrained.adm import ADMConfig, ADMEncoder, ADMUNet
 from fastsamplers.models.pretrained.diffusers import ParamPath, alphas_cumprod, expected_params, to_flax, unflatten
 from fastsamplers.models.pretrained.diffusers import torch_shape
 from fastsamplers.models.pretrained.model import (Pretrained, PretrainedClassifier, check_weights, make_functions,
                                                 read_converted_config)
-from fastsamplers.schedules.processes import Process, as_float, get_process
+from fastsamplers.schedules.processes import Process, get_process
 
 LAYOUT = "guided_diffusion"
 WEIGHTS = "model.safetensors"
@@ -245,41 +242,9 @@ def load(path: str) -> Pretrained | PretrainedClassifier:
     learned = config.out_channels == 2 * config.in_channels
     timestep, apply, model_fn = make_functions(config, process, "index", config.num_classes, None, network=ADMUNet,
                                                model_channels=config.in_channels if learned else None)
+    variance_model_fn = make_functions(config, process, "index", config.num_classes, None,
+                                       network=ADMUNet)[2] if learned else None
     return Pretrained(params=params, apply=apply, model_fn=model_fn, process=process, prediction=prediction,
                       timestep=timestep, image_shape=image_shape, num_classes=config.num_classes, config=config,
-                      source=path, layout=LAYOUT)
+                      source=path, layout=LAYOUT, variance_model_fn=variance_model_fn)
 
-
-def log_variance(process: Process, output: jax.Array, t: ArrayLike, s: ArrayLike,
-                 posterior_step: tuple[ArrayLike, ArrayLike] | None = None) -> jax.Array:
-    """guided-diffusion's learned log variance of the reverse step from t to s < t (LEARNED_RANGE,
-    gaussian_diffusion.py:262-276), from the raw network output [eps | v] of a learn_sigma model (`Pretrained.apply`).
-
-    With a = alpha(.)^2 (alphas_cumprod), the step's beta = 1 - a_t / a_s and posterior variance
-    beta_tilde = beta (1 - a_s) / (1 - a_t) (the respaced betas of respace.py:83-92; gaussian_diffusion.py:154),
-    log Sigma = f log beta + (1 - f) log beta_tilde with f = (v + 1) / 2. On a step to s = 0, beta_tilde is 0 and
-    guided-diffusion takes the grid's next step's instead (`posterior_log_variance_clipped`,
-    gaussian_diffusion.py:157-161): pass that step's (t', s') as `posterior_step`.
-
-    Args:
-      process: the model's `vp_discrete` process (a VP process: its log_alpha).
-      output: apply's output (B, H, W, 2C).
-      t, s: the step's times, scalars or (B,).
-      posterior_step: the (t', s') whose beta_tilde replaces the step's own (None: the step's own).
-
-    Returns:
-      log Sigma, (B, H, W, C).
-    """
-    v = output[..., output.shape[-1] // 2:]
-
-    def logs(t_, s_):
-        # From log alpha, with expm1: 1 - a_t / a_s and 1 - a near a = 1 keep float32's relative precision.
-        la_t, la_s = (process.log_alpha(jnp.reshape(as_float(u), (-1,) + (1,) * (v.ndim - 1))) for u in (t_, s_))
-        log_beta = jnp.log(-jnp.expm1(2.0 * (la_t - la_s)))
-        return log_beta, log_beta + jnp.log(-jnp.expm1(2.0 * la_s)) - jnp.log(-jnp.expm1(2.0 * la_t))
-
-    log_beta, log_beta_tilde = logs(t, s)
-    if posterior_step is not None:
-        log_beta_tilde = logs(*posterior_step)[1]
-    frac = (v + 1.0) / 2.0
-    return frac * log_beta + (1.0 - frac) * log_beta_tilde

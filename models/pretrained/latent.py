@@ -229,13 +229,16 @@ def _latent_model(path, layout, net, state, names, process, prediction, latent_s
     channels = latent_shape[-1] if learned else None
     if layout == "sit":
         timestep, apply, model_fn = _sit_functions(net, process, num_classes, channels)
+        variance_model_fn = None  # SiT samples its velocity; its learned sigma is never used (SiT/models.py:245)
     else:
         timestep, apply, model_fn = make_functions(net, process, "index", num_classes, num_classes, network=_module,
                                                    model_channels=channels)
+        variance_model_fn = make_functions(net, process, "index", num_classes, num_classes,
+                                           network=_module)[2] if learned else None
     return Pretrained(params=params, apply=apply, model_fn=model_fn, process=process, prediction=prediction,
                       timestep=timestep, image_shape=image_shape, num_classes=num_classes, null_label=num_classes,
                       config=net, source=path, layout=layout, latent_shape=latent_shape, decode=decode,
-                      guidance_mask=guidance_mask)
+                      guidance_mask=guidance_mask, variance_model_fn=variance_model_fn)
 
 
 def _module(net: DiT) -> DiT:

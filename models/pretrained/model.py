@@ -61,6 +61,9 @@ class Pretrained:
         with the weights `decode.args[0]` as a traced argument rather than baked-in constants.
       guidance_mask: the channels the checkpoint's own classifier-free guidance guides (a tuple of bools, for
         `samplers.guided(..., channel_mask=m.guidance_mask)`; DiT's and SiT's code guide channels 0-2 of 4); None: all.
+      variance_model_fn: for a network with a learned variance (guided-diffusion's and DiT's learn_sigma), model_fn
+        with all 2C output channels, [prediction | v], for `samplers.get_solver("ddpm", variance="learned")` (the
+        published ancestral sampler); None otherwise.
     """
 
     params: PyTree
@@ -78,6 +81,7 @@ class Pretrained:
     latent_shape: Shape | None = None
     decode: Callable[[jax.Array], jax.Array] | None = None
     guidance_mask: tuple[bool, ...] | None = None
+    variance_model_fn: ModelFn | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
