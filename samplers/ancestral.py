@@ -11,13 +11,15 @@ respaced beta = 1 - abar_s / abar_t):
 with log_var = log(var_st sigma_t^2 / sigma_s^2) ("small": the posterior's own variance, beta_tilde), log(var_st)
 ("large": beta), or, "learned", frac log(var_st) + (1 - frac) log(beta_tilde), frac = (v + 1) / 2 for the
 network's variance output v in [-1, 1] (guided-diffusion gaussian_diffusion.py:263-271, with the posterior and
-betas of the respaced grid, respace.py:74-82). "small" is `ddim` with eta = 1 (another form of the same step).
+betas of the respaced grid, respace.py:74-82). "small" is `ddim` with eta = 1 (another form of the same step). A step
+to sigma_t = 0 (a grid ending at t = 0) is the posterior's point mass, x0_hat (clipped where asked): no noise.
 
 With variance="learned" the model returns 2C channels, [prediction | v], as guided-diffusion's and DiT's learned-sigma
 networks do (`Pretrained.variance_model_fn`): the driver converts the first half to eps and passes v through
-(`Solver.learned_variance`). guided-diffusion ends its loop at step index 0, where its posterior is the point mass
-x0_hat: here that is `denoise_to_zero=True` on a grid ending at the process's t_min, so 250 published steps are a grid
-of 250 times (249 steps) plus the final denoising call, 250 model calls.
+(`Solver.learned_variance`). guided-diffusion's loop ends with the step from index 0 to data, whose posterior is the
+point mass x0_hat (alphas_cumprod_prev = 1, its noise masked, gaussian_diffusion.py:405-410): here the final step to
+t = 0 of a grid with append_zero, so 250 published steps are the `respaced` grid of 250 times plus t = 0, 250 steps
+and 250 model calls.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ VARIANCES = Registry.of_names("DDPM variance", ("small", "large", "learned"), or
 
 
 class AncestralCoefficients(NamedTuple):
-    """Per step: the posterior mean's weights on x_s and on x0_hat, and the log variances beta_tilde and beta."""
+    """Per step: the posterior mean's weights on x_s and on x0_hat, the log variances beta_tilde and beta, and whether
+    the step ends at sigma = 0 (then it draws no noise)."""
 
     a: jax.Array
     b: jax.Array
     log_small: jax.Array
     log_large: jax.Array
+    to_zero: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +92,7 @@ class DDPM(Solver):
         b = alpha[1:] * var_st / sigma[:-1] ** 2
         log_large = jnp.log(var_st)
         return AncestralCoefficients(a=a, b=b, log_small=log_large + 2 * (jnp.log(sigma[1:]) - jnp.log(sigma[:-1])),
-                                     log_large=log_large)
+                                     log_large=log_large, to_zero=sigma[1:] == 0)
 
     def step(self, model: Model, process: Process, x: jax.Array, state: Any,
              inp: StepInputs) -> tuple[jax.Array, Any]:
@@ -104,5 +108,6 @@ class DDPM(Solver):
             log_var = frac * coef.log_large + (1.0 - frac) * coef.log_small
         else:
             log_var = coef.log_small if self.variance == "small" else coef.log_large
-        x_t = coef.a * x + coef.b * x0 + jnp.exp(0.5 * log_var) * inp.normal(x)
+        std = jnp.where(coef.to_zero, 0.0, jnp.exp(0.5 * log_var))  # 0 * -inf in log_var there: not used
+        x_t = coef.a * x + coef.b * x0 + std * inp.normal(x)
         return cast_like(x_t, x), state

@@ -30,6 +30,11 @@ it). Written: x_init (B, H, W, C), labels, scale, timesteps (the original steps 
 (get_named_beta_schedule's tables), and log_variance_i2 / log_variance_i0: p_mean_variance's learned log variance on
 x_init at respaced indices 2 and 0 (the latter uses the clipped posterior variance).
 
+`ddpm_learned.npz`: guided-diffusion's `p_sample_loop_progressive` (DDPM's ancestral sampler with the learned
+variance) on "adm_new", respaced with space_timesteps(1000, "5") (steps 999, 749, 500, 250, 0), its p_sample noise
+replaced by the recorded `noises` (5, B, H, W, C) in order: x_init, labels, noises, timesteps, states_clipped
+(clip_denoised=True, image_sample.py's default) and states (clip_denoised=False), each (5, B, H, W, C).
+
 `released_shapes.json`: for every preset of scripts/convert_checkpoint.py (the released checkpoints' flags), the
 parameter count and the sha256 of the sorted "name:shape" lines of the network script_util builds from those flags
 (on torch's meta device: no weights), with guided-diffusion's 1-D convolutions' (O, I, 1) written (O, I) as the loader
@@ -243,6 +248,36 @@ def ddim_guided(model, classifier, repo: str, path: str, seed: int = 0) -> None:
              log_variance_i2=nhwc(log_variance[2]), log_variance_i0=nhwc(log_variance[0]), **tables)
 
 
+def ddpm_learned(model, repo: str, path: str, seed: int = 0) -> None:
+    """guided-diffusion's ancestral sampler with the learned variance (see the module docstring), into `path`."""
+    import torch
+
+    script_util, _, _ = import_reference(repo)
+    size = SPECS["adm_new"]["model_flags"]["image_size"]
+    diffusion = script_util.create_gaussian_diffusion(steps=1000, learn_sigma=True, noise_schedule="linear",
+                                                      timestep_respacing="5")
+    generator = torch.Generator().manual_seed(seed + 11)
+    x_init = torch.randn(BATCH, 3, size, size, generator=generator)
+    noises = torch.randn(5, BATCH, 3, size, size, generator=generator)
+    y = torch.tensor([3, 517, 0, 999])
+    nhwc = lambda a: a.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    out = {}
+    real = torch.randn_like
+    for clip in (True, False):
+        drawn = iter(noises)
+        torch.randn_like = lambda x, **kwargs: next(drawn).to(x.dtype)  # p_sample's noise, in order (line 430)
+        try:
+            with torch.no_grad():
+                states = [o["sample"] for o in diffusion.p_sample_loop_progressive(
+                    model, tuple(x_init.shape), noise=x_init, clip_denoised=clip, model_kwargs={"y": y},
+                    device="cpu")]
+        finally:
+            torch.randn_like = real
+        out["states_clipped" if clip else "states"] = np.stack([nhwc(s) for s in states])
+    np.savez(path, x_init=nhwc(x_init), labels=y.numpy(), noises=np.stack([nhwc(n) for n in noises]),
+             timesteps=np.asarray(sorted(diffusion.timestep_map, reverse=True)), **out)
+
+
 def shape_digest(shapes: dict[str, tuple[int, ...]]) -> str:
     """sha256 of the sorted "name:d0,d1,..." lines (the test computes the same from our expected parameters)."""
     import hashlib
@@ -279,6 +314,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     nets = {name: write_network(name, args.repo, args.out) for name, spec in SPECS.items() if spec["fixture"]}
     ddim_guided(nets["adm_new"], nets["classifier"], args.repo, os.path.join(args.out, "ddim_guided.npz"))
+    ddpm_learned(nets["adm_new"], args.repo, os.path.join(args.out, "ddpm_learned.npz"))
     released_shapes(args.repo, os.path.join(args.out, "released_shapes.json"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(args.out) for f in files)
     print(f"wrote {args.out} ({total / 1e6:.2f} MB)")

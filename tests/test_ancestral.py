@@ -59,6 +59,17 @@ def test_the_learned_variance_spans_small_to_large(v, fixed):
     assert info["nfe"] == 13
 
 
+@pytest.mark.parametrize("variance, v", [("small", 0.0), ("large", 0.0), ("learned", 1.0), ("learned", -0.5)])
+def test_a_step_to_sigma_zero_is_x0_hat_without_noise(variance, v):
+    # guided-diffusion's last step (index 0 -> data): the posterior's point mass, whatever the variance
+    ts = schedules.get_timesteps("uniform", PROCESS, 6, append_zero=True)
+    solver = samplers.get_solver("ddpm", variance=variance)
+    model = _with_variance(v) if variance == "learned" else MIXTURE.model_fn(PROCESS)
+    x, info = samplers.sample(model, solver, PROCESS, X_INIT, ts, key=KEY, save_trajectory=True)
+    before = info["trajectory"][-2]
+    np.testing.assert_allclose(x, MIXTURE.predict(before, ts[-2], PROCESS, "x0"), rtol=0, atol=1e-12)
+
+
 def test_the_learned_variance_takes_any_prediction_kind():
     # the first half is converted to eps, the second passed through: an x0 model gives the eps model's sample
     def x0_model(x, t):

@@ -303,7 +303,7 @@ def test_latent_dit_samples_latents_and_scores_decoded_images(tmp_path, guided_c
     # DiT's published sampler: DDPM with the learned variance, guidance on eps channels 0-2, v from the conditional
     ddpm = smoke_config(tmp_path / "ref.npz", checkpoint=str(dit), null_label=None, guidance_scale=1.5,
                         num_samples=4, solver="ddpm", grid="respaced", nfe=3, label="DDPM")
-    ddpm.solver_options = {"variance": "learned", "denoise_to_zero": True}
+    ddpm.solver_options, ddpm.grid_options = {"variance": "learned"}, {"append_zero": True}
     results = fid_protocol.run(ddpm, str(tmp_path / "w_ddpm"))
     assert guided_calls[-1]["channel_mask"] == (True, True, True) + (False,) * 5
     assert results["nfe"]["per_sample"] == 3 and np.isfinite(results["value"]) and results["solver"]["stochastic"]

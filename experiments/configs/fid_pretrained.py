@@ -122,8 +122,8 @@ _VP_ROWS = {"dpmpp_3m": ("DPM-Solver++(3M)", "dpmpp_3m", {}, "logsnr", {}),
 
 def _ddpm_row(label, **options):
     """The published ancestral sampler's row: DDPM with the learned variance on guided-diffusion's respaced steps,
-    its last step the point mass at x0_hat (denoise_to_zero: 250 steps are 250 model calls)."""
-    return (label, "ddpm", dict(variance="learned", denoise_to_zero=True, **options), "respaced", {})
+    its last step to t = 0 the point mass at x0_hat (append_zero: 250 steps are 250 model calls)."""
+    return (label, "ddpm", dict(variance="learned", **options), "respaced", {"append_zero": True})
 
 
 # preset -> the published table it rebuilds (experiments/results/published/<name>.json) and how: the checkpoint's
