@@ -5,8 +5,9 @@ from fastsamplers.samplers.classifier_guidance import classifier_guided
 from fastsamplers.samplers.driver import sample
 from fastsamplers.samplers.guidance import guided
 from fastsamplers.samplers.reference import exact_flow_map
+from fastsamplers.samplers.restart import restart
 from fastsamplers.samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
 from fastsamplers.samplers.unipc import unic
 
 __all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "classifier_guided", "exact_flow_map", "get_solver", "guided",
-           "load_learned", "sample", "unic"]
+           "load_learned", "restart", "sample", "unic"]

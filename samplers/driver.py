@@ -130,6 +130,8 @@ def sample(model_fn: ModelFn, solver: Solver | str, process: Process | str, x_in
     if not is_traced(ts):
         ts = np.asarray(ts)
     check_ts(ts, process, solver, prediction)
+    if not is_traced(ts):
+        solver = solver.on_grid(process, ts)
     key = check_key(solver, key, noise, x_init)
     ts = as_float(ts)
     (model_key, model_leaves), (solver_key, solver_leaves) = split(model_fn), split(solver)
@@ -185,11 +187,16 @@ def describe_args(args: PyTree, max_leaves: int = 4) -> str:
     return f"a {type(args).__name__} of {len(leaves)} arrays ({size:,} numbers)"
 
 
-def checked_model(model_fn: ModelFn, has_args: bool) -> Callable[[jax.Array, jax.Array, PyTree], jax.Array]:
+def checked_model(model_fn: ModelFn, has_args: bool,
+                  count: int = 1) -> Callable[[jax.Array, jax.Array, PyTree], jax.Array | tuple[jax.Array, ...]]:
     """model_fn as model(x, t, args), its output checked at trace time (free at run time): a prediction has x's shape
     and a floating dtype, and anything else is a sentence naming what was expected, not an error deep inside a
-    solver."""
+    solver. With count > 1 (`Solver.predictions_per_call`) the model returns a tuple of `count` such predictions."""
     signature = "model_fn(x, t, args)" if has_args else "model_fn(x, t)"
+
+    def is_prediction(out, x):
+        dtype = getattr(out, "dtype", None)
+        return getattr(out, "shape", None) == x.shape and dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
     def model(x, t, args):
         try:
@@ -197,28 +204,48 @@ def checked_model(model_fn: ModelFn, has_args: bool) -> Callable[[jax.Array, jax
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
             given = f" and args {describe_args(args)}" if has_args else ""
             raise ValueError(f"{signature} failed for x of shape {x.shape} ({x.dtype}){given}: {err}") from err
-        shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
-        if shape != x.shape or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-            got = f"shape {shape} and dtype {dtype}" if shape is not None else f"a {type(out).__name__}"
+        if count > 1:
+            if not (isinstance(out, tuple) and len(out) == count and all(is_prediction(p, x) for p in out)):
+                raise ValueError(f"this solver consumes {count} predictions per call ((guided, unconditional) from "
+                                 f"samplers.cfg_pp): {signature} must return a tuple of {count} floating-point arrays "
+                                 f"of x's shape {x.shape}; it returned {_described(out)}")
+            return out
+        if not is_prediction(out, x):
+            hint = (" (a tuple of predictions, as samplers.cfg_pp's model returns, needs a solver that consumes it: "
+                    "samplers.cfg_pp_solver)" if isinstance(out, tuple) else "")
             raise ValueError(f"{signature} must return one floating-point array of x's shape {x.shape} "
-                             f"(x has dtype {x.dtype}); it returned {got}")
+                             f"(x has dtype {x.dtype}); it returned {_described(out)}{hint}")
         return out
 
     return model
 
 
+def _described(out: Any) -> str:
+    """A model's output in a few words, for an error message."""
+    if isinstance(out, tuple):
+        return "a tuple of " + ", ".join(_described(p) for p in out)
+    shape = getattr(out, "shape", None)
+    return f"shape {shape} and dtype {getattr(out, 'dtype', None)}" if shape is not None else f"a {type(out).__name__}"
+
+
 def _sample_fn(model_key, solver_key, process, prediction, save_trajectory, has_args, noise_kind):
     def run(model_leaves, solver_leaves, x_init, ts, args, key):
-        checked = checked_model(merge(model_key, model_leaves), has_args)
         solver = merge(solver_key, solver_leaves)
-        model = predictions.converted(lambda x, t: checked(x, t, args), prediction, solver.native, process)
+        count = solver.predictions_per_call
+        checked = checked_model(merge(model_key, model_leaves), has_args, count)
+        if count == 1:
+            model = predictions.converted(lambda x, t: checked(x, t, args), prediction, solver.native, process)
+        else:  # each member of the tuple, converted alike
+            model = lambda x, t: tuple(predictions.convert(p, prediction, solver.native, x, t, process)
+                                       for p in checked(x, t, args))
         noise = None
         if noise_kind is not None:
             noise = noises.make_noise(noise_kind, key, process, x_init.shape[0] if x_init.ndim else None)
         x, nfe, trajectory = solver.integrate(model, process, x_init, ts, save_trajectory=save_trajectory,
                                               noise=noise)
         if solver.denoise_to_zero:  # one more call at ts[-1]: its data prediction, the jump to sigma = 0
-            x = predictions.convert(model(x, ts[-1]), solver.native, "x0", x, ts[-1], process)
+            out = model(x, ts[-1])  # of a tuple, the first: the prediction the sample follows (CFG++'s guided one)
+            x = predictions.convert(out[0] if isinstance(out, tuple) else out, solver.native, "x0", x, ts[-1], process)
             nfe = nfe + 1
         x = x.astype(x_init.dtype)
         return x, nfe, jnp.sum(~jnp.isfinite(x)), trajectory
