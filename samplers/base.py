@@ -248,6 +248,32 @@ class Solver(TracedOptions):
         return x_end, self.loop_nfe(ts.shape[0] - 1), trajectory
 
 
+class WrapsBase:
+    """Mixed into a `Solver` that wraps another, its field `base` (`samplers.restart`, `samplers.cfg_pp_solver`): the
+    prediction it consumes, its end evaluations, its orders and its grid checks are the base's."""
+
+    base: Solver
+
+    @property
+    def native(self) -> str:
+        return self.base.native
+
+    @property
+    def evaluates_end(self) -> bool:
+        return self.base.evaluates_end
+
+    @property
+    def order(self) -> int:
+        return self.base.order
+
+    @property
+    def convergence_order(self) -> int:
+        return self.base.convergence_order
+
+    def check_grid(self, num_steps: int) -> None:
+        self.base.check_grid(num_steps)
+
+
 def cast_like(value: jax.Array, x: jax.Array) -> jax.Array:
     """value in x's dtype (solvers keep the sample's dtype whatever the coefficients' precision)."""
     return value.astype(x.dtype)

@@ -45,7 +45,7 @@ import numpy as np
 from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
-from fastsamplers.samplers.base import Model, Solver, StepInputs, cast_like
+from fastsamplers.samplers.base import Model, Solver, StepInputs, WrapsBase, cast_like
 from fastsamplers.samplers.guidance import Guided, guided
 from fastsamplers.samplers.multistep import DDIM, DPMSolverPP2M
 from fastsamplers.samplers.pytrees import is_real, known
@@ -106,7 +106,7 @@ def cfg_pp(model_fn: ModelFn, lam: ArrayLike, uncond_args: Any, *, batch_axes: A
 
 
 @dataclasses.dataclass(frozen=True)
-class CFGPP(Solver):
+class CFGPP(WrapsBase, Solver):
     """CFG++ around DDIM, Euler or DPM-Solver++(2M) (module docstring): consumes the (guided, unconditional) pair of a
     `cfg_pp` model. Build it with `cfg_pp_solver`. Order, NFE and grid rules are the base's."""
 
@@ -127,31 +127,12 @@ class CFGPP(Solver):
     def name(self) -> str:  # type: ignore[override]
         return f"cfg_pp({self.base.name})"
 
-    @property
-    def native(self) -> str:  # type: ignore[override]
-        return self.base.native
-
-    @property
-    def evaluates_end(self) -> bool:  # type: ignore[override]
-        return self.base.evaluates_end
-
-    @property
-    def order(self) -> int:
-        return self.base.order
-
-    @property
-    def convergence_order(self) -> int:
-        return self.base.convergence_order
-
     def spec(self) -> dict[str, Any]:
         raise ValueError("CFG++ has no registry entry: build it with samplers.cfg_pp_solver(base), for a "
                          "samplers.cfg_pp model")
 
     def loop_nfe(self, num_steps: int) -> int:
         return self.base.loop_nfe(num_steps)
-
-    def check_grid(self, num_steps: int) -> None:
-        self.base.check_grid(num_steps)
 
     def check_times(self, process: Process, ts: Any) -> None:
         self.base.check_times(process, ts)

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.core import Registry
-from fastsamplers.samplers.base import Model, Solver, StepInputs, step_inputs
+from fastsamplers.samplers.base import Model, Solver, StepInputs, WrapsBase, step_inputs
 from fastsamplers.samplers.pytrees import is_real, known
 from fastsamplers.schedules.grids import GRIDS, get_timesteps
 
@@ -111,7 +111,7 @@ def forward_jump(process: Process, x: jax.Array, t_from: jax.Array, t_to: jax.Ar
 
 
 @dataclasses.dataclass(frozen=True)
-class Restart(Solver):
+class Restart(WrapsBase, Solver):
     """Restart sampling around a deterministic base solver (module docstring). Build it with `samplers.restart` or
     `get_solver("restart", base=..., intervals=...)`.
 
@@ -119,8 +119,8 @@ class Restart(Solver):
     `grid` and `grid_options` (the restart runs' grid); `points` and `segments` are filled by `on_grid` (the
     snapped main-grid index of each active interval, static, and its restart grid, traced).
 
-    Order: `order` is the base's, the order of every deterministic piece; with restarts the sampler is stochastic
-    and has no pathwise order (the tests check its distribution). With every K = 0 it is its base solver, bit for bit.
+    Order: `order` (like `native` and the grid rules, `WrapsBase`) is the base's, the order of every deterministic
+    piece; with restarts the sampler is stochastic and has no pathwise order (the tests check its distribution). With every K = 0 it is its base solver, bit for bit.
     """
 
     base: Solver = dataclasses.field(kw_only=True)
@@ -168,22 +168,6 @@ class Restart(Solver):
         return bool(self.active) and super().stochastic
 
     @property
-    def native(self) -> str:  # type: ignore[override]  # the base's
-        return self.base.native
-
-    @property
-    def evaluates_end(self) -> bool:  # type: ignore[override]
-        return self.base.evaluates_end
-
-    @property
-    def order(self) -> int:
-        return self.base.order
-
-    @property
-    def convergence_order(self) -> int:
-        return self.base.convergence_order
-
-    @property
     def stages(self) -> int:
         return self.base.stages
 
@@ -201,9 +185,6 @@ class Restart(Solver):
         # Restart runs never end the sample: every step costs `stages` (no final-step rule).
         return self.base.loop_nfe(num_steps) + sum(
             self.intervals[k].repeats * (self.intervals[k].steps - 1) * self.base.stages for k in self.active)
-
-    def check_grid(self, num_steps: int) -> None:
-        self.base.check_grid(num_steps)
 
     def check_times(self, process: Process, ts: HostArrayLike) -> None:
         self.base.check_times(process, ts)

@@ -111,6 +111,7 @@ def test_the_nfe_is_exact(base):
     assert info["nfe"] == counts["calls"] == samplers.get_solver(base).nfe(8) + solver.stages * (2 * 2 + 1 * 3)
 
 
+@pytest.mark.slow  # four compilations (~10 s); the registry sweep of tests/test_stochastic.py runs its key check
 def test_seeded_by_key_and_batch_split_invariant():
     gm, p, x_init = problem()
     x_init = x_init[:12]
