@@ -6,6 +6,8 @@ structural options (order, variant, lower_order_final, ...) are static metadata.
 program per structure, with the leaves as traced arguments: a sweep over eta is one compilation, or one `jax.vmap`.
 Whether a solver is stochastic is static: the rule for `switches` is written on `TracedOptions`. The driver calls
 
+  on_grid(process, ts)          once, on the concrete grid before compute (itself, unless the solver's structure
+                                depends on the grid's values: `samplers.restart`);
   coefficients(process, ts)     once per time grid, outside the loop;
   init(x)                       once, for the carried state;
   step(model, process, x, state, inp)
@@ -17,8 +19,10 @@ of past points a multistep solver keeps), `convergence_order` (what the tests me
 equal to `order` except where a published method falls short of its name), `stages` (model calls per step), `native`
 (the prediction kind the solver consumes: the model's output is converted to it exactly), `evaluates_end` (whether
 a step calls the model at its end time, which rules out a final step to sigma = 0), `static_nfe` (whether the model
-calls are known from the grid alone), `learned_variance` (whether the model returns 2C channels, [prediction | a
-learned variance], of which the driver converts the first half: `samplers.ancestral`).
+calls are known from the grid alone), `predictions_per_call` (1; 2 for a solver that consumes a (guided,
+unconditional) pair per call, CFG++: the model returns a tuple and the driver converts each member to `native`),
+`learned_variance` (whether the model returns 2C channels, [prediction | a learned variance], of which the driver
+converts the first half: `samplers.ancestral`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fastsamplers.samplers.pytrees import TracedOptions
 
@@ -85,6 +90,9 @@ class Solver(TracedOptions):
 
     denoise_to_zero: bool = False
     name = "solver"
+    # Predictions each model call returns: 1 (one array), or a tuple of this many arrays of x's shape, each converted
+    # to `native` by the driver (CFG++'s (guided, unconditional) pair: `samplers.cfg_pp`).
+    predictions_per_call = 1
     native = "eps"
     evaluates_end = False
     static_nfe = True
@@ -176,6 +184,17 @@ class Solver(TracedOptions):
         """Raise ValueError when the solver cannot run on these concrete times of this process (checked before
         compute, after `check_grid`); by default every grid of an allowed length will do."""
 
+    def on_grid(self, process: Process, ts: np.ndarray) -> Solver:
+        """The solver that runs on these concrete times: itself, unless its structure depends on the grid's values
+        (`samplers.restart` snaps its restart intervals to grid points, and the positions are static structure).
+        `samplers.sample` calls it before compute, after `check_times`, where ts is concrete (not traced).
+
+        Args:
+          process: the `schedules.Process` being sampled.
+          ts: the grid, (num_steps + 1,), a numpy array.
+        """
+        return self
+
     def coefficients(self, process: Process, ts: jax.Array) -> Any:
         """Everything that depends only on the time grid, as a pytree with a leading axis of num_steps: computed
         once, outside the loop, and differentiable with respect to ts.
@@ -230,6 +249,32 @@ class Solver(TracedOptions):
         (x_end, _), states = jax.lax.scan(body, (x, self.init(x)), step_inputs(self, process, ts))
         trajectory = jnp.concatenate([x[None], states], axis=0) if save_trajectory else None
         return x_end, self.loop_nfe(ts.shape[0] - 1), trajectory
+
+
+class WrapsBase:
+    """Mixed into a `Solver` that wraps another, its field `base` (`samplers.restart`, `samplers.cfg_pp_solver`): the
+    prediction it consumes, its end evaluations, its orders and its grid checks are the base's."""
+
+    base: Solver
+
+    @property
+    def native(self) -> str:
+        return self.base.native
+
+    @property
+    def evaluates_end(self) -> bool:
+        return self.base.evaluates_end
+
+    @property
+    def order(self) -> int:
+        return self.base.order
+
+    @property
+    def convergence_order(self) -> int:
+        return self.base.convergence_order
+
+    def check_grid(self, num_steps: int) -> None:
+        self.base.check_grid(num_steps)
 
 
 def cast_like(value: jax.Array, x: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ guidance scale) reuse it, and no weight is compiled in as a constant.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -130,6 +130,8 @@ def sample(model_fn: ModelFn, solver: Solver | str, process: Process | str, x_in
     if not is_traced(ts):
         ts = np.asarray(ts)
     check_ts(ts, process, solver, prediction)
+    if not is_traced(ts):
+        solver = solver.on_grid(process, ts)
     key = check_key(solver, key, noise, x_init)
     ts = as_float(ts)
     (model_key, model_leaves), (solver_key, solver_leaves) = split(model_fn), split(solver)
@@ -186,11 +188,17 @@ def describe_args(args: PyTree, max_leaves: int = 4) -> str:
 
 
 def checked_model(model_fn: ModelFn, has_args: bool,
-                  learned_variance: bool = False) -> Callable[[jax.Array, jax.Array, PyTree], jax.Array]:
+                  count: int = 1, learned_variance: bool = False
+                  ) -> Callable[[jax.Array, jax.Array, PyTree], jax.Array | tuple[jax.Array, ...]]:
     """model_fn as model(x, t, args), its output checked at trace time (free at run time): a prediction has x's shape
-    (twice its channels, [prediction | variance], for a solver with `learned_variance`) and a floating dtype, and
-    anything else is a sentence naming what was expected, not an error deep inside a solver."""
+    and a floating dtype, and anything else is a sentence naming what was expected, not an error deep inside a
+    solver. With count > 1 (`Solver.predictions_per_call`) the model returns a tuple of `count` such predictions;
+    with `learned_variance` one array of twice x's channels, [prediction | variance]."""
     signature = "model_fn(x, t, args)" if has_args else "model_fn(x, t)"
+
+    def is_prediction(out, shape):
+        dtype = getattr(out, "dtype", None)
+        return getattr(out, "shape", None) == shape and dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
     def model(x, t, args):
         try:
@@ -198,24 +206,39 @@ def checked_model(model_fn: ModelFn, has_args: bool,
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
             given = f" and args {describe_args(args)}" if has_args else ""
             raise ValueError(f"{signature} failed for x of shape {x.shape} ({x.dtype}){given}: {err}") from err
-        shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+        if count > 1:
+            if not (isinstance(out, tuple) and len(out) == count and all(is_prediction(p, x.shape) for p in out)):
+                raise ValueError(f"this solver consumes {count} predictions per call ((guided, unconditional) from "
+                                 f"samplers.cfg_pp): {signature} must return a tuple of {count} floating-point arrays "
+                                 f"of x's shape {x.shape}; it returned {_described(out)}")
+            return out
         expected = x.shape[:-1] + (2 * x.shape[-1],) if learned_variance else x.shape
-        if shape != expected or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-            got = f"shape {shape} and dtype {dtype}" if shape is not None else f"a {type(out).__name__}"
+        if not is_prediction(out, expected):
+            hint = (" (a tuple of predictions, as samplers.cfg_pp's model returns, needs a solver that consumes it: "
+                    "samplers.cfg_pp_solver)" if isinstance(out, tuple) else "")
             what = (f"of shape {expected}, [prediction | learned variance] along the last axis (the solver's "
                     f"variance='learned'; a checkpoint's m.variance_model_fn)" if learned_variance
                     else f"of x's shape {x.shape}")
             raise ValueError(f"{signature} must return one floating-point array {what} (x has dtype {x.dtype}); it "
-                             f"returned {got}")
+                             f"returned {_described(out)}{hint}")
         return out
 
     return model
 
 
+def _described(out: Any) -> str:
+    """A model's output in a few words, for an error message."""
+    if isinstance(out, tuple):
+        return "a tuple of " + ", ".join(_described(p) for p in out)
+    shape = getattr(out, "shape", None)
+    return f"shape {shape} and dtype {getattr(out, 'dtype', None)}" if shape is not None else f"a {type(out).__name__}"
+
+
 def _sample_fn(model_key, solver_key, process, prediction, save_trajectory, has_args, noise_kind):
     def run(model_leaves, solver_leaves, x_init, ts, args, key):
         solver = merge(solver_key, solver_leaves)
-        checked = checked_model(merge(model_key, model_leaves), has_args, solver.learned_variance)
+        checked = checked_model(merge(model_key, model_leaves), has_args, solver.predictions_per_call,
+                                solver.learned_variance)
         model = _native_model(lambda x, t: checked(x, t, args), prediction, solver, process)
         noise = None
         if noise_kind is not None:
@@ -223,7 +246,9 @@ def _sample_fn(model_key, solver_key, process, prediction, save_trajectory, has_
         x, nfe, trajectory = solver.integrate(model, process, x_init, ts, save_trajectory=save_trajectory,
                                               noise=noise)
         if solver.denoise_to_zero:  # one more call at ts[-1]: its data prediction, the jump to sigma = 0
-            x = predictions.convert(model(x, ts[-1])[..., :x.shape[-1]], solver.native, "x0", x, ts[-1], process)
+            out = model(x, ts[-1])  # the prediction the sample follows: CFG++'s guided one; not a learned variance
+            first = out[0] if isinstance(out, tuple) else out[..., :x.shape[-1]]
+            x = predictions.convert(first, solver.native, "x0", x, ts[-1], process)
             nfe = nfe + 1
         x = x.astype(x_init.dtype)
         return x, nfe, jnp.sum(~jnp.isfinite(x)), trajectory
@@ -232,8 +257,11 @@ def _sample_fn(model_key, solver_key, process, prediction, save_trajectory, has_
 
 
 def _native_model(model: Callable, prediction: str, solver: Solver, process: Process) -> Callable:
-    """model(x, t) converted to the solver's native prediction; with `solver.learned_variance`, the first half of the
-    channels is the prediction (converted) and the second the variance (passed through)."""
+    """model(x, t) converted to the solver's native prediction: each member of a tuple alike
+    (`solver.predictions_per_call` > 1); with `solver.learned_variance`, the first half of the channels is the
+    prediction (converted) and the second the variance (passed through)."""
+    if solver.predictions_per_call > 1:
+        return lambda x, t: tuple(predictions.convert(p, prediction, solver.native, x, t, process) for p in model(x, t))
     if not solver.learned_variance:
         return predictions.converted(model, prediction, solver.native, process)
 

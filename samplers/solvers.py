@@ -21,6 +21,7 @@ from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.linear_table import LinearTable
 from fastsamplers.samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE,
                                              DPMSolverPP3M, DPMSolverPP3MSDE, EulerAncestral, Multistep)
+from fastsamplers.samplers.restart import Restart, restart
 from fastsamplers.samplers.runge_kutta import DEISRhoRK, EDMStochastic, Euler, Heun
 from fastsamplers.samplers.sa_solver import SASolver
 from fastsamplers.samplers.unipc import UniP, unic
@@ -59,6 +60,26 @@ class WithCorrector:
         return unic(predictor) if corrector else predictor
 
 
+class Restarted:
+    """The registry entry "restart": `samplers.restart` with its base given by name (any registered deterministic
+    solver), by spec ({"name": ..., "options": ...}, as `Solver.spec` writes it), or as a solver; default EDM's
+    Heun and the CIFAR-10 preset."""
+
+    name = Restart.name
+
+    def variants(self) -> tuple[dict, ...]:
+        return Restart.variants()
+
+    def __call__(self, *, base: str | dict | Solver = "heun", intervals: Any = "cifar10_vp", s_noise: float = 1.003,
+                 grid: str = "edm", grid_options: Any = None, denoise_to_zero: bool = False) -> Restart:
+        if isinstance(base, str):
+            base = get_solver(base)
+        elif isinstance(base, dict):
+            base = get_solver(base.get("name"), **base.get("options", {}))
+        solver = restart(base, intervals, s_noise=s_noise, grid=grid, grid_options=grid_options)
+        return dataclasses.replace(solver, denoise_to_zero=bool(denoise_to_zero or solver.denoise_to_zero))
+
+
 def _file_solver(method):
     def build(path):
         return load_learned(path, method)[0]
@@ -83,7 +104,8 @@ SOLVERS = Registry("solver", {entry.name: entry for entry in (
         dict(order=3, corrector=False, lower_order_final=False), {})),
     Adaptive, EulerAncestral, EDMStochastic,
     WithCorrector(DPMSolverPP2MSDE), WithCorrector(DPMSolverPP3MSDE),  # UniC refuses them unless eta = 0
-    SASolver, DDPM)}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from a file: "
+    SASolver, DDPM, Restarted())}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from "
+                                            "a file: "
                          f"{FILE_SOLVERS.valid()} with path=..."))
 
 
@@ -110,7 +132,9 @@ def get_solver(name: str, **options: Any) -> Solver:
     rtol, atol, max_steps, gamma_floor); the stochastic ones: ddim (eta), euler_ancestral (eta), edm_stochastic
     (S_churn, S_min, S_max, S_noise), dpmpp_2m_sde (eta, solver_type), dpmpp_3m_sde (eta), sa_solver
     (predictor_order, corrector_order, tau, tau_interval, variant, lower_order_final; tau = 0 is deterministic),
-    ddpm (variance "small" | "large" | "learned", clip_x0; always stochastic).
+    ddpm (variance "small" | "large" | "learned", clip_x0; always stochastic);
+    restart (base: a deterministic solver's name, spec or object, default "heun"; intervals: a preset of
+    `samplers.restart.PRESETS` or (N, K, gamma_min, gamma_max) rows; s_noise; grid, grid_options).
     Every solver takes denoise_to_zero; `lower_order_final` means the same in every multistep solver
     (`samplers.multistep`); `corrector=True` returns the predictor wrapped in UniC (`samplers.unic`). The paper's
     tAB-r is deis_tab with order = r + 1. A learned sampler loads from its file: "file", "olss" or
