@@ -7,6 +7,7 @@ from fastsamplers.samplers.guidance import guided
 from fastsamplers.samplers.reference import exact_flow_map
 from fastsamplers.samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
 from fastsamplers.samplers.unipc import unic
+from fastsamplers.samplers import scaling
 
 __all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "classifier_guided", "exact_flow_map", "get_solver", "guided",
-           "load_learned", "sample", "unic"]
+           "load_learned", "sample", "scaling", "unic"]
