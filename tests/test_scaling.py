@@ -198,3 +198,42 @@ def test_bad_input_is_refused_in_one_sentence_before_compute():
         scaling.rbf(model, OT, ts, reward_x, budget=40, lam=1.0, **kw)
     with pytest.raises(ValueError, match="norm must be a finite number >= 0"):
         scaling.FlowSDE(diffusion="square", norm=-1.0)
+
+
+def test_the_benchmark_runs_on_the_oracle_and_renders(tmp_path):
+    from fastsamplers.experiments.runs import scaling_benchmark
+
+    record = scaling_benchmark.benchmark(str(tmp_path / "s.json"), budgets=(12, 20), strategies=("rbf",),
+                                         paths=("vp",), batch=8, num_steps=4)
+    assert [row["budget"] for row in record["rows"]] == [12, 20]  # RBF needs 2 * 2 + 4 * 2 = 12 at least
+    assert all(row["nfe"] <= row["budget"] and 0 <= row["mode_fraction"] <= 1 for row in record["rows"])
+    with pytest.raises(ValueError, match="unknown path 'cosine'"):
+        scaling_benchmark.benchmark(str(tmp_path / "s.json"), paths=("cosine",))
+
+
+@pytest.mark.slow  # trains two steps of the digits_fm smoke UNet
+def test_the_benchmark_searches_a_trained_digits_flow_with_the_class_reward(tmp_path):
+    import os
+
+    from fastsamplers.experiments import train
+    from fastsamplers.experiments.configs import digits_fm
+    from fastsamplers.experiments.metrics import digits_classifier
+    from fastsamplers.experiments.runs import scaling_benchmark
+
+    config = digits_fm.get_config("smoke")
+    config.unlock()
+    config.train.num_steps = 2
+    config.train.progress = False
+    config.lock()
+    train.train(config, str(tmp_path / "run"))
+    reward = digits_classifier.ClassReward(8)  # an untrained classifier: the path, not the numbers
+    classifier = digits_classifier.Classifier(8, digits_classifier.DigitsClassifier(8),
+                                              reward.init(jax.random.PRNGKey(0)), {})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with jax.enable_x64(False):
+        record = scaling_benchmark.benchmark(
+            str(tmp_path / "d.json"), source="checkpoint", budgets=(15,), paths=("linear", "vp"), batch=2,
+            num_steps=4, init=1, train_config=os.path.join(root, "experiments/configs/digits_fm.py:smoke"),
+            checkpoint_dir=str(tmp_path / "run"), label=3, classifier=classifier)
+    assert len(record["rows"]) == 6 and all(row["nfe"] <= 15 for row in record["rows"])
+    assert all(np.isfinite(row["mean_reward"]) and row["mean_reward"] <= 0 for row in record["rows"])
