@@ -9,6 +9,7 @@ from fastsamplers.samplers.reference import exact_flow_map
 from fastsamplers.samplers.restart import restart
 from fastsamplers.samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
 from fastsamplers.samplers.unipc import unic
+from fastsamplers.samplers import scaling
 
-__all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "cfg_pp", "cfg_pp_solver", "classifier_guided", "exact_flow_map", "get_solver", "guided",
-           "load_learned", "restart", "sample", "unic"]
+__all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "cfg_pp", "cfg_pp_solver", "classifier_guided", "exact_flow_map",
+           "get_solver", "guided", "load_learned", "restart", "sample", "scaling", "unic"]

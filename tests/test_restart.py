@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastsamplers import samplers, schedules
-from fastsamplers.experiments.runs.stochastic_benchmark import energy_distance
+from fastsamplers.experiments.metrics.transport import energy_distance
 from fastsamplers.models import GaussianMixture
 from fastsamplers.samplers.restart import PRESETS, forward_jump
 

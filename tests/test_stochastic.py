@@ -12,6 +12,7 @@ import pytest
 
 from fastsamplers import samplers
 from fastsamplers import schedules
+from fastsamplers.experiments.metrics.transport import energy_distance
 from fastsamplers.models import GaussianMixture
 from fastsamplers.samplers.multistep import DDIM
 from sweep import one_per_kind, slow_unless
@@ -32,12 +33,6 @@ def problem():
     p = schedules.get_process("vp_linear", t_min=0.02)
     x_init = gm.marginal_sample(jax.random.PRNGKey(4), N_SAMPLES, p.t_max, p)
     return gm, p, x_init
-
-
-def energy_distance(x, y):
-    """The two-sample energy distance 2 E|x - y| - E|x - x'| - E|y - y'| (Szekely & Rizzo), V-statistic."""
-    d = lambda a, b: jnp.mean(jnp.sqrt(jnp.sum((a[:, None] - b[None]) ** 2, -1) + 1e-30))
-    return float(2 * d(x, y) - d(x, x) - d(y, y))
 
 
 @functools.lru_cache(maxsize=None)

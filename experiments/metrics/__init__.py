@@ -15,7 +15,7 @@ digits FD-digits is trained and scored on); never `experiments.runs`.
 from fastsamplers.experiments.metrics.fd_digits import score_samples
 from fastsamplers.experiments.metrics.flops import count_flops
 from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_extrapolated
-from fastsamplers.experiments.metrics.transport import straightness, w2_exact
+from fastsamplers.experiments.metrics.transport import energy_distance, straightness, w2_exact
 
-__all__ = ["FeatureStats", "count_flops", "frechet_distance", "frechet_distance_extrapolated",
+__all__ = ["FeatureStats", "count_flops", "energy_distance", "frechet_distance", "frechet_distance_extrapolated",
            "score_samples", "straightness", "w2_exact"]

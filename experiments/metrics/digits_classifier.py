@@ -87,6 +87,32 @@ class Classifier:
         return float(self.info["test_accuracy"])
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassReward:
+    """A reward for `samplers.scaling` searches: reward(images, (params, label)) = log p(label | images), the
+    classifier's log-probability of one class, per image (n,) for images (n, size, size, 1) clipped to [-1, 1] as
+    FD-digits scores them. The parameters and the label travel as `reward_args` (traced: never compiled in).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> reward = ClassReward(8)
+        >>> params = reward.init(jax.random.PRNGKey(0))
+        >>> reward(jnp.zeros((3, 8, 8, 1)), (params, jnp.int32(4))).shape
+        (3,)
+    """
+
+    size: int
+
+    def __call__(self, images: jax.Array, reward_args: tuple) -> jax.Array:
+        params, label = reward_args
+        logits = DigitsClassifier(self.size).apply({"params": params}, jnp.clip(images, -1, 1).astype(jnp.float32))
+        return jnp.take(jax.nn.log_softmax(logits, axis=-1), label, axis=-1)
+
+    def init(self, key: jax.Array) -> dict:
+        """Untrained parameters (for smoke tests; the real ones are a `Classifier`'s `params`)."""
+        return DigitsClassifier(self.size).init(key, jnp.zeros((1, self.size, self.size, 1), jnp.float32))["params"]
+
+
 def check_size(size):
     """`size` as an int, if it is one of `SIZES`; ValueError otherwise."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) not in SIZES:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers import core, samplers, schedules
+from fastsamplers.experiments.metrics.transport import energy_distance
 from fastsamplers.experiments.report import render_table, versions
 from fastsamplers.models import MLP, GaussianMixture
 
@@ -120,12 +121,6 @@ def print_distribution(record, solvers, floor_pairs):
                                      for n in measured] for label in labels])
     print(f"\n## Energy distance to the exact marginal at t_min ({floor['n']} samples; noise floor: mean "
           f"{floor['mean']:.2e}, max {floor['max']:.2e} over {floor_pairs} exact pairs)\n\n{table}\n")
-
-
-def energy_distance(x, y) -> float:
-    """2 E|x - y| - E|x - x'| - E|y - y'| (V-statistic)."""
-    d = jax.jit(lambda a, b: jnp.mean(jnp.sqrt(jnp.sum((a[:, None] - b[None]) ** 2, -1) + 1e-30)))
-    return float(2 * d(x, y) - d(x, x) - d(y, y))
 
 
 def oracle_problem(seed, n, floor_pairs):
