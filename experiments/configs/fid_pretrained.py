@@ -72,6 +72,27 @@ classifier guidance: `--config.classifier=` the converted 64x64_classifier folde
 overrides the release's 1.0), and the latent dit_xl2_256 and sit_xl2_256 (converted with their VAE; classifier-free
 guidance 1.5 on channels 0-2 as published; the FID is on the decoded images).
 
+Apple's TarFlow on AFHQ 256 (`tarflow_afhq256`: a normalizing flow, so no solver, grid or NFE): the released
+afhq_model_8_768_8_8_0.07.pth converted with `scripts/convert_checkpoint.py ... --layout tarflow`, sampled as
+ml-tarflow's evaluate_fid.py does (z per sample from the noise stream, `samplers.causal.invert` with the row's plan
+and annealed guidance `flow_guidance` (the notebook's 1: no AFHQ value is published), the self-denoising step, clip
+to [-1, 1]); the reference is the user's AFHQ training images (a folder, or prepare_fid_stats' statistics saved as
+mu/sigma). Each row reports its dependent network passes (`samplers.causal`'s info), not an NFE:
+
+    for row in sequential jacobi gs_jacobi; do
+      python scripts/fid_pretrained.py --config experiments/configs/fid_pretrained.py:preset=tarflow_afhq256,row=$row \
+        --config.checkpoint=$HOME/ckpt/tarflow_afhq256 --config.fid_weights=$HOME/fid/inception_fid.npz \
+        --config.reference=$HOME/data/afhq/train --config.batch_size=256 --workdir outputs/tarflow_afhq/$row
+    done
+    python scripts/make_table.py $(printf -- '--rows %s ' outputs/tarflow_afhq/*/results.json) \
+      --published tarflow_afhq256 --out outputs/tarflow_afhq
+
+Any TarFlow folder without a preset: `--config.solver= --config.flow_plan=sequential` (or JSON: a dict of
+`samplers.causal.BlockPlan`'s fields, or a list with one per block, e.g. the CRM / IGM plan of
+`samplers.causal_metrics.recommend_plan`), `--config.flow_guidance=W --config.flow_annealed_guidance=False
+--config.flow_attn_temp=T --config.denoise=LR` (evaluate_fid's cfg, annealed_guidance, attn_temp and
+self_denoising_lr; denoise=0 skips the step).
+
 Overrides: `--config.num_samples=10000`, `--config.guidance_scale=2.0 --config.null_label=10` (a class-conditional
 checkpoint), `--config.grid=file:outputs/oss/oss_s{num_steps}.json` (a distilled schedule; {nfe} and {num_steps} are
 filled in), `--config.batch_size=1000`, `--config.num_devices=1`. `source` names where the model comes from

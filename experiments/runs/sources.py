@@ -4,9 +4,9 @@
                 weights by default (keys train_config, checkpoint_dir, use_ema, resolution);
   "oracle"      the Gaussian-mixture oracle: exact predictions, so every sampler error is measurable (keys oracle,
                 seed);
-  "pretrained"  a published checkpoint, `models.pretrained.load` (keys checkpoint, layout, model_config, params,
-                scheduler_config, variant, null_label, classifier: a converted noisy classifier for classifier
-                guidance, "" for none).
+  "pretrained"  a published checkpoint, `models.pretrained.load`: a diffusion model, or a TarFlow (`Source.flow`)
+                (keys checkpoint, layout, model_config, params, scheduler_config, variant, null_label, classifier:
+                a converted noisy classifier for classifier guidance, "" for none).
 
 `load(config)` checks that the config has the keys its source reads, then returns a `Source`: the `Target` that is
 sampled, the labels a class-conditional model is sampled with, and what decides the samples (`identity`, for the
