@@ -82,6 +82,8 @@ class BlockPlan:
         return self.segments, length, self.max_iterations or length
 
 
+PLAN_FORMS = ("a plan is a mode name (" + ", ".join(MODES) + "), a JSON dict of BlockPlan's fields (e.g. "
+              '{"mode": "gs_jacobi", "segments": 8, "tol": 1e-4}) or a JSON list of such dicts, one per block')
 # A plan as a config gives it (module docstring): one block's plan (a mode name, a dict of `BlockPlan`'s fields, or a
 # BlockPlan) for every block, or a sequence of them, one per block.
 BlockSpec: TypeAlias = str | Mapping[str, Any] | BlockPlan
@@ -89,11 +91,18 @@ PlanSpec: TypeAlias = BlockSpec | Sequence[BlockSpec]
 
 
 def parse_plan(text: str) -> PlanSpec:
-    """A plan from a config string: a mode name, or JSON (a dict or a list of dicts)."""
+    """A plan from a config string: a mode name, or JSON (a dict or a list of dicts); ValueError (one sentence, the
+    valid forms listed) for text that is neither."""
     text = text.strip()
     if text[:1] in "[{":
-        return json.loads(text)
-    return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"plan {text!r} is not valid JSON ({error.msg}); {PLAN_FORMS}") from None
+    try:
+        return MODES.check(text)
+    except ValueError as error:
+        raise ValueError(f"{error}: {PLAN_FORMS}") from None
 
 
 def make_plan(spec: PlanSpec, num_blocks: int) -> tuple[BlockPlan, ...]:

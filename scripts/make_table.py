@@ -42,7 +42,8 @@ def main(argv=None):
         table = published.load(args.published)
         sources = "; ".join(f"{s['title']}, {s['where']}" for s in table["sources"].values())
         text = (f"## {title}: ours beside {table['name']}\n\n{published.beside(rows, table)}\n\n"
-                f"Published: {table['checkpoint']}; {table['settings']}. Sources: {sources}.\n")
+                f"Published: {table['checkpoint']}; {table['settings']}. Sources: {sources}.\n"
+                + (f"\nNo published numbers: {table['note']}.\n" if not table["rows"] else ""))
         core.write_atomic(os.path.join(args.out, "published.md"), text)
         print(text)
 

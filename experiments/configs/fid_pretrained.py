@@ -72,6 +72,27 @@ classifier guidance: `--config.classifier=` the converted 64x64_classifier folde
 overrides the release's 1.0), and the latent dit_xl2_256 and sit_xl2_256 (converted with their VAE; classifier-free
 guidance 1.5 on channels 0-2 as published; the FID is on the decoded images).
 
+Apple's TarFlow on AFHQ 256 (`tarflow_afhq256`: a normalizing flow, so no solver, grid or NFE): the released
+afhq_model_8_768_8_8_0.07.pth converted with `scripts/convert_checkpoint.py ... --layout tarflow`, sampled as
+ml-tarflow's evaluate_fid.py does (z per sample from the noise stream, `samplers.causal.invert` with the row's plan
+and annealed guidance `flow_guidance` (the notebook's 1: no AFHQ value is published), the self-denoising step, clip
+to [-1, 1]); the reference is the user's AFHQ training images (a folder, or prepare_fid_stats' statistics saved as
+mu/sigma). Each row reports its dependent network passes (`samplers.causal`'s info), not an NFE:
+
+    for row in sequential jacobi gs_jacobi; do
+      python scripts/fid_pretrained.py --config experiments/configs/fid_pretrained.py:preset=tarflow_afhq256,row=$row \
+        --config.checkpoint=$HOME/ckpt/tarflow_afhq256 --config.fid_weights=$HOME/fid/inception_fid.npz \
+        --config.reference=$HOME/data/afhq/train --config.batch_size=256 --workdir outputs/tarflow_afhq/$row
+    done
+    python scripts/make_table.py $(printf -- '--rows %s ' outputs/tarflow_afhq/*/results.json) \
+      --published tarflow_afhq256 --out outputs/tarflow_afhq
+
+Any TarFlow folder without a preset: `--config.solver= --config.flow_plan=sequential` (or JSON: a dict of
+`samplers.causal.BlockPlan`'s fields, or a list with one per block, e.g. the CRM / IGM plan of
+`samplers.causal_metrics.recommend_plan`), `--config.flow_guidance=W --config.flow_annealed_guidance=False
+--config.flow_attn_temp=T --config.denoise=LR` (evaluate_fid's cfg, annealed_guidance, attn_temp and
+self_denoising_lr; denoise=0 skips the step).
+
 Overrides: `--config.num_samples=10000`, `--config.guidance_scale=2.0 --config.null_label=10` (a class-conditional
 checkpoint), `--config.grid=file:outputs/oss/oss_s{num_steps}.json` (a distilled schedule; {nfe} and {num_steps} are
 filled in), `--config.batch_size=1000`, `--config.num_devices=1`. `source` names where the model comes from
@@ -126,6 +147,19 @@ def _ddpm_row(label, **options):
     return (label, "ddpm", dict(variance="learned", **options), "respaced", {"append_zero": True})
 
 
+# TarFlow AFHQ 256: 8 blocks of 32 x 32 = 1024 tokens. Guidance: no AFHQ value is published (evaluate_fid.py's cfg
+# defaults to 0; the README's example is ImageNet 64's 2.3), so the notebook's guided value 1 (sample.ipynb, cell 3,
+# there constant), annealed as evaluate_fid.py:77 runs it. The plans are those of the GS-Jacobi paper's comparison
+# (Liu & Qin 2025): sequential (the reference), Jacobi on every block, and GS-Jacobi with 8 equal segments on every
+# block; both parallel plans stop at tol 1e-4 and are capped at the exact bound (the segment's length), so they
+# change the samples by the tolerance only. A CRM / IGM plan (samplers.causal_metrics.recommend_plan, from a forward
+# pass on AFHQ images) is given as JSON: --config.flow_plan='[{...}, ...]' --config.label='GS-Jacobi (CRM)'.
+_TARFLOW_AFHQ = dict(flow_guidance=1.0, rows={
+    "sequential": ("Sequential", "sequential"),
+    "jacobi": ("Jacobi", '{"mode": "jacobi", "tol": 1e-4}'),
+    "gs_jacobi": ("GS-Jacobi (8 segments)", '{"mode": "gs_jacobi", "segments": 8, "tol": 1e-4}'),
+})
+
 # preset -> the published table it rebuilds (experiments/results/published/<name>.json) and how: the checkpoint's
 # layout, the grid's ends (None: the process's), the NFE columns and the rows.
 PRESETS = Registry("preset", {
@@ -156,6 +190,9 @@ PRESETS = Registry("preset", {
     # With guided-diffusion's 64x64 classifier (--config.classifier=...) at the release's scale 1.0 (its README).
     "adm_imagenet64_guided": dict(layout="guided_diffusion", t_min=None, t_max=None, nfes=(5, 6, 8, 10, 20),
                                   rows=_VP_ROWS, published="adm_imagenet64", classifier_scale=1.0),
+    # Apple's TarFlow on AFHQ 256 (afhq_model_8_768_8_8_0.07.pth converted with --layout tarflow), sampled as
+    # ml-tarflow's evaluate_fid.py does: a flow preset's rows are (label, flow plan), no solver or grid.
+    "tarflow_afhq256": dict(layout="tarflow", flow=True, published="tarflow_afhq256", **_TARFLOW_AFHQ),
 }, unknown="unknown {kind} {name!r}; valid presets: {valid}")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE_CHECKPOINT = os.path.join(ROOT, "tests", "fixtures", "pretrained", "ddpm")
@@ -169,12 +206,18 @@ def get_config(arg=None):
             raise ValueError(f"preset={arg.preset} takes row=NAME (one of {list(preset['rows'])}), not solver=")
         rows = Registry("row", preset["rows"], ordered=True,
                         unknown="unknown {kind} {name!r} of preset {preset}; valid rows: {valid}")
-        label, solver, options, grid, grid_options = rows.lookup(arg.row, preset=arg.preset)
+        if preset.get("flow"):
+            (label, flow_plan), solver, options, grid, grid_options = rows.lookup(arg.row, preset=arg.preset), "", \
+                {}, "", {}
+        else:
+            label, solver, options, grid, grid_options = rows.lookup(arg.row, preset=arg.preset)
     elif arg.row:
         raise ValueError("row= needs preset=NAME (one of the presets: " + ", ".join(PRESETS) + ")")
     else:
         label, solver, options = TABLE_SOLVERS.lookup(arg.solver or ("ddim" if arg.smoke else "tab3"))
         grid, grid_options = "logsnr", {}
+    if preset is None or not preset.get("flow"):
+        flow_plan = ""
     c = ml_collections.ConfigDict()
     c.seed = 0  # sample k starts from fold_in(fold_in(PRNGKey(seed), 0), k); stochastic solvers use stream 1
 
@@ -198,12 +241,20 @@ def get_config(arg=None):
     c.nfe = 2 if arg.smoke else 10  # the budget of model evaluations per sample; steps = solver.steps_for_nfe(nfe)
     c.t_min = placeholder(float)  # the grid's ends; None = the process's
     c.t_max = placeholder(float)
-    if preset is not None and preset["t_min"] is not None:
+    if preset is not None and preset.get("t_min") is not None:
         c.t_min, c.t_max = preset["t_min"], preset["t_max"]
     c.published = preset["published"] if preset else ""  # experiments/results/published/<name>.json, for the report
     c.guidance_scale = preset.get("guidance_scale", 1.0) if preset else 1.0  # class-conditional checkpoints:
     # classifier-free guidance (1 = the conditional model), on the channels the model's layout guides
     c.classifier_scale = preset.get("classifier_scale", 1.0) if preset else 1.0  # with `classifier`: its scale
+
+    # A normalizing flow (the tarflow layout) instead: sampled as ml-tarflow's evaluate_fid.py does (set solver="").
+    c.flow_plan = flow_plan  # samplers.causal's plan: a mode name or JSON ("" = a diffusion model, sampled by solver)
+    c.flow_guidance = preset.get("flow_guidance", 0.0) if preset else 0.0  # evaluate_fid's cfg: a += w (a - a_u),
+    # the same for b (0 = none; class-conditional flows)
+    c.flow_annealed_guidance = True  # w (t + 1) / (T - 1) at token t, as evaluate_fid.py:77 (False: constant w)
+    c.flow_attn_temp = 1.0  # evaluate_fid's attn_temp: divides the attention logits of the unconditional branch
+    c.denoise = 1.0  # evaluate_fid's self_denoising_lr: x + denoise * noise_std^2 grad log p(x) (1 = Tweedie; 0 = off)
 
     # The protocol.
     c.num_samples = 12 if arg.smoke else 50_000

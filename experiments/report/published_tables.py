@@ -3,7 +3,8 @@
 A published table is JSON: `name`, `checkpoint` (the file the numbers were made on), `dataset`, `metric` ("fid"),
 `num_samples`, `settings` (the sampling settings as the source states them), `sources` ({key: {"title", "where",
 optionally "commit"}}) and `rows`: [{"label", "source" (a key of sources), "values": {NFE: number}}, optionally
-"unverified": what about the row was not checked]. Labels are those of the matching preset's rows
+"unverified": what about the row was not checked]. A checkpoint released without a published number has an empty
+`rows` and a `note` saying so (`beside` then prints ours with "—" for theirs). Labels are those of the matching preset's rows
 (`experiments/configs/fid_pretrained.py`), so our results line up with theirs by label and NFE.
 
     >>> table = load("edm_cifar10_uncond_vp")
@@ -36,6 +37,8 @@ def load(name: str) -> dict[str, Any]:
     missing = [key for key in _KEYS if key not in table]
     if missing:
         raise ValueError(f"{path}: missing {missing} (a published table has {list(_KEYS)})")
+    if not table["rows"] and not table.get("note"):
+        raise ValueError(f"{path}: no rows and no note (an empty table says why it has no published numbers)")
     for i, row in enumerate(table["rows"]):
         if not {"label", "source", "values"} <= set(row) or row["source"] not in table["sources"]:
             raise ValueError(f"{path}: row {i} needs label, values and a source among {sorted(table['sources'])}, "

@@ -22,6 +22,9 @@ from fastsamplers.core import Registry
 STYLES = Registry.of_names("table style", ("markdown", "text"), unknown="unknown {kind} {name!r}; valid: {valid}")
 
 METRIC_NAMES = {"fd_digits": "FD-digits", "fid": "FID", "exact": "RMSE vs exact"}
+# The "grid" of a normalizing flow's row (`experiments.runs.fid_protocol`): its "nfe" is the mean number of dependent
+# network passes per batch (`samplers.causal`), not model evaluations, so its rows get a table of their own.
+FLOW_GRID = "flow plan"
 
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence], *, style: str = "markdown",
@@ -100,7 +103,7 @@ def markdown(rows: list[dict], title: str | None = None) -> str:
     Returns:
       The text, ending with a newline.
     """
-    fixed = [row for row in rows if row["grid"] != "adaptive"]
+    fixed = [row for row in rows if row["grid"] not in ("adaptive", FLOW_GRID)]
     lines = [f"## {title}", ""] if title else []
     grids = list(dict.fromkeys(row["grid"] for row in fixed))
     nfes = sorted({row["nfe_budget"] for row in fixed})
@@ -112,6 +115,12 @@ def markdown(rows: list[dict], title: str | None = None) -> str:
         lines.append(render_table(["solver", *(f"NFE {n}" for n in nfes)],
                                   [[label, *(_format(cells.get((label, n))) for n in nfes)] for label in labels]))
         lines.append("")
+    flows = [row for row in rows if row["grid"] == FLOW_GRID]
+    if flows:
+        metric = METRIC_NAMES.get(flows[0]["metric"], flows[0]["metric"])
+        lines += [render_table(["flow plan", "dependent passes", metric],
+                               [[row["label"], row["nfe"], _format(dict(row, nfe_budget=row["nfe"]))]
+                                for row in flows]), ""]
     for row in rows:
         if row["grid"] == "adaptive":
             metric = METRIC_NAMES.get(row["metric"], row["metric"])
@@ -163,7 +172,7 @@ def plot(rows: list[dict], path: str, title: str = "") -> str:
             if row["grid"] == "adaptive" and math.isfinite(row["value"]):
                 ax.axhline(row["value"], color="k", ls=":", lw=1, label=f"adaptive (NFE {row['nfe']})")
         ax.set_yscale("log")
-        ax.set_xlabel("NFE")
+        ax.set_xlabel("dependent passes" if grid == FLOW_GRID else "NFE")
         ax.set_title(grid_title(grid))
     axes[0][0].set_ylabel(metric)
     axes[0][-1].legend(fontsize=7, loc="upper right")

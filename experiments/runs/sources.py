@@ -4,9 +4,9 @@
                 weights by default (keys train_config, checkpoint_dir, use_ema, resolution);
   "oracle"      the Gaussian-mixture oracle: exact predictions, so every sampler error is measurable (keys oracle,
                 seed);
-  "pretrained"  a published checkpoint, `models.pretrained.load` (keys checkpoint, layout, model_config, params,
-                scheduler_config, variant, null_label, classifier: a converted noisy classifier for classifier
-                guidance, "" for none).
+  "pretrained"  a published checkpoint, `models.pretrained.load`: a diffusion model, or a TarFlow (`Source.flow`)
+                (keys checkpoint, layout, model_config, params, scheduler_config, variant, null_label, classifier:
+                a converted noisy classifier for classifier guidance, "" for none).
 
 `load(config)` checks that the config has the keys its source reads, then returns a `Source`: the `Target` that is
 sampled, the labels a class-conditional model is sampled with, and what decides the samples (`identity`, for the
@@ -43,7 +43,10 @@ class Source:
     latent model without its VAE has image_shape but no decode, so what needs images refuses it); `guidance_mask`
     is the channels its published guidance guides (None: all; `samplers.guided`'s channel_mask);
     `variance_model_fn` the checkpoint's model_fn with its learned variance's channels ([eps | v], for the `ddpm`
-    solver's variance="learned"), None where it has none.
+    solver's variance="learned"), None where it has none. A normalizing flow (`models.pretrained.PretrainedFlow`,
+    Apple's TarFlow) is `flow`: it is sampled by inverting it (`samplers.causal`), not by a solver, and its `target`
+    holds only its image shape, parameters (`args`), class count and description (process, prediction and model_fn
+    None).
     """
 
     target: Target
@@ -57,6 +60,7 @@ class Source:
     image_shape: tuple | None = None
     guidance_mask: tuple | None = None
     variance_model_fn: Callable | None = None
+    flow: pretrained_models.PretrainedFlow | None = None
 
     @property
     def images(self) -> tuple:
@@ -129,14 +133,23 @@ def pretrained(config) -> Source:
         pretrained_models.detect_layout(config.checkpoint)
     options = _load_options(config, layout)
     model = pretrained_models.load(config.checkpoint, layout=layout, **options)
-    if not isinstance(model, pretrained_models.Pretrained):
-        raise ValueError(f"{config.checkpoint} is a {type(model).__name__}, not a diffusion model to sample")
+    if not isinstance(model, (pretrained_models.Pretrained, pretrained_models.PretrainedFlow)):
+        raise ValueError(f"{config.checkpoint} is a {type(model).__name__}, not a diffusion model or a flow to sample")
     files = _checkpoint_files(model, config, layout, options)
     record = {"path": os.path.abspath(config.checkpoint), "layout": layout, "load_options": options, "files": files,
               "sha256": core.fingerprint(list(files.values()))}
     identity = {"checkpoint_sha256": record["sha256"], "layout": layout,
                 "load_options": {k: v for k, v in options.items() if k != "scheduler_config"}}
     num_classes = model.num_classes
+    description = os.path.basename(os.path.normpath(config.checkpoint))
+    if isinstance(model, pretrained_models.PretrainedFlow):  # the mean class embedding is its unconditional branch
+        if config.classifier:
+            raise ValueError(f"{config.checkpoint} is a normalizing flow: classifier guidance is for diffusion models")
+        target = Target(None, None, model.image_shape, None, args=model.params, num_classes=num_classes or 0,
+                        description=description)
+        identity["noise_std"] = model.noise_std
+        return Source(target, None if not num_classes else tuple(range(num_classes)), None, identity, record,
+                      image_shape=tuple(model.image_shape), flow=model)
     classes = None if num_classes is None else tuple(c for c in range(num_classes) if c != model.null_label)
     classifier = _classifier(config.classifier, model) if config.classifier else None
     if classifier is not None:
@@ -146,8 +159,7 @@ def pretrained(config) -> Source:
         record["classifier"] = {"path": os.path.abspath(config.classifier), "files": files}
         identity["classifier_sha256"] = core.fingerprint(list(files.values()))
     target = Target(model.process, model.prediction, model.latent_shape or model.image_shape, model.model_fn,
-                    args=model.params, num_classes=num_classes or 0,
-                    description=os.path.basename(os.path.normpath(config.checkpoint)))
+                    args=model.params, num_classes=num_classes or 0, description=description)
     decode = model.decode  # functools.partial(fn, vae_params): the weights go into programs as arguments
     return Source(target, classes, model.null_label, identity, record, classifier,
                   decode=None if decode is None else decode.func,
