@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_clear_errors_before_sampling(tmp_path):
     with pytest.raises(ValueError, match="unknown metric"):
         sampler_tables.run(smoke_config(metric="psnr"), str(tmp_path))
     with pytest.raises(ValueError, match="unknown solver"):
-        sampler_tables.run(smoke_config(solvers=[dict(label="x", name="ddpm", options={})]), str(tmp_path))
+        sampler_tables.run(smoke_config(solvers=[dict(label="x", name="plms", options={})]), str(tmp_path))
     with pytest.raises(ValueError, match="unknown time grid"):
         sampler_tables.run(smoke_config(grids=("cosine",)), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="train first"):
@@ -209,3 +210,23 @@ def test_two_checkpoints_of_one_architecture_share_one_compiled_sampler():
     after = driver._sample_compiled.cache_info()
     assert after.misses == before.misses and after.hits == before.hits + 1  # the second run: a cache hit
     assert np.max(np.abs(outputs[0] - outputs[1])) > 1e-3  # and its own weights
+
+
+def test_a_stochastic_solver_row_draws_per_sample_noise(tmp_path):
+    """The restart set (Heun against Restart(Heun), a stochastic solver): its cells draw sample k's noise from
+    fold_in(key, k), so another batch size gives the same samples; both rows are at equal NFE."""
+    config = evaluate_config.get_config("model=oracle,solvers=restart")
+    assert [entry["label"] for entry in config.solvers] == ["Heun", "Restart(Heun)"]
+    config.unlock()
+    config.solvers, config.nfes, config.num_samples, config.reference = config.solvers[1:], (27,), 32, False
+    config.lock()
+    target = sources.load(config).target
+    (row, solver, ts), = sampler_tables.plan_cells(config, target.process)
+    assert solver.stochastic and row["nfe_budget"] == 27
+    key = jax.random.PRNGKey(1)
+    x_init = target.process.prior(jax.random.PRNGKey(0), (32, *target.shape), t=float(ts[0]))
+    draw = sampler_tables.cell_sampler(target, solver, 1.0, key)
+    whole, nfe = sampler_tables.sample_cell(draw, ts, x_init, 32)
+    halves, _ = sampler_tables.sample_cell(draw, ts, x_init, 16)
+    np.testing.assert_allclose(whole, halves, rtol=0, atol=1e-12)
+    assert nfe == 27

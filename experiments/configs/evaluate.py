@@ -15,6 +15,7 @@ Variants (`evaluate.py:ARG`, comma-separated):
   model=boss_fm4, model=boss_fm6
                     digits_fm straightened on its 4 or 6 Bellman steps (`boss_straighten.py`, outputs/boss_fm*);
   smoke             two solvers, two grids, NFE 4 and 6, 64 samples: for tests;
+  solvers=restart   Heun against Restart(Heun) (the paper's CIFAR-10 VP interval) at equal NFE on EDM's grid;
   solvers=knobs     instead of the table's rows: DEIS tAB3, iPNDM and DPM-Solver++(3M) with and without
                     lower_order_final and denoise_to_zero, DPM-Solver++(2M) with UniC, and UniPC-3.
 Overrides: `--config.checkpoint_dir=...`, `--config.num_samples=2000`, `--config.nfes='(5, 10)'`,
@@ -64,6 +65,12 @@ KNOB_SOLVERS = [
     dict(label="DPM-Solver++(2M) +UniC", name="dpmpp_2m", options=dict(corrector=True)),
     dict(label="UniPC-3 bh2", name="unipc", options={}),
 ]
+# Restart sampling (Xu et al. 2023) against its base solver at equal NFE: Heun on EDM's grid, and Restart(Heun) with
+# the paper's CIFAR-10 VP interval (N = 3 steps, K = 2 restarts over sigma/alpha in [0.06, 0.30]).
+RESTART_SOLVERS = [
+    dict(label="Heun", name="heun", options={}),
+    dict(label="Restart(Heun)", name="restart", options=dict(base="heun", intervals="cifar10_vp")),
+]
 # name -> (training config, its workdir, metric, process).
 MODELS = Registry("model", {
     "digits_vp": ("experiments/configs/digits_vp.py", "outputs/digits_vp", "fd_digits", "vp_linear"),
@@ -78,8 +85,8 @@ MODELS = Registry("model", {
     "boss_fm6": ("experiments/configs/boss_straighten.py:num_steps=6", "outputs/boss_fm6", "fd_digits", "ot"),
 }, unknown="unknown {kind} {name!r}; valid: {valid}")
 # The rows of a table: the DEIS paper's ("table") or the multistep knobs ("knobs").
-SOLVER_SETS = Registry("solvers", {"table": SOLVERS, "knobs": KNOB_SOLVERS}, ordered=True,
-                       unknown="unknown {kind}={name!r}; valid: {valid}")
+SOLVER_SETS = Registry("solvers", {"table": SOLVERS, "knobs": KNOB_SOLVERS, "restart": RESTART_SOLVERS},
+                       ordered=True, unknown="unknown {kind}={name!r}; valid: {valid}")
 
 
 def get_config(arg=None):
@@ -109,6 +116,8 @@ def get_config(arg=None):
     c.only = ()  # a subset of the solver labels to run, e.g. --config.only='("DDIM", "DEIS tAB3")'; () = all
     c.grids = ("uniform", "logsnr") if arg.smoke else ("uniform", "quadratic", "logsnr", "edm")
     c.nfes = (4, 6) if arg.smoke else (4, 6, 8, 10, 15, 20)
+    if arg.solvers == "restart":  # Restart adds 2 K (N - 1) = 8 calls to Heun's: NFE 43 is the paper's 18 main steps
+        c.grids, c.nfes = ("edm",), ((27, 43) if arg.smoke else (19, 27, 43, 63))
     c.learned = ()  # learned samplers, "LABEL=PATH" with {nfe} in PATH (schedules.save_learned files), a row each
     c.t_min = ml_collections.config_dict.placeholder(float)  # the grids' ends; None = the process's
     c.t_max = ml_collections.config_dict.placeholder(float)

@@ -44,6 +44,7 @@ from fastsamplers.experiments.metrics.frechet import frechet_score
 from fastsamplers.experiments.runs import sources
 
 NOISE_STREAM = 7  # fold_in(root, NOISE_STREAM): the starting noise shared by every cell
+SOLVER_STREAM = 9  # a stochastic solver's noise: sample k from fold_in(fold_in(root, SOLVER_STREAM), k)
 
 
 def plan_cells(config, process):
@@ -99,18 +100,24 @@ def _learned_cells(entry, nfes):
     return cells
 
 
-def cell_sampler(target, solver, guidance_scale=1.0):
-    """The compiled sampler of one solver, the time grid an argument: (x, ts) -> (samples, nfe).
+def cell_sampler(target, solver, guidance_scale=1.0, key=None):
+    """The compiled sampler of one solver, the time grid an argument: (x, ts, labels, indices) -> (samples, nfe).
 
     `samplers.sample` keeps one compiled program per (model function, solver) with x and ts traced arguments, so
     every cell of that solver with the same number of steps (other grids, distilled files) reuses it without an
-    outer `jax.jit`: a table compiles solvers x step counts programs instead of one per cell.
+    outer `jax.jit`: a table compiles solvers x step counts programs instead of one per cell. A stochastic solver
+    draws sample k's noise from fold_in(key, k) (`indices`), so the batch size does not change the samples.
     """
 
-    def draw(x, ts, labels=None):
+    def draw(x, ts, labels=None, indices=None):
         model, args = target.conditioned(labels, guidance_scale)
+        keys = None
+        if solver.stochastic:
+            if key is None:
+                raise ValueError(f"solver {solver.name!r} is stochastic: the table's cells need a key")
+            keys = jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.asarray(indices))
         x, info = samplers.sample(model, solver, target.process, x, ts, prediction=target.prediction, args=args,
-                                  check_finite=False)
+                                  check_finite=False, key=keys)
         return x, info["nfe"]
 
     return draw
@@ -124,8 +131,9 @@ def sample_cell(draw, ts, x_init, batch_size, num_classes=0):
     outputs, nfe = [], 0
     for start in range(0, x_init.shape[0], batch_size):
         x = x_init[start:start + batch_size]
-        labels = np.arange(start, start + x.shape[0]) % num_classes if num_classes else None
-        x, nfe = draw(x, ts, labels)
+        indices = np.arange(start, start + x.shape[0])
+        labels = indices % num_classes if num_classes else None
+        x, nfe = draw(x, ts, labels, indices)
         outputs.append(np.asarray(x, np.float64))
     return np.concatenate(outputs), int(nfe)
 
@@ -216,7 +224,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              f"{t_start}; every cell must start from the same noise")
         cell_start = time.perf_counter()
         if id(solver) not in draws:
-            draws[id(solver)] = cell_sampler(target, solver, config.guidance_scale)
+            draws[id(solver)] = cell_sampler(target, solver, config.guidance_scale,
+                                             jax.random.fold_in(jax.random.PRNGKey(config.seed), SOLVER_STREAM))
         draw = draws[id(solver)]
         samples, nfe = sample_cell(draw, ts, x_init, config.batch_size, target.num_classes)
         ends = (float(ts[0]), float(ts[-1]))
