@@ -1,5 +1,6 @@
 """Integrators of the probability-flow ODE: a registry of solvers and the `sample` driver."""
 
+from fastsamplers.samplers import fk
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.classifier_guidance import classifier_guided
 from fastsamplers.samplers.driver import sample
@@ -8,5 +9,5 @@ from fastsamplers.samplers.reference import exact_flow_map
 from fastsamplers.samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
 from fastsamplers.samplers.unipc import unic
 
-__all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "classifier_guided", "exact_flow_map", "get_solver", "guided",
+__all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "classifier_guided", "exact_flow_map", "fk", "get_solver", "guided",
            "load_learned", "sample", "unic"]

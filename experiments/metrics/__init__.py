@@ -1,5 +1,5 @@
 """Evaluation metrics on samples: Fréchet distances (FID with the Inception network, FD-digits with a small digits
-classifier), the exact empirical W2 and straightness of flows, and model FLOPs counted from the jaxpr.
+classifier), the exact empirical W2, the energy distance and straightness of flows, and model FLOPs counted from the jaxpr.
 
 The Fréchet distances are one layer that every runner scores through: `features` (the feature networks by name, the
 uint8 quantisation, samples streamed into statistics), `references` (the reference files and their statistics),
@@ -15,7 +15,7 @@ digits FD-digits is trained and scored on); never `experiments.runs`.
 from fastsamplers.experiments.metrics.fd_digits import score_samples
 from fastsamplers.experiments.metrics.flops import count_flops
 from fastsamplers.experiments.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_extrapolated
-from fastsamplers.experiments.metrics.transport import straightness, w2_exact
+from fastsamplers.experiments.metrics.transport import energy_distance, straightness, w2_exact
 
-__all__ = ["FeatureStats", "count_flops", "frechet_distance", "frechet_distance_extrapolated",
+__all__ = ["FeatureStats", "count_flops", "energy_distance", "frechet_distance", "frechet_distance_extrapolated",
            "score_samples", "straightness", "w2_exact"]

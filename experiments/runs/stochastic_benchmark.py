@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers import core, samplers, schedules
+from fastsamplers.experiments.metrics.transport import energy_distance
 from fastsamplers.experiments.report import render_table, versions
 from fastsamplers.models import MLP, GaussianMixture
 
@@ -70,12 +71,6 @@ def benchmark(json_path: str, *, num_samples: int = 2000, seed: int = 3, solvers
     record = {"rows": rows, "floor": floor, "compilations": compiles, "versions": versions()}
     core.write_json(json_path, record, indent=1)
     return record
-
-
-def energy_distance(x, y) -> float:
-    """2 E|x - y| - E|x - x'| - E|y - y'| (V-statistic)."""
-    d = jax.jit(lambda a, b: jnp.mean(jnp.sqrt(jnp.sum((a[:, None] - b[None]) ** 2, -1) + 1e-30)))
-    return float(2 * d(x, y) - d(x, x) - d(y, y))
 
 
 def distribution_rows(seed, n, solvers=SOLVERS, nfes=NFES, floor_pairs=10):
