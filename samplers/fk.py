@@ -135,6 +135,7 @@ class GuidedTarget(Target):
 
     guide: Guided
     calls = 2
+    traced = ("guide",)  # a pytree: its scale and uncond_args are traced leaves, its model function static
 
     def experts(self, x, t, args):
         cond, uncond = self.guide._both(x, t, args)
@@ -416,9 +417,13 @@ def _sample_fn(target_key, process, prediction, resample, k, final_resample):
             # equal weights never trigger (their ESS is K to rounding, which a threshold of 1 would catch)
             spread = jnp.max(log_w, axis=-1) > jnp.min(log_w, axis=-1)
             trigger = (ess < ess_threshold * k) & spread & ~co["last"]
-            ancestors = resampling.resample(jax.random.fold_in(resample_key, co["i"]), log_w, method)
-            ancestors = jnp.where(trigger[:, None], ancestors, jnp.arange(k)[None, :])
-            x_next = resampling.gather(x_next, ancestors)
+            def resampled(x_next):
+                ancestors = resampling.resample(jax.random.fold_in(resample_key, co["i"]), log_w, method)
+                ancestors = jnp.where(trigger[:, None], ancestors, jnp.arange(k)[None, :])
+                return resampling.gather(x_next, ancestors)
+
+            # most steps resample nowhere: skip the ancestors and the gather there
+            x_next = jax.lax.cond(jnp.any(trigger), resampled, lambda x_next: x_next, x_next)
             log_w = jnp.where(trigger[:, None], 0.0, log_w)
             return (x_next, log_w, count + trigger), (ess, trigger)
 
