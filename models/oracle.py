@@ -164,6 +164,24 @@ class GaussianMixture:
         k_data, k_noise = jax.random.split(key)
         return process.marginal(k_noise, self.sample(k_data, num), t)
 
+    def marginal(self, t: ArrayLike, process: Process) -> GaussianMixture:
+        """The mixture of x_t: components N(alpha mu_k, alpha^2 s_k^2 + sigma^2), the same weights."""
+        t = as_float(t)
+        alpha, sigma = process.alpha(t), process.sigma(t)
+        return GaussianMixture(self.weights, alpha * self.means, jnp.sqrt(alpha**2 * self.stds**2 + sigma**2))
+
+    def product(self, other: GaussianMixture) -> GaussianMixture:
+        """The normalised product p(x) q(x), a mixture of the K x L Gaussian products: N(m_a, v_a) N(m_b, v_b) =
+        N(m_a; m_b, v_a + v_b) N(v (m_a / v_a + m_b / v_b), v), 1 / v = 1 / v_a + 1 / v_b (per coordinate)."""
+        va, vb = self.stds[:, None] ** 2, other.stds[None] ** 2  # (K, 1, d), (1, L, d)
+        ma, mb = self.means[:, None], other.means[None]
+        v = 1.0 / (1.0 / va + 1.0 / vb)
+        log_w = (jnp.log(self.weights)[:, None] + jnp.log(other.weights)[None]
+                 - 0.5 * jnp.sum((ma - mb) ** 2 / (va + vb) + jnp.log(2 * math.pi * (va + vb)), axis=-1))
+        d = self.dim
+        return GaussianMixture(jax.nn.softmax(log_w.reshape(-1)), (v * (ma / va + mb / vb)).reshape(-1, d),
+                               jnp.sqrt(v).reshape(-1, d))
+
     def _check(self, x):
         if x.shape[-1:] != (self.dim,):
             raise ValueError(f"the oracle is {self.dim}-dimensional: x must have shape (..., {self.dim}), "

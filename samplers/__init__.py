@@ -1,5 +1,6 @@
 """Integrators of the probability-flow ODE: a registry of solvers and the `sample` driver."""
 
+from fastsamplers.samplers import fk, scaling
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.cfg_pp import cfg_pp, cfg_pp_solver
 from fastsamplers.samplers.classifier_guidance import classifier_guided
@@ -9,7 +10,6 @@ from fastsamplers.samplers.reference import exact_flow_map
 from fastsamplers.samplers.restart import restart
 from fastsamplers.samplers.solvers import FILE_SOLVERS, SOLVERS, get_solver, load_learned
 from fastsamplers.samplers.unipc import unic
-from fastsamplers.samplers import scaling
 
 __all__ = ["FILE_SOLVERS", "SOLVERS", "Solver", "cfg_pp", "cfg_pp_solver", "classifier_guided", "exact_flow_map",
-           "get_solver", "guided", "load_learned", "restart", "sample", "scaling", "unic"]
+           "fk", "get_solver", "guided", "load_learned", "restart", "sample", "scaling", "unic"]

@@ -1,5 +1,5 @@
 """Evaluation metrics on samples: Fréchet distances (FID with the Inception network, FD-digits with a small digits
-classifier), the exact empirical W2 and straightness of flows, and model FLOPs counted from the jaxpr.
+classifier), the exact empirical W2, the energy distance and straightness of flows, and model FLOPs counted from the jaxpr.
 
 The Fréchet distances are one layer that every runner scores through: `features` (the feature networks by name, the
 uint8 quantisation, samples streamed into statistics), `references` (the reference files and their statistics),
