@@ -34,11 +34,14 @@ The reference code (EDM2) uses EDM's Heun step, centres each increment and clamp
 clamped (a clamp biases the weights).
 
 Resampling (`samplers.resampling`): within each population of `num_particles` consecutive particles (which share
-their conditioning), after the weight update of every step but the last, where ESS / K < ess_threshold (default 0.5;
+their conditioning), after the weight update of every step but the last, where ESS / K < ess_threshold (default 0.9;
 1.0: at every step where the weights differ, the reference code's rule; 0: never, plain importance sampling); log w is
-then reset to 0 in that population. Measured on the oracle (`experiments.runs.fk_benchmark`), resampling at every
-step adds more variance than it removes (the mode proportions wander with every resample): 0.5 is the default. The output: with `final_resample=True` (default) the particles resampled once more at the end,
-equally weighted; with False the weighted particles and their normalised log-weights.
+then reset to 0 in that population. Measured on the oracle (4 targets x 5 seeds, 2048 particles, 200 steps: the mean
+energy distance to exact draws over the targets is 0.014 at 0.5, 0.0036 at 0.9 and 0.0044 at 1.0), a low threshold
+lets the weights of a mode grow heavy-tailed before they are resampled (p^2's mode mass then wanders by 0.1 between
+seeds), and resampling at every step adds a little noise of its own. The output: with `final_resample=True`
+(default) the particles resampled once more at the end, equally weighted; with False the weighted particles and
+their normalised log-weights.
 """
 
 from __future__ import annotations
@@ -76,7 +79,6 @@ class Target(TracedOptions):
     Subclasses set `calls` (model calls per step) and implement `experts`."""
 
     calls = 1
-    exponent = 1.0  # sum_i beta_i: the target starts as N(0, sigma^2 / exponent) where the experts are N(0, sigma^2)
 
     def experts(self, x: jax.Array, t: jax.Array, args: PyTree) -> tuple[tuple[jax.Array, ...], tuple[Any, ...]]:
         """(the experts' raw predictions at (x, t), in the model's kind; their exponents beta_i)."""
@@ -102,10 +104,6 @@ class Annealed(Target):
     beta: Any
     traced = ("beta",)
 
-    @property
-    def exponent(self):
-        return self.beta
-
     def experts(self, x, t, args):
         return (_call(self.model_fn, x, t, args),), (self.beta,)
 
@@ -117,7 +115,6 @@ class Product(Target):
     model_a: ModelFn
     model_b: ModelFn
     calls = 2
-    exponent = 2.0
 
     def check_args(self, args):
         if args is not None and not (isinstance(args, (tuple, list)) and len(args) == 2):
@@ -255,7 +252,7 @@ def tilt(model_fn: ModelFn, reward_fn: Callable[[jax.Array], jax.Array], scale: 
 
 def sample(target: Target, process: Process | str, x_init: ArrayLike, ts: HostArrayLike, *,
            key: jax.Array | None = None, prediction: str = "eps", args: PyTree = None, resample: str = "systematic",
-           ess_threshold: ArrayLike = 0.5, churn: ArrayLike = 1.0, num_particles: int | None = None,
+           ess_threshold: ArrayLike = 0.9, churn: ArrayLike = 1.0, num_particles: int | None = None,
            final_resample: bool = True, check_finite: bool = True) -> tuple[jax.Array, dict]:
     """Sample a Feynman-Kac target with weighted, resampled particles (module docstring), as one compiled loop.
 
@@ -400,6 +397,13 @@ def _sample_fn(target_key, process, prediction, resample, k, final_resample):
             eps = tuple(eps_of(p, x, co["s"]) for p in raw)
             eps_m = target.combine(eps, betas)
             increment = (_sum_sq(eps_m) - sum(b * _sum_sq(e) for b, e in zip(betas, eps))) * co["h"]
+            # The start: x_init are draws of the first expert's marginal at ts[0] (the prior, alpha_0 -> 0), the target
+            # starts as prod_i q_i^{beta_i}. Each expert's log-density there is 1/2 <x, S_i(x)> + const, exact for the
+            # centred Gaussians the marginals are as alpha_0 -> 0 (and for a flat expert), so the importance weight
+            # is 1/2 <x, S* - S_1> = -<x, eps* - eps_1> / (2 sigma_0), from this step's calls: zero where the target
+            # is the first expert (beta = 1, scale = 1, a flat second expert, a tilt's model).
+            start = -_dot(x, eps_m - eps[0]) / (2.0 * co["sigma_s"])
+            increment = increment + jnp.where(co["i"] == 0, start, 0.0)
             eps_drift = eps_m
             if tilt is not None:
                 r, grad_r = _value_and_grad(target.reward_fn, x)
@@ -427,11 +431,7 @@ def _sample_fn(target_key, process, prediction, resample, k, final_resample):
             log_w = jnp.where(trigger[:, None], 0.0, log_w)
             return (x_next, log_w, count + trigger), (ess, trigger)
 
-        # x_init are draws of the process's prior N(0, sigma_0^2) (alpha_0 -> 0); the target starts as the product of
-        # its experts' priors, N(0, sigma_0^2 / sum beta): importance weights for the difference (exact as alpha_0
-        # -> 0; zero where sum beta = 1, as for `guided` and `tilt`).
-        log_w0 = (-(target.exponent - 1.0) * _sum_sq(x_init) / (2.0 * sigma[0] ** 2)).astype(w_dtype)
-        log_w0 = log_w0.reshape(groups, k) if method is not None else jnp.zeros((groups, k), w_dtype)
+        log_w0 = jnp.zeros((groups, k), w_dtype)  # the start's weights come with the first step's calls (body)
         if tilt is not None and method is not None:  # a tilt not 0 at the start weights the prior's particles
             log_w0 = log_w0 + (tilt[0] * target.reward_fn(x_init)).astype(w_dtype).reshape(groups, k)
         (x, log_w, count), (ess, resampled) = jax.lax.scan(

@@ -120,7 +120,8 @@ class Restart(WrapsBase, Solver):
     snapped main-grid index of each active interval, static, and its restart grid, traced).
 
     Order: `order` (like `native` and the grid rules, `WrapsBase`) is the base's, the order of every deterministic
-    piece; with restarts the sampler is stochastic and has no pathwise order (the tests check its distribution). With every K = 0 it is its base solver, bit for bit.
+    piece; with restarts the sampler is stochastic and has no pathwise order (the tests check its distribution). With
+    every K = 0 it is its base solver, bit for bit.
     """
 
     base: Solver = dataclasses.field(kw_only=True)

@@ -123,7 +123,8 @@ class FlowSDE(Solver):
     marginals are the probability-flow ODE's, for any process and diffusion coefficient.
 
     Args (fields):
-      diffusion: (keyword, as every field) a name in `DIFFUSIONS` ("square", "constant", "sde") or a callable t -> g(t) (static).
+      diffusion: (keyword, as every field) a name in `DIFFUSIONS` ("square", "constant", "sde") or a callable
+        t -> g(t) (static).
       norm: the factor of g (traced; None: the name's default, 3 for "square", else 1). norm = 0 given as a number is
         the deterministic Euler step of the ODE.
 
@@ -262,7 +263,8 @@ class Strategy(TracedOptions):
 
     def min_budget(self, num_steps: int) -> tuple[int, str]:
         """(the smallest budget per search, what it pays for)."""
-        return num_steps + 1, f"one trajectory of {num_steps} steps (a model call at each of its {num_steps + 1} levels)"
+        return num_steps + 1, (f"one trajectory of {num_steps} steps (a model call at each of its {num_steps + 1} "
+                               "levels)")
 
     def reward_sizes(self, batch: int, budget: int, num_steps: int) -> tuple[int, ...]:
         """The batch sizes the reward is called with."""
@@ -414,7 +416,8 @@ class RBF(Strategy):
             xi = problem.noise(k_noise, s["x"])
             lanes = lambda a: a.reshape((batch * chains,) + a.shape[2:])  # noqa: E731
             x_new = jax.vmap(lambda x, u, a, b, n: problem.sde.update(problem.process, x, u, a, b, n))(
-                lanes(s["x"]), lanes(s["u"]), lanes(t_from), lanes(t_to), None if xi is None else lanes(xi)).reshape(s["x"].shape)
+                lanes(s["x"]), lanes(s["u"]), lanes(t_from), lanes(t_to), None if xi is None else lanes(xi))
+            x_new = x_new.reshape(s["x"].shape)
             u_new, x0_new, r_new = problem.evaluate_each(x_new, t_to)
             cand_x0, cand_r = _best(x0_new, r_new)
             better = cand_r > s["best_r"]

@@ -593,8 +593,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         core.write_json(os.path.join(workdir, "results.json"), results, indent=2)
         results = json.loads(json.dumps(results, default=core.atomic.jsonable))  # what the file holds
         name = "FID" if plan.feature.name == "inception" else f"FD ({plan.feature.name} features, not FID)"
-        print(f"{name} {value:.4f}: {total.num_samples} samples, {_cell_text(plan)}" + _guidance_text(plan) + (f", {total.num_nonfinite} non-finite left out" if total.num_nonfinite else "")
-              + f" -> {os.path.join(workdir, 'results.json')}", flush=True)
+        left_out = f", {total.num_nonfinite} non-finite left out" if total.num_nonfinite else ""
+        print(f"{name} {value:.4f}: {total.num_samples} samples, {_cell_text(plan)}{_guidance_text(plan)}{left_out}"
+              f" -> {os.path.join(workdir, 'results.json')}", flush=True)
     if not complete and not config.keep_shards:
         if process_count > 1:  # the shards go only once process 0 holds the final statistics
             from jax.experimental import multihost_utils

@@ -10,9 +10,12 @@ marginals there, which is not the marginal of the t = 0 product):
 
 "rows": for each target, step count and particle count N: the energy distance (`experiments.metrics`) between N
 particles and N exact draws for the corrected sampler (`samplers.fk.sample`, systematic resampling where ESS / N <
-0.5, churn 1), the uncorrected one (the same SDE, `resample="none"`) and the plain ODE (`samplers.sample` with dpmpp_2m on
-the guided / summed / scaled prediction, the same steps); beside the floor, the mean energy distance between two
-independent exact draws of N (over `floor_pairs` pairs); and the model calls per sample.
+0.9, churn 1), the uncorrected one (the same SDE, `resample="none"`) and the plain ODE (`samplers.sample` with
+dpmpp_2m on the guided / summed / scaled prediction, the same steps); beside the floor, the mean energy distance
+between two independent exact draws of N (over `floor_pairs` pairs); and the model calls per sample.
+
+"digits" (with a class-conditional digits_vp run): FK-guided against CFG-guided samples at equal network calls, by
+FD-digits and the classifier's accuracy on the asked labels (`digits_rows`).
 
 "overhead": on the 8-d, 6-component conditional oracle of the guidance benchmark, the wall time of
 `samplers.fk.sample` (guided target, populations of 8, the default ESS threshold) against `samplers.sample` with
@@ -36,7 +39,9 @@ from fastsamplers.models import GaussianMixture
 
 STEPS = (50, 200)
 PARTICLES = (512, 2048)
-PARTS = core.Registry.of_names("part", ("rows", "overhead"), ordered=True)
+PARTS = core.Registry.of_names("part", ("rows", "overhead", "digits"), ordered=True)
+DIGITS_SCALES = (2.0, 4.0)
+DIGITS_STEPS = (25, 50)
 
 
 class Problem(NamedTuple):
@@ -136,7 +141,8 @@ def floor(name: str, n: int, pairs: int, seed: int = 1000) -> float:
 def benchmark(json_path: str, *, targets: tuple[str, ...] = tuple(PROBLEMS), steps: tuple[int, ...] = STEPS,
               particles: tuple[int, ...] = PARTICLES, seed: int = 0, floor_pairs: int = 5, repeats: int = 5,
               overhead_batch: int = 4096, overhead_steps: int = 100,
-              parts: tuple[str, ...] = ("rows", "overhead")) -> dict:
+              parts: tuple[str, ...] = ("rows", "overhead"), train_config: str = "", checkpoint_dir: str = "",
+              digits_samples: int = 2000) -> dict:
     """The tables of the module docstring, printed and written with their rows to json_path.
 
     Args:
@@ -146,10 +152,11 @@ def benchmark(json_path: str, *, targets: tuple[str, ...] = tuple(PROBLEMS), ste
       floor_pairs: pairs of exact draws behind each floor.
       repeats: timed runs of each sampler in "overhead" (the median is reported).
       overhead_batch, overhead_steps: the particles and steps of "overhead".
-      parts: which of "rows" and "overhead" to run.
+      parts: which of "rows", "overhead" and "digits" to run.
+      train_config, checkpoint_dir, digits_samples: the "digits" part's class-conditional run and sample count.
 
     Returns:
-      The record written: rows, floors, overhead, versions.
+      The record written: rows, floors, overhead, digits, versions.
     """
     for part in parts:
         PARTS.check(part)
@@ -167,15 +174,72 @@ def benchmark(json_path: str, *, targets: tuple[str, ...] = tuple(PROBLEMS), ste
                     print(f"  {rows[-1]}", flush=True)
         record.update(rows=rows, floors=floors)
         print("\n## Energy distance to the exact target at t_min (vp_linear; FK: systematic resampling where "
-              "ESS / N < 0.5, churn 1; uncorrected: the same SDE; ODE: dpmpp_2m on the guided / summed / scaled prediction)\n")
+              "ESS / N < 0.9, churn 1; uncorrected: the same SDE; ODE: dpmpp_2m on the guided / summed / scaled "
+              "prediction)\n")
         print(render_table(["target", "N", "steps", "NFE", "floor", "FK", "uncorrected", "ODE", "min ESS"],
                            [[r["target"], r["n"], r["num_steps"], r["nfe"], f"{r['floor']:.2e}", f"{r['fk']:.2e}",
                              f"{r['uncorrected']:.2e}", f"{r['ode']:.2e}" if "ode" in r else "-",
                              f"{r['min_ess']:.0f}"] for r in rows]))
     if "overhead" in parts:
         record["overhead"] = overhead(overhead_batch, overhead_steps, repeats, seed)
+    if "digits" in parts:
+        if not (train_config and checkpoint_dir):
+            raise ValueError("the digits part needs train_config and checkpoint_dir (a digits_vp.py:conditional run)")
+        record["digits"] = digits_rows(train_config, checkpoint_dir, num_samples=digits_samples, seed=seed)
     core.write_json(json_path, record, indent=1)
     return record
+
+
+def digits_rows(train_config: str, checkpoint_dir: str, scales: tuple[float, ...] = DIGITS_SCALES,
+                steps: tuple[int, ...] = DIGITS_STEPS, num_samples: int = 2000, particles: int = 8,
+                seed: int = 0) -> list[dict]:
+    """FK-guided against CFG-guided samples of a class-conditional digits model at equal NFE (2 calls a step): the
+    FD-digits to the real digits and the FD-digits classifier's accuracy on the labels asked for. Populations of
+    `particles` share a label (balanced over the classes); CFG is the same SDE (ddim eta = 1) and the probability-flow
+    ODE (dpmpp_2m) on `samplers.guided`, from the same starting noise."""
+    from fastsamplers.experiments.metrics import digits_classifier, fd_digits
+    from fastsamplers.experiments.train import checkpoint_target
+
+    target = checkpoint_target(train_config, checkpoint_dir)
+    if not target.num_classes:
+        raise ValueError(f"{checkpoint_dir}: the digits part needs a class-conditional run (digits_vp.py:conditional)")
+    process, size = target.process, target.shape[0]
+    labels = (jnp.arange(num_samples) // particles) % target.num_classes
+    null = jnp.full_like(labels, target.num_classes)
+    x_init = process.prior(jax.random.PRNGKey(seed), (num_samples, *target.shape), dtype=jnp.float32)
+    key = jax.random.PRNGKey(seed + 1)
+    rows = []
+    for num_steps in steps:
+        ts = schedules.get_timesteps("logsnr", process, num_steps)
+        for scale in scales:
+            guided = samplers.guided(target.model_fn, scale, (target.args, null))
+            runs = {"FK": lambda: samplers.fk.sample(samplers.fk.guided(target.model_fn, scale, (target.args, null)),
+                                                     process, x_init, ts, key=key, prediction=target.prediction,
+                                                     args=(target.args, labels), num_particles=particles),
+                    "CFG SDE": lambda: samplers.sample(guided, samplers.get_solver("ddim", eta=1.0), process, x_init,
+                                                       ts, prediction=target.prediction, key=key,
+                                                       args=(target.args, labels)),
+                    "CFG ODE": lambda: samplers.sample(guided, "dpmpp_2m", process, x_init, ts,
+                                                       prediction=target.prediction, args=(target.args, labels))}
+            for name, run in runs.items():
+                start = time.perf_counter()
+                x, info = run()
+                x = np.asarray(x, np.float64)
+                # network calls: samplers.guided's wrapper counts one per step for its two (cond, uncond)
+                calls = int(info["nfe"]) * (1 if name == "FK" else 2)
+                row = {"sampler": name, "scale": scale, "num_steps": num_steps, "network_calls": calls,
+                       "fd_digits": fd_digits.fd_digits(x), "seconds": time.perf_counter() - start}
+                classifier = digits_classifier.read_classifier(size)  # trained by fd_digits where it was missing
+                logits = classifier.model.apply({"params": classifier.params}, np.clip(x, -1, 1).astype(np.float32))
+                row["accuracy"] = float(np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(labels)))
+                rows.append(row)
+                print(f"  {row}", flush=True)
+    print("\n## Digits: FK-guided against CFG-guided samples (FD-digits to the real digits; the classifier's accuracy "
+          "on the asked labels)\n")
+    print(render_table(["sampler", "scale", "steps", "network calls", "FD-digits", "accuracy"],
+                       [[r["sampler"], r["scale"], r["num_steps"], r["network_calls"], f"{r['fd_digits']:.3f}",
+                         f"{r['accuracy']:.3f}"] for r in rows]))
+    return rows
 
 
 def overhead(batch: int, num_steps: int, repeats: int, seed: int = 0) -> dict:

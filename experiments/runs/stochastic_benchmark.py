@@ -150,7 +150,8 @@ def restart_rows(seed, n, main_steps=RESTART_MAIN_STEPS, floor_pairs=10, interva
         x_main, _ = samplers.sample(gm.model_fn(p), heun, p, x_init, ts)
         rows.append({"main_steps": steps, "nfe": int(info["nfe"]), "heun_steps_equal_nfe": equal,
                      "heun_nfe_equal": int(info_equal["nfe"]), "restart": energy_distance(x, exact),
-                     "heun_equal_nfe": energy_distance(x_equal, exact), "heun_main_grid": energy_distance(x_main, exact)})
+                     "heun_equal_nfe": energy_distance(x_equal, exact),
+                     "heun_main_grid": energy_distance(x_main, exact)})
         print(f"  restart main={steps:3d} nfe={rows[-1]['nfe']:4d} ED={rows[-1]['restart']:.2e} "
               f"heun(equal)={rows[-1]['heun_equal_nfe']:.2e} heun(main)={rows[-1]['heun_main_grid']:.2e}", flush=True)
     return {"rows": rows, "floor": floor, "intervals": [list(i) for i in intervals]}
