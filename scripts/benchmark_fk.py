@@ -25,6 +25,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", required=True, help="output JSON file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3, help="rows: seeds per cell (the median is reported)")
     parser.add_argument("--parts", default="rows,overhead", help="comma-separated: rows, overhead")
     parser.add_argument("--targets", default=",".join(fk_benchmark.PROBLEMS), help="comma-separated target names")
     parser.add_argument("--train_config", default="", help="digits part: the class-conditional run's config")
@@ -36,7 +37,7 @@ def main(argv=None):
         jax.config.update("jax_enable_x64", True)
     fk_benchmark.benchmark(args.json, seed=args.seed, parts=parts, targets=tuple(args.targets.split(",")),
                            train_config=args.train_config, checkpoint_dir=args.checkpoint_dir,
-                           digits_samples=args.digits_samples)
+                           digits_samples=args.digits_samples, seeds=args.seeds)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,9 @@ def test_bad_inputs_fail_before_compute(options, match):
 
 def test_the_benchmark_runs_in_smoke_form(tmp_path):
     record = fk_benchmark.benchmark(str(tmp_path / "fk.json"), targets=("guided_1d", "product_2d"), steps=(5,),
-                                    particles=(16,), floor_pairs=1, repeats=1, overhead_batch=32, overhead_steps=3)
+                                    particles=(16,), floor_pairs=1, repeats=1, overhead_batch=32, overhead_steps=3,
+                                    seeds=2)
     assert {r["target"] for r in record["rows"]} == {"guided_1d", "product_2d"}
+    assert all(len(r["fk_per_seed"]) == 2 and r["fk"] == np.median(r["fk_per_seed"]) for r in record["rows"])
     assert all(r["nfe"] == 10 and np.isfinite(r["fk"]) and np.isfinite(r["ode"]) for r in record["rows"])
     assert record["overhead"]["nfe"] == 6 and record["overhead"]["fk_s"] > 0
