@@ -30,13 +30,21 @@ def ess(log_w: jax.Array) -> jax.Array:
     return jnp.exp(2 * jax.nn.logsumexp(log_w, axis=-1) - jax.nn.logsumexp(2 * log_w, axis=-1))
 
 
+_DENSE_MAX = 64  # populations up to this size count their K^2 comparisons at once: faster than K binary searches
+
+
 def _from_uniforms(log_w: jax.Array, u: jax.Array) -> jax.Array:
-    """Ancestors for sorted positions u in [0, 1) (..., K): the inverse of the weights' cumulative distribution."""
+    """Ancestors for sorted positions u in [0, 1) (..., K): the inverse of the weights' cumulative distribution, the
+    number of cdf entries below each position (`jnp.searchsorted`'s left side)."""
     w = jax.nn.softmax(log_w, axis=-1)
     cdf = jnp.cumsum(w, axis=-1)
     cdf = cdf / cdf[..., -1:]  # the last bin ends at exactly 1 whatever the rounding of the sum
-    index = jax.vmap(jnp.searchsorted)(cdf.reshape(-1, cdf.shape[-1]), u.reshape(-1, u.shape[-1]))
-    return jnp.minimum(index, log_w.shape[-1] - 1).reshape(log_w.shape)
+    k = log_w.shape[-1]
+    if k <= _DENSE_MAX:
+        index = jnp.sum(cdf[..., None, :] < u[..., :, None], axis=-1)
+    else:
+        index = jax.vmap(jnp.searchsorted)(cdf.reshape(-1, k), u.reshape(-1, k)).reshape(log_w.shape)
+    return jnp.minimum(index, k - 1)
 
 
 def systematic(key: jax.Array, log_w: jax.Array) -> jax.Array:

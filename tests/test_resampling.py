@@ -49,3 +49,14 @@ def test_populations_are_resampled_within_themselves():
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match="multinomial, systematic|'multinomial', 'systematic'"):
         resampling.resample(jax.random.PRNGKey(0), jnp.zeros(3), "stratified")
+
+
+def test_small_and_large_populations_find_the_same_ancestors():
+    """Populations up to 64 count comparisons, larger ones binary-search the cdf: the same ancestors."""
+    log_w = jax.random.normal(jax.random.PRNGKey(2), (5, 64))
+    u = jnp.sort(jax.random.uniform(jax.random.PRNGKey(3), (5, 64)), axis=-1)
+    dense = resampling._from_uniforms(log_w, u)
+    cdf = jnp.cumsum(jax.nn.softmax(log_w, axis=-1), axis=-1)
+    cdf = cdf / cdf[:, -1:]
+    searched = jnp.stack([jnp.searchsorted(c, v) for c, v in zip(cdf, u)])
+    np.testing.assert_array_equal(dense, jnp.minimum(searched, 63))
