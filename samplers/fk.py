@@ -104,7 +104,7 @@ class Annealed(Target):
     beta: Any
     traced = ("beta",)
 
-    def experts(self, x, t, args):
+    def experts(self, x: jax.Array, t: jax.Array, args: PyTree) -> tuple[tuple[jax.Array, ...], tuple[Any, ...]]:
         return (_call(self.model_fn, x, t, args),), (self.beta,)
 
 
@@ -116,12 +116,12 @@ class Product(Target):
     model_b: ModelFn
     calls = 2
 
-    def check_args(self, args):
+    def check_args(self, args: PyTree) -> None:
         if args is not None and not (isinstance(args, (tuple, list)) and len(args) == 2):
             raise ValueError(f"fk.product takes args as a pair (args_a, args_b), one per expert (None in a place: "
                              f"that model is called as model_fn(x, t)), or None for both; got {type(args).__name__}")
 
-    def experts(self, x, t, args):
+    def experts(self, x: jax.Array, t: jax.Array, args: PyTree) -> tuple[tuple[jax.Array, ...], tuple[Any, ...]]:
         args_a, args_b = (None, None) if args is None else args
         return (_call(self.model_a, x, t, args_a), _call(self.model_b, x, t, args_b)), (1.0, 1.0)
 
@@ -134,11 +134,11 @@ class GuidedTarget(Target):
     calls = 2
     traced = ("guide",)  # a pytree: its scale and uncond_args are traced leaves, its model function static
 
-    def experts(self, x, t, args):
+    def experts(self, x: jax.Array, t: jax.Array, args: PyTree) -> tuple[tuple[jax.Array, ...], tuple[Any, ...]]:
         cond, uncond = self.guide._both(x, t, args)
         return (cond, uncond), (self.guide.scale, 1.0 - self.guide.scale)
 
-    def combine(self, eps, betas):
+    def combine(self, eps: tuple[jax.Array, ...], betas: tuple[Any, ...]) -> jax.Array:
         return self.guide._combine(*eps)  # eps_u + w (eps_c - eps_u): the CFG prediction, as `samplers.guided`
 
 
@@ -152,10 +152,10 @@ class Tilted(Target):
     schedule: str = "linear"
     traced = ("scale",)
 
-    def experts(self, x, t, args):
+    def experts(self, x: jax.Array, t: jax.Array, args: PyTree) -> tuple[tuple[jax.Array, ...], tuple[Any, ...]]:
         return (_call(self.model_fn, x, t, args),), (1.0,)
 
-    def tilt(self, ts):
+    def tilt(self, ts: jax.Array) -> jax.Array | None:
         if self.schedule == "constant":
             return jnp.full_like(ts, 1.0) * self.scale
         return self.scale * (ts[0] - ts) / (ts[0] - ts[-1])

@@ -1,0 +1,15 @@
+"""The sampling_targets notebook (issue 26) runs headless on its smoke settings: a file of its own, so that the test
+runner's workers share the notebooks (each takes a minute or two)."""
+
+from test_notebook import execute
+
+
+def test_sampling_targets_notebook_executes_on_smoke_settings(tmp_path, monkeypatch):
+    """FK-corrected guidance, annealing and products against the exact targets, the scaling strategies against the
+    NFE budget, and Restart against Heun, headless on small settings."""
+    text = execute("sampling_targets", tmp_path, monkeypatch)
+    assert "| target | exact vs exact | FK | uncorrected | ODE | NFE |" in text
+    assert "| guidance, w = 2 |" in text and "| product of experts |" in text
+    assert "| main Heun steps | NFE | Restart |" in text
+    for name in ("fk_densities.png", "fk_ess.png", "fk_product_2d.png", "scaling.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 1000
