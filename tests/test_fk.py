@@ -46,6 +46,7 @@ def distances(name, param, seed=0):
     return energy_distance(x, exact), energy_distance(y, exact)
 
 
+@pytest.mark.slow  # ~30 s: with the other targets below, in the slow set
 def test_corrected_guided_particles_reach_the_exact_target():
     fk, uncorrected = distances("guided_1d", 2.0)
     assert fk < 4.0 * floor("guided_1d", 2.0)

@@ -1,9 +1,12 @@
-"""The sampling_targets notebook (issue 26) runs headless on its smoke settings: a file of its own, so that the test
-runner's workers share the notebooks (each takes a minute or two)."""
+"""The sampling_targets notebook (issue 26) runs headless on its smoke settings, in the slow set (`bash
+scripts/test_slow.sh`): about 70 s, most of it compiling the FK, scaling and Restart programs it draws."""
+
+import pytest
 
 from test_notebook import execute
 
 
+@pytest.mark.slow
 def test_sampling_targets_notebook_executes_on_smoke_settings(tmp_path, monkeypatch):
     """FK-corrected guidance, annealing and products against the exact targets, the scaling strategies against the
     NFE budget, and Restart against Heun, headless on small settings."""
