@@ -100,8 +100,12 @@ def test_list_grid_resamples_log_linearly_in_gamma():
 
 def test_published_lists_round_trip_and_resample():
     vp = schedules.get_process("vp_discrete")
-    ays = schedules.get_timesteps("published", vp, 10, schedule="ays_sd15")
-    np.testing.assert_allclose(vp.gamma(ays), schedules.grids.published.LISTS["ays_sd15"]["values"], rtol=1e-9)
+    for name in ("ays_sd15", "ays_sdxl"):  # Stable Diffusion's discrete VP table
+        ays = schedules.get_timesteps("published", vp, 10, schedule=name)
+        np.testing.assert_allclose(vp.gamma(ays), schedules.grids.published.LISTS[name]["values"], rtol=1e-9)
+    edm = schedules.get_process("edm", t_max=700.0)  # SVD's sigmas reach 700
+    ays = schedules.get_timesteps("published", edm, 10, schedule="ays_svd")
+    np.testing.assert_allclose(edm.gamma(ays), schedules.grids.published.LISTS["ays_svd"]["values"], rtol=1e-9)
     ot = schedules.get_process("ot")
     oss = np.asarray(schedules.get_timesteps("published", ot, 10, schedule="oss_flux"))
     np.testing.assert_allclose(oss, schedules.grids.published.LISTS["oss_flux"]["values"], rtol=1e-9)
