@@ -52,7 +52,7 @@ def test_exact_gaussian_plan_is_the_closed_form_eot_plan():
         return (jnp.sum(weights * model.log_normaliser((M0 + S0 * nodes)[:, None]))
                 - jnp.sum(weights * model.log_potential((M1 + S1 * nodes)[:, None])))
 
-    grads = jax.grad(loss)(sb)
+    grads = jax.jit(jax.grad(loss))(sb)
     for leaf in (grads.r, grads.log_s, grads.log_alpha):
         np.testing.assert_allclose(leaf, 0.0, atol=1e-10)
 
@@ -109,10 +109,12 @@ def _sheet_log_integral(sb, x, t):
 def test_drift_is_the_sheets_closed_form(full):
     sb = _random_sb(jax.random.PRNGKey(2), full=full)
     xs = jax.random.normal(jax.random.PRNGKey(3), (6, 2)) * 2
-    for t in (0.0, 0.3, 0.9, 0.999):
-        grad = jax.vmap(jax.grad(lambda x: _sheet_log_integral(sb, x, t)))(xs)
-        expected = -xs / (1 - t) + sb.eps * grad
-        np.testing.assert_allclose(sb.drift(xs, t), expected, rtol=1e-9, atol=1e-9 / (1 - t))
+    ts = jnp.array([0.0, 0.3, 0.9, 0.999])
+    grad = jax.jit(jax.vmap(jax.vmap(jax.grad(lambda x, t: _sheet_log_integral(sb, x, t)), (0, None)), (None, 0)))(
+        xs, ts)  # (4, 6, 2)
+    expected = -xs[None] / (1 - ts)[:, None, None] + sb.eps * grad
+    closed = jax.jit(jax.vmap(sb.drift, (None, 0)))(xs, ts)
+    np.testing.assert_allclose(closed, expected, rtol=1e-9, atol=1e-9 / (1 - 0.999))
 
 
 def test_drift_against_quadrature_1d():
@@ -129,10 +131,11 @@ def test_drift_against_quadrature_1d():
         return jax.nn.logsumexp(log_kernel + y**2 / (2 * sb.eps) + sb.log_potential(y[:, None])) + jnp.log(dy)
 
     h = 1e-4
-    for t in (0.1, 0.5, 0.8):
-        for x in (-1.5, 0.2, 2.0):
-            numeric = sb.eps * (log_integral(x + h, t) - log_integral(x - h, t)) / (2 * h)
-            assert float(sb.drift(jnp.array([[x]]), t)[0, 0]) == pytest.approx(float(numeric), rel=1e-6, abs=1e-6)
+    ts, xs = jnp.meshgrid(jnp.array([0.1, 0.5, 0.8]), jnp.array([-1.5, 0.2, 2.0]))
+    numeric = jax.jit(jax.vmap(lambda x, t: sb.eps * (log_integral(x + h, t) - log_integral(x - h, t)) / (2 * h)))(
+        xs.ravel(), ts.ravel())
+    closed = jax.jit(sb.drift)(xs.reshape(-1, 1), ts.ravel())[:, 0]
+    np.testing.assert_allclose(closed, numeric, rtol=1e-6, atol=1e-6)
 
 
 def test_sde_integrates_to_the_plan_and_its_path_is_the_bridge_mixture():
