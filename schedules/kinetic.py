@@ -275,7 +275,8 @@ class KineticOptimal(Process):
         """KE_min = d |P(1) - P(0)|^2 = d (1 - 2 c cos Phi + c^2), the energy of this path on its data (an upper bound
         where `w_floor` lifted w; the floor's effect is below sqrt(w_floor) pi / 2 in Phi)."""
         c = self.data_scale
-        return float(dim * (1.0 - 2.0 * c * math.cos(self.big_phi) + c * c))
+        # (1 - c)^2 + 4 c sin^2(Phi / 2): the same number without 1 - cos Phi's cancellation at small Phi
+        return float(dim * ((1.0 - c) ** 2 + 4.0 * c * math.sin(0.5 * self.big_phi) ** 2))
 
 
 def kinetic_optimal_process(separation: Separation | Callable, num_nodes: int = 2049, w_floor: float = 1e-8,
