@@ -36,6 +36,7 @@ inverts the cubic by Newton's method inside its cell (round trip to float64 prec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -324,6 +325,13 @@ def kinetic_optimal_process(separation: Separation | Callable, num_nodes: int = 
     return process
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one compile per process (processes hash by value), not per call
+def _path_and_speed(process: Process, t: jax.Array) -> tuple[jax.Array, ...]:
+    """alpha, sigma and their time derivatives in one forward-mode pass."""
+    (a, s), (da, ds) = jax.jvp(lambda t: (process.alpha(t), process.sigma(t)), (t,), (jnp.ones_like(t),))
+    return a, s, da, ds
+
+
 def kinetic_energy(separation: Separation, process: Process, t_start: float = 0.0, t_end: float = 1.0,
                    num: int = 512) -> float:
     """KE = int E||u||^2 dt of any affine path on the data behind `separation`, by the module's formula: per
@@ -341,9 +349,8 @@ def kinetic_energy(separation: Separation, process: Process, t_start: float = 0.
     """
     nodes, weights = np.polynomial.legendre.leggauss(num)
     t = t_start + 0.5 * (t_end - t_start) * (nodes + 1.0)
-    with jax.enable_x64(True), jax.ensure_compile_time_eval():
-        a, s, da, ds = (np.asarray(f(t), np.float64) for f in (process.alpha, process.sigma, process.d_alpha,
-                                                                process.d_sigma))
+    with jax.enable_x64(True):
+        a, s, da, ds = (np.asarray(v, np.float64) for v in _path_and_speed(process, t))
     c = separation.data_scale
     w = separation.w(np.arctan2(c * a, s))
     density = ds**2 + c**2 * da**2 - c**2 * (da * s - a * ds) ** 2 * (1.0 - w) / (s**2 + c**2 * a**2)
