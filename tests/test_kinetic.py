@@ -2,6 +2,7 @@
 against Monte Carlo with the oracle's exact velocity, and the Process contract."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -49,17 +50,21 @@ def test_gaussian_data_give_the_zero_energy_unit_circle():
     assert ot == pytest.approx(5 * (2 - math.pi / 2), rel=1e-6)
 
 
-def test_denoiser_estimate_is_unbiased_on_gaussian_data():
+def test_denoiser_estimates_are_unbiased_on_gaussian_data():
     # exact D for N(0, I): the error per coordinate is N(0, 1 / (1 + s^2)), so (1 + s^2)(1 - lambda_hat) =
     # chi^2_{dn} / (dn), standard deviation sqrt(2 / (d n)) at every s
     dim, n = 3, 4000
     gm = GaussianMixture.create(np.ones(1), np.zeros((1, dim)), 1.0)
     samples = gm.sample(jax.random.PRNGKey(1), n)
-    sep = schedules.separation_from_denoiser(jax.random.PRNGKey(2), kinetic_benchmark.oracle_denoiser(gm), samples,
-                                             num_s=16)
-    s, lam = np.asarray(sep.s) / sep.data_scale, np.asarray(sep.lam)  # raw s: the samples' scale c ~ 1
-    np.testing.assert_allclose((1 - lam[1:]) * sep.data_scale**2 * (1 + s[1:] ** 2), 1.0,
-                               atol=5 * math.sqrt(2 / (dim * n)))
+    denoiser = kinetic_benchmark.oracle_denoiser(gm)
+    for estimator, atol in (("error", 5 * math.sqrt(2 / (dim * n))), ("divergence", 1e-12)):
+        # the divergence estimator is the posterior covariance itself: d / (1 + s^2) with no error for N(0, I)
+        sep = schedules.separation_from_denoiser(jax.random.PRNGKey(2), denoiser, samples, num_s=16,
+                                                 estimator=estimator)
+        s, lam = np.asarray(sep.s) / sep.data_scale, np.asarray(sep.lam)  # raw s: the samples' scale c ~ 1
+        np.testing.assert_allclose((1 - lam[1:]) * sep.data_scale**2 * (1 + s[1:] ** 2), 1.0, atol=atol)
+    with pytest.raises(ValueError, match="divergence"):
+        schedules.separation_from_denoiser(jax.random.PRNGKey(2), denoiser, samples, estimator="tweedie")
 
 
 def _two_points_lam(s, dim):
@@ -178,3 +183,26 @@ def test_solvers_sample_the_kinetic_path(mixture_1d):
     for solver, kind in (("dpmpp_2m", "x0"), ("heun", "velocity")):
         x, _ = samplers.sample(gm.model_fn(p, kind), solver, p, x_init, ts, prediction=kind)
         assert np.max(np.abs(np.asarray(x) - exact)) < 5e-2, solver  # dpmpp_2m measured 0.019 at 40 steps
+
+
+@pytest.mark.slow  # about 10 s of CPU (the training chunk's compile): over the default suite's budget
+def test_flow_matching_trains_and_samples_on_the_kinetic_path(tmp_path):
+    # toy2d_fm.py:path=kinetic: the separation is estimated at the first build, kept in the workdir, and the
+    # checkpoint's target rebuilds the same process from it (no second estimate)
+    from fastsamplers.experiments import train
+    from fastsamplers.experiments.train.experiment import SEPARATION_FILE
+
+    spec = f"{train.__file__.rsplit('/experiments/', 1)[0]}/experiments/configs/toy2d_fm.py:path=kinetic,smoke"
+    config = train.load_config(spec)
+    config.unlock()
+    config.train.num_steps, config.eval.num_samples = 100, 200
+    config.lock()
+    with jax.enable_x64(False):
+        result = train.train(config, str(tmp_path))
+        assert os.path.exists(tmp_path / SEPARATION_FILE)
+        experiment = train.build(config, str(tmp_path))
+        assert isinstance(experiment.process, schedules.KineticOptimal)
+        assert 0.2 < experiment.process.big_phi < 0.5 * math.pi
+        assert result["resolutions"]["2"]["w2"] < 2.0, result  # N(0, I) to moons is about 2.2
+    with pytest.raises(ValueError, match="'ot', 'kinetic'"):
+        train.load_config(spec.replace("path=kinetic", "path=vp"))
