@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastsamplers.schedules.files import load_schedule, save_learned, save_schedule
+from fastsamplers.schedules.kinetic import (KineticOptimal, Separation, kinetic_energy, kinetic_optimal_process,
+                                            separation_from_data, separation_from_denoiser)
 from fastsamplers.schedules.grids import GRIDS, get_timesteps, interpolate_log_linear
 from fastsamplers.schedules.process_transform import transform
 from fastsamplers.schedules.processes import PROCESSES, Process, get_process
@@ -31,5 +33,7 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_OPTIMAL))
 
 
-__all__ = ["GRIDS", "PROCESSES", "Process", "distill", "distill_many", "get_process", "get_timesteps",
-           "interpolate_log_linear", "learn", "load_schedule", "refine", "save_learned", "save_schedule", "transform"]
+__all__ = ["GRIDS", "KineticOptimal", "PROCESSES", "Process", "Separation", "distill", "distill_many", "get_process",
+           "get_timesteps", "interpolate_log_linear", "kinetic_energy", "kinetic_optimal_process", "learn",
+           "load_schedule", "refine", "save_learned", "save_schedule", "separation_from_data",
+           "separation_from_denoiser", "transform"]

@@ -7,21 +7,28 @@ Launch (from the repository root):
 Variants (`toy2d_fm.py:ARG`, comma-separated):
   coupling=C   independent (default) | ot (exact minibatch OT) | sinkhorn (entropic OT plan);
   dataset=D    moons (default) | 8gaussians | checkerboard | swissroll;
+  path=P       ot (default: sigma = t, alpha = 1 - t) | kinetic (the data's kinetic-optimal Gaussian path,
+               `schedules.kinetic`: its separation estimated from the data at the first build, kept in the workdir);
   smoke        300 steps, small evaluation: seconds on a CPU, for tests.
 Overrides: `--config.train.num_steps=20000 --config.loss.sinkhorn_epsilon=0.1 --config.sample.nfe=4`.
 """
 
 from __future__ import annotations
 
+from fastsamplers.core import Registry
 from fastsamplers.experiments.configs import parse_arg
 from fastsamplers.experiments.configs.train_base import base_config
 
+# path=P: the config's name of a path -> its process name (schedules.PROCESSES)
+PATHS = Registry("path", {"ot": "ot", "kinetic": "kinetic_optimal"}, ordered=True)
+
 
 def get_config(arg=None):
-    arg = parse_arg(arg, coupling="independent", dataset="moons", smoke=False)
+    arg = parse_arg(arg, choices={"path": PATHS}, coupling="independent", dataset="moons", path="ot",
+                    smoke=False)
     c = base_config()
     c.data.name = arg.dataset
-    c.process.name = "ot"
+    c.process.name = PATHS.lookup(arg.path)
     # TorchCFM's MLP(dim=2, w=64, time_varying=True): t appended to x, 3 hidden layers of 64, SELU.
     c.model.name = "mlp"
     c.model.mlp.update(hidden=64, depth=3, activation="selu", time_input="concat", zero_init_output=False)

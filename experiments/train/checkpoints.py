@@ -213,7 +213,7 @@ def restore_run(train_spec: str, checkpoint_dir: str,
       use_ema: the EMA weights (else the raw ones).
 
     Returns:
-      (config, experiment, params, step), with `experiment = build(config)`.
+      (config, experiment, params, step), with `experiment = build(config, checkpoint_dir)`.
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
@@ -224,7 +224,7 @@ def restore_run(train_spec: str, checkpoint_dir: str,
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in {checkpoint_dir!r} (expected {directory}); train first: "
                                 f"python scripts/train.py --config {train_spec} --workdir {checkpoint_dir}")
-    experiment = build(config)
+    experiment = build(config, checkpoint_dir)  # a process recorded in the workdir is read from it
     reader = manager(checkpoint_dir, read_only=True)
     try:
         step = reader.latest_step()

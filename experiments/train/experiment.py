@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 import jax
@@ -30,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fastsamplers import samplers
 from fastsamplers import schedules
-from fastsamplers.core import Registry
+from fastsamplers.core import Registry, read_json, write_json
 from fastsamplers.experiments.configs import grid_timesteps
 from fastsamplers.experiments.train import couplings, data, losses
 from fastsamplers.models import conditioning
@@ -44,6 +45,7 @@ from fastsamplers.samplers.driver import check_ts
 # pool, and held-out noise for measuring the few-step error.
 INIT_STREAM, TRAIN_STREAM, DATA_STREAM, SAMPLE_STREAM, EVAL_STREAM = range(5)
 CALIBRATION_STREAM, POOL_STREAM, HELDOUT_STREAM = range(5, 8)
+SEPARATION_STREAM = 8  # the data separation of a kinetic-optimal process
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: compiled functions are cached per experiment
@@ -98,11 +100,14 @@ def _set(section, *names):
     return {name: section[name] for name in names if section[name] is not None}
 
 
-def build(config: ml_collections.ConfigDict) -> Experiment:
+def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Experiment:
     """Build and check every component the config names; raises before any training compute.
 
     Args:
       config: a training config (the keys of `experiments/configs/train_base.py`).
+      workdir: the run's directory, where a process estimated from the data (process.name "kinetic_optimal") is
+        recorded at the first build and read back at every later one (resume, `checkpoint_target`); None:
+        estimated afresh (deterministic in config.seed).
 
     Returns:
       The `Experiment`: process, datasets, network, loss, optimizer, mesh and sampler, the network traced once at
@@ -111,7 +116,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     Raises:
       ValueError: a name, option, size or device count the config gets wrong.
     """
-    process = schedules.get_process(config.process.name, **_set(config.process, "sigma_min"))
     data_options = _set(config.data, "path", "channels", "noise", "scale", "shift")
     if config.data.npz_key is not None:
         data_options["key"] = config.data.npz_key
@@ -120,6 +124,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         data.get_dataset(config.data.name, **data_options, **({} if size is None else {"image_size": size}))
         for size in sizes
     )
+    process = _process(config, datasets[0], workdir)
     name = config.model.name
     options = config.model[name] if name in config.model else None
     options = options.to_dict() if isinstance(options, ml_collections.ConfigDict) else {}
@@ -159,6 +164,28 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                        jax.ShapeDtypeStruct((num_devices, *dataset.shape), jnp.float32),
                        jax.ShapeDtypeStruct((num_devices,), second))
     return experiment
+
+
+SEPARATION_FILE = "kinetic_separation.json"  # a "kinetic_optimal" run's data separation, in its workdir
+
+
+def _process(config, dataset, workdir):
+    """The config's process. "kinetic_optimal" is the path of the training set (Shaul et al. 2023): its separation
+    function from the set's exact posterior (`schedules.separation_from_data`, on at most 4096 examples from stream
+    SEPARATION_STREAM), written to workdir/SEPARATION_FILE once and read from there afterwards, so a resumed run and
+    its evaluators sample the process it was trained on without estimating it again."""
+    if config.process.name != "kinetic_optimal":
+        return schedules.get_process(config.process.name, **_set(config.process, "sigma_min"))
+    path = None if workdir is None else os.path.join(os.path.abspath(workdir), SEPARATION_FILE)
+    if path is not None and os.path.exists(path):
+        separation = schedules.Separation(**read_json(path, what="kinetic separation"))
+    else:
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), SEPARATION_STREAM)
+        num = 4096 if dataset.num_examples is None else min(4096, dataset.num_examples)
+        separation = schedules.separation_from_data(key, np.asarray(dataset.sample(key, num)))
+        if path is not None and jax.process_index() == 0:
+            write_json(path, dataclasses.asdict(separation))
+    return schedules.kinetic_optimal_process(separation)
 
 
 def _check_labels(config, net, datasets):

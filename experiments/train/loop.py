@@ -60,7 +60,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         written before it are left intact.
     """
     # A straightening run (boss.teacher_workdir set) starts from its teacher and trains on the teacher's pool.
-    experiment = straighten.build(config, workdir) if config.boss.teacher_workdir else build(config)
+    experiment = straighten.build(config, workdir) if config.boss.teacher_workdir else build(config, workdir)
     train_cfg = config.train
     is_main = jax.process_index() == 0
     workdir = os.path.abspath(workdir)

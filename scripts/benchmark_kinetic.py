@@ -1,0 +1,35 @@
+"""Benchmark kinetic-optimal Gaussian paths against conditional OT on the exact 2-D oracles (and the digits data set's
+kinetic energies): `experiments.runs.kinetic_benchmark`, whose docstring says what is measured.
+
+Command (from the repository root):
+
+    python scripts/benchmark_kinetic.py --json experiments/results/kinetic_oracle.json [--parts toy2d,digits]
+
+Writes the JSON and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import jax
+
+from fastsamplers.experiments.runs import kinetic_benchmark
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", required=True, help="output JSON file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num", type=int, default=1000, help="samples per W2 / straightness estimate")
+    parser.add_argument("--parts", default="toy2d", help="comma-separated: toy2d, digits")
+    parser.add_argument("--datasets", default=",".join(kinetic_benchmark.DATASETS), help="comma-separated 2-D sets")
+    args = parser.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)  # the oracle and the tables in float64
+    kinetic_benchmark.benchmark(args.json, parts=tuple(args.parts.split(",")), datasets=tuple(args.datasets.split(",")),
+                                seed=args.seed, num=args.num)
+
+
+if __name__ == "__main__":
+    main()
