@@ -260,6 +260,10 @@ class UniC(PCSteps, Solver):
         if predictor.stochastic:
             raise ValueError(f"{predictor.name}: the UniC corrector is derived for the probability-flow ODE; use "
                              f"eta=0 or corrector=False")
+        if getattr(predictor, "uses_dualfast", False):
+            raise NotImplementedError(f"{predictor.name}: DualFast with the UniC corrector is not implemented (the "
+                                      f"corrector's first-order term would need the same correction); use "
+                                      f"corrector=False")
         if predictor.denoise_to_zero:
             raise ValueError("give denoise_to_zero to the UniC wrapper, not to its predictor (samplers.unic moves it)")
         VARIANTS.check(self.variant, where="UniC")
