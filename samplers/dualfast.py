@@ -23,7 +23,8 @@ coefficient per step. Step 0 has no earlier prediction: its correction is zero w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,29 @@ if TYPE_CHECKING:
 REFERENCES = Registry.of_names("dualfast_ref", ("previous", "first"), ordered=True,
                                unknown="{where}: {kind} must be {alternatives}, got {name!r}")
 DEFAULT_RAMP = (0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DualFastOptions:
+    """DualFast's options, mixed into a deterministic multistep solver (`LinearMultistep`, `UniP`; UniC takes its
+    predictor's): `dualfast` (>= 0, a number times the ramp `dualfast_ramp`, or one coefficient per step) and
+    `dualfast_ref` ("previous" or "first", which earlier prediction tau is). Given as a concrete 0 (the default) the
+    method is the base solver bit for bit; any other value is traced (a sweep is one program)."""
+
+    dualfast: Any = 0.0
+    dualfast_ref: str = "previous"
+    dualfast_ramp: tuple[float, float] = DEFAULT_RAMP
+    traced = switches = ("dualfast",)
+    deterministic_switches = ("dualfast",)  # it changes the state, not whether the solver draws noise
+
+    @property
+    def uses_dualfast(self) -> bool:
+        """Whether DualFast's correction is part of the method (static)."""
+        return not self.is_static("dualfast")  # type: ignore[attr-defined]  # the solver's (TracedOptions)
+
+    def check_dualfast(self) -> None:
+        """Raise ValueError for a bad DualFast option (known values only)."""
+        check(self.name, self.dualfast, self.dualfast_ref, self.dualfast_ramp)  # type: ignore[attr-defined]
 
 
 def check(name: str, dualfast, ref: str, ramp) -> None:

@@ -142,30 +142,17 @@ class Multistep(Solver):
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearMultistep(Multistep):
+class LinearMultistep(_dualfast.DualFastOptions, Multistep):
     """x_{i+1} = a_i x_i + sum_j b_ij p_{i-j} (+ c_i z_i), with a history of the last `order` predictions.
 
-    DualFast (`samplers.dualfast`, deterministic solvers): `dualfast` (>= 0, a number times the ramp
-    `dualfast_ramp`, or one coefficient per step) and `dualfast_ref` ("previous" or "first") add DualFast's
-    correction to the first-order term at no extra model call. Given as a concrete 0 (the default) the method is
-    the base solver bit for bit; any other value is traced (a sweep is one program)."""
-
-    dualfast: Any = 0.0
-    dualfast_ref: str = "previous"
-    dualfast_ramp: tuple[float, float] = _dualfast.DEFAULT_RAMP
-    traced = switches = ("dualfast",)
-    deterministic_switches = ("dualfast",)
+    DualFast (`samplers.dualfast.DualFastOptions`, deterministic solvers): `dualfast`, `dualfast_ref` and
+    `dualfast_ramp` add DualFast's correction to the first-order term at no extra model call."""
 
     def check(self) -> None:
         super().check()
-        _dualfast.check(self.name, self.dualfast, self.dualfast_ref, self.dualfast_ramp)
+        self.check_dualfast()
         if self.uses_dualfast and self.stochastic:
             raise ValueError(f"{self.name}: dualfast corrects the deterministic first-order term; use it with eta = 0")
-
-    @property
-    def uses_dualfast(self) -> bool:
-        """Whether DualFast's correction is part of the method (static)."""
-        return not self.is_static("dualfast")
 
     def coefficients(self, process: Process, ts: jax.Array) -> MultistepCoefficients:
         coef = MultistepCoefficients(*self.table(process, ts, self.step_orders(ts.shape[0] - 1)))

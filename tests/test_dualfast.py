@@ -10,7 +10,7 @@ import pytest
 from fastsamplers import samplers, schedules
 from fastsamplers.models.oracle import GaussianMixture
 
-SOLVERS = ("ddim", "deis_tab", "deis_rhoab", "ipndm", "dpmpp_2m", "dpmpp_3m")
+SOLVERS = ("ddim", "deis_tab", "deis_rhoab", "ipndm", "dpmpp_2m", "dpmpp_3m", "unipc")
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,15 @@ def problem():
     return process, gm.model_fn(process, "eps"), x_init, ts
 
 
-@pytest.mark.parametrize("name", SOLVERS)
-def test_zero_coefficient_is_the_base_solver_bitwise(problem, name):
+@pytest.mark.parametrize("name, options", [(name, {}) for name in SOLVERS] + [("dpmpp_2m", dict(corrector=True)),
+                                                                             ("unipc", dict(corrector=False))])
+def test_zero_coefficient_is_the_base_solver_bitwise(problem, name, options):
     process, model, x_init, ts = problem
-    base, _ = samplers.sample(model, samplers.get_solver(name), process, x_init, ts)
-    zero, _ = samplers.sample(model, samplers.get_solver(name, dualfast=0.0, dualfast_ref="first"), process,
-                              x_init, ts)
+    base, _ = samplers.sample(model, samplers.get_solver(name, **options), process, x_init, ts)
+    zero, _ = samplers.sample(model, samplers.get_solver(name, dualfast=0.0, dualfast_ref="first", **options),
+                              process, x_init, ts)
     np.testing.assert_array_equal(np.asarray(zero), np.asarray(base))
-    moved, _ = samplers.sample(model, samplers.get_solver(name, dualfast=0.5), process, x_init, ts)
+    moved, _ = samplers.sample(model, samplers.get_solver(name, dualfast=0.5, **options), process, x_init, ts)
     assert np.all(np.isfinite(np.asarray(moved))) and not np.array_equal(np.asarray(moved), np.asarray(base))
 
 
@@ -50,6 +51,37 @@ def test_ddim_correction_by_hand(problem, ref):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("ref", ("previous", "first"))
+def test_unipc1_correction_by_hand(problem, ref):
+    """UniPC-1 (UniP-1 + UniC-1, bh2: rho^c_1 = 1/2) with DualFast: x0_new = m_i - (sigma_i / alpha_i) c_i (eps_i -
+    eps_tau) in the first-order term of the predictor and of the corrector, the UniC difference m_{i+1} - m_i on
+    the model's own predictions (samplers/unipc.py's formulas, written out)."""
+    process, model_eps, x_init, ts = problem
+    coef = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    solver = samplers.get_solver("unipc", order=1, dualfast=jnp.asarray(coef), dualfast_ref=ref)
+    x, _ = samplers.sample(model_eps, solver, process, x_init, ts)
+    alpha, sigma, lam = process.alpha(ts), process.sigma(ts), process.log_snr(ts)
+    x_c, eps_ref, m_prev, step_prev = x_init, None, None, None
+    y = x_init
+    for i in range(6):
+        eps = model_eps(y, ts[i])
+        m = (y - sigma[i] * eps) / alpha[i]
+        if i > 0:  # UniC-1 of the point step i - 1 predicted, with m_i at that (uncorrected) point
+            h = lam[i] - lam[i - 1]
+            x_c = step_prev - alpha[i] * jnp.expm1(-h) * 0.5 * (m - m_prev)
+        else:
+            x_c = y
+        eps_tau = eps if eps_ref is None else eps_ref
+        m_new = m - sigma[i] / alpha[i] * coef[i] * (eps - eps_tau)
+        h = lam[i + 1] - lam[i]
+        # the predictor x_{i+1} = (sigma_{i+1} / sigma_i) x_i^c - alpha_{i+1} (e^{-h} - 1) m_new, which is also
+        # the part of the next corrector before its UniC term
+        step_prev = sigma[i + 1] / sigma[i] * x_c - alpha[i + 1] * jnp.expm1(-h) * m_new
+        y, m_prev = step_prev, m
+        eps_ref = eps if (ref == "previous" or eps_ref is None) else eps_ref
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-12)
+
+
 def test_coefficient_is_traced_and_checked(problem):
     process, model, x_init, ts = problem
     run = jax.vmap(lambda c: samplers.sample(model, samplers.get_solver("dpmpp_2m", dualfast=c), process, x_init,
@@ -63,6 +95,6 @@ def test_coefficient_is_traced_and_checked(problem):
         samplers.get_solver("ddim", dualfast=1.0, dualfast_ref="last")
     with pytest.raises(ValueError, match="eta = 0"):
         samplers.get_solver("ddim", dualfast=1.0, eta=1.0)
-    with pytest.raises(NotImplementedError, match="UniC"):
-        samplers.get_solver("dpmpp_2m", dualfast=1.0, corrector=True)
+    with pytest.raises(ValueError, match="dualfast must be a number >= 0"):
+        samplers.get_solver("unipc", dualfast=-1.0)
     assert not samplers.get_solver("ddim", dualfast=1.0).stochastic
