@@ -19,6 +19,17 @@ So one formula serves both kinds; the cached reference is always an eps (convert
 The coefficient schedule: `dualfast` is a scalar times the linear ramp from `dualfast_ramp[0]` at the first step to
 `dualfast_ramp[1]` at the last (in the step index; default (0, 1), growing as noise decreases), or an array of one
 coefficient per step. Step 0 has no earlier prediction: its correction is zero whatever c_0.
+
+UniPC (`samplers.exponential.PCSteps`): UniP's first-order term is the same alpha_t (1 - e^{-h}) m_i, and UniC's
+correction of the point x_{i+1} repeats it with the same m_i, so the same increment goes into both (carried in the
+state from the predictor to the next step's corrector); checked against a hand-written UniPC-1 in
+tests/test_dualfast.py.
+
+Defaults: ref "previous" and the ramp (0, 1) are the unverified sheet's reading of the paper, *not yet* chosen from
+digits: `scripts/benchmark_dualfast.py` sweeps both refs, both ramps ((0, 1), (1, 1)) and c in (0.25, 0.5, 1) and
+prints the variant with the lowest mean FD-digits ratio; its digits part was not run when these defaults were set
+(issue 27: the lead's full-size run decides them). On the exact oracle (no approximation error to remove) it can
+only change the discretisation error (experiments/results/dualfast_oracle.json).
 """
 
 from __future__ import annotations
