@@ -28,7 +28,7 @@ converts the first half: `samplers.ancestral`).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +97,8 @@ class Solver(TracedOptions):
     evaluates_end = False
     static_nfe = True
     learned_variance = False
+    # Switches that change the structure without drawing noise (DualFast's coefficient: `samplers.dualfast`).
+    deterministic_switches: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         # A numeric option given as a Python int is held as a float: `samplers.pytrees.split` keeps ints static (a
@@ -115,7 +117,7 @@ class Solver(TracedOptions):
     def stochastic(self) -> bool:
         """Whether the solver draws noise (then `sample` needs a key); deterministic solvers ignore a key. Static:
         true when any switch is not a concrete zero (`TracedOptions`)."""
-        return not all(self.is_static(field) for field in self.switches)
+        return not all(self.is_static(field) for field in self.switches if field not in self.deterministic_switches)
 
     @property
     def order(self) -> int:

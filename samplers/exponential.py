@@ -9,11 +9,12 @@ phi_{k+1}(-c h); g_k(z) = k! z phi_{k+1}(z).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
+from fastsamplers.samplers import dualfast
 from fastsamplers.samplers.base import Model, StepInputs, cast_like
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class PCCoefficients(NamedTuple):
     c: jax.Array
     noise: jax.Array | None = None
     prev_noise: jax.Array | None = None
+    dualfast: jax.Array | None = None  # (N,): the weight of DualFast's eps_i - eps_tau (samplers.dualfast)
 
 
 def g_functions(z: jax.Array, count: int) -> list[jax.Array]:
@@ -106,30 +108,67 @@ class _Ordered(Protocol):
 
 class PCSteps:
     """`init`, `past_state` and `step` of a deterministic solver that runs `pc_step` with a history of `order`
-    predictions (UniP, UniC): mixed into a `Solver`."""
+    predictions (UniP, UniC): mixed into a `Solver`.
+
+    With DualFast on (`samplers.dualfast`; the options of `dualfast_owner`: the solver, or UniC's predictor) the
+    state also carries the reference noise prediction eps_tau and the last step's increment: step i adds
+    w_i (eps_i - eps_tau) to the predicted x_{i+1} (its first-order term alpha_{i+1} (1 - e^{-h}) m_i), and the
+    corrector of x_{i+1}, whose first-order term holds the same m_i, adds the same increment again (it replaces
+    the predicted point: keep = 0)."""
+
+    def dualfast_owner(self) -> Any:
+        """The solver whose DualFast options this one runs: itself (UniC: its predictor)."""
+        return self
+
+    def _dualfast(self) -> Any:
+        owner = self.dualfast_owner()
+        return owner if getattr(owner, "uses_dualfast", False) else None
 
     def init(self: _Ordered, x: jax.Array) -> tuple[jax.Array, ...]:
-        return pc_init(x, self.order)
+        state = pc_init(x, self.order)
+        return state + (jnp.zeros_like(x), jnp.zeros_like(x)) if self._dualfast() is not None else state
 
     def past_state(self: _Ordered, xs: list[jax.Array], preds: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+        if self._dualfast() is not None:
+            raise NotImplementedError("past_state with DualFast on: its state holds an earlier step's increment and "
+                                      "reference prediction, which exact past values do not define")
         return pc_past_state(xs, preds, self.order)
 
     def step(self, model: Model, process: Process, x: jax.Array, state: tuple[jax.Array, ...],
              inp: StepInputs) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-        return pc_step(model, x, state, inp)
+        owner = self._dualfast()
+        if owner is None:
+            return pc_step(model, x, state, inp)
+        pred = model(x, inp.s).astype(x.dtype)
+        increment, eps_ref = dualfast.correction("x0", pred, x, inp.s, state[2], inp.i == 0, inp.coef.dualfast,
+                                                 owner.dualfast_ref, process)
+        x_next, (x_corrected, history) = pc_update(pred, x, state[:2], inp, (1 - inp.coef.keep) * state[3],
+                                                   increment)
+        return x_next, (x_corrected, history, cast_like(eps_ref, x), cast_like(increment, x))
 
 
 def pc_step(model: Model, x: jax.Array, state: tuple[jax.Array, ...],
             inp: StepInputs) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """One step of the scan on a `PCCoefficients` row: evaluate m_i at the predicted x_i, correct x_i, predict x_{i+1}
     from the corrected point (a stochastic method reuses the predictor's noise in the corrector, as SA-Solver does)."""
+    return pc_update(model(x, inp.s).astype(x.dtype), x, state, inp)
+
+
+def pc_update(pred: jax.Array, x: jax.Array, state: tuple[jax.Array, ...], inp: StepInputs,
+              to_corrected: jax.Array | None = None,
+              to_next: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """`pc_step` given the model's prediction m_i at x_i; to_corrected and to_next are added to x_i^c and x_{i+1}
+    (DualFast's correction of the two first-order terms, `PCSteps`)."""
     coef = inp.coef
     x_prev, history = state[:2]
-    pred = model(x, inp.s).astype(x.dtype)
     full = jnp.concatenate([pred[None], history], axis=0)  # m_i, m_{i-1}, ..., m_{i-width}
     x_corrected = coef.keep * x + coef.prev * x_prev + jnp.tensordot(coef.c, full, axes=1)
+    if to_corrected is not None:
+        x_corrected = x_corrected + to_corrected
     if coef.noise is None:
         x_next = coef.a * x_corrected + jnp.tensordot(coef.b, full, axes=1)
+        if to_next is not None:
+            x_next = x_next + to_next
         return cast_like(x_next, x), (cast_like(x_corrected, x), full[:-1])
     x_corrected = x_corrected + coef.prev_noise * state[2]
     z = inp.normal(x)

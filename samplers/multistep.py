@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.core import Registry
+from fastsamplers.samplers import dualfast as _dualfast
 from fastsamplers.samplers.base import Model, Solver, StepInputs, cast_like
 from fastsamplers.samplers.pytrees import is_real, known
 
@@ -87,6 +88,7 @@ class MultistepCoefficients(NamedTuple):
     a: jax.Array
     b: jax.Array
     c: jax.Array | None = None
+    dualfast: jax.Array | None = None  # (num_steps,): the weight of DualFast's eps_s - eps_tau (samplers.dualfast)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,23 +142,41 @@ class Multistep(Solver):
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearMultistep(Multistep):
-    """x_{i+1} = a_i x_i + sum_j b_ij p_{i-j} (+ c_i z_i), with a history of the last `order` predictions."""
+class LinearMultistep(_dualfast.DualFastOptions, Multistep):
+    """x_{i+1} = a_i x_i + sum_j b_ij p_{i-j} (+ c_i z_i), with a history of the last `order` predictions.
+
+    DualFast (`samplers.dualfast.DualFastOptions`, deterministic solvers): `dualfast`, `dualfast_ref` and
+    `dualfast_ramp` add DualFast's correction to the first-order term at no extra model call."""
+
+    def check(self) -> None:
+        super().check()
+        self.check_dualfast()
+        if self.uses_dualfast and self.stochastic:
+            raise ValueError(f"{self.name}: dualfast corrects the deterministic first-order term; use it with eta = 0")
 
     def coefficients(self, process: Process, ts: jax.Array) -> MultistepCoefficients:
-        return MultistepCoefficients(*self.table(process, ts, self.step_orders(ts.shape[0] - 1)))
+        coef = MultistepCoefficients(*self.table(process, ts, self.step_orders(ts.shape[0] - 1)))
+        if not self.uses_dualfast:
+            return coef
+        return coef._replace(dualfast=_dualfast.weights(self.dualfast, self.dualfast_ramp, process, ts))
 
-    def init(self, x: jax.Array) -> jax.Array:
-        return jnp.zeros((self.order,) + x.shape, x.dtype)
+    def init(self, x: jax.Array) -> Any:
+        history = jnp.zeros((self.order,) + x.shape, x.dtype)
+        return (history, jnp.zeros_like(x)) if self.uses_dualfast else history
 
-    def step(self, model: Model, process: Process, x: jax.Array, history: jax.Array,
-             inp: StepInputs) -> tuple[jax.Array, jax.Array]:
+    def step(self, model: Model, process: Process, x: jax.Array, state: Any,
+             inp: StepInputs) -> tuple[jax.Array, Any]:
+        history = state[0] if self.uses_dualfast else state
         pred = model(x, inp.s).astype(x.dtype)
         history = jnp.concatenate([pred[None], history[:-1]], axis=0)
         x_next = inp.coef.a * x + jnp.tensordot(inp.coef.b, history, axes=1)
         if inp.coef.c is not None:
             x_next = x_next + inp.coef.c * inp.normal(x)
-        return cast_like(x_next, x), history
+        if not self.uses_dualfast:
+            return cast_like(x_next, x), history
+        increment, eps_ref = _dualfast.correction(self.native, pred, x, inp.s, state[1], inp.i == 0,
+                                                  inp.coef.dualfast, self.dualfast_ref, process)
+        return cast_like(x_next + increment, x), (history, cast_like(eps_ref, x))
 
 
 def _past(values, order):
@@ -222,7 +242,7 @@ class DDIM(_EpsMultistep):
 
     name = "ddim"
     eta: float = 0.0
-    traced = switches = ("eta",)
+    traced = switches = ("eta", "dualfast")
 
     def check(self) -> None:
         super().check()
@@ -256,7 +276,7 @@ class EulerAncestral(_EpsMultistep):
 
     name = "euler_ancestral"
     eta: float = 1.0
-    traced = switches = ("eta",)
+    traced = switches = ("eta", "dualfast")
 
     def check(self) -> None:
         super().check()
@@ -348,7 +368,7 @@ class _DPMSolverPP(LinearMultistep):
     lower_order_final: bool | str = True
     variant: str = "published"
     eta = 0.0  # the SDE variants' field: 0 is the probability-flow ODE
-    traced = switches = ("eta",)
+    traced = switches = ("eta", "dualfast")
 
     def check(self) -> None:
         super().check()

@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastsamplers.core import Registry
+from fastsamplers.samplers import dualfast as _dualfast
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.exponential import PCCoefficients, PCSteps, g_functions, phi1, solve_moments
 from fastsamplers.samplers.multistep import Multistep
@@ -143,6 +144,14 @@ def corrector_rows(process: Process, ts: jax.Array, terms: UniPCTerms) -> jax.Ar
                                                 + rho_c_new[:, None] * (eye[None, 0] - eye[None, 1])))
 
 
+def with_dualfast(coef: PCCoefficients, owner: Any, process: Process, ts: jax.Array) -> PCCoefficients:
+    """`coef` with DualFast's weights where `owner` (UniP, or UniC's predictor) has it on: one weight per step, the
+    same for the predictor's and the corrector's first-order term (`samplers.exponential.PCSteps`)."""
+    if not getattr(owner, "uses_dualfast", False):
+        return coef
+    return coef._replace(dualfast=_dualfast.weights(owner.dualfast, owner.dualfast_ramp, process, ts))
+
+
 def pc_coefficients(process: Process, ts: jax.Array, b: jax.Array, terms: UniPCTerms | None = None) -> PCCoefficients:
     """The scan's table for a data-prediction predictor x_{i+1} = (sigma_{i+1} / sigma_i) x_i^c + b_i . m, with UniC
     (of the orders in `terms`) correcting each point it makes, or without a corrector (terms None).
@@ -166,7 +175,7 @@ def pc_coefficients(process: Process, ts: jax.Array, b: jax.Array, terms: UniPCT
 
 
 @dataclasses.dataclass(frozen=True)
-class UniP(PCSteps, Multistep):
+class UniP(PCSteps, _dualfast.DualFastOptions, Multistep):
     """UniP-p (Zhao et al. 2023), the predictor of UniPC, with data prediction; registered as "unipc", where
     `corrector=True` (the default) wraps it in `UniC`.
 
@@ -176,6 +185,8 @@ class UniP(PCSteps, Multistep):
       variant: "bh1" (B(h) = h) or "bh2" (B(h) = e^h - 1, diffusers' default; the paper's code defaults to bh1).
         diffusers recommends bh1 for unconditional sampling below 10 steps, bh2 otherwise. UniC takes the same.
       lower_order_final: `samplers.multistep`'s rule; default "always" (the published codes').
+      dualfast, dualfast_ref, dualfast_ramp: DualFast's correction of the first-order terms of UniP and of UniC
+        (`samplers.dualfast.DualFastOptions`, `PCSteps`); a concrete 0, the default, is UniPC bit for bit.
 
     Returns (from `samplers.sample`): the sample at ts[-1], with num_steps model calls. `ts` may end at 0: that step
     returns x0_hat.
@@ -203,6 +214,7 @@ class UniP(PCSteps, Multistep):
     def check(self) -> None:
         super().check()
         VARIANTS.check(self.variant, where=self.name)
+        self.check_dualfast()
 
     def spec(self) -> dict[str, Any]:
         spec = super().spec()
@@ -226,7 +238,8 @@ class UniP(PCSteps, Multistep):
         return sigma[1:] / sigma[:-1], b
 
     def coefficients(self, process: Process, ts: jax.Array) -> PCCoefficients:
-        return pc_coefficients(process, ts, self.table(process, ts, self.step_orders(ts.shape[0] - 1))[1])
+        coef = pc_coefficients(process, ts, self.table(process, ts, self.step_orders(ts.shape[0] - 1))[1])
+        return with_dualfast(coef, self, process, ts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +319,10 @@ class UniC(PCSteps, Solver):
 
     def coefficients(self, process: Process, ts: jax.Array) -> PCCoefficients:
         _, b = self.predictor.table(process, ts, self.step_orders(ts.shape[0] - 1))
-        return pc_coefficients(process, ts, b, self.terms(process, ts))
+        return with_dualfast(pc_coefficients(process, ts, b, self.terms(process, ts)), self.predictor, process, ts)
+
+    def dualfast_owner(self) -> Multistep:
+        return self.predictor  # its DualFast options correct both first-order terms (`PCSteps`)
 
 
 def unic(predictor: Multistep, variant: str | None = None) -> UniC:

@@ -34,10 +34,11 @@ from fastsamplers.core.typing import ArrayLike, HostArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
 from fastsamplers.samplers.base import Solver, step_inputs
 from fastsamplers.samplers.pytrees import merge, split
+from fastsamplers.schedules.optimal import ays
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.processes import Process, as_float, get_process
 
-METHODS = Registry.of_names("distillation method", ("oss", "bellman", "gits"))
+METHODS = Registry.of_names("distillation method", ("oss", "bellman", "gits", "ays"))
 # OSS's cost over the batch: one DP on the batch-mean cost, or one per sample and the median of the index lists.
 AGGREGATES = Registry.of_names("aggregate", ("mean", "median"), ordered=True,
                                unknown="{kind} must be {alternatives}, got {name!r}")
@@ -237,14 +238,19 @@ def distill(method: str, model_fn: ModelFn, solver: Solver | str, process: Proce
             teacher_grid: TeacherGrid = "logsnr", teacher_solver: SolverSpec = ("deis_tab", {"order": 3}),
             student: Solver | str | None = None, exact_steps: bool = True, start_at_t_max: bool = True,
             aggregate: str = "mean", metric: str = "l2", coeff: float | None = None, t_min: float | None = None,
-            t_max: float | None = None, return_info: bool = False,
-            args: PyTree = None) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
-    """Distil an optimal num_steps schedule from a teacher trajectory ("oss", "bellman" or "gits").
+            t_max: float | None = None, return_info: bool = False, args: PyTree = None,
+            key: jax.Array | None = None) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
+    """Distil an optimal num_steps schedule from a teacher trajectory ("oss", "bellman" or "gits"), or fit Align
+    Your Steps ("ays", no teacher: `schedules.optimal.ays`).
 
     Args:
-      method: "oss" (carried student state), "bellman" (BOSS: one step from teacher states) or "gits" (BOSS with
-        the accumulation weight `coeff`, default 1.15).
-      model_fn, process, x_init, prediction: as for `samplers.sample`; x_init is the noise at t_max.
+      method: "oss" (carried student state), "bellman" (BOSS: one step from teacher states), "gits" (BOSS with
+        the accumulation weight `coeff`, default 1.15) or "ays" (Align Your Steps: the KL upper bound of stochastic
+        DDIM minimised by coordinate descent; it has no teacher and no student, and takes only model_fn, process,
+        x_init, num_steps, prediction, t_min, t_max, args, key and return_info).
+      model_fn, process, x_init, prediction: as for `samplers.sample`; x_init is the noise at t_max, except for
+        "ays", where x_init is calibration *data* (samples of x0: a data set, or the model's own samples).
+      key: "ays" only: the draws of its Monte Carlo estimate (default PRNGKey(0)).
       args: any pytree passed to the model as model_fn(x, t, args) (network parameters, labels); None: model_fn(x,
         t). It is a traced argument of the teacher's and the DP's compiled programs, so new values of the same
         shapes reuse them and no weight is compiled in as a constant.
@@ -269,13 +275,14 @@ def distill(method: str, model_fn: ModelFn, solver: Solver | str, process: Proce
 
     See `distill_many` for several step counts from one teacher and one dynamic program.
     """
-    _check_teacher_steps(teacher_steps)
-    _check_step_count(num_steps, teacher_steps)  # named num_steps in the message; distill_many checks the rest
+    if method != "ays":
+        _check_teacher_steps(teacher_steps)
+        _check_step_count(num_steps, teacher_steps)  # named num_steps in the message; distill_many checks the rest
     ts_out, info = distill_many(
-        method, model_fn, solver, process, x_init, (int(num_steps),), prediction=prediction,
+        method, model_fn, solver, process, x_init, (num_steps,), prediction=prediction,
         teacher_steps=teacher_steps, teacher_grid=teacher_grid, teacher_solver=teacher_solver, student=student,
         exact_steps=exact_steps, start_at_t_max=start_at_t_max, aggregate=aggregate, metric=metric, coeff=coeff,
-        t_min=t_min, t_max=t_max, return_info=True, args=args,
+        t_min=t_min, t_max=t_max, return_info=True, args=args, key=key,
     )[int(num_steps)]
     return (ts_out, info) if return_info else ts_out
 
@@ -286,7 +293,7 @@ def distill_many(method: str, model_fn: ModelFn, solver: Solver | str, process: 
                  student: Solver | str | None = None,
                  exact_steps: bool = True, start_at_t_max: bool = True, aggregate: str = "mean", metric: str = "l2",
                  coeff: float | None = None, t_min: float | None = None, t_max: float | None = None,
-                 return_info: bool = False, args: PyTree = None) -> dict[int, Any]:
+                 return_info: bool = False, args: PyTree = None, key: jax.Array | None = None) -> dict[int, Any]:
     """Distil schedules for several step counts at once: one teacher trajectory, one dynamic program.
 
     The DP tables of every method are built stage by stage, and stage k (OSS: the best state after k student steps
@@ -306,6 +313,13 @@ def distill_many(method: str, model_fn: ModelFn, solver: Solver | str, process: 
       {k: (ts, info)}, info as `distill`'s ("model_calls" counts the shared run: the teacher and the longest DP).
     """
     METHODS.check(method)
+    if method == "ays":
+        return _fit_ays(model_fn, process, x_init, step_counts, prediction, t_min, t_max, args, key, return_info,
+                        dict(teacher_steps=teacher_steps, teacher_grid=teacher_grid, teacher_solver=teacher_solver,
+                             student=student, exact_steps=exact_steps, start_at_t_max=start_at_t_max,
+                             aggregate=aggregate, metric=metric, coeff=coeff))
+    if key is not None:
+        raise ValueError(f"key is for method 'ays' (its Monte Carlo draws); {method} is deterministic")
     AGGREGATES.check(aggregate)
     _check_teacher_steps(teacher_steps)
     if isinstance(step_counts, (str, bytes)) or not hasattr(step_counts, "__iter__"):
@@ -327,6 +341,36 @@ def distill_many(method: str, model_fn: ModelFn, solver: Solver | str, process: 
         start_at_t_max=start_at_t_max, aggregate=aggregate, metric=metric, coeff=coeff, t_min=t_min, t_max=t_max,
         args=args,
     )
+    return results if return_info else {k: ts for k, (ts, _) in results.items()}
+
+
+# The options of the teacher methods and their defaults: "ays" refuses any other value (they mean nothing to it).
+_TEACHER_DEFAULTS = dict(teacher_steps=200, teacher_grid="logsnr", teacher_solver=("deis_tab", {"order": 3}),
+                         student=None, exact_steps=True, start_at_t_max=True, aggregate="mean", metric="l2",
+                         coeff=None)
+
+
+def _fit_ays(model_fn, process, x_init, step_counts, prediction, t_min, t_max, args, key, return_info, options):
+    """distill_many for "ays": checks, then `ays.fit`. Returns {k: ts} or {k: (ts, info)}."""
+    given = sorted(name for name, value in options.items() if value != _TEACHER_DEFAULTS[name])
+    if given:
+        raise ValueError(f"ays fits its schedule to the model alone, with no teacher or student: the options "
+                         f"{given} mean nothing to it")
+    if isinstance(step_counts, (str, bytes)) or not hasattr(step_counts, "__iter__") or not tuple(step_counts):
+        raise ValueError(f"step_counts must be a non-empty sequence of integers such as (5, 10), got {step_counts!r}")
+    counts = tuple(step_counts)
+    for i, k in enumerate(counts):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            raise ValueError(f"step_counts[{i}] must be an integer >= 2 (ays interpolates log sigma between fitted "
+                             f"points), got {k!r}")
+    predictions.check_kind(prediction)
+    process = get_process(process) if isinstance(process, str) else process
+    x_data = jnp.asarray(x_init)
+    if x_data.ndim < 1 or x_data.shape[0] < 2:
+        raise ValueError(f"x_init (for ays: calibration data) must have a leading batch axis of at least 2 samples, "
+                         f"got shape {x_data.shape}")
+    results = ays.fit(model_fn, process, x_data, tuple(sorted({int(k) for k in counts})), prediction=prediction,
+                      key=key, t_min=t_min, t_max=t_max, args=args)
     return results if return_info else {k: ts for k, (ts, _) in results.items()}
 
 
