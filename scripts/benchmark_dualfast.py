@@ -28,12 +28,14 @@ def main(argv=None):
     parser.add_argument("--evaluation", type=int, default=1024, help="the oracle's held-out samples")
     parser.add_argument("--samples", type=int, default=2000, help="digits samples per cell")
     parser.add_argument("--digits", default=",".join(dualfast_benchmark.DIGITS),
-                        help="comma-separated digits models, or 'none'")
+                        help="comma-separated digits models (NAME or NAME=RUN_DIR), or 'none'")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
     nfes = [int(n) for n in args.nfes.split(",")]
-    digits = () if args.digits == "none" else tuple(args.digits.split(","))
+    digits = {} if args.digits == "none" else dict(
+        item.split("=", 1) if "=" in item else (item, dualfast_benchmark.DIGITS.lookup(item)[1])
+        for item in args.digits.split(","))
     if args.quick:
         args.evaluation, args.samples = 128, 256
     dualfast_benchmark.benchmark(args.json, nfes=nfes, evaluation=args.evaluation, num_samples=args.samples,

@@ -36,10 +36,10 @@ SOLVERS = {"DDIM": ("ddim", {}), "DPM-Solver++(2M)": ("dpmpp_2m", {}), "UniPC-3"
 COEFFICIENTS = (0.25, 0.5, 1.0)
 REFS = ("previous", "first")
 RAMPS = ((0.0, 1.0), (1.0, 1.0))  # growing from 0 at the first step; constant
-DIGITS = {  # label: (train config, checkpoint dir, grids)
-    "digits_vp": ("experiments/configs/digits_vp.py", "/work/outputs/digits_vp", ("logsnr",)),
-    "digits_fm": ("experiments/configs/digits_fm.py", "/work/outputs/digits_fm", ("logsnr", "uniform")),
-}
+DIGITS = core.Registry("digits model", {  # label: (train config, default run directory, grids)
+    "digits_vp": ("experiments/configs/digits_vp.py", "outputs/digits_vp", ("logsnr",)),
+    "digits_fm": ("experiments/configs/digits_fm.py", "outputs/digits_fm", ("logsnr", "uniform")),
+})
 
 
 def variants():
@@ -104,26 +104,25 @@ def digits_rows(label: str, train_config: str, checkpoint_dir: str, grids, nfes,
 
 
 def benchmark(json_path: str, *, nfes=(5, 10), evaluation: int = 1024, num_samples: int = 2000,
-              digits: tuple[str, ...] = tuple(DIGITS), command: str = "") -> dict:
+              digits: tuple[str, ...] | dict[str, str] = ("digits_vp", "digits_fm"), command: str = "") -> dict:
     """The oracle's and the digits models' cells; the tables printed and written beside the JSON.
 
     Args:
       json_path: the JSON file (meta, rows, best); the markdown goes to the same path with .md.
       nfes: the NFE budgets (= steps: every solver here makes one call a step).
       evaluation: the oracle's held-out batch; num_samples: the digits samples per cell.
-      digits: the keys of `DIGITS` to run (none: the oracle alone).
+      digits: the keys of `DIGITS` to run, or {key: run directory} (none: the oracle alone).
       command: the command line, recorded.
 
     Returns:
       The record written: {"meta", "rows", "best"}.
     """
-    for key in digits:
-        if key not in DIGITS:
-            raise ValueError(f"unknown digits model {key!r}; valid: {', '.join(DIGITS)}")
+    digits = {key: DIGITS.lookup(key)[1] for key in digits} if not isinstance(digits, dict) else dict(digits)
     nfes = sorted({int(n) for n in nfes})
     rows = oracle_rows(nfes, evaluation)
     for key in digits:
-        config, workdir, grids = DIGITS[key]
+        config, _, grids = DIGITS.lookup(key)
+        workdir = digits[key]
         rows += digits_rows(key, config, workdir, grids, nfes, num_samples)
     best = choose(rows)
     table = markdown(rows, best)
