@@ -18,6 +18,8 @@ SA-Solver, ...) gives each sample its own path from the shared start.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -30,7 +32,7 @@ from fastsamplers.schedules.processes import Process
 
 def dpm_ot_sample(model_fn: ModelFn, solver: Solver | str, process: Process | str, ot: SemiDiscreteOT | None,
                   key: jax.Array, shape: Shape, ts: ArrayLike, prediction: str = "eps", args: PyTree = None,
-                  **options) -> tuple[jax.Array, dict]:
+                  **options: Any) -> tuple[jax.Array, dict]:
     """Sample by the OT map to level ts[0] = t_k, then `solver` from t_k down `ts` (module docstring).
 
     Args:

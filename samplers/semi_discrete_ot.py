@@ -69,7 +69,7 @@ class SemiDiscreteOT:
             scores = targets @ point + self.h
             return jnp.max(scores), jnp.argmax(scores)
 
-        best, index = jax.lax.map(one, flat, batch_size=min(self.chunk_size, flat.shape[0]))
+        best, index = jax.lax.map(one, flat, batch_size=max(1, min(self.chunk_size, flat.shape[0])))
         batch = x.shape[:x.ndim - len(self.shape)]
         return best.reshape(batch), index.reshape(batch)
 
