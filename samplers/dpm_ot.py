@@ -8,7 +8,9 @@ intermediate level t_k, y_i = alpha(t_k) x0_i + sigma(t_k) eps_i (`Process.margi
 images plus sigma noise, ncsn_runner 571, 590). Fit it once with `SemiDiscreteOT.fit(key, y)` (its default source
 is that N(0, I)). Sampling draws eps, replaces it by x_{t_k} = T(eps), the target of its cell, and integrates the
 probability-flow ODE (or the solver's SDE) from t_k down the grid `ts`, whose first time is t_k: the NFE are those of
-the steps after t_k, and the map costs one N-way argmax a sample.
+the steps after t_k, and the map costs one N-way argmax a sample. (Whitening changes nothing but h's scale: the
+cells of x_{t_max} = sigma eps under weights sigma h are those of eps under h, argmax being invariant to a positive
+factor on <x, y_i> + h_i.)
 
 Because T takes at most N values and an ODE solver is deterministic, the samples of a deterministic solver are at
 most N distinct points, each a denoised training point: at small t_k DPM-OT approaches the training set itself

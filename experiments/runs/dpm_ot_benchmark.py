@@ -20,7 +20,6 @@ which FD-digits against the same digits rewards. The table shows both.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import time
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastsamplers import samplers, schedules
+from fastsamplers import core, samplers, schedules
 from fastsamplers.experiments.report.tables import render_table
 
 FIXED = ("euler", "dpmpp_2m", "dpmpp_3m", "ipndm")
@@ -96,6 +95,16 @@ def benchmark(train_config: str, checkpoint_dir: str, json_path: str, *, nfes=(1
     rows, fits = [], {}
     data_nn = nearest_distances(train, train, leave_one_out=True)
 
+    def record(complete):
+        return {"meta": {"train_config": train_config, "checkpoint": target.description, "num_samples": num_samples,
+                         "nfes": list(nfes), "t_ks": list(t_ks), "fit_iterations": fit_iterations, "seed": seed,
+                         "data_nn_median": float(np.median(data_nn)),
+                         "data_nn_p10": float(np.percentile(data_nn, 10)), "num_train": int(train.shape[0]),
+                         "seconds": time.perf_counter() - start, "complete": complete,
+                         "device": jax.devices()[0].device_kind, "host": platform.node(), "command": command,
+                         "date": datetime.datetime.now().isoformat(timespec="seconds")},
+                "fits": fits, "rows": rows}
+
     def score(x, row):
         x = np.asarray(x, np.float64)
         nn = nearest_distances(x, train)
@@ -103,12 +112,13 @@ def benchmark(train_config: str, checkpoint_dir: str, json_path: str, *, nfes=(1
                    nn_p10=float(np.percentile(nn, 10)))
         rows.append(row)
         print(f"  {row}", flush=True)
+        _write(json_path, record(False))  # a partial record after each row: an interrupted run keeps its rows
 
     key = jax.random.PRNGKey(seed)
     for t_k in t_ks:
         y = process.marginal(jax.random.PRNGKey(seed + 1), jnp.asarray(train), t_k)
         ot, info = samplers.SemiDiscreteOT.fit(jax.random.PRNGKey(seed + 2), y, max_iter=fit_iterations)
-        fits[str(t_k)] = {k: v for k, v in info.items()}
+        fits[str(t_k)] = dict(info)
         print(f"fit at t_k = {t_k}: {fits[str(t_k)]}", flush=True)
         for name in dpm_ot_solvers:
             solver = samplers.get_solver(name)
@@ -138,21 +148,18 @@ def benchmark(train_config: str, checkpoint_dir: str, json_path: str, *, nfes=(1
                     continue
                 score(x, {"sampler": name, "t_k": None, "grid": grid, "nfe_budget": nfe, "nfe": int(out["nfe"]),
                           "distinct_cells": None, "seconds": time.perf_counter() - t0})
-    record = {"meta": {"train_config": train_config, "checkpoint": target.description, "num_samples": num_samples,
-                       "nfes": list(nfes), "t_ks": list(t_ks), "fit_iterations": fit_iterations, "seed": seed,
-                       "data_nn_median": float(np.median(data_nn)), "data_nn_p10": float(np.percentile(data_nn, 10)),
-                       "num_train": int(train.shape[0]), "seconds": time.perf_counter() - start,
-                       "device": jax.devices()[0].device_kind, "host": platform.node(), "command": command,
-                       "date": datetime.datetime.now().isoformat(timespec="seconds")},
-              "fits": {k: {n: v for n, v in f.items()} for k, f in fits.items()}, "rows": rows}
+    final = record(True)
+    print(_write(json_path, final))
+    return final
+
+
+def _write(json_path: str, record: dict) -> str:
+    """Write the record and its markdown table beside it (.md); return the table."""
     table = markdown(record)
-    print(table)
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(record, f, indent=1)
-    with open(os.path.splitext(json_path)[0] + ".md", "w") as f:
-        f.write(table + "\n")
-    return record
+    core.write_json(json_path, record)
+    core.write_atomic(os.path.splitext(json_path)[0] + ".md", table + "\n")
+    return table
 
 
 def markdown(record: dict) -> str:
