@@ -8,6 +8,8 @@ For a trained digits model (`experiments.train.checkpoint_target`):
 - DPM-OT rows: `samplers.dpm_ot_sample` with each solver of DPM_OT_SOLVERS on the uniform grid from t_k to the
   process's t_min, at each NFE (the model calls after t_k; the map's own cost is one N-way argmax a sample);
 - fixed rows: each solver of FIXED on each grid of GRIDS from the process's t_max, same NFE, same seed;
+- a row per t_k of the training digits behind the cells the same noise draws fall in (DPM-OT's memorisation limit,
+  no model call);
 - per row: FD-digits of `num_samples` samples against all real digits, and the samples' nearest-neighbour distance
   to the training digits (root mean square over pixels; median and 10th percentile), beside the real digits'
   own leave-one-out nearest-neighbour distance; DPM-OT rows also count the distinct cells their samples came from.
@@ -120,6 +122,10 @@ def benchmark(train_config: str, checkpoint_dir: str, json_path: str, *, nfes=(1
         ot, info = samplers.SemiDiscreteOT.fit(jax.random.PRNGKey(seed + 2), y, max_iter=fit_iterations)
         fits[str(t_k)] = dict(info)
         print(f"fit at t_k = {t_k}: {fits[str(t_k)]}", flush=True)
+        # pure memorisation, for scale: the training digits behind the cells of the same noise draws (no model call)
+        cells = np.asarray(ot.assign(jax.random.normal(jax.random.split(key)[0], shape, y.dtype)))
+        score(train[cells], {"sampler": "training digits of the cells", "t_k": t_k, "grid": "", "nfe_budget": 0,
+                             "nfe": 0, "distinct_cells": int(np.unique(cells).size), "seconds": 0.0})
         for name in dpm_ot_solvers:
             solver = samplers.get_solver(name)
             for nfe in nfes:
@@ -166,7 +172,7 @@ def markdown(record: dict) -> str:
     """Per NFE: the best fixed sampler and each DPM-OT (solver, t_k), FD-digits and NN distances; the fits' cost."""
     rows, meta = record["rows"], record["meta"]
     lines = []
-    for nfe in meta["nfes"]:
+    for nfe in [0, *meta["nfes"]]:
         fixed = [r for r in rows if r["nfe_budget"] == nfe and r["t_k"] is None]
         best = [min(fixed, key=lambda r: r["fd_digits"])] if fixed else []
         ot = [r for r in rows if r["nfe_budget"] == nfe and r["t_k"] is not None]
@@ -177,7 +183,7 @@ def markdown(record: dict) -> str:
                           "" if r["distinct_cells"] is None else r["distinct_cells"]])
     table = render_table(["NFE", "sampler", "grid", "t_k", "calls", "FD-digits", "NN median", "NN p10",
                           "distinct cells"], lines)
-    fits = render_table(["t_k", "iterations", "final ||grad||", "empty cells", "draws", "seconds"],
+    fits = render_table(["t_k", "iterations", "final grad norm", "empty cells", "draws", "seconds"],
                         [[k, f["iterations"], f"{f['grad_norm']:.4f}", f["num_empty"], f["samples_drawn"],
                           f"{f['seconds']:.0f}"] for k, f in record["fits"].items()])
     return (f"{meta['checkpoint']}, {meta['num_samples']} samples; the real digits' own leave-one-out NN distance: "
