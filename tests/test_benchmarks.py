@@ -92,7 +92,8 @@ def test_fm_benchmark_without_torchcfm(tmp_path):
 
 # Each script is the same three lines around cli.main: two in the default suite, all in the slow set.
 @pytest.mark.parametrize("name", slow_unless(["schedules", "learned", "stochastic", "guidance", "couplings", "fm",
-                                              "boss"], lambda name: name in ("schedules", "guidance"), unpack=False))
+                                              "boss", "dpm_ot"], lambda name: name in ("schedules", "guidance"),
+                                             unpack=False))
 def test_the_scripts_show_their_flags(name):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", f"benchmark_{name}.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
