@@ -270,15 +270,16 @@ class DPMSolverV3(Solver):
         B = jnp.concatenate([jnp.zeros_like(b[:1]), jnp.cumsum(b_cells, axis=0)])
         width = self.history()
 
-        def transfer(i_from, i_to, points, count, pseudo):
+        def transfer(i_from, i_to, newest, points, count, pseudo):
             """(A, W over the history positions, c) of the update from ts[i_from] to ts[i_to] expanded at ts[i_from]
-            on the history positions `points` (the expansion point first), of which the first `count` are used."""
+            on the history positions `points` (position p is grid point newest - p; the expansion point first), of
+            which the first `count` are used."""
             gi, gt = index[i_from], index[i_to]
             mask = (cells >= gi) & (cells < gt)
             moments = [_moment_cells(grid, a, gi, mask, k, self.quadrature) for k in range(count)]
             beta = jnp.exp(S[gi]) * (B - B[gi])
             e_b = _weighted_cells(grid, a, a[gi], mask, beta, self.quadrature)
-            pts = [i_from - p for p in points[:count]]
+            pts = [newest - p for p in points[:count]]
             weights = derivative_weights(lam_t[jnp.asarray(pts)], pseudo)
             k_factor = alpha[i_to] * jnp.exp(L[gi] - L[gt])
             w = jnp.zeros((width,) + l.shape[1:], l.dtype)
@@ -294,13 +295,13 @@ class DPMSolverV3(Solver):
         rows = []
         for i in range(n):
             hist = np.clip(i - np.arange(width), 0, None)  # the grid points of the history positions
-            A, W, c = transfer(i, i + 1, list(range(width)), int(orders[i]), self.predictor_pseudo)
+            A, W, c = transfer(i, i + 1, i, list(range(width)), int(orders[i]), self.predictor_pseudo)
             row = dict(A=A, W=W, c=c, sigma=sigma[hist], alpha=alpha[hist], l=l[index[hist]])
             if self.corrector:
                 c_order = (int(orders[i - 1]) if i > 0 else 0) + int(self.corrector_pseudo)
                 if c_order > 1:  # the reference applies it from order 2 (sample: step_c_order > 1)
                     # From the previous point (position 1), the fresh one (position 0) next, then older ones.
-                    Ac, Wc, cc = transfer(i - 1, i, [1, 0] + list(range(2, width)), c_order, self.corrector_pseudo)
+                    Ac, Wc, cc = transfer(i - 1, i, i, [1, 0] + list(range(2, width)), c_order, self.corrector_pseudo)
                     row.update(use=jnp.asarray(True), Ac=Ac, Wc=Wc, cc=cc)
                 else:
                     row.update(use=jnp.asarray(False), Ac=jnp.zeros_like(A), Wc=jnp.zeros_like(W),

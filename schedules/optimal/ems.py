@@ -33,9 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastsamplers import samplers
 from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
 from fastsamplers.schedules.optimal.distillation import _with_args
+from fastsamplers.schedules.optimal.teacher import Teacher
 from fastsamplers.schedules.processes import Process
 
 
@@ -173,3 +175,49 @@ def statistics_from_moments(lambdas: np.ndarray, l: np.ndarray, eps: np.ndarray,
     s = np.where(var_f > tiny, cov_ff1 / np.where(var_f > tiny, var_f, 1.0), 0.0)
     b = mean_f1 - s * mean_f
     return {"lambdas": np.asarray(lambdas, np.float64), "l": l, "s": s, "b": b}
+
+
+def learn_dpm_solver_v3(teacher: Teacher, x_init: jax.Array, num_steps: int, *, num_points: int = 121,
+                        order: int = 3, predictor_pseudo: bool = False, corrector: bool = False,
+                        corrector_pseudo: bool = False, quadrature: str = "exponential", x0: ArrayLike | None = None,
+                        num_probes: int = 1, chunk_size: int = 256,
+                        seed: int = 0) -> tuple[samplers.Solver, jax.Array, dict[str, Any]]:
+    """DPM-Solver-v3 with the statistics of the teacher's model: `schedules.learn("dpm_solver_v3", model_fn, process,
+    x_init, num_steps, ...)`.
+
+    The calibration data are `x0` where given (data samples), else the model's own samples: the teacher's solve of
+    x_init (noise at t_max) down to t_min. The statistics grid runs over the teacher's [t_min, t_max] in log-SNR;
+    the M-step grid is uniform in log-SNR, snapped to it (exactly on it where num_points - 1 is a multiple of M).
+
+    Args:
+      teacher: the `teacher.Teacher` (model, process, grid ends, the solver that makes the calibration samples).
+      num_points: the statistics grid's points (the paper: 120-1200; K matters more than N, its Table 8).
+      order, predictor_pseudo, corrector, corrector_pseudo, quadrature: the solver's (`samplers.dpm_solver_v3`).
+      x0: calibration data (K, *shape) instead of the teacher's samples.
+      num_probes, chunk_size: as `estimate_statistics`; seed: its key.
+
+    Returns:
+      (the solver, ts (M + 1,), info: the calibration's model evaluations and JVPs per calibration sample, the
+      teacher's model calls per sample, seconds).
+    """
+    process = teacher.process
+    start = time.perf_counter()
+    teacher_calls = 0
+    if x0 is None:
+        x0 = teacher.states(x_init, teacher.grid())[-1]
+        teacher_calls = teacher.model_calls(teacher.num_steps)
+    x0 = jnp.asarray(x0)
+    grid = np.asarray(teacher.grid(1), np.float64)  # the teacher's ends: (t_max, t_min)
+    stats, info = estimate_statistics(teacher.model_fn, process, x0, num_points, key=jax.random.PRNGKey(seed),
+                                      prediction=teacher.prediction, args=teacher.args, t_min=float(grid[-1]),
+                                      t_max=float(grid[0]), num_probes=num_probes, chunk_size=chunk_size)
+    solver = samplers.get_solver("dpm_solver_v3", order=order, predictor_pseudo=predictor_pseudo,
+                                 corrector=corrector, corrector_pseudo=corrector_pseudo, quadrature=quadrature,
+                                 **stats)
+    lam = np.linspace(stats["lambdas"][0], stats["lambdas"][-1], int(num_steps) + 1)
+    ts = solver.grid_times(process, np.asarray(process.t_of_log_snr(jnp.asarray(lam)), np.float64))
+    k = x0.shape[0]
+    cost = {"model_evaluations_per_sample": info["model_evaluations"] / k, "jvps_per_sample": info["jvps"] / k,
+            "teacher_calls_per_sample": teacher_calls, "calibration_samples": k, "num_points": int(num_points),
+            "statistics_seconds": info["seconds"], "seconds": time.perf_counter() - start}
+    return solver, jnp.asarray(ts), cost
