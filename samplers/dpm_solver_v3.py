@@ -78,8 +78,8 @@ def _weighted_cells(lam: jax.Array, a: jax.Array, anchor: jax.Array, mask: jax.A
     points), a linear on each cell ("exponential") or the trapezoid rule. mask (N,), a, w (N+1, *E)."""
     h = _cells(lam, a)
     m = mask.reshape(h.shape)
-    a0 = jnp.where(m, a[:-1] - anchor, 0.0)  # masked cells may overflow: keep their exponent at 0
-    a1 = jnp.where(m, a[1:] - anchor, 0.0)
+    a0 = jnp.where(m, a[:-1] - anchor[None], 0.0)  # masked cells may overflow: keep their exponent at 0
+    a1 = jnp.where(m, a[1:] - anchor[None], 0.0)
     if rule == "trapezoid":
         cell = 0.5 * h * (jnp.exp(a0) * w[:-1] + jnp.exp(a1) * w[1:])
     else:
@@ -100,7 +100,7 @@ def _moment_cells(lam: jax.Array, a: jax.Array, i_s: jax.Array, mask: jax.Array,
         return _weighted_cells(lam, a, anchor, mask, jnp.broadcast_to(poly, a.shape), rule)
     h = _cells(lam, a)
     m = mask.reshape(h.shape)
-    a1 = jnp.where(m, a[1:] - anchor, 0.0)
+    a1 = jnp.where(m, a[1:] - anchor[None], 0.0)
     phis = phi_functions(jnp.where(m, a[:-1] - a[1:], 0.0), k + 1)  # phi_{m+1}(-z), z = a1 - a0
     c = (lam[:-1] - lam[i_s]).reshape(h.shape)
     total = sum(c ** (k - j) / math.factorial(k - j) * h**j * phis[j] for j in range(k + 1))
@@ -123,7 +123,7 @@ def derivative_weights(lams: jax.Array, pseudo: bool) -> jax.Array:
         return jnp.stack(rows)
     delta = lams[1:] - lams[0]
     powers = jnp.stack([delta**k for k in range(1, n)], axis=1)  # (i, k): delta_i^k
-    solution = jnp.linalg.solve(powers, eye[1:] - eye[0])  # (k, j)
+    solution = jnp.linalg.solve(powers, eye[1:] - eye[:1])  # (k, j)
     factorials = jnp.asarray([math.factorial(k) for k in range(1, n)], lams.dtype)[:, None]
     return jnp.concatenate([eye[:1], factorials * solution])
 
@@ -266,7 +266,8 @@ class DPMSolverV3(Solver):
         a = L + S
         cells = jnp.arange(grid.shape[0] - 1)
         # B_j = int_{lam_0}^{lam_j} e^{-S} b: each cell's integral (anchor 0), accumulated.
-        b_cells = jax.vmap(lambda j: _weighted_cells(grid, -S, 0.0, cells == j, b, self.quadrature))(cells)
+        b_cells = jax.vmap(lambda j: _weighted_cells(grid, -S, jnp.zeros_like(S[0]), cells == j, b,
+                                                     self.quadrature))(cells)
         B = jnp.concatenate([jnp.zeros_like(b[:1]), jnp.cumsum(b_cells, axis=0)])
         width = self.history()
 
@@ -277,7 +278,7 @@ class DPMSolverV3(Solver):
             gi, gt = index[i_from], index[i_to]
             mask = (cells >= gi) & (cells < gt)
             moments = [_moment_cells(grid, a, gi, mask, k, self.quadrature) for k in range(count)]
-            beta = jnp.exp(S[gi]) * (B - B[gi])
+            beta = jnp.exp(S[gi])[None] * (B - B[gi][None])
             e_b = _weighted_cells(grid, a, a[gi], mask, beta, self.quadrature)
             pts = [newest - p for p in points[:count]]
             weights = derivative_weights(lam_t[jnp.asarray(pts)], pseudo)
