@@ -60,6 +60,22 @@ def g_functions(z: jax.Array, count: int) -> list[jax.Array]:
 
 
 
+def phi_functions(z: jax.Array, count: int) -> list[jax.Array]:
+    """phi_1(z), ..., phi_count(z), phi_{k+1}(z) = sum_{j>=0} z^j / (j + k)! (module docstring): by the series where
+    |z| < 1 (no cancellation), by the recursion phi_{k+1} = (phi_k - 1/k!) / z (phi_0 = e^z) elsewhere."""
+    small = jnp.abs(z) < 1.0
+    z_series = jnp.where(small, z, 0.0)
+    z_closed = jnp.where(small, 1.0, z)
+    out, phi = [], jnp.exp(z_closed)
+    for k in range(count):
+        phi = (phi - 1.0 / math.factorial(k)) / z_closed
+        series = jnp.zeros_like(z_series)
+        for j in range(20, 0, -1):  # Horner: 1/k'! + z (1/(k'+1)! + ...), k' = k + 1
+            series = z_series * (1.0 / math.factorial(j + k + 1) + series)
+        out.append(jnp.where(small, series + 1.0 / math.factorial(k + 1), phi))
+    return out
+
+
 def solve_moments(nodes: jax.Array, moments: jax.Array, size: jax.Array) -> jax.Array:
     """rho with sum_m rho_m nodes_m^k = moments_k, k = 0..size-1, over the first `size` nodes of each row (a
     Vandermonde system, padded with the identity to the fixed width of the table; 0 beyond `size`).

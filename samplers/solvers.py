@@ -18,6 +18,7 @@ from fastsamplers.core import Registry
 from fastsamplers.samplers.adaptive import Adaptive
 from fastsamplers.samplers.ancestral import DDPM
 from fastsamplers.samplers.base import Solver
+from fastsamplers.samplers.dpm_solver_v3 import DPMSolverV3
 from fastsamplers.samplers.linear_table import LinearTable
 from fastsamplers.samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE,
                                              DPMSolverPP3M, DPMSolverPP3MSDE, EulerAncestral, Multistep)
@@ -104,7 +105,7 @@ SOLVERS = Registry("solver", {entry.name: entry for entry in (
         dict(order=3, corrector=False, lower_order_final=False), {})),
     Adaptive, EulerAncestral, EDMStochastic,
     WithCorrector(DPMSolverPP2MSDE), WithCorrector(DPMSolverPP3MSDE),  # UniC refuses them unless eta = 0
-    SASolver, DDPM, Restarted())}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from "
+    SASolver, DDPM, Restarted(), DPMSolverV3)}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from "
                                             "a file: "
                          f"{FILE_SOLVERS.valid()} with path=..."))
 

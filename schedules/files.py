@@ -13,7 +13,9 @@ A learned sampler (`schedules.learn`) is a solver *and* its grid, saved together
      "solver": {"name": "linear_table", "options": {"weights": [[...]], "grid": [...], ...}}, "nfe": M, ...}
 
 It is a schedule file too (its "ts" load through the "file" grid); `samplers.get_solver("file", path=...)` (or
-"olss", "solver_schedule", which also check the method) rebuilds its solver. This layer only writes and validates the
+"olss", "solver_schedule", which also check the method) rebuilds its solver. Options that are arrays (DPM-Solver-v3's
+statistics) are stored beside the JSON in `<path stem>.arrays.npz` (no pickles), the option recorded as
+{"array": key, "file": name, "sha256": ...} and read back as the array. This layer only writes and validates the
 record: building a solver belongs to the samplers above it.
 """
 
@@ -24,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from fastsamplers.core import read_json, write_json
+import os
+
+from fastsamplers.core import read_json, sha256_file, write_json, write_npz
 
 if TYPE_CHECKING:
     import jax
@@ -81,16 +85,35 @@ def save_learned(path: str, solver: NamedSolver, ts: Sequence[float] | np.ndarra
     """Write a learned sampler, the pair (solver, ts) that `schedules.learn` returns, with its provenance (teacher,
     calibration, cost, model, ...) to `path` atomically; `samplers.get_solver("file", path=path)` and
     `get_timesteps("file", process, M, path=path)` load it back. Returns the path."""
-    return write_json(path, learned_record(solver, ts, process=process, method=method, **provenance), indent=1)
+    arrays: dict[str, np.ndarray] = {}
+    record = learned_record(solver, ts, process=process, method=method, arrays=arrays, **provenance)
+    if arrays:
+        arrays_path = os.path.splitext(path)[0] + ".arrays.npz"
+        write_npz(arrays_path, arrays)
+        digest = sha256_file(arrays_path)
+        for name in arrays:
+            record["solver"]["options"][name] = {"array": name, "file": os.path.basename(arrays_path),
+                                                 "sha256": digest}
+    return write_json(path, record, indent=1)
 
 
 def learned_record(solver: NamedSolver, ts: Sequence[float] | np.ndarray | jax.Array, *,
-                   process: Process | str, method: str, **provenance: Any) -> dict[str, Any]:
-    """The record of a learned-sampler file (`save_learned` writes it; a resumable run stores it itself)."""
+                   process: Process | str, method: str, arrays: dict[str, np.ndarray] | None = None,
+                   **provenance: Any) -> dict[str, Any]:
+    """The record of a learned-sampler file (`save_learned` writes it; a resumable run stores it itself). Options
+    that are arrays go into `arrays` (the caller stores them; their place in the record holds None meanwhile);
+    without `arrays` such a solver is refused (save it with `save_learned`)."""
     if not callable(getattr(solver, "spec", None)) or not isinstance(getattr(solver, "name", None), str):
         raise TypeError(f"save_learned stores a samplers.Solver (with a name and a spec), got {type(solver).__name__}")
     spec = solver.spec()  # ValueError where no registry entry rebuilds the solver
-    options = {name: _jsonable(value) for name, value in spec["options"].items()}
+    options = {}
+    for name, value in spec["options"].items():
+        if isinstance(value, np.ndarray) or type(value).__module__.startswith("jax"):
+            if arrays is None:
+                raise ValueError(f"{spec['name']} holds array option {name!r}: save it with schedules.save_learned, "
+                                 f"which stores the arrays beside the JSON")
+            arrays[name], value = np.asarray(value), None
+        options[name] = _jsonable(value)
     return schedule_record(ts, process=process, solver={"name": spec["name"], "options": options},
                            nfe=solver.nfe(len(ts) - 1), method=method, format=LEARNED_FORMAT, **provenance)
 
@@ -105,7 +128,23 @@ def read_learned(path: str, method: str | None = None) -> tuple[np.ndarray, dict
                          f"holding 'name' and 'options'; save one with schedules.save_learned)")
     if method is not None and record.get("method") != method:
         raise ValueError(f"{path} holds a sampler learned by {record.get('method')!r}, not {method!r}")
+    for name, value in solver["options"].items():
+        if isinstance(value, dict) and "array" in value:
+            solver["options"][name] = _stored_array(path, value)
     return ts, record
+
+
+def _stored_array(path: str, entry: dict[str, Any]) -> np.ndarray:
+    """An array option stored beside the learned file at `path` (`save_learned`), checked against its digest."""
+    arrays_path = os.path.join(os.path.dirname(path), os.path.basename(str(entry.get("file"))))
+    if not os.path.isfile(arrays_path):
+        raise ValueError(f"{path} keeps its array option {entry.get('array')!r} in {arrays_path}, which is missing")
+    if entry.get("sha256") and sha256_file(arrays_path) != entry["sha256"]:
+        raise ValueError(f"{arrays_path} does not match the digest recorded in {path}: the arrays were changed")
+    with np.load(arrays_path, allow_pickle=False) as data:
+        if entry["array"] not in data:
+            raise ValueError(f"{arrays_path} has no array {entry['array']!r} (it has {sorted(data.files)})")
+        return np.asarray(data[entry["array"]])
 
 
 def _jsonable(value):

@@ -4,6 +4,8 @@
 - "olss" (`olss.py`): OLSS, a linear table whose every step is fitted by least squares (Duan et al. 2023).
 - "search" (`solver_search.py`): a solver schedule, a per-step choice of method and time point, found by a local
   search that scores whole samples against the teacher (after USF / S3).
+- "dpm_solver_v3" (`ems.py`): DPM-Solver-v3 with the model's empirical statistics l, s, b estimated on the
+  teacher's samples of x_init (or on data given as x0); the teacher only makes those samples.
 
 Each pair runs as `samplers.sample(model_fn, solver, process, x, ts, prediction=...)` and is saved with its
 provenance by `schedules.save_learned(path, solver, ts, process=..., method=...)`; `samplers.get_solver("file",
@@ -22,14 +24,15 @@ from fastsamplers import samplers
 from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
-from fastsamplers.schedules.optimal import multistep_dp, olss, solver_search
+from fastsamplers.schedules.optimal import ems, multistep_dp, olss, solver_search
 from fastsamplers.schedules.optimal.distillation import (SolverSpec, TeacherGrid, _check_step_count,
                                                         _check_teacher_steps)
 from fastsamplers.schedules.optimal.teacher import Teacher
 from fastsamplers.schedules.processes import Process, get_process
 
 METHODS = Registry("learning method", {"dp": multistep_dp.learn_dp, "olss": olss.learn_olss,
-                                       "search": solver_search.learn_search},
+                                       "search": solver_search.learn_search,
+                                       "dpm_solver_v3": ems.learn_dpm_solver_v3},
                    reserved=("teacher", "x_init", "num_steps"))
 
 
@@ -41,7 +44,7 @@ def learn(method: str, model_fn: ModelFn, process: Process | str, x_init: ArrayL
     """Learn an M-step sampler from a teacher on the calibration batch x_init.
 
     Args:
-      method: "dp", "olss" or "search" (module docstring).
+      method: "dp", "olss", "search" or "dpm_solver_v3" (module docstring).
       model_fn, process, x_init, prediction, args: as `samplers.sample` (x_init at t_max is the calibration batch:
         evaluate the result on other noise).
       num_steps: M, the student's steps.
@@ -50,7 +53,8 @@ def learn(method: str, model_fn: ModelFn, process: Process | str, x_init: ArrayL
       t_min, t_max: the ends of the grids (default: the process's).
       return_info: also return a dict of what was found and what it cost (model calls per calibration sample).
       **options: the method's own: dp (solver, window and the solver's options), olss (times, fit, rank), search
-        (solvers, grids, budget, moves, strategies).
+        (solvers, grids, budget, moves, strategies), dpm_solver_v3 (num_points, order, predictor_pseudo, corrector,
+        corrector_pseudo, quadrature, x0, num_probes, chunk_size, seed).
 
     Returns:
       (solver, ts) for `samplers.sample`, and info with return_info.
