@@ -43,6 +43,12 @@ class FlowMap(Solver):
             raise ValueError("flow_map steps to any time, sigma = 0 included; denoise_to_zero (a call of a "
                              "prediction model at ts[-1]) does not apply: end the grid at t = 0 instead")
 
+    @classmethod
+    def variants(cls) -> tuple[dict, ...]:
+        # None for the ODE sweeps (tests/test_order.py, test_coefficients.py, ...): they feed the solvers the
+        # oracle's pointwise predictions, which a flow map is not; tests/test_flow_map.py tests it on exact maps.
+        return ()
+
     @property
     def order(self) -> int:
         # No truncation order: the step is the learned map itself; its error is the map's, not the grid's.

@@ -102,7 +102,7 @@ def student_params(net: Any, teacher_params: Any, shape: tuple) -> Any:
     teacher's, the interval layers are `net`'s initialisation (their last one zero: the student starts as the
     teacher's Euler step)."""
     fresh = net.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, *shape), jnp.float32), jnp.ones((1,)),
-                     jnp.zeros((1,)))
+                     s=jnp.zeros((1,)))
 
     def merge(new, old):
         if isinstance(new, dict):
