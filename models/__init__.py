@@ -1,6 +1,8 @@
-"""Networks, the analytic Gaussian-mixture oracle and exact prediction conversions."""
+"""Networks, the analytic Gaussian-mixture oracle, exact prediction conversions and flow maps."""
 
 from fastsamplers.models.dit import DiT
+from fastsamplers.models import flow_map
+from fastsamplers.models.flow_map import FlowMapFn, FlowMapModel
 from fastsamplers.models.mlp import MLP
 from fastsamplers.models.networks import FLOWS, NETWORKS, get_network
 from fastsamplers.models.oracle import GaussianMixture
@@ -10,4 +12,4 @@ from fastsamplers.models.tarflow import TarFlow
 from fastsamplers.models.unet import UNet
 
 __all__ = ["MLP", "UNet", "DiT", "TarFlow", "FLOWS", "NETWORKS", "get_network", "GaussianMixture", "KINDS", "convert",
-           "converted", "pretrained"]
+           "converted", "pretrained", "flow_map", "FlowMapFn", "FlowMapModel"]

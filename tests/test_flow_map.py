@@ -237,6 +237,7 @@ def _state(workdir, step):
     return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "default"))
 
 
+@pytest.mark.slow  # the teacher's smoke run, then 60 + 30 student steps (three compiles): ~60 s of CPU
 def test_the_smoke_run_checkpoints_both_networks_and_resumes_bit_for_bit(teacher_dir, tmp_path):
     config = _config(teacher_dir)
     whole = tmp_path / "whole"

@@ -22,6 +22,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any
 
 import jax
@@ -174,3 +176,54 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     return dataclasses.replace(base, net=net, model_fn=student, loss_fn=loss_fn, datasets=datasets, solver=solver,
                                ts=ts, generate=generate, sampler_info=info, initial_params=initial,
                                frozen=teacher.args)
+
+
+# The sections of a run's config.json that `restore_run` takes from the run (the rest must be the spec's).
+RUN_SECTIONS = ("flow_map", "train", "eval", "sample")
+
+
+def restore_run(workdir: str, config_spec: str = "experiments/configs/flow_map.py",
+                use_ema: bool | None = None) -> tuple[ml_collections.ConfigDict, Experiment, Any, int]:
+    """The latest checkpoint of a flow-map run.
+
+    The config is `config_spec` with the run's own `flow_map`, `train`, `eval` and `sample` sections from
+    WORKDIR/config.json (the command-line overrides a run was launched with: its teacher_workdir, checkpoint
+    cadence); every other section (model, process, data, loss) must already agree with the run's, else the
+    checkpoint would be read into another network.
+
+    Args:
+      workdir: the run's --workdir.
+      config_spec: the run's training config, "file.py[:arg]".
+      use_ema: the EMA weights (else the raw ones); None: as the run samples (sample.use_ema).
+
+    Returns:
+      (config, experiment, params, step): `experiment = build(config)` (its teacher loaded), params
+      {"student", "aux"}.
+
+    Raises:
+      FileNotFoundError: no config.json or no finished checkpoint in workdir.
+      ValueError: the run's model, process, data or loss sections are not config_spec's.
+    """
+    path = os.path.join(os.path.abspath(workdir), "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a training run's workdir")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    config = checkpoints.load_config(config_spec)
+    for section in RUN_SECTIONS:
+        config[section].update(saved[section])
+    changes = checkpoints.config_changes(saved, json.loads(config.to_json()))
+    if changes:
+        raise ValueError(f"the run in {workdir} was not made with {config_spec}: " + "; ".join(changes))
+    experiment = build(config)
+    reader = checkpoints.manager(workdir, read_only=True)
+    try:
+        step = reader.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint yet")
+        state = checkpoints.restore_state(reader, step, abstract_state(experiment))
+    finally:
+        reader.close()
+    use_ema = config.sample.use_ema if use_ema is None else use_ema
+    return config, experiment, state["ema_params" if use_ema else "params"], int(step)
+
