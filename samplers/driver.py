@@ -103,7 +103,7 @@ def sample(model_fn: ModelFn, solver: Solver | str, process: Process | str, x_in
       ts: strictly decreasing times, num_steps + 1 of them (`schedules.get_timesteps`).
       prediction: what model_fn predicts: "eps", "x0", "v", "velocity" or "score"; or "flow_map", a flow map
         called as model_fn(x, jnp.stack([t, s])[, args]) returning the state at s (the "flow_map" solver only:
-        `samplers.flow_map`).
+        `samplers.flow_map_solver`).
       key: the PRNG key of a stochastic solver (required there): one key, or one per sample along x_init's leading
         axis (then any split of the batch gives the same samples). Deterministic solvers ignore it.
       args: any pytree passed to the model as its third argument (parameters, labels, embeddings); traced, so new

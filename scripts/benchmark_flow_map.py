@@ -3,7 +3,7 @@ its fine solve (`experiments.runs.flow_map_benchmark`, whose docstring says what
 
     python scripts/benchmark_flow_map.py --workdir outputs/flow_map_digits --json experiments/results/flow_map_digits.json
     python scripts/benchmark_flow_map.py --workdir outputs/flow_map_toy2d \\
-        --config experiments/configs/flow_map.py:teacher=toy2d_fm --json experiments/results/flow_map_toy2d.json
+        --config experiments/configs/flow_map_distill.py:teacher=toy2d_fm --json experiments/results/flow_map_toy2d.json
 
 Prints the markdown table and writes it beside the JSON.
 """
@@ -19,7 +19,7 @@ from fastsamplers.experiments.runs import flow_map_benchmark
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="the flow-map run's --workdir")
-    parser.add_argument("--config", default="experiments/configs/flow_map.py",
+    parser.add_argument("--config", default="experiments/configs/flow_map_distill.py",
                         help="the run's training config, file.py[:arg]")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="flow-map steps (= NFE)")
     parser.add_argument("--grids", nargs="+", default=["uniform"], help="the flow map's time grids")

@@ -20,7 +20,7 @@ import pytest
 
 from fastsamplers import models, samplers, schedules
 from fastsamplers.experiments import train
-from fastsamplers.experiments.configs import flow_map as flow_map_config, toy2d_fm
+from fastsamplers.experiments.configs import flow_map_distill as flow_map_config, toy2d_fm
 from fastsamplers.experiments.train import losses
 from fastsamplers.models.conditioning import network_fn
 from fastsamplers.models.flow_map import FlowMapFn, FlowMapModel
@@ -38,6 +38,7 @@ def exact_map(x, t, s):
     return (1 - s) * MEAN + sd(s) / sd(t) * (np.asarray(x, np.float64) - (1 - t) * MEAN)
 
 
+@pytest.mark.slow  # the float64 reference ODE: ~2 s of CPU (the default suite keeps its flow-map tests to 15 s)
 def test_the_gaussian_map_is_the_reference_flow():
     x = GM.marginal_sample(jax.random.PRNGKey(0), 8, 0.9, OT)
     np.testing.assert_allclose(exact_map(x, 0.9, 0.0), samplers.exact_flow_map(GM, OT, x, 0.9, 0.0), atol=1e-9)
@@ -132,7 +133,7 @@ def test_the_prediction_loss_jvp_is_the_finite_difference_in_s(tiny):
         _, t, s, r, eps = loss.draw(jax.random.PRNGKey(4), z)
         t, s = t.astype(jnp.float64), s.astype(jnp.float64)
         assert np.all(t == 1.0) and np.all((0 <= s) & (s <= t))
-        pred = loss.terms(params, z, t, s, r, eps, None)["pred"]
+        pred = jax.jit(lambda p: loss.terms(p, z, t, s, r, eps, None)["pred"])(params)
         # the networks see times in float32 (NetworkFn casts them): the central difference carries rounding
         # ~eps32 / h = 6e-5 relative and truncation ~h^2 = 1e-6; rtol 1e-3 is 10x the two
         h = 1e-3
@@ -148,7 +149,11 @@ def test_the_correction_gradient_is_the_velocity_difference_through_the_student(
         pairs = loss.draw(jax.random.PRNGKey(5), z)
         _, _, _, r, eps = (jnp.asarray(a, jnp.float64) if a.dtype == jnp.float32 else a for a in pairs)
         pairs = tuple(jnp.asarray(a, jnp.float64) for a in pairs)
-        grad = jax.grad(lambda p: loss.terms(p, *pairs, None)["corr"])(params)
+        # the three gradients in one compiled program (op-by-op dispatch of three float64 grads costs more CPU)
+        grad, total, aux_grad = jax.jit(lambda p: (
+            jax.grad(lambda q: loss.terms(q, *pairs, None)["corr"])(p),
+            jax.grad(lambda q: loss.regress(q, *pairs))(p),
+            jax.grad(lambda q: loss.terms(q, *pairs, None)["aux"])(p)))(params)
         x_hat, pullback = jax.vjp(lambda th: fn(th, z, jnp.ones(6), jnp.zeros(6)), params["student"])
         x_r = (1 - r)[:, None] * x_hat + r[:, None] * eps
         g = aux(params["aux"], x_r, r) - _teacher(None, x_r, r)
@@ -159,13 +164,12 @@ def test_the_correction_gradient_is_the_velocity_difference_through_the_student(
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
         assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(grad["aux"]))  # psi sees only its own loss
         # the total: theta gets pred + w corr, psi gets w aux (flow matching on the student's re-noised samples)
-        total = jax.grad(lambda p: loss.regress(p, *pairs))(params)
-        aux_grad = jax.grad(lambda p: loss.terms(p, *pairs, None)["aux"])(params)
         assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(aux_grad["student"]))
         for a, b in zip(jax.tree.leaves(total["aux"]), jax.tree.leaves(aux_grad["aux"])):
             np.testing.assert_allclose(a, 0.7 * b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # 4000 optimiser steps: ~3 s of CPU
 def test_with_a_gaussian_teacher_the_learned_one_step_map_is_the_exact_map():
     """A student affine in x given s: F(z, 1, s) = a(s) z + b(s), a and b polynomials of degree 6 in s per
     dimension; the exact F = ((sigma_s - 1) z - (1 - s) m... ) / (s - 1) is smooth in s, and a degree-6 fit of it is

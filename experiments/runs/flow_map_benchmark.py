@@ -1,12 +1,12 @@
 """A data-free flow map measured against its teacher (`scripts/benchmark_flow_map.py`; issue 28 item 4).
 
-For a flow-map run (`experiments/configs/flow_map.py`, its latest checkpoint, EMA weights by default):
+For a flow-map run (`experiments/configs/flow_map_distill.py`, its latest checkpoint, EMA weights by default):
 
 - the reference: the teacher's fine solve (`reference` solver and steps on the uniform grid) from held-out noise
   (`HELDOUT_STREAM` of the run's seed: the run trained on prior draws of its own streams);
 - the student sampled in `steps` steps of the flow_map solver (NFE = steps) on each of `grids` from the same noise;
 - the teacher at the same NFE with `teacher_solvers` on the uniform grid (Euler at NFE k is also the untrained
-  student: the run starts as the teacher's Euler step, `experiments.train.flow_map`);
+  student: the run starts as the teacher's Euler step, `experiments.train.flow_map_training`);
 - per row the RMSE against the reference (over samples and elements) and the distance to the data: FD-digits for
   digit images (`experiments.metrics.fd_digits`), the exact W2 (`experiments.metrics.transport.w2_exact`) for
   vectors, with W2's data-vs-data floor at the same sample size beside it.
@@ -29,12 +29,12 @@ from fastsamplers import core, samplers
 from fastsamplers.experiments.configs import grid_timesteps
 from fastsamplers.experiments.metrics.transport import w2_exact
 from fastsamplers.experiments.report.tables import render_table
-from fastsamplers.experiments.train import flow_map, straighten
+from fastsamplers.experiments.train import flow_map_training, straighten
 from fastsamplers.experiments.train.experiment import HELDOUT_STREAM
 from fastsamplers.models.flow_map import FlowMapModel
 
 
-def benchmark(workdir: str, json_path: str, *, config_spec: str = "experiments/configs/flow_map.py",
+def benchmark(workdir: str, json_path: str, *, config_spec: str = "experiments/configs/flow_map_distill.py",
               steps=(1, 2, 4), grids=("uniform",), teacher_solvers=("euler", "heun", "dpmpp_2m"),
               reference=("heun", 100), num_samples: int = 2000, use_ema: bool | None = None,
               start_offset: float = 1e-3) -> dict:
@@ -43,7 +43,7 @@ def benchmark(workdir: str, json_path: str, *, config_spec: str = "experiments/c
     Args:
       workdir: the flow-map run's --workdir.
       json_path: the JSON record.
-      config_spec: the run's training config, file.py[:arg] (`flow_map.restore_run`).
+      config_spec: the run's training config, file.py[:arg] (`flow_map_training.restore_run`).
       steps: the flow map's step counts (= NFE), also the teacher's NFEs.
       grids: the flow map's time grids (names of `schedules.GRIDS` between the run's sample.t_max and t_min).
       teacher_solvers: the teacher's solvers at those NFEs, on the uniform grid.
@@ -56,8 +56,8 @@ def benchmark(workdir: str, json_path: str, *, config_spec: str = "experiments/c
       The record written.
     """
     start = time.perf_counter()
-    config, experiment, params, step = flow_map.restore_run(workdir, config_spec, use_ema)
-    teacher = flow_map.load_teacher(config)
+    config, experiment, params, step = flow_map_training.restore_run(workdir, config_spec, use_ema)
+    teacher = flow_map_training.load_teacher(config)
     process, shape = teacher.process, teacher.shape
     t_min, t_max = (process.t_min if config.sample.t_min is None else config.sample.t_min,
                     process.t_max if config.sample.t_max is None else config.sample.t_max)

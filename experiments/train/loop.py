@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from fastsamplers import core
 from fastsamplers.experiments.metrics.transport import w2_exact
 from fastsamplers.experiments.report import figures
-from fastsamplers.experiments.train import checkpoints, flow_map, straighten
+from fastsamplers.experiments.train import checkpoints, flow_map_training, straighten
 from fastsamplers.experiments.train.experiment import (EVAL_STREAM, SAMPLE_STREAM, Experiment, abstract_state, build,
                                           data_batch, init_state, make_sampler, make_train_chunk)
 from fastsamplers.experiments.train.writers import MetricsWriter, end_line, progress_bar, start_lines
@@ -62,7 +62,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # A straightening run (boss.teacher_workdir set) starts from its teacher and trains on the teacher's pool.
     # A flow-map distillation (flow_map.teacher_workdir set) trains a two-time student from its teacher's velocity.
     if config.flow_map.teacher_workdir:
-        experiment = flow_map.build(config)
+        experiment = flow_map_training.build(config)
     else:
         experiment = straighten.build(config, workdir) if config.boss.teacher_workdir else build(config)
     train_cfg = config.train

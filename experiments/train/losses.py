@@ -294,7 +294,7 @@ def make_flow_map_loss(student, teacher, aux, process, *, correction_weight=1.0,
       constrain: optional fn applied to every batch-shaped array (a sharding constraint).
 
     Returns:
-      A `Loss`: `draw(key, z)`, z the prior noise batch (`experiments.train.flow_map.PriorNoise`; no data is read),
+      A `Loss`: `draw(key, z)`, z the prior noise batch (`experiments.train.flow_map_training.PriorNoise`; no data is read),
       gives (z, t, s, r, eps); `regress(params, z, t, s, r, eps, frozen=teacher_params) -> scalar` float32, params
       {"student": ..., "aux": ...}. `terms` has the same arguments and returns the named parts (pred, corr, aux).
     """

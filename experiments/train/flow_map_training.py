@@ -1,7 +1,7 @@
 """Data-free flow-map distillation (FreeFlow, Tong et al. 2025; reference sheet section 9) through the training loop.
 
 `experiments.train.loop.train` calls `build(config)` when `config.flow_map.teacher_workdir` is set
-(`experiments/configs/flow_map.py` is the experiment):
+(`experiments/configs/flow_map_distill.py` is the experiment):
 
 1. The teacher: the latest checkpoint of the run in `flow_map.teacher_workdir`, read with its training config
    `flow_map.teacher_config` (`checkpoints.checkpoint_target`). It must predict velocity on a process on [0, 1] and
@@ -16,7 +16,7 @@
 3. The data: none. The run's dataset is `PriorNoise`, prior draws at t_max (a pure function of (key, step), so a
    resumed run draws exactly what an uninterrupted one does); the real data is only the W2 reference of eval.json.
    The teacher's weights are the loss's `frozen` input (`Experiment.frozen`), arguments of the compiled step.
-4. Samples and eval.json: `flow_map.sample_steps` steps of the flow_map solver (`samplers.flow_map`) on sample.grid.
+4. Samples and eval.json: `flow_map.sample_steps` steps of the flow_map solver (`samplers.flow_map_solver`) on sample.grid.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     auxiliary network as its parameters, prior noise as its data, the flow-map loss and flow-map samples.
 
     Args:
-      config: a training config with flow_map.teacher_workdir set (`experiments/configs/flow_map.py`).
+      config: a training config with flow_map.teacher_workdir set (`experiments/configs/flow_map_distill.py`).
 
     Returns:
       The `Experiment` the training loop runs.
@@ -182,7 +182,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 RUN_SECTIONS = ("flow_map", "train", "eval", "sample")
 
 
-def restore_run(workdir: str, config_spec: str = "experiments/configs/flow_map.py",
+def restore_run(workdir: str, config_spec: str = "experiments/configs/flow_map_distill.py",
                 use_ema: bool | None = None) -> tuple[ml_collections.ConfigDict, Experiment, Any, int]:
     """The latest checkpoint of a flow-map run.
 

@@ -1,18 +1,18 @@
 """Data-free flow-map distillation (FreeFlow, Tong et al. 2025) of a flow-matching run: a student
 f(x, t, s) = x + (s - t) F(x, t, s), the teacher's network with a second time, trained from prior noise only with the
-prediction and marginal-correction losses (`experiments/train/flow_map.py`, `experiments.train.losses.
+prediction and marginal-correction losses (`experiments/train/flow_map_training.py`, `experiments.train.losses.
 make_flow_map_loss`). By default the teacher is digits_fm's UNet.
 
 Launch (from the repository root), after training the teacher:
 
-    python scripts/train.py --config experiments/configs/flow_map.py --workdir outputs/flow_map_digits
+    python scripts/train.py --config experiments/configs/flow_map_distill.py --workdir outputs/flow_map_digits
 
 The run writes the usual checkpoints (student, auxiliary network, both in the EMA and the optimiser state),
 metrics.jsonl, samples and eval.json (W2 of flow_map.sample_steps-step samples). Measure it with
-`python scripts/benchmark_flow_map.py --workdir outputs/flow_map_digits` (FD-digits at 1, 2, 4 steps against the
-teacher and dpmpp / heun at the same NFE).
+`python scripts/benchmark_flow_map.py --workdir outputs/flow_map_digits --json flow_map_digits.json` (FD-digits at
+1, 2, 4 steps against the teacher and euler / heun / dpmpp_2m at the same NFE).
 
-Variants (`flow_map.py:ARG`, comma-separated):
+Variants (`flow_map_distill.py:ARG`, comma-separated):
   teacher=NAME         digits_fm (default: its training config and outputs/digits_fm) | toy2d_fm (the 2-D moons MLP,
                        outputs/toy2d_fm);
   teacher_workdir=DIR  another run of that teacher's config;
