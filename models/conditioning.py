@@ -77,7 +77,8 @@ def add_label_embedding(module: nn.Module, emb: jax.Array, labels: ArrayLike | N
 
 @dataclasses.dataclass(frozen=True)
 class NetworkFn:
-    """`fn(params, x, t, labels=None)`: the network's prediction (see `network_fn`). A frozen dataclass, equal and
+    """`fn(params, x, t, labels=None, s=None)`: the network's prediction (see `network_fn`); `s` only for a
+    two-time network (`second_time=True`: a flow map's F(x, t, s), `models.flow_map`). A frozen dataclass, equal and
     hashable by value (the module definition, the process and the scaling), so that two builds of one architecture
     (two checkpoints, two runs) are the same function to the samplers' compile cache: one compiled program for both.
     """
@@ -90,7 +91,8 @@ class NetworkFn:
     def __post_init__(self) -> None:
         INPUT_SCALINGS.check(self.input_scaling)
 
-    def __call__(self, params: PyTree, x: jax.Array, t: ArrayLike, labels: ArrayLike | None = None) -> jax.Array:
+    def __call__(self, params: PyTree, x: jax.Array, t: ArrayLike, labels: ArrayLike | None = None,
+                 s: ArrayLike | None = None) -> jax.Array:
         process = self.process
         t = jnp.asarray(t, jnp.float32)
         t_batch = jnp.broadcast_to(t, x.shape[:1])
@@ -98,10 +100,16 @@ class NetworkFn:
         if self.input_scaling == "edm":
             alpha, sigma = process.alpha(t_x), process.sigma(t_x)
             x = x * (1.0 / jnp.sqrt((alpha * self.sigma_data) ** 2 + sigma**2)).astype(x.dtype)
-        t_in = 0.25 * jnp.log(process.sigma(t_batch)) if process.t_max > 1.0 else t_batch
+        t_in = self._time_input(t_batch)
         extra = () if labels is None else (labels,)
-        out = self.net.apply(params, x, t_in.astype(jnp.float32), *extra)
+        # a two-time network (a flow map's F(x, t, s), `models.flow_map`) sees s as it sees t
+        second = {} if s is None else {"s": self._time_input(jnp.broadcast_to(jnp.asarray(s, jnp.float32),
+                                                                            x.shape[:1]))}
+        out = self.net.apply(params, x, t_in.astype(jnp.float32), *extra, **second)
         return out.astype(x.dtype)  # type: ignore[union-attr]  # apply returns (out, state) only when mutable
+
+    def _time_input(self, t: jax.Array) -> jax.Array:
+        return (0.25 * jnp.log(self.process.sigma(t)) if self.process.t_max > 1.0 else t).astype(jnp.float32)
 
 
 def network_fn(net: nn.Module, process: Process, input_scaling: str = "none", sigma_data: float = 0.5) -> NetworkFn:

@@ -81,6 +81,13 @@ class MLP(nn.Module):
 
     `zero_init_output` zero-initialises the last layer (an untrained net predicts 0), in both modes.
 
+    `second_time=True` makes it a function of two times, called as (x, t, s) (a flow map's network F(x, t, s),
+    `models.flow_map`): the interval d = t - s enters through layers of its own, named "interval_*", whose last one
+    is zero-initialised, added to what t feeds (the time embedding; with "concat", the first layer's pre-activation,
+    as if d were one more concatenated input). Every other parameter keeps its name and shape, so a one-time net's
+    parameters (a teacher's) are a sub-tree of it, and the two-time net started from them with its zero-initialised
+    interval layers computes F(x, t, s) = the one-time net at (x, t) for every s.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> net = MLP(hidden=8, depth=1, time_input="concat")
@@ -96,6 +103,7 @@ class MLP(nn.Module):
     activation: str = "silu"
     time_input: str = "sinusoidal"
     zero_init_output: bool = True
+    second_time: bool = False
 
     def __post_init__(self) -> None:
         # Wrong names fail when the net is built, not at its first call inside a jitted training step.
@@ -104,19 +112,49 @@ class MLP(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: ArrayLike) -> jax.Array:
+    def __call__(self, x: jax.Array, t: ArrayLike, s: ArrayLike | None = None) -> jax.Array:
         act = get_activation(self.activation)
         out_init = nn.initializers.zeros if self.zero_init_output else nn.linear.default_kernel_init
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:-1])
+        interval = interval_input(self, t, s)
         if self.time_input == "concat":
             h = jnp.concatenate([x, t[..., None].astype(x.dtype)], axis=-1)
-            for _ in range(self.depth):
-                h = act(nn.Dense(self.hidden)(h))
+            for i in range(self.depth):
+                h = nn.Dense(self.hidden)(h)
+                if i == 0 and interval is not None:  # d as one more input column, its weights zero at init
+                    h = h + nn.Dense(self.hidden, use_bias=False, kernel_init=nn.initializers.zeros,
+                                     name="interval_in")(interval[..., None].astype(x.dtype))
+                h = act(h)
             return nn.Dense(x.shape[-1], kernel_init=out_init)(h).astype(x.dtype)
         emb = time_embedding(self.time_scale * t, self.embed_dim)
         emb = nn.Dense(self.hidden)(act(nn.Dense(self.hidden)(emb)))
+        if interval is not None:
+            emb = emb + interval_embedding(self, interval, self.embed_dim, self.hidden, self.time_scale, act)
         h = nn.Dense(self.hidden)(x)
         for _ in range(self.depth):
             h = act(h + emb)
             h = nn.Dense(self.hidden)(h)
         return nn.Dense(x.shape[-1], kernel_init=out_init)(act(h)).astype(x.dtype)
+
+
+def interval_input(module: nn.Module, t: jax.Array, s: ArrayLike | None) -> jax.Array | None:
+    """t - s for a two-time network (`second_time`), None for a one-time one; a mismatch is a ValueError."""
+    name = type(module).__name__
+    if not module.second_time:
+        if s is not None:
+            raise ValueError(f"{name}: a second time s was given to a one-time network (second_time=False)")
+        return None
+    if s is None:
+        raise ValueError(f"{name}(second_time=True) is a function of two times: call it as (x, t, s)")
+    return t - jnp.broadcast_to(jnp.asarray(s, jnp.float32), t.shape)
+
+
+def interval_embedding(module: nn.Module, interval: jax.Array, features: int, width: int, time_scale: float,
+                       act: Callable[[jax.Array], jax.Array] = nn.silu) -> jax.Array:
+    """The embedding of a flow map's interval d = t - s (`second_time` networks): sinusoidal features of
+    time_scale * d, a Dense, `act`, and a zero-initialised Dense to `width`, so that at initialisation the two-time
+    network is its one-time network (MeanFlow, Geng et al. 2025, and shortcut models embed (t, t - s) the same way).
+    `module` is the calling compact module, whose parameters "interval_embed_0/1" this creates."""
+    emb = time_embedding(time_scale * interval, features)
+    emb = nn.Dense(width, name="interval_embed_0", parent=module)(emb)
+    return nn.Dense(width, kernel_init=nn.initializers.zeros, name="interval_embed_1", parent=module)(act(emb))

@@ -22,9 +22,22 @@ KINDS = Registry.of_names("prediction", ("eps", "x0", "v", "velocity", "score"),
                           unknown="unknown {kind} {name!r}; valid predictions: {valid}")
 
 
+# A flow map (`models.flow_map`) returns f(x, t, s), the state at another time s, from model(x, jnp.stack([t, s])):
+# it is no prediction at (x, t), converts to no kind of KINDS, and only the flow-map solver consumes it
+# (`samplers.get_solver("flow_map")`). The kinds a model may be sampled with are KINDS and it.
+FLOW_MAP = "flow_map"
+MODEL_KINDS = Registry.of_names("prediction", (*KINDS, FLOW_MAP), ordered=True,
+                                unknown="unknown {kind} {name!r}; valid predictions: {valid}")
+
+
 def check_kind(kind: str) -> str:
     """`kind` if it is one of `KINDS`; ValueError listing them otherwise."""
     return KINDS.check(kind)
+
+
+def check_model_kind(kind: str) -> str:
+    """`kind` if a model may predict it (`MODEL_KINDS`: `KINDS` or "flow_map"); ValueError listing them otherwise."""
+    return MODEL_KINDS.check(kind)
 
 
 def _coefficients(process, t):
@@ -99,11 +112,15 @@ def convert(pred: jax.Array, from_kind: str, to_kind: str, x: jax.Array, t: Arra
 
 
 def converted(model_fn: ModelFn, from_kind: str, to_kind: str, process: Process) -> ModelFn:
-    """`model_fn(x, t)` (predicting `from_kind`) wrapped to predict `to_kind`; model_fn itself when they agree."""
-    check_kind(from_kind)
-    check_kind(to_kind)
+    """`model_fn(x, t)` (predicting `from_kind`) wrapped to predict `to_kind`; model_fn itself when they agree (a
+    flow map, "flow_map", converts only to itself)."""
+    check_model_kind(from_kind)
+    check_model_kind(to_kind)
     if from_kind == to_kind:
         return model_fn
+    if FLOW_MAP in (from_kind, to_kind):
+        raise ValueError(f"a flow map's output is a state at another time, not a prediction at (x, t): it does not "
+                         f"convert from {from_kind!r} to {to_kind!r}")
 
     def wrapped(x, t):
         return convert(model_fn(x, t), from_kind, to_kind, x, t, process)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from fastsamplers.core.typing import ArrayLike
 from fastsamplers.models.conditioning import add_label_embedding
-from fastsamplers.models.mlp import time_embedding
+from fastsamplers.models.mlp import interval_input, interval_embedding, time_embedding
 
 # DDPM++ "skip_rescale": residual sums are divided by sqrt(2) so their variance stays ~1 through deep stacks.
 _SKIP_SCALE = 1.0 / math.sqrt(2.0)
@@ -61,6 +61,9 @@ class UNet(nn.Module):
     2 ** (len(channel_mult) - 1). `time_scale` multiplies t before the sinusoidal embedding.
     `num_classes` > 0 makes it class-conditional: a learned embedding of the labels (0..num_classes-1; num_classes
     is the null label, also used when labels are None) is added to the time embedding (`models.conditioning`).
+    `second_time=True` makes it a flow map's network F(x, t, s), called with s (`MLP`'s `second_time`): the
+    interval t - s has an embedding of its own ("interval_embed_0/1", the last zero-initialised) added to the time
+    embedding; every other parameter is the one-time UNet's.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -80,6 +83,7 @@ class UNet(nn.Module):
     embed_dim: int | None = None
     time_scale: float = 1000.0
     num_classes: int = 0
+    second_time: bool = False
 
     def __post_init__(self) -> None:
         if self.channels % self.num_groups:
@@ -100,7 +104,8 @@ class UNet(nn.Module):
             )
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: ArrayLike, labels: ArrayLike | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, t: ArrayLike, labels: ArrayLike | None = None,
+                 s: ArrayLike | None = None) -> jax.Array:
         self._check(x)
         batch = x.shape[0]
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
@@ -109,6 +114,9 @@ class UNet(nn.Module):
         emb = time_embedding(self.time_scale * t, self.channels).astype(x.dtype)
         emb = nn.Dense(embed_dim, name="time_embed_0")(emb)
         emb = nn.Dense(embed_dim, name="time_embed_1")(nn.silu(emb))
+        interval = interval_input(self, t, s)
+        if interval is not None:
+            emb = emb + interval_embedding(self, interval, self.channels, embed_dim, self.time_scale).astype(x.dtype)
         emb = add_label_embedding(self, emb, labels, self.num_classes)
 
         def res(h, mult, name):

@@ -35,7 +35,7 @@ def resolve_inputs(model_fn: ModelFn, solver: Solver | str, process: Process | s
     process = get_process(process) if isinstance(process, str) else process
     if not isinstance(process, Process):
         raise TypeError(f"process must be a schedules.Process or a registered name, got {type(process).__name__}")
-    predictions.check_kind(prediction)
+    predictions.check_model_kind(prediction)
     if not callable(model_fn):
         raise TypeError("model_fn must be a callable (x, t) -> prediction")
     x_init = jnp.asarray(x_init)
@@ -59,6 +59,10 @@ def check_ts(ts: ArrayLike, process: Process, solver: Solver, prediction: str) -
         raise ValueError(f"ts must be strictly decreasing (from noise t_max to data t_min), got {ts_np}")
     if ts_np[-1] < 0:
         raise ValueError(f"ts must end at t >= 0, got {ts_np[-1]}")
+    flow_map = predictions.FLOW_MAP
+    if (solver.native == flow_map) != (prediction == flow_map):
+        raise ValueError(f"a flow map (prediction {flow_map!r}) is sampled only by the flow_map solver, which samples "
+                         f"only flow maps; got solver {solver.name!r} with prediction {prediction!r}")
     solver.check_grid(ts_np.shape[0] - 1)
     solver.check_times(process, ts_np)
     with jax.enable_x64(True), jax.ensure_compile_time_eval():  # host-side check, even inside an outer jit
@@ -74,7 +78,7 @@ def check_ts(ts: ArrayLike, process: Process, solver: Solver, prediction: str) -
             f"solver {solver.name!r} evaluates the model at the end of each step, and ts ends at sigma = 0 where no "
             f"prediction is defined; end at t_min > 0 or use a solver that steps to sigma = 0 (e.g. ddim, dpmpp_2m)"
         )
-    if alpha[0] == 0:
+    if alpha[0] == 0 and solver.native != flow_map:  # a flow map never divides by alpha
         if solver.native != "velocity" or prediction != "velocity":
             raise ValueError(
                 f"ts starts at t={ts_np[0]} where alpha = 0 (infinite noise level): only a velocity-space solver "
@@ -97,7 +101,9 @@ def sample(model_fn: ModelFn, solver: Solver | str, process: Process | str, x_in
       process: a `schedules.Process` or a registered name.
       x_init: the state at ts[0], of any shape (leading axes are batch axes for the model).
       ts: strictly decreasing times, num_steps + 1 of them (`schedules.get_timesteps`).
-      prediction: what model_fn predicts: "eps", "x0", "v", "velocity" or "score".
+      prediction: what model_fn predicts: "eps", "x0", "v", "velocity" or "score"; or "flow_map", a flow map
+        called as model_fn(x, jnp.stack([t, s])[, args]) returning the state at s (the "flow_map" solver only:
+        `samplers.flow_map_solver`).
       key: the PRNG key of a stochastic solver (required there): one key, or one per sample along x_init's leading
         axis (then any split of the batch gives the same samples). Deterministic solvers ignore it.
       args: any pytree passed to the model as its third argument (parameters, labels, embeddings); traced, so new

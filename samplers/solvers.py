@@ -19,6 +19,7 @@ from fastsamplers.samplers.adaptive import Adaptive
 from fastsamplers.samplers.ancestral import DDPM
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.dpm_solver_v3 import DPMSolverV3
+from fastsamplers.samplers.flow_map_solver import FlowMap
 from fastsamplers.samplers.linear_table import LinearTable
 from fastsamplers.samplers.multistep import (DDIM, IPNDM, DEISRhoAB, DEISTab, DPMSolverPP2M, DPMSolverPP2MSDE,
                                              DPMSolverPP3M, DPMSolverPP3MSDE, EulerAncestral, Multistep)
@@ -105,9 +106,9 @@ SOLVERS = Registry("solver", {entry.name: entry for entry in (
         dict(order=3, corrector=False, lower_order_final=False), {})),
     Adaptive, EulerAncestral, EDMStochastic,
     WithCorrector(DPMSolverPP2MSDE), WithCorrector(DPMSolverPP3MSDE),  # UniC refuses them unless eta = 0
-    SASolver, DDPM, Restarted(), DPMSolverV3)}, unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from "
-                                            "a file: "
-                         f"{FILE_SOLVERS.valid()} with path=..."))
+    SASolver, DDPM, Restarted(), DPMSolverV3, FlowMap)},
+    unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from a file: "
+             f"{FILE_SOLVERS.valid()} with path=..."))
 
 
 def load_learned(path: str, method: str | None = None) -> tuple[Solver, np.ndarray]:
@@ -136,6 +137,7 @@ def get_solver(name: str, **options: Any) -> Solver:
     ddpm (variance "small" | "large" | "learned", clip_x0; always stochastic);
     restart (base: a deterministic solver's name, spec or object, default "heun"; intervals: a preset of
     `samplers.restart.PRESETS` or (N, K, gamma_min, gamma_max) rows; s_noise; grid, grid_options).
+    flow_map (no options: x <- f(x, t_i, t_{i+1}) with a model of prediction "flow_map", `samplers.flow_map_solver`).
     Every solver takes denoise_to_zero; `lower_order_final` means the same in every multistep solver
     (`samplers.multistep`); `corrector=True` returns the predictor wrapped in UniC (`samplers.unic`). The paper's
     tAB-r is deis_tab with order = r + 1. A learned sampler loads from its file: "file", "olss" or

@@ -124,6 +124,21 @@ def base_config():
     c.boss.calibration_size = 256  # noises whose teacher trajectories price the Bellman DP
     c.boss.pool_size = 2048  # teacher trajectories at the chosen times, made once into WORKDIR/boss_pool.npz
     c.boss.pool_batch = 256  # trajectories per compiled teacher solve while making the pool
+
+    # Data-free flow-map distillation (experiments/train/flow_map_training.py, experiments/configs/flow_map_distill.py): a student
+    # f(x, t, s) = x + (s - t) F(x, t, s), the teacher's network with a second time, trained from prior noise only
+    # (losses.make_flow_map_loss). Off while teacher_workdir is None. When on, the model, data and process sections
+    # must be the teacher's; samples (grids, eval.json) take flow_map.sample_steps steps of the flow_map solver on
+    # sample.grid.
+    c.flow_map = ml_collections.ConfigDict()
+    c.flow_map.teacher_workdir = placeholder(str)  # the teacher run's --workdir (its latest checkpoint)
+    c.flow_map.teacher_config = placeholder(str)  # that run's training config, "file.py[:arg]"
+    c.flow_map.teacher_use_ema = True  # the teacher's EMA weights, else its raw ones
+    c.flow_map.correction_weight = 1.0  # the marginal-correction loss's weight (0 turns it and the aux net off)
+    c.flow_map.start_at_prior = 0.5  # the prediction loss's share of starts at the prior (t = t_max)
+    c.flow_map.r_min = 0.02  # the correction's re-noising levels r ~ U(r_min, r_max)
+    c.flow_map.r_max = 0.98
+    c.flow_map.sample_steps = 1  # steps of the flow_map solver for samples and eval.json
     return c
 
 

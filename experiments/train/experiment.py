@@ -66,6 +66,9 @@ class Experiment:
     generate: Any  # fn(params, key, n, shape) -> n samples
     sampler_info: dict  # how `generate` samples, for titles and eval.json
     initial_params: Any = None  # the parameters at step 0 (a fine-tuning run's); None = the network's random init
+    # Inputs of the loss that are not trained (a distillation teacher's weights), passed to `loss_fn.regress` as
+    # frozen=...: arguments of the compiled step, never constants folded into it. None: the loss takes none.
+    frozen: Any = None
 
     @property
     def is_flow(self):
@@ -376,7 +379,8 @@ def make_train_chunk(experiment: Experiment, num_steps: int) -> Callable:
       num_steps: the steps one call runs (the loop calls chunks up to its next log / checkpoint / sample step).
 
     Returns:
-      A jitted fn(state, datasets) -> (state, losses (num_steps,), params_finite).
+      A jitted fn(state, datasets, frozen=None) -> (state, losses (num_steps,), params_finite); frozen is
+      `experiment.frozen`.
     """
     config = experiment.config
     root = jax.random.PRNGKey(config.seed)
@@ -392,26 +396,27 @@ def make_train_chunk(experiment: Experiment, num_steps: int) -> Callable:
             for r, dataset in enumerate(datasets)
         )
 
-    def objective(params, pairs):  # multi-resolution: the mean of the per-size losses
-        return sum(experiment.loss_fn.regress(params, *triple) for triple in pairs) / len(pairs)
+    def objective(params, pairs, frozen):  # multi-resolution: the mean of the per-size losses
+        extra = {} if frozen is None else {"frozen": frozen}
+        return sum(experiment.loss_fn.regress(params, *triple, **extra) for triple in pairs) / len(pairs)
 
-    def one_step(state, pairs):
-        loss, grads = jax.value_and_grad(objective)(state["params"], pairs)
+    def one_step(state, pairs, frozen):
+        loss, grads = jax.value_and_grad(objective)(state["params"], pairs, frozen)
         updates, opt_state = experiment.optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], params)
         return {"step": state["step"] + 1, "params": params, "ema_params": ema, "opt_state": opt_state}, loss
 
-    def chunk(state, datasets):  # the datasets are arguments, not constants folded into the program
+    def chunk(state, datasets, frozen=None):  # datasets and frozen are arguments, not constants in the program
         if num_steps == 1:  # no loop: XLA's CPU backend runs convolutions inside a while loop ~10x slower
-            state, loss = one_step(state, draw(state["step"], datasets))
+            state, loss = one_step(state, draw(state["step"], datasets), frozen)
             chunk_losses = loss[None]
         else:
             # All the chunk's pairs first, as one batched computation: a host-side coupling (scipy's assignment)
             # then gets every step's problem in one call and solves them on parallel threads.
             steps = state["step"] + jnp.arange(num_steps, dtype=state["step"].dtype)
             pairs = jax.vmap(draw, in_axes=(0, None))(steps, datasets)
-            state, chunk_losses = jax.lax.scan(one_step, state, pairs)
+            state, chunk_losses = jax.lax.scan(lambda state, pairs: one_step(state, pairs, frozen), state, pairs)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state["params"])]))
         return state, chunk_losses, finite
 

@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from fastsamplers import core
 from fastsamplers.experiments.metrics.transport import w2_exact
 from fastsamplers.experiments.report import figures
-from fastsamplers.experiments.train import checkpoints, straighten
+from fastsamplers.experiments.train import checkpoints, flow_map_training, straighten
 from fastsamplers.experiments.train.experiment import (EVAL_STREAM, SAMPLE_STREAM, Experiment, abstract_state, build,
                                           data_batch, init_state, make_sampler, make_train_chunk)
 from fastsamplers.experiments.train.writers import MetricsWriter, end_line, progress_bar, start_lines
@@ -60,7 +60,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         written before it are left intact.
     """
     # A straightening run (boss.teacher_workdir set) starts from its teacher and trains on the teacher's pool.
-    experiment = straighten.build(config, workdir) if config.boss.teacher_workdir else build(config, workdir)
+    # A flow-map distillation (flow_map.teacher_workdir set) trains a two-time student from its teacher's velocity.
+    if config.flow_map.teacher_workdir:
+        experiment = flow_map_training.build(config)
+    else:
+        experiment = straighten.build(config, workdir) if config.boss.teacher_workdir else build(config, workdir)
     train_cfg = config.train
     is_main = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
@@ -88,7 +92,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             n = min(train_cfg.steps_per_call, _next_boundary(train_cfg, step) - step)
             if n not in chunks:
                 chunks[n] = make_train_chunk(experiment, n)
-            state, chunk_losses, finite = chunks[n](state, experiment.datasets)
+            state, chunk_losses, finite = chunks[n](state, experiment.datasets, experiment.frozen)
             pending.append((step, chunk_losses))
             step += n
             progress.update(n)
@@ -194,13 +198,15 @@ def evaluate(experiment: Experiment, state: dict) -> dict:
     config = experiment.config
     params = _params_for_sampling(experiment, state)
     root = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
-    loss_fn = jax.jit(lambda p, key, dataset, data_key, i: experiment.loss_fn(
-        p, key, *data_batch(experiment, dataset, data_key, i, config.train.batch_size)))
+    extra = {} if experiment.frozen is None else {"frozen": experiment.frozen}
+    loss_fn = jax.jit(lambda p, key, dataset, data_key, i, extra: experiment.loss_fn.regress(
+        p, *experiment.loss_fn.draw(key, *data_batch(experiment, dataset, data_key, i, config.train.batch_size)),
+        **extra))
     eval_losses = []
     for r, dataset in enumerate(experiment.datasets):
         for i in range(config.eval.loss_batches):
             eval_losses.append(float(loss_fn(params, jax.random.fold_in(root, i), dataset,
-                                             jax.random.fold_in(root, 1000 + r), i)))
+                                             jax.random.fold_in(root, 1000 + r), i, extra)))
     result = {
         "step": int(state["step"]),
         "eval_loss": float(np.mean(eval_losses)),

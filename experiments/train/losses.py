@@ -250,3 +250,111 @@ def make_flow_loss(flow, noise_std, label_dropout=0.0, constrain=None):
         return jnp.mean(nll(flow, params, x, labels if flow.num_classes else None).astype(jnp.float32))
 
     return Loss(draw, regress)
+
+
+def make_flow_map_loss(student, teacher, aux, process, *, correction_weight=1.0, start_at_prior=0.5,
+                       r_min=0.02, r_max=0.98, t_min=None, t_max=None, constrain=None):
+    """Data-free flow-map distillation (FreeFlow, Tong et al. 2025; reference sheet section 9, whose losses come
+    from secondary summaries: the forms below are derived here and tested in tests/test_flow_map.py).
+
+    The student f(x, t, s) = x + (s - t) F(x, t, s) (`models.flow_map.FlowMapFn`) learns the teacher's flow from
+    prior noise z alone (t_max the noise end, t_min the data end; t = 1 and 0 on the OT path):
+
+    - prediction loss: the student's generating velocity is the teacher's velocity at the student's own state,
+          L_pred = mean || d/ds f(x_t, t, s) - sg(u_T(f(x_t, t, s), s)) ||^2,
+      d/ds by `jax.jvp` in s (= F + (s - t) dF/ds). The start is x_t = z at t = t_max with probability
+      `start_at_prior` (the brief's one-step map f(z, t_max, s)), else x_t = sg(f(z, t_max, t)), the student's own
+      state at t ~ U(t_min, t_max): the states a multi-step flow-map sampler starts its later steps from. s ~ U(t_min,
+      t) (uniform in time). Its minimiser is the teacher's flow map: d/ds x_s = u_T(x_s, s) with x_t = x is the ODE.
+    - correction (VSD / DMD style): the one-step sample x_hat = f(z, t_max, t_min), re-noised to
+      x_r = alpha(r) x_hat + sigma(r) eps, r ~ U(r_min, r_max). An auxiliary velocity network v_psi, trained by flow
+      matching on those samples (L_aux = mean || v_psi(sg(x_r), r) - (alpha'(r) sg(x_hat) + sigma'(r) eps) ||^2),
+      estimates the velocity of the student's noised marginal; theta is moved along g = sg(v_psi - u_T)(x_r) through
+      x_hat by the surrogate
+          L_corr = 1/2 mean || x_hat - sg(x_hat + g) ||^2,   dL_corr / d x_hat = -g / N (N elements),
+      whose value is 1/2 mean ||g||^2. Why the sign: with x = alpha x0 + sigma eps, E[velocity | x] =
+      (alpha' / alpha) x + (sigma' - alpha' sigma / alpha) E[eps | x] and E[eps | x] = -sigma score, so
+      v_psi - u_T = -sigma (sigma' - alpha' sigma / alpha) (score_student - score_teacher) = c(r) (score_teacher -
+      score_student) with c(r) = sigma^2 d/dr log(sigma / alpha) > 0 (on the OT path c = r / (1 - r)): moving x_hat
+      along g descends KL(p_student,r || p_teacher,r), whose gradient in x_r is score_student - score_teacher
+      (Wang et al. 2023, VSD; Yin et al. 2024, DMD), with the weight 1 / c(r) folded into r's sampling.
+    The total is L_pred + correction_weight (L_corr + L_aux); the stop-gradients make theta see only L_pred and
+    L_corr and psi only L_aux, so one gradient step updates both networks jointly. correction_weight = 0 drops the
+    correction and the auxiliary network's training (static: no compute spent on them).
+
+    Args:
+      student: a `models.flow_map.FlowMapFn`, fn(params, x, t, s).
+      teacher: fn(params, x, t) -> velocity dx/dt (a `conditioning.NetworkFn` of a flow-matching run).
+      aux: fn(params, x, t) -> velocity, the auxiliary network (the teacher's architecture).
+      process: the `schedules.Process` of the teacher (alpha, sigma and their derivatives re-noise x_hat).
+      correction_weight: the weight of the correction (a Python float; 0 turns it off).
+      start_at_prior: the probability that the prediction loss starts at z (t = t_max).
+      r_min, r_max: the re-noising levels' range.
+      t_min, t_max: the data and noise ends (default the process's).
+      constrain: optional fn applied to every batch-shaped array (a sharding constraint).
+
+    Returns:
+      A `Loss`: `draw(key, z)`, z the prior noise batch (`experiments.train.flow_map_training.PriorNoise`; no data is read),
+      gives (z, t, s, r, eps); `regress(params, z, t, s, r, eps, frozen=teacher_params) -> scalar` float32, params
+      {"student": ..., "aux": ...}. `terms` has the same arguments and returns the named parts (pred, corr, aux).
+    """
+    t_min = process.t_min if t_min is None else float(t_min)
+    t_max = process.t_max if t_max is None else float(t_max)
+    if not 0.0 <= start_at_prior <= 1.0:
+        raise ValueError(f"start_at_prior must lie in [0, 1], got {start_at_prior}")
+    if not t_min < r_min < r_max < t_max and correction_weight:
+        raise ValueError(f"the re-noising range must satisfy t_min={t_min} < r_min={r_min} < r_max={r_max} < "
+                         f"t_max={t_max}")
+    if not correction_weight >= 0:
+        raise ValueError(f"correction_weight must be >= 0, got {correction_weight}")
+    constrain = constrain or (lambda x: x)
+
+    def draw(key, z):
+        k_start, k_t, k_s, k_r, k_eps = jax.random.split(key, 5)
+        n = z.shape[0]
+        t = jnp.where(jax.random.bernoulli(k_start, start_at_prior, (n,)), t_max,
+                      jax.random.uniform(k_t, (n,), jnp.float32, t_min, t_max)).astype(jnp.float32)
+        s = t_min + (t - t_min) * jax.random.uniform(k_s, (n,), jnp.float32)
+        r = jax.random.uniform(k_r, (n,), jnp.float32, r_min, r_max)
+        eps = jax.random.normal(k_eps, z.shape, z.dtype)
+        return tuple(constrain(a) for a in (z, t, s, r, eps))
+
+    def expand(v, x):
+        return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+
+    def terms(params, z, t, s, r, eps, frozen):
+        theta, psi = params["student"], params["aux"]
+        n = z.shape[0]
+        start = jnp.full((n,), t_max, jnp.float32)
+        # the start state: z itself at t_max, else the student's own state there (no gradient through it)
+        x_t = jnp.where(expand(t == t_max, z) > 0, z, jax.lax.stop_gradient(student(theta, z, start, t)))
+        x_s, dx_ds = jax.jvp(lambda s_: student(theta, x_t, t, s_), (s,), (jnp.ones_like(s),))
+        target = jax.lax.stop_gradient(teacher(frozen, x_s, s))
+        out = {"pred": jnp.mean(jnp.square((dx_ds - target).astype(jnp.float32)))}
+        if not correction_weight:
+            return out
+        x_hat = student(theta, z, start, jnp.full((n,), t_min, jnp.float32))
+        alpha, sigma = expand(process.alpha(r), z), expand(process.sigma(r), z)
+        x_r = jax.lax.stop_gradient(alpha * x_hat + sigma * eps)
+        g = jax.lax.stop_gradient(aux(psi, x_r, r) - teacher(frozen, x_r, r))
+        out["corr"] = 0.5 * jnp.mean(jnp.square((x_hat - jax.lax.stop_gradient(x_hat + g)).astype(jnp.float32)))
+        velocity = predictions.from_x0_eps("velocity", jax.lax.stop_gradient(x_hat), eps, expand(r, z), process)
+        out["aux"] = jnp.mean(jnp.square((aux(psi, x_r, r) - velocity).astype(jnp.float32)))
+        return out
+
+    def regress(params, z, t, s, r, eps, frozen=None):
+        parts = terms(params, z, t, s, r, eps, frozen)
+        return parts["pred"] + correction_weight * (parts.get("corr", 0.0) + parts.get("aux", 0.0))
+
+    return FlowMapLoss(draw, regress, terms)
+
+
+class FlowMapLoss(NamedTuple):
+    """A `Loss` with the flow-map objective's named parts (`make_flow_map_loss`): `terms(params, *pairs, frozen)`."""
+
+    draw: Callable
+    regress: Callable
+    terms: Callable
+
+    def __call__(self, params, key, *batch, frozen=None):
+        return self.regress(params, *self.draw(key, *batch), frozen=frozen)
