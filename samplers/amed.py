@@ -50,7 +50,7 @@ import numpy as np
 from flax import traverse_util
 
 from fastsamplers.core import Registry
-from fastsamplers.samplers.base import Model, Solver, StepInputs, cast_like
+from fastsamplers.samplers.base import Model, Solver, StepInputs, cast_like, step_inputs
 from fastsamplers.samplers.multistep import IPNDM_WEIGHTS, check_lower_order_final, dpmpp_weights, step_orders
 from fastsamplers.samplers.pytrees import is_real, known
 
@@ -332,3 +332,26 @@ class AMED(Solver):
             spec["options"]["r"] = np.asarray(self.r)
         return spec
 
+
+
+def teacher_forced(solver: AMED, model: Model, process: Process, xs: jax.Array,
+                   ts: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """Single-step students: step n starts from xs[n] (the teacher's state at ts[n]) and carries the base's history
+    from the student's own previous step, gradient stopped (`training/loss.py`: the buffers are detached).
+
+    Args:
+      solver: an `AMED` solver.
+      model: (x, t) -> the solver's native prediction.
+      xs: (num_steps + 1, *x.shape) the teacher's states on ts.
+      ts: the student's grid.
+
+    Returns:
+      (the student's states at ts[1:], (num_steps, *x.shape); (r, c, a) per step).
+    """
+    def body(state, args):
+        x_n, inp = args
+        x_next, state, rca = solver.forced_step(model, process, x_n, state, inp)
+        return jax.lax.stop_gradient(state), (x_next, rca)
+
+    _, (out, rca) = jax.lax.scan(body, solver.init(xs[0]), (xs[:-1], step_inputs(solver, process, ts)))
+    return out, rca

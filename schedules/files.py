@@ -20,11 +20,12 @@ record: building a solver belongs to the samplers above it.
 from __future__ import annotations
 
 import datetime
+import os
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from fastsamplers.core import read_json, write_json
+from fastsamplers.core import read_json, write_json, write_npz
 
 if TYPE_CHECKING:
     import jax
@@ -81,7 +82,32 @@ def save_learned(path: str, solver: NamedSolver, ts: Sequence[float] | np.ndarra
     """Write a learned sampler, the pair (solver, ts) that `schedules.learn` returns, with its provenance (teacher,
     calibration, cost, model, ...) to `path` atomically; `samplers.get_solver("file", path=path)` and
     `get_timesteps("file", process, M, path=path)` load it back. Returns the path."""
-    return write_json(path, learned_record(solver, ts, process=process, method=method, **provenance), indent=1)
+    record = learned_record(solver, ts, process=process, method=method, **provenance)
+    arrays: dict[str, np.ndarray] = {}
+    record["solver"]["options"] = _arrays_out(record["solver"]["options"], arrays, "")
+    if arrays:  # a learned network's parameters (samplers.amed): an npz beside the JSON, read without pickle
+        name = os.path.basename(path) + ".npz"
+        write_npz(os.path.join(os.path.dirname(os.path.abspath(path)), name), arrays)
+        record["arrays"] = name
+    return write_json(path, record, indent=1)
+
+
+def _arrays_out(value, arrays, key):
+    """value with every numpy array replaced by {"npz": key} and stored in `arrays` under that key."""
+    if isinstance(value, dict):
+        return {k: _arrays_out(v, arrays, f"{key}/{k}" if key else k) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        arrays[key] = value
+        return {"npz": key}
+    return value
+
+
+def _arrays_in(value, arrays):
+    if isinstance(value, dict):
+        if set(value) == {"npz"}:
+            return arrays[value["npz"]]
+        return {k: _arrays_in(v, arrays) for k, v in value.items()}
+    return value
 
 
 def learned_record(solver: NamedSolver, ts: Sequence[float] | np.ndarray | jax.Array, *,
@@ -105,6 +131,13 @@ def read_learned(path: str, method: str | None = None) -> tuple[np.ndarray, dict
                          f"holding 'name' and 'options'; save one with schedules.save_learned)")
     if method is not None and record.get("method") != method:
         raise ValueError(f"{path} holds a sampler learned by {record.get('method')!r}, not {method!r}")
+    if "arrays" in record:
+        beside = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.basename(str(record["arrays"])))
+        if not os.path.exists(beside):
+            raise ValueError(f"{path} keeps its arrays in {beside}, which is missing: copy it with the JSON file")
+        with np.load(beside, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        record["solver"]["options"] = _arrays_in(record["solver"]["options"], arrays)
     return ts, record
 
 
