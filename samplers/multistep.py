@@ -349,7 +349,7 @@ def dpmpp_weights(h: jax.Array, h_prev: jax.Array, h_prev2: jax.Array, step_orde
     and nonzero where the order uses them. Shared by `_DPMSolverPP.table` and AMED's plugin (samplers/amed.py),
     whose points are per-sample."""
     phi1, phi2, phi3 = (p[..., None] for p in _phi(h if h_phi is None else h_phi))
-    e0, e1, e2 = (jnp.asarray(np.eye(3)[k], h.dtype) for k in range(3))
+    e0, e1, e2 = (jnp.asarray(np.eye(3)[k], h.dtype).reshape((1,) * jnp.ndim(h) + (3,)) for k in range(3))
     r0 = jnp.where(step_order >= 2, h_prev / h, 1.0)[..., None]
     r1 = jnp.where(step_order >= 3, h_prev2 / h, 1.0)[..., None]
     # Coefficient vectors on (m0, m1, m2), the x0 predictions at t_i, t_{i-1}, t_{i-2}.

@@ -39,16 +39,16 @@ def refined(process, ts: jax.Array, insert: int) -> jax.Array:
 
 def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str = "euler", order: int | None = None,
                afs: bool = False, scale_dir: float = 0.0, scale_time: float = 0.0, grid: str = "logsnr",
-               grid_options: dict | None = None, teacher_solver: str = "published", insert: int | None = None,
+               grid_options: dict | None = None, teacher_kind: str = "published", insert: int | None = None,
                iterations: int = 300, learning_rate: float = 5e-3, batch_size: int | None = None,
                seed: int = 0) -> tuple[AMED, jax.Array, dict[str, Any]]:
     """The AMED solver of `num_steps` steps (2 num_steps - afs model calls) with a trained predictor.
 
     Args:
-      teacher: the `teacher.Teacher` (model, process, t_min / t_max; its solver is used with teacher_solver="given").
+      teacher: the `teacher.Teacher` (model, process, t_min / t_max; its solver is used with teacher_kind="given").
       base, order, afs, scale_dir, scale_time: the `samplers.amed.AMED` options.
       grid, grid_options: the student's grid (`schedules.get_timesteps`).
-      teacher_solver: "published" (module docstring) or "given" (the teacher's own solver).
+      teacher_kind: "published" (module docstring) or "given" (the teacher's own solver).
       insert: M, the teacher's points inside each student interval (default: the published M, or with "given"
         teacher.num_steps // num_steps - 1).
       iterations, learning_rate, batch_size, seed: Adam's iterations, step size, minibatch (default the whole
@@ -58,8 +58,9 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
       (AMED with params, ts, info: the loss before and after, the mean (r, c, a) per step, seconds, model calls per
       calibration sample of the teacher and of the training).
     """
-    if teacher_solver not in ("published", "given"):
-        raise ValueError(f"teacher_solver must be 'published' or 'given', got {teacher_solver!r}")
+    if teacher_kind not in ("published", "given"):
+        raise ValueError(f"teacher_kind must be 'published' or 'given' (learn's teacher_solver), "
+                         f"got {teacher_kind!r}")
     for name, value, low in (("iterations", iterations, 0), ("num_steps", num_steps, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -69,7 +70,7 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
     process = teacher.process
     student = AMED(base=base, order=order, afs=afs, scale_dir=scale_dir, scale_time=scale_time)
     ts = get_timesteps(grid, process, num_steps, t_min=teacher.t_min, t_max=teacher.t_max, **(grid_options or {}))
-    if teacher_solver == "published":
+    if teacher_kind == "published":
         name, options, m = PUBLISHED_TEACHERS[base]
         fine_solver = samplers.get_solver(name, **options)
     else:

@@ -53,7 +53,7 @@ def learn(method: str, model_fn: ModelFn, process: Process | str, x_init: ArrayL
       return_info: also return a dict of what was found and what it cost (model calls per calibration sample).
       **options: the method's own: dp (solver, window and the solver's options), olss (times, fit, rank), search
         (solvers, grids, budget, moves, strategies), amed (base, order, afs, scale_dir, scale_time, grid,
-        teacher_solver, insert, iterations, learning_rate, batch_size, seed; num_steps is AMED's steps, 2 model
+        teacher_kind, insert, iterations, learning_rate, batch_size, seed; num_steps is AMED's steps, 2 model
         calls each).
 
     Returns:
