@@ -108,7 +108,6 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
         raise FloatingPointError(f"amed training diverged: calibration loss {float(loss1)} after {iterations} "
                                  f"iterations (lower learning_rate)")
     solver = dataclasses.replace(student, params=params)
-    b = x_init.shape[0]
     info = {"loss_initial": float(loss0), "loss": float(loss1), "r": np.asarray(jnp.mean(r, axis=-1)).tolist(),
             "c": np.asarray(jnp.mean(c, axis=-1)).tolist(), "a": np.asarray(jnp.mean(a, axis=-1)).tolist(),
             "teacher": {"solver": fine_solver.spec(), "insert": m, "steps": int(fine.shape[0] - 1)},
