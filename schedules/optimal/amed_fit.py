@@ -21,10 +21,13 @@ import numpy as np
 import optax
 
 from fastsamplers import samplers
+from fastsamplers.core import Registry
 from fastsamplers.samplers.amed import AMED, init_params, teacher_forced
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.optimal.teacher import Teacher
 
+TEACHER_KINDS = Registry.of_names("AMED teacher_kind", ("published", "given"), ordered=True,
+                                  unknown="unknown {kind} {name!r}; valid: {valid} (given: learn's teacher_solver)")
 # base: (the published teacher's solver, its options, M)
 PUBLISHED_TEACHERS = {"euler": ("heun", {}, 1), "ipndm": ("ipndm", {"order": 4}, 2), "dpmpp": ("dpmpp_3m", {}, 2)}
 
@@ -58,9 +61,7 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
       (AMED with params, ts, info: the loss before and after, the mean (r, c, a) per step, seconds, model calls per
       calibration sample of the teacher and of the training).
     """
-    if teacher_kind not in ("published", "given"):
-        raise ValueError(f"teacher_kind must be 'published' or 'given' (learn's teacher_solver), "
-                         f"got {teacher_kind!r}")
+    TEACHER_KINDS.check(teacher_kind)
     for name, value, low in (("iterations", iterations, 0), ("num_steps", num_steps, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
