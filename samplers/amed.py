@@ -333,25 +333,43 @@ class AMED(Solver):
         return spec
 
 
+STUDENTS = Registry.of_names("AMED students", ("single", "chained", "unrolled"), ordered=True,
+                              unknown="amed: unknown {kind} {name!r}; valid: {valid}")
 
-def teacher_forced(solver: AMED, model: Model, process: Process, xs: jax.Array,
-                   ts: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    """Single-step students: step n starts from xs[n] (the teacher's state at ts[n]) and carries the base's history
-    from the student's own previous step, gradient stopped (`training/loss.py`: the buffers are detached).
+
+def student_states(solver: AMED, model: Model, process: Process, xs: jax.Array, ts: jax.Array,
+                   students: str = "single") -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """The student's state after each step against the teacher's states xs, as AMED's training loss reads them.
+
+    `students` (`training/training_loop.py` L194-L215, `training/loss.py`):
+    - "single": step n starts from xs[n], the teacher's state (the published choice for single-step students,
+      "euler"); the base's history comes from the student's own previous steps, gradient stopped (the published
+      buffers are detached).
+    - "chained": step n starts from the student's own x_n with its own history, both gradient stopped (the
+      published choice for multistep students: `latents = stu_out`, which loss.py returns detached), so each step's
+      loss sees only its own step's parameters' effect.
+    - "unrolled": the whole student trajectory, x_n and history carried with their gradients: the loss at step n
+      differentiates through every earlier step (backpropagation through the sampler; not in the published code).
 
     Args:
       solver: an `AMED` solver.
       model: (x, t) -> the solver's native prediction.
-      xs: (num_steps + 1, *x.shape) the teacher's states on ts.
+      xs: (num_steps + 1, *x.shape) the teacher's states on ts (xs[0], the common start).
       ts: the student's grid.
+      students: "single", "chained" or "unrolled".
 
     Returns:
       (the student's states at ts[1:], (num_steps, *x.shape); (r, c, a) per step).
     """
-    def body(state, args):
-        x_n, inp = args
-        x_next, state, rca = solver.forced_step(model, process, x_n, state, inp)
-        return jax.lax.stop_gradient(state), (x_next, rca)
+    STUDENTS.check(students)
+    stop = jax.lax.stop_gradient if students != "unrolled" else (lambda v: v)
 
-    _, (out, rca) = jax.lax.scan(body, solver.init(xs[0]), (xs[:-1], step_inputs(solver, process, ts)))
+    def body(carry, args):
+        x_own, state = carry
+        x_tea, inp = args
+        x_next, state, rca = solver.forced_step(model, process, x_tea if students == "single" else x_own, state, inp)
+        return (stop(x_next), stop(state)), (x_next, rca)
+
+    carry = (xs[0], solver.init(xs[0]))
+    _, (out, rca) = jax.lax.scan(body, carry, (xs[:-1], step_inputs(solver, process, ts)))
     return out, rca

@@ -4,8 +4,10 @@
 The teacher runs the student's grid with `insert` points added inside each interval (equal steps in log-SNR), and its
 states at the student's points are the targets: (M + 1) N teacher steps. "published" teachers: Heun with M = 1 for
 the AMED-Solver (base "euler"), the base solver itself with M = 2 for the plugins (iPNDM of order 4, DPM-Solver++(3M)).
-The students are single-step: step n starts from the teacher's x_n, and the loss is the mean over steps and samples
-of ||x_stu_{n+1} - x_tea_{n+1}||^2 (summed over elements). Adam (optax), lr 5e-3, full-batch or minibatch
+The students (`samplers.amed.student_states`) are single-step for the AMED-Solver (step n starts from the teacher's
+x_n) and chained for the plugins (the student's own x_n and history), as published, or unrolled (gradients through the
+whole student trajectory); the loss is the mean over steps and samples of ||x_stu_{n+1} - x_tea_{n+1}||^2 (summed over
+elements). Adam (optax), lr 5e-3, full-batch or minibatch
 iterations, all of them one compiled `lax.scan`.
 """
 
@@ -22,12 +24,14 @@ import optax
 
 from fastsamplers import samplers
 from fastsamplers.core import Registry
-from fastsamplers.samplers.amed import AMED, init_params, teacher_forced
+from fastsamplers.samplers.amed import AMED, STUDENTS, init_params, student_states
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.optimal.teacher import Teacher
 
 TEACHER_KINDS = Registry.of_names("AMED teacher_kind", ("published", "given"), ordered=True,
                                   unknown="unknown {kind} {name!r}; valid: {valid} (given: learn's teacher_solver)")
+LOSSES = Registry.of_names("AMED loss", ("steps", "final"), ordered=True,
+                            unknown="unknown {kind} {name!r}; valid: {valid} (steps: every step's error, as published)")
 # base: (the published teacher's solver, its options, M)
 PUBLISHED_TEACHERS = {"euler": ("heun", {}, 1), "ipndm": ("ipndm", {"order": 4}, 2), "dpmpp": ("dpmpp_3m", {}, 2)}
 
@@ -44,7 +48,7 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
                afs: bool = False, scale_dir: float = 0.0, scale_time: float = 0.0, grid: str = "logsnr",
                grid_options: dict | None = None, teacher_kind: str = "published", insert: int | None = None,
                iterations: int = 300, learning_rate: float = 5e-3, batch_size: int | None = None,
-               seed: int = 0) -> tuple[AMED, jax.Array, dict[str, Any]]:
+               students: str | None = None, loss: str = "steps", seed: int = 0) -> tuple[AMED, jax.Array, dict[str, Any]]:
     """The AMED solver of `num_steps` steps (2 num_steps - afs model calls) with a trained predictor.
 
     Args:
@@ -54,6 +58,10 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
       teacher_kind: "published" (module docstring) or "given" (the teacher's own solver).
       insert: M, the teacher's points inside each student interval (default: the published M, or with "given"
         teacher.num_steps // num_steps - 1).
+      students: "single", "chained" or "unrolled" (`samplers.amed.student_states`; default: "single" for "euler",
+        "chained" for the plugins, as published).
+      loss: "steps", the mean of every step's squared error (published), or "final", the last state's only (with
+        "unrolled" students, the sampler's own output against the teacher's).
       iterations, learning_rate, batch_size, seed: Adam's iterations, step size, minibatch (default the whole
         calibration batch) and the seed of the parameters and minibatches.
 
@@ -62,6 +70,9 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
       calibration sample of the teacher and of the training).
     """
     TEACHER_KINDS.check(teacher_kind)
+    students = ("single" if base == "euler" else "chained") if students is None else students
+    STUDENTS.check(students)
+    LOSSES.check(loss)
     for name, value, low in (("iterations", iterations, 0), ("num_steps", num_steps, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -86,9 +97,9 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
     size = x_init.shape[0] if batch_size is None else min(int(batch_size), x_init.shape[0])
 
     def loss_fn(p, xs_batch):
-        out, rca = teacher_forced(dataclasses.replace(student, params=p), model, process, xs_batch, ts)
+        out, rca = student_states(dataclasses.replace(student, params=p), model, process, xs_batch, ts, students)
         err = jnp.sum((out - xs_batch[1:]).reshape(out.shape[0], out.shape[1], -1) ** 2, axis=-1)
-        return jnp.mean(err), rca
+        return jnp.mean(err[-1] if loss == "final" else err), rca
 
     @jax.jit
     def train(p, xs_all, key):
@@ -115,5 +126,5 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
             # per calibration sample: the teacher's solve, and the student's calls over the training's minibatches
             "model_calls": {"teacher": fine_solver.nfe(int(fine.shape[0] - 1)),
                             "training": iterations * size * student.nfe(num_steps) / x_init.shape[0]},
-            "seconds": time.perf_counter() - start, "iterations": iterations}
+            "seconds": time.perf_counter() - start, "iterations": iterations, "students": students, "loss": loss}
     return solver, ts, info
