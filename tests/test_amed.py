@@ -10,7 +10,7 @@ import pytest
 
 from fastsamplers import samplers, schedules
 from fastsamplers.models import GaussianMixture
-from fastsamplers.samplers.amed import AMED, init_params
+from fastsamplers.samplers.amed import AMED, init_params, student_states
 from fastsamplers.schedules.optimal.amed_fit import refined
 
 P = schedules.get_process("vp_linear")
@@ -92,6 +92,44 @@ def test_trained_predictor_lowers_the_teacher_distance(oracle, trained):
         dist = {name: float(jnp.sqrt(jnp.mean((samplers.sample(model, s, P, x, ts)[0] - teacher) ** 2)))
                 for name, s in (("trained", solver), ("untrained", dataclasses.replace(solver, params=None)))}
     assert dist["trained"] < 0.7 * dist["untrained"], dist
+
+
+@pytest.fixture(scope="module")
+def student_case(oracle):
+    """A dpmpp plugin with a predictor (AFS, float32) and its own trajectory from `samplers.sample`."""
+    with jax.enable_x64(False):
+        model = oracle.model_fn(P, "x0")
+        solver = AMED(base="dpmpp", afs=True, scale_dir=0.1, params=init_params(jax.random.PRNGKey(8), 2, 0.1))
+        ts = schedules.get_timesteps("logsnr", P, 3, t_min=1e-3)
+        x = P.prior(jax.random.PRNGKey(9), (8, 2))
+        _, info = samplers.sample(model, solver, P, x, ts, prediction="x0", save_trajectory=True)
+    return model, solver, ts, x, info["trajectory"]
+
+
+def test_student_modes_follow_the_sampler(student_case):
+    """The training's student paths run the sampler: "chained" from the common start and "single" restarted from
+    the sampler's own states give its states bitwise ("unrolled" is "chained" without the stop_gradient)."""
+    model, solver, ts, x, xs = student_case
+    with jax.enable_x64(False):
+        for mode, start in (("chained", jnp.broadcast_to(x, xs.shape)), ("single", xs)):
+            out, _ = student_states(solver, model, P, start, ts, mode)
+            np.testing.assert_array_equal(out, xs[1:], err_msg=mode)
+
+
+@pytest.mark.slow
+def test_unrolled_students_differentiate_through_the_trajectory(student_case):
+    """The same forward pass; the gradient of the last state differs: "unrolled" goes through every earlier step,
+    "chained" through the last step alone."""
+    model, solver, ts, x, xs = student_case
+
+    def last(params, mode):
+        out, _ = student_states(dataclasses.replace(solver, params=params), model, P, jnp.broadcast_to(x, xs.shape),
+                                ts, mode)
+        return jnp.sum(out[-1] ** 2)
+
+    with jax.enable_x64(False):
+        grads = {m: jax.grad(last)(solver.params, m)["map_layer0/kernel"] for m in ("chained", "unrolled")}
+    assert np.all(np.isfinite(grads["unrolled"])) and not np.allclose(grads["chained"], grads["unrolled"])
 
 
 def test_learned_file_round_trip_is_bitwise(oracle, tmp_path):

@@ -26,6 +26,9 @@ ROWS = {  # label: options of schedules.learn("amed", ...)
     "AMED-Solver": {"base": "euler"},
     "AMED-Plugin iPNDM": {"base": "ipndm"},
     "AMED-Plugin DPM-Solver++(3M)": {"base": "dpmpp"},
+    # the student unrolled with gradients through its trajectory, trained on its last state (not published)
+    "AMED-Plugin iPNDM, unrolled": {"base": "ipndm", "students": "unrolled", "loss": "final"},
+    "AMED-Plugin DPM-Solver++(3M), unrolled": {"base": "dpmpp", "students": "unrolled", "loss": "final"},
 }
 
 
@@ -99,3 +102,57 @@ def markdown(rows: list, nfes) -> str:
                                 f"{cells[n]['model_calls']} calls)" for n in nfes])
     return render_table(["RMSE vs exact (ratio to best fixed; untrained; learn time, calls per calibration sample)"]
                         + [f"NFE {n}" for n in nfes], lines)
+
+
+DIGITS_FIXED = {"DEIS tAB2, uniform": ("deis_tab", {"order": 3}, "uniform"),
+                "DPM-Solver++(2M), logsnr": ("dpmpp_2m", {}, "logsnr")}
+
+
+def digits_rows(train_config: str, checkpoint_dir: str, *, nfe: int = 5, num_samples: int = 2000,
+                calibration: int = 512, teacher_steps: int = 200, iterations: int = 400, grid: str = "quadratic",
+                rows: dict | None = None, seed: int = 0) -> list[dict]:
+    """FD-digits of AMED rows against the fixed cells of `DIGITS_FIXED` on a trained digits model at one NFE, all
+    from the same `num_samples` starting noises (the calibration batch is other noise).
+
+    Args:
+      train_config, checkpoint_dir: the run (`experiments.train.checkpoint_target`).
+      nfe, num_samples, calibration, teacher_steps, iterations, grid: as `benchmark`.
+      rows: {label: learn options} (default ROWS).
+      seed: the noises' seed.
+
+    Returns:
+      [{"kind", "label", "nfe", "fd_digits", "seconds", ...}] (AMED rows with the learn info's loss and (r, c, a)).
+    """
+    from fastsamplers.experiments.metrics import fd_digits
+    from fastsamplers.experiments.train import checkpoint_target
+
+    target = checkpoint_target(train_config, checkpoint_dir)
+    process = target.process
+    x_init = process.prior(jax.random.PRNGKey(seed), (num_samples, *target.shape), dtype=np.float32)
+    x_cal = process.prior(jax.random.PRNGKey(seed + 1), (calibration, *target.shape), dtype=np.float32)
+    common = dict(prediction=target.prediction, args=target.args)
+    out = []
+    for label, (name, options, grid_name) in DIGITS_FIXED.items():
+        solver = samplers.get_solver(name, **options)
+        start = time.perf_counter()
+        ts = schedules.get_timesteps(grid_name, process, solver.steps_for_nfe(nfe))
+        x, _ = samplers.sample(target.model_fn, solver, process, x_init, ts, **common)
+        out.append(dict(kind="fixed", label=label, grid=grid_name, nfe=nfe, fd_digits=fd_digits.fd_digits(
+            np.asarray(x, np.float64)), seconds=time.perf_counter() - start))
+        print(f"  {out[-1]}", flush=True)
+    n, afs = steps_and_afs(nfe)
+    for label, options in dict(ROWS if rows is None else rows).items():
+        start = time.perf_counter()
+        solver, ts, info = schedules.learn("amed", target.model_fn, process, x_cal, n, return_info=True, afs=afs,
+                                           grid=grid, teacher_kind="given", insert=max(teacher_steps // n - 1, 1),
+                                           iterations=iterations, **common, **options)
+        x, res = samplers.sample(target.model_fn, solver, process, x_init, ts, **common)
+        if res["nfe"] != nfe:
+            raise RuntimeError(f"{label}: {res['nfe']} model calls, not NFE {nfe}")
+        out.append(dict(kind="learned", label=label, nfe=nfe, fd_digits=fd_digits.fd_digits(np.asarray(x, np.float64)),
+                        seconds=time.perf_counter() - start, loss=[info["loss_initial"], info["loss"]], r=info["r"],
+                        c=info["c"], a=info["a"]))
+        print(f"  {out[-1]}", flush=True)
+    print(render_table([f"digits FD at NFE {nfe} ({num_samples} samples)", "FD-digits", "seconds"],
+                       [[r["label"], f"{r['fd_digits']:.3f}", f"{r['seconds']:.0f}"] for r in out]))
+    return out

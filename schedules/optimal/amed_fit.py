@@ -126,5 +126,5 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
             # per calibration sample: the teacher's solve, and the student's calls over the training's minibatches
             "model_calls": {"teacher": fine_solver.nfe(int(fine.shape[0] - 1)),
                             "training": iterations * size * student.nfe(num_steps) / x_init.shape[0]},
-            "seconds": time.perf_counter() - start, "iterations": iterations, "students": students, "loss": loss}
+            "seconds": time.perf_counter() - start, "iterations": iterations, "students": students, "objective": loss}
     return solver, ts, info
