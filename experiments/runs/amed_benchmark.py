@@ -27,8 +27,11 @@ ROWS = {  # label: options of schedules.learn("amed", ...)
     "AMED-Plugin iPNDM": {"base": "ipndm"},
     "AMED-Plugin DPM-Solver++(3M)": {"base": "dpmpp"},
     # the student unrolled with gradients through its trajectory, trained on its last state (not published)
-    "AMED-Plugin iPNDM, unrolled": {"base": "ipndm", "students": "unrolled", "loss": "final"},
-    "AMED-Plugin DPM-Solver++(3M), unrolled": {"base": "dpmpp", "students": "unrolled", "loss": "final"},
+    # with the published plugin's ranges (README: --scale_dir=0.01 --scale_time=0.2)
+    "AMED-Plugin iPNDM, unrolled": {"base": "ipndm", "students": "unrolled", "loss": "final", "scale_dir": 0.01,
+                                    "scale_time": 0.2},
+    "AMED-Plugin DPM-Solver++(3M), unrolled": {"base": "dpmpp", "students": "unrolled", "loss": "final",
+                                               "scale_dir": 0.01, "scale_time": 0.2},
 }
 
 
