@@ -359,6 +359,34 @@ def _phi(h):
     return phi1, jnp.where(finite, phi2, 1.0), jnp.where(finite, phi3, 0.0)
 
 
+def dpmpp_weights(h: jax.Array, h_prev: jax.Array, h_prev2: jax.Array, step_order: jax.Array, width: int,
+                  h_phi: jax.Array | None = None, second_order_rule: str = "midpoint",
+                  variant: str = "published") -> jax.Array:
+    """b (..., width): the weights of the x0 predictions (m0, m1, m2) at lambda_i, lambda_i - h_prev,
+    lambda_i - h_prev - h_prev2 in a DPM-Solver++ step of size h in lambda and order step_order (1-3), so that
+    x_t = (sigma_t / sigma_s) x_s + alpha_t b . m (Lu et al. 2022, Alg. 2 and its 3M form). h_phi is the step the phi
+    functions see (the SDE's (1 + eta) h; default h), possibly inf (a step to sigma = 0); h, h_prev, h_prev2 finite
+    and nonzero where the order uses them. Shared by `_DPMSolverPP.table` and AMED's plugin (samplers/amed.py),
+    whose points are per-sample."""
+    phi1, phi2, phi3 = (p[..., None] for p in _phi(h if h_phi is None else h_phi))
+    e0, e1, e2 = (jnp.asarray(np.eye(3)[k], h.dtype).reshape((1,) * jnp.ndim(h) + (3,)) for k in range(3))
+    r0 = jnp.where(step_order >= 2, h_prev / h, 1.0)[..., None]
+    r1 = jnp.where(step_order >= 3, h_prev2 / h, 1.0)[..., None]
+    # Coefficient vectors on (m0, m1, m2), the x0 predictions at t_i, t_{i-1}, t_{i-2}.
+    first = -phi1 * e0
+    if second_order_rule == "midpoint":
+        second = -phi1 * (e0 + 0.5 * (e0 - e1) / r0)
+    else:
+        second = -phi1 * e0 + phi2 * (e0 - e1) / r0
+    d1_0, d1_1 = (e0 - e1) / r0, (e1 - e2) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    d2_weight = 2.0 if variant == "third_order" else 1.0
+    third = -phi1 * e0 + phi2 * d1 - d2_weight * phi3 * d2
+    o = jnp.asarray(step_order)[..., None]
+    return jnp.where(o == 1, first, jnp.where(o == 2, second, third))[..., :width]
+
+
 @dataclasses.dataclass(frozen=True)
 class _DPMSolverPP(LinearMultistep):
     """DPM-Solver++ multistep. With `corrector=True` the registry wraps it in UniC (`samplers.unic`): its 2M update is
@@ -401,25 +429,10 @@ class _DPMSolverPP(LinearMultistep):
         h_safe = jnp.where(jnp.isfinite(h), h, 1.0)
         h_prev = jnp.concatenate([jnp.ones(1, h.dtype), h_safe[:-1]])
         h_prev2 = jnp.concatenate([jnp.ones(2, h.dtype), h_safe[:-2]])[:n]
-        r0 = jnp.where(step_order >= 2, h_prev / h_safe, 1.0)[:, None]
-        r1 = jnp.where(step_order >= 3, h_prev2 / h_safe, 1.0)[:, None]
         # The SDE (Lu et al. 2022, k-diffusion's dpmpp_*_sde) integrates the x0 terms over (1 + eta) h and damps x by
         # e^{-eta h}. eta given as 0 is static (samplers.pytrees.TracedOptions): the ODE's coefficients, bit for bit.
-        phi1, phi2, phi3 = (p[:, None] for p in _phi(h * (1.0 + self.eta) if self.stochastic else h))
-        e0, e1, e2 = (jnp.asarray(np.eye(3)[k], h.dtype)[None, :] for k in range(3))
-        # Coefficient vectors on (m0, m1, m2), the x0 predictions at t_i, t_{i-1}, t_{i-2}.
-        first = -phi1 * e0
-        if self.second_order_rule == "midpoint":
-            second = -phi1 * (e0 + 0.5 * (e0 - e1) / r0)
-        else:
-            second = -phi1 * e0 + phi2 * (e0 - e1) / r0
-        d1_0, d1_1 = (e0 - e1) / r0, (e1 - e2) / r1
-        d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        d2_weight = 2.0 if self.variant == "third_order" else 1.0
-        third = -phi1 * e0 + phi2 * d1 - d2_weight * phi3 * d2
-        o = step_order[:, None]
-        b = jnp.where(o == 1, first, jnp.where(o == 2, second, third))[:, : self.order]
+        b = dpmpp_weights(h_safe, h_prev, h_prev2, step_order, self.order,
+                          h * (1.0 + self.eta) if self.stochastic else h, self.second_order_rule, self.variant)
         a = sigma[1:] / sigma[:-1]
         if not self.stochastic:
             return a, alpha[1:, None] * b

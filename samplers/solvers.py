@@ -16,6 +16,7 @@ import numpy as np
 
 from fastsamplers.core import Registry
 from fastsamplers.samplers.adaptive import Adaptive
+from fastsamplers.samplers.amed import AMED
 from fastsamplers.samplers.ancestral import DDPM
 from fastsamplers.samplers.base import Solver
 from fastsamplers.samplers.dpm_solver_v3 import DPMSolverV3
@@ -106,7 +107,7 @@ SOLVERS = Registry("solver", {entry.name: entry for entry in (
         dict(order=3, corrector=False, lower_order_final=False), {})),
     Adaptive, EulerAncestral, EDMStochastic,
     WithCorrector(DPMSolverPP2MSDE), WithCorrector(DPMSolverPP3MSDE),  # UniC refuses them unless eta = 0
-    SASolver, DDPM, Restarted(), DPMSolverV3, FlowMap)},
+    SASolver, DDPM, Restarted(), DPMSolverV3, FlowMap, AMED)},
     unknown=("unknown {kind} {name!r}; valid names: {valid}, or a learned sampler from a file: "
              f"{FILE_SOLVERS.valid()} with path=..."))
 
@@ -136,8 +137,10 @@ def get_solver(name: str, **options: Any) -> Solver:
     (predictor_order, corrector_order, tau, tau_interval, variant, lower_order_final; tau = 0 is deterministic),
     ddpm (variance "small" | "large" | "learned", clip_x0; always stochastic);
     restart (base: a deterministic solver's name, spec or object, default "heun"; intervals: a preset of
-    `samplers.restart.PRESETS` or (N, K, gamma_min, gamma_max) rows; s_noise; grid, grid_options).
-    flow_map (no options: x <- f(x, t_i, t_{i+1}) with a model of prediction "flow_map", `samplers.flow_map_solver`).
+    `samplers.restart.PRESETS` or (N, K, gamma_min, gamma_max) rows; s_noise; grid, grid_options);
+    flow_map (no options: x <- f(x, t_i, t_{i+1}) with a model of prediction "flow_map", `samplers.flow_map_solver`);
+    amed (base "euler" | "ipndm" | "dpmpp", order, lower_order_final, afs, scale_dir, scale_time, r, params: a
+    predictor from `schedules.learn("amed", ...)`; `samplers.amed`).
     Every solver takes denoise_to_zero; `lower_order_final` means the same in every multistep solver
     (`samplers.multistep`); `corrector=True` returns the predictor wrapped in UniC (`samplers.unic`). The paper's
     tAB-r is deis_tab with order = r + 1. A learned sampler loads from its file: "file", "olss" or

@@ -14,8 +14,9 @@ A learned sampler (`schedules.learn`) is a solver *and* its grid, saved together
 
 It is a schedule file too (its "ts" load through the "file" grid); `samplers.get_solver("file", path=...)` (or
 "olss", "solver_schedule", which also check the method) rebuilds its solver. Options that are arrays (DPM-Solver-v3's
-statistics) are stored beside the JSON in `<path stem>.arrays.npz` (no pickles), the option recorded as
-{"array": key, "file": name, "sha256": ...} and read back as the array. This layer only writes and validates the
+statistics) or flat dicts of arrays (an AMED predictor's parameters) are stored beside the JSON in
+`<path stem>.arrays.npz` (no pickles), the option recorded as {"array": key, "file": name, "sha256": ...} (a dict:
+{"arrays": {name: key}, ...}) and read back as the array or the dict. This layer only writes and validates the
 record: building a solver belongs to the samplers above it.
 """
 
@@ -91,9 +92,15 @@ def save_learned(path: str, solver: NamedSolver, ts: Sequence[float] | np.ndarra
         arrays_path = os.path.splitext(path)[0] + ".arrays.npz"
         write_npz(arrays_path, arrays)
         digest = sha256_file(arrays_path)
-        for name in arrays:
-            record["solver"]["options"][name] = {"array": name, "file": os.path.basename(arrays_path),
-                                                 "sha256": digest}
+        stored = {"file": os.path.basename(arrays_path), "sha256": digest}
+        for key in arrays:
+            name, _, inner = key.partition("/")
+            if inner:  # one entry of a dict of arrays
+                entry = record["solver"]["options"][name] or dict(stored, arrays={})
+                entry["arrays"][inner] = key
+                record["solver"]["options"][name] = entry
+            else:
+                record["solver"]["options"][name] = dict(stored, array=key)
     return write_json(path, record, indent=1)
 
 
@@ -101,18 +108,23 @@ def learned_record(solver: NamedSolver, ts: Sequence[float] | np.ndarray | jax.A
                    process: Process | str, method: str, arrays: dict[str, np.ndarray] | None = None,
                    **provenance: Any) -> dict[str, Any]:
     """The record of a learned-sampler file (`save_learned` writes it; a resumable run stores it itself). Options
-    that are arrays go into `arrays` (the caller stores them; their place in the record holds None meanwhile);
+    that are arrays, or flat dicts of arrays (stored as "option/key"), go into `arrays` (the caller stores them;
+    their place in the record holds None meanwhile);
     without `arrays` such a solver is refused (save it with `save_learned`)."""
     if not callable(getattr(solver, "spec", None)) or not isinstance(getattr(solver, "name", None), str):
         raise TypeError(f"save_learned stores a samplers.Solver (with a name and a spec), got {type(solver).__name__}")
     spec = solver.spec()  # ValueError where no registry entry rebuilds the solver
     options = {}
     for name, value in spec["options"].items():
-        if isinstance(value, np.ndarray) or type(value).__module__.startswith("jax"):
+        entries = {name: value} if _is_array(value) else (
+            {f"{name}/{k}": v for k, v in value.items()} if isinstance(value, dict) and value and all(
+                _is_array(v) for v in value.values()) else {})
+        if entries:
             if arrays is None:
                 raise ValueError(f"{spec['name']} holds array option {name!r}: save it with schedules.save_learned, "
                                  f"which stores the arrays beside the JSON")
-            arrays[name], value = np.asarray(value), None
+            arrays.update({key: np.asarray(v) for key, v in entries.items()})
+            value = None
         options[name] = _jsonable(value)
     return schedule_record(ts, process=process, solver={"name": spec["name"], "options": options},
                            nfe=solver.nfe(len(ts) - 1), method=method, format=LEARNED_FORMAT, **provenance)
@@ -131,6 +143,9 @@ def read_learned(path: str, method: str | None = None) -> tuple[np.ndarray, dict
     for name, value in solver["options"].items():
         if isinstance(value, dict) and "array" in value:
             solver["options"][name] = _stored_array(path, value)
+        elif isinstance(value, dict) and isinstance(value.get("arrays"), dict):
+            solver["options"][name] = {k: _stored_array(path, dict(value, array=key))
+                                       for k, key in value["arrays"].items()}
     return ts, record
 
 
@@ -145,6 +160,10 @@ def _stored_array(path: str, entry: dict[str, Any]) -> np.ndarray:
         if entry["array"] not in data:
             raise ValueError(f"{arrays_path} has no array {entry['array']!r} (it has {sorted(data.files)})")
         return np.asarray(data[entry["array"]])
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray) or type(value).__module__.startswith("jax")
 
 
 def _jsonable(value):

@@ -139,8 +139,11 @@ def test_dpm_solver_pp_final_step_to_zero_returns_x0_hat():
 
 
 # Every registered fixed-step solver in every variant, by the prediction it consumes (read from the registry).
+# AMED's afs replaces the first model call by the direction of unit-Gaussian data, x / sqrt(alpha^2 + sigma^2), so a
+# constant prediction is not what its first step sees: its variants without afs are tested.
 _VARIANTS = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()
-             if samplers.get_solver(name, **opts).static_nfe and not samplers.get_solver(name, **opts).stochastic]
+             if samplers.get_solver(name, **opts).static_nfe and not samplers.get_solver(name, **opts).stochastic
+             and not opts.get("afs")]
 EPS_SOLVERS = [(n, o) for n, o in _VARIANTS if samplers.get_solver(n, **o).native == "eps"]
 X0_SOLVERS = [(n, o) for n, o in _VARIANTS if samplers.get_solver(n, **o).native == "x0"]
 VELOCITY_SOLVERS = [(n, o) for n, o in _VARIANTS if samplers.get_solver(n, **o).native == "velocity"]

@@ -108,7 +108,12 @@ def test_single_step_solvers_reach_their_order(config):
     assert abs(order - solver.convergence_order) <= 0.5, (solver, order)
 
 
-@pytest.mark.parametrize("config", MULTISTEP_SWEEP, ids=_id)
+# AMED's plugins keep per-sample log-SNRs of their inserted points in the history; `past_state(xs, preds)` is not
+# told the grid, so no exact start exists for them (their global order is tested below).
+EXACT_START = one_per_kind([c for c in MULTISTEP if c[0] != "amed"], unpack=False)
+
+
+@pytest.mark.parametrize("config", EXACT_START, ids=_id)
 def test_multistep_formula_order_with_exact_start(config):
     solver = samplers.get_solver(config[0], **config[1])
     order = fitted_order(exact_start_errors(solver, process_for(solver)))

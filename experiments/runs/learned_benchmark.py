@@ -67,21 +67,8 @@ def benchmark(json_path: str, *, nfes=(4, 5, 6, 8, 10), calibration: int = 1024,
     for method, _ in learned.values():
         METHODS.check(method)
     nfes = [int(n) for n in nfes]
-    p = schedules.get_process("vp_linear")
-    gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=8, num_components=6)
-    model = gm.model_fn(p)
-    x_cal = gm.marginal_sample(jax.random.PRNGKey(1), calibration, p.t_max, p)
-    x_eval = gm.marginal_sample(jax.random.PRNGKey(2), evaluation, p.t_max, p)
-    exact = samplers.exact_flow_map(gm, p, x_eval, p.t_max, p.t_min)
-    rmse = lambda x: float(jnp.sqrt(jnp.mean((x - exact) ** 2)))  # noqa: E731
-    rows = []
-    for label, (name, options) in fixed.items():
-        solver = samplers.get_solver(name, **options)
-        for grid in GRIDS:
-            for nfe in nfes:
-                ts = schedules.get_timesteps(grid, p, solver.steps_for_nfe(nfe))
-                x, _ = samplers.sample(model, solver, p, x_eval, ts, check_finite=False)
-                rows.append(dict(kind="fixed", label=label, grid=grid, nfe=nfe, rmse=rmse(x)))
+    p, model, x_cal, x_eval, rmse = problem(calibration, evaluation)
+    rows = fixed_rows(p, model, x_eval, rmse, nfes, fixed)
     for label, (method, options) in learned.items():
         options = dict(options, budget=budget) if method == "search" else options
         for nfe in nfes:
@@ -107,6 +94,29 @@ def benchmark(json_path: str, *, nfes=(4, 5, 6, 8, 10), calibration: int = 1024,
     core.write_json(json_path, record, indent=1)
     core.write_atomic(os.path.splitext(json_path)[0] + ".md", table + "\n")
     return record
+
+
+def problem(calibration: int, evaluation: int) -> tuple:
+    """(process, model, calibration batch, held-out batch, the RMSE of a held-out result against the exact map)."""
+    p = schedules.get_process("vp_linear")
+    gm = GaussianMixture.random(jax.random.PRNGKey(0), dim=8, num_components=6)
+    x_cal = gm.marginal_sample(jax.random.PRNGKey(1), calibration, p.t_max, p)
+    x_eval = gm.marginal_sample(jax.random.PRNGKey(2), evaluation, p.t_max, p)
+    exact = samplers.exact_flow_map(gm, p, x_eval, p.t_max, p.t_min)
+    return p, gm.model_fn(p), x_cal, x_eval, lambda x: float(jnp.sqrt(jnp.mean((x - exact) ** 2)))
+
+
+def fixed_rows(p, model, x_eval, rmse, nfes, fixed: dict | None = None) -> list:
+    """The rows of every fixed solver of `fixed` (default FIXED) on every grid of GRIDS at every NFE."""
+    rows = []
+    for label, (name, options) in (FIXED if fixed is None else fixed).items():
+        solver = samplers.get_solver(name, **options)
+        for grid in GRIDS:
+            for nfe in nfes:
+                ts = schedules.get_timesteps(grid, p, solver.steps_for_nfe(nfe))
+                x, _ = samplers.sample(model, solver, p, x_eval, ts, check_finite=False)
+                rows.append(dict(kind="fixed", label=label, grid=grid, nfe=nfe, rmse=rmse(x)))
+    return rows
 
 
 def markdown(rows: list, nfes) -> str:

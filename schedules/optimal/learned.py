@@ -6,6 +6,8 @@
   search that scores whole samples against the teacher (after USF / S3).
 - "dpm_solver_v3" (`ems.py`): DPM-Solver-v3 with the model's empirical statistics l, s, b estimated on the
   teacher's samples of x_init (or on data given as x0); the teacher only makes those samples.
+- "amed" (`amed_fit.py`): the AMED predictor (an intermediate time and scales per step, `samplers.amed`) distilled
+  from the base solver on a refined grid (Zhou et al. 2024).
 
 Each pair runs as `samplers.sample(model_fn, solver, process, x, ts, prediction=...)` and is saved with its
 provenance by `schedules.save_learned(path, solver, ts, process=..., method=...)`; `samplers.get_solver("file",
@@ -24,14 +26,14 @@ from fastsamplers import samplers
 from fastsamplers.core import Registry
 from fastsamplers.core.typing import ArrayLike, ModelFn, PyTree
 from fastsamplers.models import predictions
-from fastsamplers.schedules.optimal import ems, multistep_dp, olss, solver_search
+from fastsamplers.schedules.optimal import amed_fit, ems, multistep_dp, olss, solver_search
 from fastsamplers.schedules.optimal.distillation import (SolverSpec, TeacherGrid, _check_step_count,
                                                         _check_teacher_steps)
 from fastsamplers.schedules.optimal.teacher import Teacher
 from fastsamplers.schedules.processes import Process, get_process
 
 METHODS = Registry("learning method", {"dp": multistep_dp.learn_dp, "olss": olss.learn_olss,
-                                       "search": solver_search.learn_search,
+                                       "search": solver_search.learn_search, "amed": amed_fit.learn_amed,
                                        "dpm_solver_v3": ems.learn_dpm_solver_v3},
                    reserved=("teacher", "x_init", "num_steps"))
 
@@ -44,7 +46,7 @@ def learn(method: str, model_fn: ModelFn, process: Process | str, x_init: ArrayL
     """Learn an M-step sampler from a teacher on the calibration batch x_init.
 
     Args:
-      method: "dp", "olss", "search" or "dpm_solver_v3" (module docstring).
+      method: "dp", "olss", "search", "dpm_solver_v3" or "amed" (module docstring).
       model_fn, process, x_init, prediction, args: as `samplers.sample` (x_init at t_max is the calibration batch:
         evaluate the result on other noise).
       num_steps: M, the student's steps.
@@ -54,7 +56,9 @@ def learn(method: str, model_fn: ModelFn, process: Process | str, x_init: ArrayL
       return_info: also return a dict of what was found and what it cost (model calls per calibration sample).
       **options: the method's own: dp (solver, window and the solver's options), olss (times, fit, rank), search
         (solvers, grids, budget, moves, strategies), dpm_solver_v3 (num_points, order, predictor_pseudo, corrector,
-        corrector_pseudo, quadrature, x0, num_probes, chunk_size, seed).
+        corrector_pseudo, quadrature, x0, num_probes, chunk_size, seed), amed (base, order, afs, scale_dir,
+        scale_time, grid, teacher_kind, insert, iterations, learning_rate, batch_size, seed, students, loss;
+        num_steps is AMED's steps, 2 model calls each).
 
     Returns:
       (solver, ts) for `samplers.sample`, and info with return_info.
