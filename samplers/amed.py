@@ -212,7 +212,7 @@ class AMED(Solver):
 
     def check_times(self, process: Process, ts: Any) -> None:
         with jax.enable_x64(True), jax.ensure_compile_time_eval():
-            gamma = np.asarray(process.gamma(jnp.asarray(ts, jnp.float64)))
+            gamma = np.asarray(process.gamma(np.asarray(ts, np.float64)))
         if not np.all(np.isfinite(gamma) & (gamma > 0)):
             raise ValueError(f"amed needs 0 < sigma / alpha < inf at every grid point (its intermediate time is the "
                              f"geometric mean gamma_n^(1-r) gamma_(n+1)^r); got gamma = {gamma.tolist()}: end at "

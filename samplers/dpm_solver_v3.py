@@ -238,12 +238,12 @@ class DPMSolverV3(Solver):
         if self.lambdas is None:
             return np.asarray(ts, np.float64)
         grid = np.asarray(self.lambdas, np.float64)
-        lam = np.asarray(process.log_snr(jnp.asarray(ts, jnp.float64)), np.float64)
+        lam = np.asarray(process.log_snr(np.asarray(ts, np.float64)), np.float64)
         index = np.abs(lam[:, None] - grid[None, :]).argmin(axis=1)
         if np.any(np.diff(index) <= 0):
             raise ValueError(f"dpm_solver_v3: {len(ts)} times snap to grid indices {index.tolist()} of a "
                              f"{grid.size}-point statistics grid; two share a point: use a finer grid or fewer steps")
-        return np.asarray(process.t_of_log_snr(jnp.asarray(grid[index], jnp.float64)), np.float64)
+        return np.asarray(process.t_of_log_snr(np.asarray(grid[index], np.float64)), np.float64)
 
     # -- the coefficient table -------------------------------------------------------------------------------
 

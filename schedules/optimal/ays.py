@@ -253,7 +253,7 @@ def fit(model_fn: ModelFn, process: Process, x_data: ArrayLike, num_steps: int |
     cand_fn, terms_fn = _compiled(model_key, prediction, process, args is not None)
     ts0 = np.asarray(get_timesteps("edm", process, BASE_STEPS, t_min=t_min, t_max=t_max), np.float64)
     with jax.enable_x64(True):
-        sigmas = np.array(process.gamma(jnp.asarray(ts0, jnp.float64)), np.float64)
+        sigmas = np.array(process.gamma(np.asarray(ts0, np.float64)), np.float64)
     levels = 1 + next((k for k in range(SUBDIVISIONS + 1) if BASE_STEPS * 2**k >= max(counts)), SUBDIVISIONS)
     fitted, history, sweeps, calls = {}, [], [], 0
     batch = x0.shape[0]
@@ -286,7 +286,7 @@ def fit(model_fn: ModelFn, process: Process, x_data: ArrayLike, num_steps: int |
         source = min((n for n in fitted if n >= k), default=max(fitted))
         sig = interpolate_log_linear(fitted[source], k + 1)
         with jax.enable_x64(True):
-            ts = np.array(process.t_of_gamma(jnp.asarray(sig, jnp.float64)), np.float64)
+            ts = np.array(process.t_of_gamma(np.asarray(sig, np.float64)), np.float64)
         ts[0], ts[-1] = ts0[0], ts0[-1]  # the ends exactly (t_of_gamma(gamma(t)) rounds)
         results[k] = (as_float(ts), dict(info, num_steps=k, sigmas=sig, source_level=source))
     return results

@@ -80,7 +80,7 @@ def estimate_statistics(model_fn: ModelFn, process: Process, x0: ArrayLike, num_
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     t_lo = process.t_min if t_min is None else t_min
     t_hi = process.t_max if t_max is None else t_max
-    lam_ends = np.asarray(process.log_snr(jnp.asarray([t_hi, t_lo], jnp.float64)), np.float64)
+    lam_ends = np.asarray(process.log_snr(np.asarray([t_hi, t_lo], np.float64)), np.float64)
     if not (np.all(np.isfinite(lam_ends)) and lam_ends[0] < lam_ends[1]):
         raise ValueError(f"the statistics grid needs a finite log-SNR at t_max={t_hi} and t_min={t_lo}, increasing "
                          f"towards t_min; {process.name} gives {lam_ends.tolist()}")
