@@ -85,7 +85,8 @@ class AMEDPredictor(nn.Module):
     out: int = 4
 
     @nn.compact
-    def __call__(self, features: jax.Array, gamma_s: jax.Array, gamma_t: jax.Array):
+    def __call__(self, features: jax.Array, gamma_s: jax.Array,
+                 gamma_t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         kaiming = nn.initializers.variance_scaling(1.0, "fan_in", "normal")  # networks.py: kaiming_normal
         embed = nn.Dense(NOISE_CHANNELS, kernel_init=nn.initializers.xavier_uniform(), name="map_layer0")
         emb = jnp.concatenate([nn.silu(embed(positional_embedding(g))) for g in (gamma_s, gamma_t)], axis=-1)

@@ -76,7 +76,7 @@ class DualFastOptions:
         check(self.name, self.dualfast, self.dualfast_ref, self.dualfast_ramp)  # type: ignore[attr-defined]
 
 
-def check(name: str, dualfast, ref: str, ramp) -> None:
+def check(name: str, dualfast: Any, ref: str, ramp: Any) -> None:
     """Raise ValueError for a bad DualFast option of solver `name` (known values only)."""
     REFERENCES.check(ref, where=name)
     if not (isinstance(ramp, tuple) and len(ramp) == 2 and all(isinstance(v, (int, float)) and v >= 0
@@ -89,7 +89,7 @@ def check(name: str, dualfast, ref: str, ramp) -> None:
         raise ValueError(f"{name}: dualfast must be a number >= 0 or one per step (an array), got {dualfast!r}")
 
 
-def schedule(dualfast, ramp: tuple[float, float], num_steps: int, dtype) -> jax.Array:
+def schedule(dualfast: Any, ramp: tuple[float, float], num_steps: int, dtype: Any) -> jax.Array:
     """c_i for every step (num_steps,): an array given per step, or the scalar times the ramp."""
     dualfast = jnp.asarray(dualfast, dtype)
     if dualfast.ndim == 1:
@@ -100,7 +100,7 @@ def schedule(dualfast, ramp: tuple[float, float], num_steps: int, dtype) -> jax.
     return dualfast * (ramp[0] + (ramp[1] - ramp[0]) * frac)
 
 
-def weights(dualfast, ramp: tuple[float, float], process: Process, ts: jax.Array) -> jax.Array:
+def weights(dualfast: Any, ramp: tuple[float, float], process: Process, ts: jax.Array) -> jax.Array:
     """(num_steps,) alpha_t (gamma_t - gamma_s) c_s: the weight of eps_s - eps_tau in each step (module docstring)."""
     gamma = process.gamma(ts)
     first_order = process.alpha(ts[1:]) * (gamma[1:] - gamma[:-1])

@@ -115,7 +115,8 @@ class SemiDiscreteOT:
 
         Returns:
           (ot, info): the fitted `SemiDiscreteOT`; info with "converged" (bool), "iterations", "grad_norm" and
-          "num_empty" (the empty cells) at the last iteration, "samples_per_iteration" (at the end), "samples_drawn" (in all), "lr" (at the end), "doublings",
+          "num_empty" (the empty cells) at the last iteration, "samples_per_iteration" (at the end),
+          "samples_drawn" (in all), "lr" (at the end), "doublings",
           "seconds" (wall time, compilation included).
 
         Raises:

@@ -23,7 +23,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default="outputs/bench/ays_oracle.json")
     parser.add_argument("--nfes", default="5,10")
-    parser.add_argument("--calibration", type=int, default=1024, help="calibration samples (AYS: data; OSS/GITS: noise)")
+    parser.add_argument("--calibration", type=int, default=1024,
+                        help="calibration samples (AYS: data; OSS/GITS: noise)")
     parser.add_argument("--evaluation", type=int, default=1024, help="held-out samples")
     parser.add_argument("--teacher-steps", type=int, default=200, help="OSS's and GITS's teacher grid")
     parser.add_argument("--quick", action="store_true")

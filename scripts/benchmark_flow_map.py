@@ -1,7 +1,8 @@
 """A data-free flow map against its teacher: the student at 1, 2, 4 steps beside the teacher at the same NFE and at
 its fine solve (`experiments.runs.flow_map_benchmark`, whose docstring says what is measured).
 
-    python scripts/benchmark_flow_map.py --workdir outputs/flow_map_digits --json experiments/results/flow_map_digits.json
+    python scripts/benchmark_flow_map.py --workdir outputs/flow_map_digits \
+        --json experiments/results/flow_map_digits.json
     python scripts/benchmark_flow_map.py --workdir outputs/flow_map_toy2d \\
         --config experiments/configs/flow_map_distill.py:teacher=toy2d_fm --json experiments/results/flow_map_toy2d.json
 

@@ -64,7 +64,8 @@ def test_ddim_correction_by_hand_and_traced(problem):
 
 
 def test_unipc1_correction_by_hand(problem):
-    """UniPC-1 (UniP-1 + UniC-1, bh2: rho^c_1 = 1/2) with DualFast, tau the first step's: x0_new = m_i - (sigma_i / alpha_i) c_i (eps_i -
+    """UniPC-1 (UniP-1 + UniC-1, bh2: rho^c_1 = 1/2) with DualFast, tau the first step's:
+    x0_new = m_i - (sigma_i / alpha_i) c_i (eps_i -
     eps_tau) in the first-order term of the predictor and of the corrector, the UniC difference m_{i+1} - m_i on
     the model's own predictions (samplers/unipc.py's formulas, written out)."""
     process, model_eps, x_init, ts = problem

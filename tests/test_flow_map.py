@@ -129,7 +129,8 @@ def tiny():
 def test_the_prediction_loss_jvp_is_the_finite_difference_in_s(tiny):
     fn, aux, params, z = tiny
     with jax.enable_x64(True):
-        loss = losses.make_flow_map_loss(fn, _teacher, aux, OT, correction_weight=0.0, start_at_prior=1.0, t_min=0.0, t_max=1.0)
+        loss = losses.make_flow_map_loss(fn, _teacher, aux, OT, correction_weight=0.0, start_at_prior=1.0, t_min=0.0,
+                                         t_max=1.0)
         _, t, s, r, eps = loss.draw(jax.random.PRNGKey(4), z)
         t, s = t.astype(jnp.float64), s.astype(jnp.float64)
         assert np.all(t == 1.0) and np.all((0 <= s) & (s <= t))
@@ -193,7 +194,8 @@ def test_with_a_gaussian_teacher_the_learned_one_step_map_is_the_exact_map():
     floor = np.max(np.abs(np.asarray(basis(jnp.asarray(s_fine))) @ fit - a_exact))
     assert floor < 1e-3
 
-    loss = losses.make_flow_map_loss(student, _teacher, None, OT, correction_weight=0.0, start_at_prior=1.0, t_min=0.0, t_max=1.0)
+    loss = losses.make_flow_map_loss(student, _teacher, None, OT, correction_weight=0.0, start_at_prior=1.0,
+                                     t_min=0.0, t_max=1.0)
     params = {"student": {"a": jnp.zeros((degree + 1, 2)), "b": jnp.zeros((degree + 1, 2))}, "aux": None}
     opt = optax.adam(optax.cosine_decay_schedule(3e-2, 4000))
 

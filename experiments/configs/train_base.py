@@ -125,7 +125,8 @@ def base_config():
     c.boss.pool_size = 2048  # teacher trajectories at the chosen times, made once into WORKDIR/boss_pool.npz
     c.boss.pool_batch = 256  # trajectories per compiled teacher solve while making the pool
 
-    # Data-free flow-map distillation (experiments/train/flow_map_training.py, experiments/configs/flow_map_distill.py): a student
+    # Data-free flow-map distillation (experiments/train/flow_map_training.py,
+    # experiments/configs/flow_map_distill.py): a student
     # f(x, t, s) = x + (s - t) F(x, t, s), the teacher's network with a second time, trained from prior noise only
     # (losses.make_flow_map_loss). Off while teacher_workdir is None. When on, the model, data and process sections
     # must be the teacher's; samples (grids, eval.json) take flow_map.sample_steps steps of the flow_map solver on

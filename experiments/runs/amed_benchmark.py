@@ -3,7 +3,8 @@
 
 The problem, the batches, the error and the fixed pairs are `learned_benchmark`'s (8-d, 6-component oracle,
 vp_linear from t_max to t_min, calibration key 1, held-out key 2, RMSE against `samplers.exact_flow_map`; FIXED x
-GRIDS, `learned_benchmark.fixed_rows`). Each AMED row is fitted by `schedules.learn("amed", ...)` for each NFE: an even NFE is NFE / 2
+GRIDS, `learned_benchmark.fixed_rows`). Each AMED row is fitted by `schedules.learn("amed", ...)` for each NFE:
+an even NFE is NFE / 2
 steps, an odd one (NFE + 1) / 2 steps with AFS. Output: the markdown table (printed, and beside the JSON), with the
 learn time and the model calls per calibration sample (teacher and training), and the JSON of every cell.
 """

@@ -131,7 +131,8 @@ def benchmark(workdir: str, json_path: str, *, config_spec: str = "experiments/c
     record = {"workdir": workdir, "config": config_spec, "step": step, "use_ema": use_ema,
               "teacher": teacher.description, "reference": {"solver": ref_solver, "steps": ref_steps,
                                                             "nfe": ref_nfe},
-              "num_samples": num_samples, "metric": metric, "data_floor": floor, "rows": rows, "skipped": skipped, "table": table,
+              "num_samples": num_samples, "metric": metric, "data_floor": floor, "rows": rows, "skipped": skipped,
+               "table": table,
               "seconds": {"reference": reference_seconds, "total": time.perf_counter() - start},
               "devices": str(jax.devices())}
     core.write_json(json_path, record, indent=1)

@@ -16,7 +16,8 @@
 3. The data: none. The run's dataset is `PriorNoise`, prior draws at t_max (a pure function of (key, step), so a
    resumed run draws exactly what an uninterrupted one does); the real data is only the W2 reference of eval.json.
    The teacher's weights are the loss's `frozen` input (`Experiment.frozen`), arguments of the compiled step.
-4. Samples and eval.json: `flow_map.sample_steps` steps of the flow_map solver (`samplers.flow_map_solver`) on sample.grid.
+4. Samples and eval.json: `flow_map.sample_steps` steps of the flow_map solver (`samplers.flow_map_solver`) on
+   sample.grid.
 """
 
 from __future__ import annotations

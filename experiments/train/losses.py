@@ -93,7 +93,8 @@ class Loss(NamedTuple):
     and samples the times (`draw(key, x0, labels) -> (eps, x0, t, labels)` for a class-conditional model, the
     labels after dropout). It does not see the parameters, so a trainer can draw the pairs of many steps at once
     (one host round trip for a callback coupling) and outside the gradient. `regress(params, eps, x0, t) -> scalar`
-    (`regress(params, eps, x0, t, labels)`) is the mean squared error of the model's prediction. For a normalizing flow (`make_flow_loss`),
+    (`regress(params, eps, x0, t, labels)`) is the mean squared error of the model's prediction. For a normalizing flow
+    (`make_flow_loss`),
     `draw(key, x0[, labels]) -> (x_noisy, labels)` and `regress` is the negative log-likelihood.
     `loss(params, key, x0[, labels])` is the two in turn.
     """
@@ -294,7 +295,8 @@ def make_flow_map_loss(student, teacher, aux, process, *, correction_weight=1.0,
       constrain: optional fn applied to every batch-shaped array (a sharding constraint).
 
     Returns:
-      A `Loss`: `draw(key, z)`, z the prior noise batch (`experiments.train.flow_map_training.PriorNoise`; no data is read),
+      A `Loss`: `draw(key, z)`, z the prior noise batch (`experiments.train.flow_map_training.PriorNoise`; no data
+      is read),
       gives (z, t, s, r, eps); `regress(params, z, t, s, r, eps, frozen=teacher_params) -> scalar` float32, params
       {"student": ..., "aux": ...}. `terms` has the same arguments and returns the named parts (pred, corr, aux).
     """

@@ -27,6 +27,7 @@ from fastsamplers.core import Registry
 from fastsamplers.samplers.amed import AMED, STUDENTS, init_params, student_states
 from fastsamplers.schedules.grids import get_timesteps
 from fastsamplers.schedules.optimal.teacher import Teacher
+from fastsamplers.schedules.processes import Process
 
 TEACHER_KINDS = Registry.of_names("AMED teacher_kind", ("published", "given"), ordered=True,
                                   unknown="unknown {kind} {name!r}; valid: {valid} (given: learn's teacher_solver)")
@@ -36,7 +37,7 @@ LOSSES = Registry.of_names("AMED loss", ("steps", "final"), ordered=True,
 PUBLISHED_TEACHERS = {"euler": ("heun", {}, 1), "ipndm": ("ipndm", {"order": 4}, 2), "dpmpp": ("dpmpp_3m", {}, 2)}
 
 
-def refined(process, ts: jax.Array, insert: int) -> jax.Array:
+def refined(process: Process, ts: jax.Array, insert: int) -> jax.Array:
     """ts with `insert` points inside each interval, equally spaced in log-SNR; ts[k] is refined[k (insert + 1)]."""
     lam = process.log_snr(ts)
     frac = jnp.arange(insert + 1, dtype=lam.dtype) / (insert + 1)
@@ -48,7 +49,8 @@ def learn_amed(teacher: Teacher, x_init: jax.Array, num_steps: int, *, base: str
                afs: bool = False, scale_dir: float = 0.0, scale_time: float = 0.0, grid: str = "logsnr",
                grid_options: dict | None = None, teacher_kind: str = "published", insert: int | None = None,
                iterations: int = 300, learning_rate: float = 5e-3, batch_size: int | None = None,
-               students: str | None = None, loss: str = "steps", seed: int = 0) -> tuple[AMED, jax.Array, dict[str, Any]]:
+               students: str | None = None, loss: str = "steps",
+               seed: int = 0) -> tuple[AMED, jax.Array, dict[str, Any]]:
     """The AMED solver of `num_steps` steps (2 num_steps - afs model calls) with a trained predictor.
 
     Args:

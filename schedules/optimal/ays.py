@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +103,8 @@ def sample_sigma(u: jax.Array, lo: jax.Array, hi: jax.Array, c: float = PROPOSAL
     return jnp.exp(0.5 * (left + right))
 
 
-def interval_klub(denoiser, lo: jax.Array, hi: jax.Array, x0: jax.Array, u: jax.Array, eps: jax.Array,
+def interval_klub(denoiser: Callable[[jax.Array, jax.Array], jax.Array], lo: jax.Array, hi: jax.Array, x0: jax.Array,
+                  u: jax.Array, eps: jax.Array,
                   eps2: jax.Array, c: float = PROPOSAL_C) -> jax.Array:
     """The importance-sampled KLUB of one interval [lo, hi]: Z(lo, hi) mean(||D(x_s, s) - D(x_hi, hi)||^2 / g(s)).
 
@@ -122,7 +123,8 @@ def interval_klub(denoiser, lo: jax.Array, hi: jax.Array, x0: jax.Array, u: jax.
     return interval_mass(lo, hi, hi, c) * jnp.mean(ratio)
 
 
-def edm_denoiser(model_fn: ModelFn, prediction: str, process: Process, args: PyTree = None):
+def edm_denoiser(model_fn: ModelFn, prediction: str, process: Process,
+                 args: PyTree = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """D(x_E, sigma) from a model of the process: called at t = t_of_gamma(sigma) on x = alpha(t) x_E (sheet E's
     pitfall: AYS's sigmas are EDM's, not the process's times)."""
     model = model_fn if args is None else (lambda x, t: model_fn(x, t, args))
@@ -215,7 +217,8 @@ def _descend(score, level_terms, sigmas, movable, max_sweeps, min_window, histor
 
 
 def fit(model_fn: ModelFn, process: Process, x_data: ArrayLike, num_steps: int | tuple[int, ...], *,
-        prediction: str = "eps", key: jax.Array | None = None, max_sweeps: int = 40, min_window: float = 0.05, t_min: float | None = None,
+        prediction: str = "eps", key: jax.Array | None = None, max_sweeps: int = 40, min_window: float = 0.05,
+        t_min: float | None = None,
         t_max: float | None = None, args: PyTree = None) -> dict[int, tuple[jax.Array, dict[str, Any]]]:
     """Fit Align Your Steps schedules to a model (module docstring).
 

@@ -75,7 +75,8 @@ def estimate_statistics(model_fn: ModelFn, process: Process, x0: ArrayLike, num_
     x0 = jnp.asarray(x0)
     if x0.ndim < 2 or x0.shape[0] < 2:
         raise ValueError(f"x0 must be a batch (K, *shape) of K >= 2 calibration samples, got shape {x0.shape}")
-    for name, value, low in (("num_points", num_points, 3), ("num_probes", num_probes, 1), ("chunk_size", chunk_size, 1)):
+    for name, value, low in (("num_points", num_points, 3), ("num_probes", num_probes, 1),
+                             ("chunk_size", chunk_size, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     t_lo = process.t_min if t_min is None else t_min
@@ -117,7 +118,8 @@ def _moments(model, process, x0_chunks, lambdas, key, num_probes):
         t = process.t_of_log_snr(lam)
         alpha, sigma = process.alpha(t), process.sigma(t)
         # d log alpha / dlambda along t(lambda), for the ODE's drift (any process: by forward-mode autodiff).
-        dlog_alpha = jax.jvp(lambda u: jnp.log(process.alpha(process.t_of_log_snr(u))), (lam,), (jnp.ones_like(lam),))[1]
+        dlog_alpha = jax.jvp(lambda u: jnp.log(process.alpha(process.t_of_log_snr(u))), (lam,),
+                             (jnp.ones_like(lam),))[1]
 
         def chunk_sums(carry, inputs):
             x0, j = inputs
