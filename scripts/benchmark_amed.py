@@ -33,7 +33,8 @@ def main(argv=None):
     parser.add_argument("--teacher-steps", type=int, default=200)
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--grid", default="quadratic")
-    parser.add_argument("--rows", default="", help="comma-separated labels of amed_benchmark.ROWS (default: all)")
+    parser.add_argument("--rows", default="", help="';'-separated labels of amed_benchmark.ROWS (default: all; the "
+                        "labels hold commas)")
     parser.add_argument("--batch-size", type=int, default=None, help="Adam's minibatch (default: the whole batch)")
     parser.add_argument("--digits", default="", help="a digits_vp run's workdir: FD-digits at the first NFE instead")
     parser.add_argument("--digits-config", default="experiments/configs/digits_vp.py")
@@ -44,8 +45,9 @@ def main(argv=None):
     nfes = [int(n) for n in args.nfes.split(",")]
     if args.quick:
         nfes, args.calibration, args.evaluation, args.iterations = [5], 128, 256, 100
-    rows = {k: dict(v, batch_size=args.batch_size) for k, v in amed_benchmark.ROWS.items()
-            if not args.rows or k in args.rows.split(",")}
+    known = core.Registry("AMED row", amed_benchmark.ROWS)
+    labels = [label.strip() for label in args.rows.split(";")] if args.rows else list(amed_benchmark.ROWS)
+    rows = {label: dict(known.lookup(label), batch_size=args.batch_size) for label in labels}
     if args.digits:
         jax.config.update("jax_enable_x64", False)
         out = amed_benchmark.digits_rows(args.digits_config, args.digits, nfe=nfes[0], num_samples=args.num_samples,
