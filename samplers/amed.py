@@ -114,7 +114,7 @@ def init_params(key: jax.Array, dim: int, scale_dir: float = 0.0, scale_time: fl
     Example:
         >>> params = init_params(jax.random.PRNGKey(0), dim=8)
         >>> sum(v.size for k, v in params.items() if k != "projection")
-        8921
+        8929
     """
     k_proj, k_net = jax.random.split(key)
     module = AMEDPredictor(scale_dir, scale_time)
