@@ -45,6 +45,7 @@ def test_half_is_the_geometric_midpoint_solver(oracle):
     assert info["nfe"] == 9  # the analytic first direction saves a call
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_order_two_on_the_oracle(oracle):
     x = P.prior(jax.random.PRNGKey(2), (32, 2))
     ts = [schedules.get_timesteps("logsnr", P, n, t_min=1e-2) for n in (16, 32)]
@@ -132,6 +133,7 @@ def test_unrolled_students_differentiate_through_the_trajectory(student_case):
     assert np.all(np.isfinite(grads["unrolled"])) and not np.allclose(grads["chained"], grads["unrolled"])
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_learned_file_round_trip_is_bitwise(oracle, tmp_path):
     with jax.enable_x64(False):
         solver = AMED(base="dpmpp", afs=True, scale_time=0.05, params=init_params(jax.random.PRNGKey(7), 2, 0.0, 0.05))

@@ -117,6 +117,7 @@ def test_descent_reaches_the_optimum(fitted):
     assert float(ays.gaussian_klub(arctan)) > 10 * float(ays.gaussian_klub(sig))
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_klub_optimum_is_not_arctan_linear_but_ddim_shrink_is(gaussian):
     """The sheet's Gaussian rule (arctan(sigma_i / c) linear in i) maximises the deterministic DDIM's shrink factor
     prod cos(Delta theta) (its error on Gaussian data), not the KLUB, whose optimum (the closed form minimised here;

@@ -75,6 +75,7 @@ def test_the_map_is_piecewise_constant_on_the_cells(fitted_2d):
         assert len(np.unique(cells)) > 4  # the points cover several cells
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_in_1d_the_cell_boundaries_are_the_source_quantiles():
     """Uniform source on [0, 1], targets on a line: the monotone map's cells are intervals with boundaries
     b_i = (h_i - h_{i+1}) / (y_{i+1} - y_i), and the OT map puts them at the quantiles sum_{j <= i} nu_j. With unit

@@ -116,6 +116,7 @@ def test_matches_the_reference_live():
         np.testing.assert_allclose(_reference_case(record, name), record[name], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_learned_file_round_trips_with_its_statistics(tmp_path, oracle):
     """schedules.learn -> save_learned (statistics in an .npz beside the JSON) -> get_solver("file"): the same
     samples; a snapped grid's times off the statistics grid are refused before compute."""

@@ -63,6 +63,7 @@ def test_ddim_correction_by_hand_and_traced(problem):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_unipc1_correction_by_hand(problem):
     """UniPC-1 (UniP-1 + UniC-1, bh2: rho^c_1 = 1/2) with DualFast, tau the first step's:
     x0_new = m_i - (sigma_i / alpha_i) c_i (eps_i -

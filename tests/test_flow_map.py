@@ -126,6 +126,7 @@ def tiny():
     return fn, aux, params, x
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_the_prediction_loss_jvp_is_the_finite_difference_in_s(tiny):
     fn, aux, params, z = tiny
     with jax.enable_x64(True):

@@ -57,6 +57,7 @@ def test_exact_gaussian_plan_is_the_closed_form_eot_plan():
         np.testing.assert_allclose(leaf, 0.0, atol=1e-10)
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_full_covariance_eot_slope_solves_the_riccati_equation_and_matches_diagonal():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2, 3, 3))
@@ -117,6 +118,7 @@ def test_drift_is_the_sheets_closed_form(full):
     np.testing.assert_allclose(closed, expected, rtol=1e-9, atol=1e-9 / (1 - 0.999))
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_drift_against_quadrature_1d():
     """eps d/dx log int N(y | x, eps (1 - t)) e^{y^2 / (2 eps)} v(y) dy on a fine grid (the log-integrand is
     concave-quadratic per component, so a grid of step 1e-3 over +-12 is exact to far below the tolerance), and
@@ -138,6 +140,7 @@ def test_drift_against_quadrature_1d():
     np.testing.assert_allclose(closed, numeric, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # the default suite's CI budget: scripts/test_slow.sh runs it
 def test_sde_integrates_to_the_plan_and_its_path_is_the_bridge_mixture():
     """N = 1024 particles of a random 2-d K = 4 LightSB (full covariance), 200 Euler-Maruyama steps."""
     with jax.enable_x64(False):
