@@ -21,7 +21,7 @@ import numpy as np
 
 from fastsamplers import core, samplers, schedules
 from fastsamplers.experiments.report.tables import render_table
-from fastsamplers.experiments.runs.learned_benchmark import fixed_rows, problem
+from fastsamplers.experiments.runs.learned_benchmark import best_fixed, fixed_rows, problem
 
 ROWS = {  # label: options of schedules.learn("amed", ...)
     "AMED-Solver": {"base": "euler"},
@@ -95,9 +95,8 @@ def benchmark(json_path: str, *, nfes=(4, 5, 6, 8, 10), calibration: int = 512, 
 
 def markdown(rows: list, nfes) -> str:
     """The best fixed pair per NFE, then each AMED row (RMSE, ratio to the best, the untrained step, time, calls)."""
-    fixed = [r for r in rows if r["kind"] == "fixed"]
-    best = {n: min((r for r in fixed if r["nfe"] == n), key=lambda r: r["rmse"]) for n in nfes}
-    lines = [["best fixed pair"] + [f"{best[n]['rmse']:.4f} ({best[n]['label']}, {best[n]['grid']})" for n in nfes]]
+    best, line = best_fixed(rows, nfes)
+    lines = [line]
     learned = [r for r in rows if r["kind"] == "learned"]
     for label in dict.fromkeys(r["label"] for r in learned):
         cells = {r["nfe"]: r for r in learned if r["label"] == label}

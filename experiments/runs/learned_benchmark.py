@@ -119,11 +119,17 @@ def fixed_rows(p, model, x_eval, rmse, nfes, fixed: dict | None = None) -> list:
     return rows
 
 
-def markdown(rows: list, nfes) -> str:
-    """One line for the best fixed pair per NFE, one per learned sampler (RMSE, ratio to the best, time, calls)."""
+def best_fixed(rows: list, nfes) -> tuple[dict, list]:
+    """The lowest-RMSE fixed row per NFE, and the table line that shows them."""
     fixed = [r for r in rows if r["kind"] == "fixed"]
     best = {n: min((r for r in fixed if r["nfe"] == n), key=lambda r: r["rmse"]) for n in nfes}
-    lines = [["best fixed pair"] + [f"{best[n]['rmse']:.4f} ({best[n]['label']}, {best[n]['grid']})" for n in nfes]]
+    return best, ["best fixed pair"] + [f"{best[n]['rmse']:.4f} ({best[n]['label']}, {best[n]['grid']})" for n in nfes]
+
+
+def markdown(rows: list, nfes) -> str:
+    """One line for the best fixed pair per NFE, one per learned sampler (RMSE, ratio to the best, time, calls)."""
+    best, line = best_fixed(rows, nfes)
+    lines = [line]
     learned = [r for r in rows if r["kind"] == "learned"]
     for label in dict.fromkeys(r["label"] for r in learned):
         cells = {r["nfe"]: r for r in learned if r["label"] == label}
