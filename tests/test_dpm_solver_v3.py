@@ -78,7 +78,7 @@ def test_statistics_of_a_gaussian_are_its_closed_form():
 
     (l, _), (l_dot, f_dot) = jax.vmap(lambda u: jax.jvp(closed, (u,), (jnp.ones_like(u),)))(lam)
     alpha, sigma = PROCESS.alpha(PROCESS.t_of_log_snr(lam)), PROCESS.sigma(PROCESS.t_of_log_snr(lam))
-    l_dot_fd = jnp.gradient(l, lam, axis=0)
+    l_dot_fd = np.gradient(np.asarray(l), np.asarray(lam), axis=0, edge_order=2)
     b = f_dot - (l_dot_fd - l_dot) * mu[None]
     y_error = 5 * jnp.sqrt((std[None] ** 2 + (sigma / alpha)[:, None] ** 2) / k)
     np.testing.assert_allclose(stats["l"], l, rtol=0, atol=1e-12)
@@ -147,23 +147,23 @@ def test_bad_options_are_clear_errors(options, match):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a known bug: with a non-constant l the error stops falling near 2e-2 (with "
-                   "l = 1 it converges); the issue 27 closing note narrows it down")
 def test_order_on_the_8d_oracle_with_estimated_statistics():
-    """The learned statistics of the 8-d oracle (learned_benchmark's problem) on a 961-point grid; steps 12 to 96 on
+    """The estimated statistics of the 8-d oracle (learned_benchmark's problem) on a 241-point grid; steps 12 to 48 on
     it from t = 0.8 to 0.05: the global order of the third-order predictor with lower-order warm-up is >= 2 - 0.5
-    (the first-order first step bounds it by 2, as for every multistep solver: tests/test_order.py)."""
+    (the first-order first step bounds it by 2, as for every multistep solver: tests/test_order.py). With fresh
+    noise at every grid point (no common random numbers) the estimated l is rough and the fitted order was 0.87:
+    errors 0.158, 0.036, 0.033, 0.021 at 12 to 96 steps; with them, errors 6.9e-2, 5.1e-3, 6.6e-4."""
     gm = GaussianMixture.random(jax.random.PRNGKey(0))
     model = gm.model_fn(PROCESS)
     x = gm.marginal_sample(jax.random.PRNGKey(2), 64, 0.8, PROCESS)
-    stats, _ = estimate_statistics(model, PROCESS, gm.sample(jax.random.PRNGKey(1), 256), 961,
+    stats, _ = estimate_statistics(model, PROCESS, gm.sample(jax.random.PRNGKey(1), 256), 241,
                                    key=jax.random.PRNGKey(3), t_min=0.05, t_max=0.8)
     solver = samplers.get_solver("dpm_solver_v3", **stats)
     exact = samplers.exact_flow_map(gm, PROCESS, x, 0.8, 0.05)
-    steps = np.array([12, 24, 48, 96])
+    steps = np.array([12, 24, 48])
     errors = []
     for n in steps:
-        ts = np.asarray(PROCESS.t_of_log_snr(jnp.asarray(stats["lambdas"][::960 // n])))
+        ts = np.asarray(PROCESS.t_of_log_snr(jnp.asarray(stats["lambdas"][::240 // n])))
         y, _ = samplers.sample(model, solver, PROCESS, x, ts)
         errors.append(float(jnp.max(jnp.abs(y - exact))))
     order = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
