@@ -206,3 +206,12 @@ def test_flow_matching_trains_and_samples_on_the_kinetic_path(tmp_path):
         assert result["resolutions"]["2"]["w2"] < 2.0, result  # N(0, I) to moons is about 2.2
     with pytest.raises(ValueError, match="'ot', 'kinetic'"):
         train.load_config(spec.replace("path=kinetic", "path=vp"))
+
+
+def test_digits_config_names_the_kinetic_path():
+    from fastsamplers.experiments import train
+
+    root = train.__file__.rsplit("/experiments/", 1)[0]
+    assert train.load_config(f"{root}/experiments/configs/digits_fm.py:path=kinetic,smoke").process.name == (
+        "kinetic_optimal")
+    assert train.load_config(f"{root}/experiments/configs/digits_fm.py:smoke").process.name == "ot"

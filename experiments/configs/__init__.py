@@ -18,6 +18,9 @@ from fastsamplers import schedules
 from fastsamplers.core import Registry
 
 ARGS_UNKNOWN = "unknown config arg {name!r} in {arg!r}; valid args: {valid}"
+# A flow-matching config's `path=P`: its name of a Gaussian path -> the process (schedules.PROCESSES). "kinetic" is
+# the training set's kinetic-optimal path, estimated at a run's first build and kept in its workdir.
+PATHS = Registry("path", {"ot": "ot", "kinetic": "kinetic_optimal"}, ordered=True)
 
 
 def parse_arg(arg: str | None, *, choices: Mapping[str, Registry] | None = None,

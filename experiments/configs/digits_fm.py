@@ -5,6 +5,8 @@ Launch (from the repository root; about 15 minutes on a 2-core CPU, ~150 ms a st
     python scripts/train.py --config experiments/configs/digits_fm.py --workdir outputs/digits_fm
 
 Variants (`digits_fm.py:ARG`): `coupling=ot` pairs each minibatch by exact OT (default independent);
+`path=kinetic` trains on the digits' kinetic-optimal Gaussian path (`schedules.kinetic`, Shaul et al. 2023; its
+separation estimated from the data at the first build, kept in the workdir; default `ot`, sigma = t);
 `size=8|16|32` the resolution (default 8, the native size); `smoke` a few steps of a tiny UNet, for tests;
 `conditional` a class-conditional UNet (10 digit classes, label dropout 0.1) sampled with classifier-free guidance
 of scale 2 (`samplers.guided`; it needs the default independent coupling); flags combine, e.g. `conditional,smoke`.
@@ -17,14 +19,15 @@ Overrides: `--config.train.num_steps=20000 --config.sample.solver=heun --config.
 
 from __future__ import annotations
 
-from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs import PATHS, parse_arg
 from fastsamplers.experiments.configs.train_base import digits_unet
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, coupling="independent", size=0, smoke=False, conditional=False)
+    arg = parse_arg(arg, choices={"path": PATHS}, coupling="independent", path="ot", size=0, smoke=False,
+                    conditional=False)
     c = digits_unet(arg.size or 8, arg.smoke, arg.conditional)
-    c.process.name = "ot"
+    c.process.name = PATHS.lookup(arg.path)
     c.loss.prediction = "velocity"
     c.loss.coupling = arg.coupling
     c.loss.t_min, c.loss.t_max = 0.0, 1.0

@@ -15,12 +15,8 @@ Overrides: `--config.train.num_steps=20000 --config.loss.sinkhorn_epsilon=0.1 --
 
 from __future__ import annotations
 
-from fastsamplers.core import Registry
-from fastsamplers.experiments.configs import parse_arg
+from fastsamplers.experiments.configs import PATHS, parse_arg
 from fastsamplers.experiments.configs.train_base import base_config
-
-# path=P: the config's name of a path -> its process name (schedules.PROCESSES)
-PATHS = Registry("path", {"ot": "ot", "kinetic": "kinetic_optimal"}, ordered=True)
 
 
 def get_config(arg=None):
