@@ -5,6 +5,11 @@ Command (from the repository root):
 
     python scripts/benchmark_kinetic.py --json experiments/results/kinetic_oracle.json [--parts toy2d,digits]
 
+With trained digits runs (`digits_fm.py` and `digits_fm.py:path=kinetic`), their FD-digits at Euler 2/4/8:
+
+    python scripts/benchmark_kinetic.py --json experiments/results/kinetic_digits.json --parts digits \
+        --digits-models cond_ot=outputs/digits_fm,kinetic=outputs/digits_fm_kinetic
+
 Writes the JSON and prints the table.
 """
 
@@ -25,10 +30,13 @@ def main(argv=None):
     parser.add_argument("--num", type=int, default=1000, help="samples per W2 / straightness estimate")
     parser.add_argument("--parts", default="toy2d", help="comma-separated: toy2d, digits")
     parser.add_argument("--datasets", default=",".join(kinetic_benchmark.DATASETS), help="comma-separated 2-D sets")
+    parser.add_argument("--digits-models", default="", help="LABEL=RUN_DIR,...: cond_ot and/or kinetic digits runs")
+    parser.add_argument("--num-samples", type=int, default=10_000, help="digits samples per FD-digits")
     args = parser.parse_args(argv)
+    models = dict(item.split("=", 1) for item in args.digits_models.split(",") if item)
     jax.config.update("jax_enable_x64", True)  # the oracle and the tables in float64
     kinetic_benchmark.benchmark(args.json, parts=tuple(args.parts.split(",")), datasets=tuple(args.datasets.split(",")),
-                                seed=args.seed, num=args.num)
+                                seed=args.seed, num=args.num, models=models, num_samples=args.num_samples)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ the exact oracle velocity on both paths, so no training enters:
   (W2 between two exact draws of the same size).
 
 "digits" (scikit-learn's 8x8 digits): the separation of the data set (`schedules.separation_from_data`) and the two
-paths' kinetic energies by the formula. FD-digits at Euler 2/4/8 needs a digits model trained on the kinetic path,
-which this runner does not train (about 35 minutes per model on a CPU): not measured.
+paths' kinetic energies by the formula. With trained runs (`models`: the run directories of `digits_fm.py` and
+`digits_fm.py:path=kinetic`, about 15-25 minutes each on a CPU; the runner does not train them), FD-digits
+(`experiments.metrics.fd_digits`) of Euler at 2, 4 and 8 uniform steps in t and of the config's converged Heun
+(39 NFE), from the same noise for both paths, and each run's own path (Phi, kinetic energy by the formula).
 """
 
 from __future__ import annotations
@@ -119,26 +121,56 @@ def toy_rows(name: str, seed: int = 0, num: int = 1000, steps: tuple[int, ...] =
     return row
 
 
-def digits_row(seed: int = 0, num_s: int = 128) -> dict:
-    """The digits data set's separation and the kinetic energies of cond-OT and the kinetic-optimal path (formula)."""
+DIGITS_CONFIGS = core.Registry("digits run", {"cond_ot": "experiments/configs/digits_fm.py",
+                                               "kinetic": "experiments/configs/digits_fm.py:path=kinetic"})
+HEUN_NFE = 39  # digits_fm's converged sampler (config.sample: heun, 39 NFE = 20 steps)
+
+
+def digits_row(seed: int = 0, num_s: int = 128, models: dict[str, str] | None = None,
+               num_samples: int = 10_000) -> dict:
+    """The digits data set's separation and the kinetic energies of cond-OT and the kinetic-optimal path (formula);
+    with `models` ({"cond_ot": run_dir, "kinetic": run_dir}), the trained runs' FD-digits (module docstring)."""
     images = np.asarray(data.get_dataset("digits").data, np.float64)
     sep = schedules.separation_from_data(jax.random.PRNGKey(seed), images, num_s=num_s, num_queries=2048)
     kinetic = schedules.kinetic_optimal_process(sep)
-    return {"dataset": "digits", "data_scale": sep.data_scale, "big_phi": kinetic.big_phi,
-            "cond_ot": {"kinetic_energy_formula": schedules.kinetic_energy(sep, schedules.get_process("ot"))},
-            "kinetic": {"kinetic_energy_formula": schedules.kinetic_energy(sep, kinetic)},
-            "fd_digits": "not measured: needs a digits model trained on the kinetic path (about 35 min on a CPU)"}
+    row = {"dataset": "digits", "data_scale": sep.data_scale, "big_phi": kinetic.big_phi,
+           "cond_ot": {"kinetic_energy_formula": schedules.kinetic_energy(sep, schedules.get_process("ot"))},
+           "kinetic": {"kinetic_energy_formula": schedules.kinetic_energy(sep, kinetic)}}
+    if not models:
+        row["fd_digits"] = "not measured: give the trained runs (models)"
+        return row
+    from fastsamplers.experiments.metrics import fd_digits
+    from fastsamplers.experiments.train import checkpoint_target
+
+    for label, run_dir in models.items():
+        target = checkpoint_target(DIGITS_CONFIGS.lookup(label), run_dir)
+        p = target.process
+        x_init = p.prior(jax.random.PRNGKey(seed + 1), (num_samples, *target.shape), dtype=jnp.float32)
+        fd = {}
+        for solver, nfe in [("euler", n) for n in STEPS] + [("heun", HEUN_NFE)]:
+            steps = nfe if solver == "euler" else (nfe + 1) // 2
+            ts = jnp.linspace(1.0, 0.0, steps + 1)
+            x, _ = samplers.sample(target.model_fn, solver, p, x_init, ts, prediction=target.prediction,
+                                   args=target.args)
+            fd[f"{solver}_{nfe}"] = float(fd_digits.fd_digits(np.asarray(x, np.float64)))
+        own = {"run": run_dir, "step": target.step, "fd_digits": fd}
+        if isinstance(p, schedules.KineticOptimal):
+            own.update(big_phi=p.big_phi, kinetic_energy_formula=p.kinetic_energy(int(np.prod(target.shape))))
+        row[label]["trained"] = own
+    return row
 
 
 def benchmark(json_path: str, *, parts: tuple[str, ...] = ("toy2d",), datasets: tuple[str, ...] = DATASETS,
-              seed: int = 0, num: int = 1000) -> dict:
+              seed: int = 0, num: int = 1000, models: dict[str, str] | None = None, num_samples: int = 10_000) -> dict:
     """Run the parts, write the JSON record, print a table; returns the record."""
     for part in parts:
         PARTS.check(part)
+    for label in models or {}:
+        DIGITS_CONFIGS.check(label)
     start = time.time()
     rows = [toy_rows(name, seed, num) for name in datasets] if "toy2d" in parts else []
     if "digits" in parts:
-        rows.append(digits_row(seed))
+        rows.append(digits_row(seed, models=models, num_samples=num_samples))
     record = {"rows": rows, "seed": seed, "num": num, "seconds": time.time() - start, "versions": versions()}
     core.write_json(json_path, record)
     print(f"{'dataset':14s} {'Phi':>6s} {'KE ot':>8s} {'KE kin':>8s} {'S ot':>7s} {'S kin':>7s}  W2 ot / kin at "
@@ -149,4 +181,9 @@ def benchmark(json_path: str, *, parts: tuple[str, ...] = ("toy2d",), datasets: 
         w2 = "  ".join(f"{ot['euler_w2'][k]:.3f}/{kin['euler_w2'][k]:.3f}" for k in ot.get("euler_w2", {}))
         s = f"{ot.get('straightness', float('nan')):7.3f} {kin.get('straightness', float('nan')):7.3f}"
         print(f"{row['dataset']:14s} {row['big_phi']:6.3f} {ot[ke]:8.3f} {kin[ke]:8.3f} {s}  {w2}")
+        for label in ("cond_ot", "kinetic"):
+            if "trained" in row[label]:
+                fd = row[label]["trained"]["fd_digits"]
+                print(f"  {label} (trained, step {row[label]['trained']['step']}) FD-digits: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in fd.items()))
     return record
