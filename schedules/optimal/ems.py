@@ -227,5 +227,21 @@ def learn_dpm_solver_v3(teacher: Teacher, x_init: jax.Array, num_steps: int, *, 
     k = x0.shape[0]
     cost = {"model_evaluations_per_sample": info["model_evaluations"] / k, "jvps_per_sample": info["jvps"] / k,
             "teacher_calls_per_sample": teacher_calls, "calibration_samples": k, "num_points": int(num_points),
-            "statistics_seconds": info["seconds"], "seconds": time.perf_counter() - start}
+            "statistics_seconds": info["seconds"], "seconds": time.perf_counter() - start,
+            "roughness": roughness(stats)}
     return solver, jnp.asarray(ts), cost
+
+
+def roughness(stats: dict[str, np.ndarray]) -> dict[str, float]:
+    """How rough each statistic is along the grid: per dimension mean |second difference| / mean |first difference|,
+    the median over dimensions. A smooth curve scores about the grid spacing times |v''| / |v'| (well below 1 on a
+    fine grid); independent noise scores about 1.7 (sqrt(6) / sqrt(2)). DPM-Solver-v3 extrapolates g through grid
+    points, so rough s, b (above ~0.5) make it worse than DPM-Solver++: a model whose output is not smooth in t
+    (module docstring; README). A constant dimension (no first difference) is left out."""
+    out = {}
+    for name in ("l", "s", "b"):
+        v = np.asarray(stats[name], np.float64).reshape(np.shape(stats[name])[0], -1)
+        d1, d2 = np.abs(np.diff(v, axis=0)).mean(axis=0), np.abs(np.diff(v, 2, axis=0)).mean(axis=0)
+        moving = d1 > 0
+        out[name] = float(np.median(d2[moving] / d1[moving])) if np.any(moving) else 0.0
+    return out
