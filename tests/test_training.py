@@ -128,6 +128,8 @@ def test_the_progress_bar_of_a_resumed_run_counts_only_its_own_steps():
         bar.close()
 
 
+@pytest.mark.slow  # 55 s of CPU (a smoke conditional UNet trained, sampled guided, resumed): over CI's budget; the
+# default suite keeps the kill-and-resume test and tests/test_networks.py's class-conditioning test
 def test_conditional_unet_trains_samples_guided_and_resumes_bitwise(tmp_path):
     config = digits_vp.get_config("conditional,smoke")
     assert config.model.unet.num_classes == 10 and config.sample.guidance_scale != 1.0
