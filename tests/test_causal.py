@@ -335,6 +335,7 @@ def test_training_decreases_nll_and_samples(smoke_run):
     assert result["sampler"]["plan"] == "sequential"
 
 
+@pytest.mark.slow  # 10 s of CPU (three scripts in smoke form), over CI's budget
 def test_scripts_metrics_and_benchmark(smoke_run, tmp_path):
     _, workdir, *_ = smoke_run
 

@@ -375,6 +375,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 14 s of CPU, over CI's budget; tests/test_multidevice.py keeps two processes in the default suite
 def test_four_devices_and_two_processes_match_one_device(smoke, reference_images, tmp_path, device_flags):
     """The script on 4 simulated devices, and 2 jax.distributed processes of 2 devices each, give the in-process
     one-device value (x64 on in all, as in this test session). Shards are split per process: s % 2."""

@@ -202,6 +202,7 @@ def test_every_preset_makes_a_config_the_loader_accepts(preset):
         assert arch.attention_resolutions == tuple(arch.image_size // r for r in (32, 16, 8))
 
 
+@pytest.mark.slow  # 12 s of CPU (every released architecture built), over CI's budget
 def test_released_architectures_have_guided_diffusions_parameters():
     """For every released checkpoint's preset, the parameter names and shapes the loader expects are those of the
     network guided-diffusion's script_util builds from the same flags (released_shapes.json: their count and hash),

@@ -222,7 +222,9 @@ CONDITIONAL = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CONDITIONAL))
+# the UNet case (12 s of CPU) in the slow set for CI's budget; the DiT case keeps the default suite's check
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "unet" else n
+                                  for n in sorted(CONDITIONAL)])
 def test_class_conditioning_adds_only_a_label_table_to_the_time_embedding(name):
     plain = CONDITIONAL[name]
     x, t = _normal(3, (BATCH, 8, 8, 1)), jnp.array([0.1, 0.5, 0.9], jnp.float32)

@@ -48,6 +48,7 @@ def test_published_checkpoints_notebook_executes_on_the_edm_fixture(tmp_path, mo
     assert (tmp_path / "out" / "samples.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # 10 s of CPU, over CI's budget; the checkpoints notebook stays in the default suite
 def test_published_transformers_notebook_executes_on_the_fixtures(tmp_path, monkeypatch):
     """GS-Jacobi plans on the TarFlow fixture (every plan agrees with sequential to its tolerance) and bottleneck
     sampling on the DiT pipeline fixture (decoded), headless."""
