@@ -15,7 +15,8 @@ from sweep import one_per_kind, slow_unless
 # Stochastic solvers' own checks (key, batch splits, distribution) are in tests/test_stochastic.py; they get the NFE
 # count here, with a key.
 VARIANTS = [(name, opts) for name, cls in samplers.SOLVERS.items() for opts in cls.variants()]
-ALL = [(name, {}) for name in samplers.SOLVERS if not samplers.get_solver(name).stochastic]
+# (flow_map samples only a flow-map model, not the oracle's eps: its driver properties are in tests/test_flow_map.py)
+ALL = [(name, {}) for name in samplers.SOLVERS if not samplers.get_solver(name).stochastic and name != "flow_map"]
 FIXED = [(name, opts) for name, opts in ALL if samplers.get_solver(name).static_nfe]
 # The driver's properties (jit, batching, gradients, prediction kinds) are the same code for every solver: the default
 # suite checks them on one solver of each way of stepping, single-step (ddim), multistage (heun), multistep (dpmpp_2m)
