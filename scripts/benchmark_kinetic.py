@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-import cli  # noqa: F401  (first: the repository on sys.path, quiet logs)
+import cli  # (first: the repository on sys.path, quiet logs)
 import jax
 
 from fastsamplers.experiments.runs import kinetic_benchmark
@@ -33,10 +33,14 @@ def main(argv=None):
     parser.add_argument("--digits-models", default="", help="LABEL=RUN_DIR,...: cond_ot and/or kinetic digits runs")
     parser.add_argument("--num-samples", type=int, default=10_000, help="digits samples per FD-digits")
     args = parser.parse_args(argv)
-    models = dict(item.split("=", 1) for item in args.digits_models.split(",") if item)
+    items = [item for item in args.digits_models.split(",") if item]
+    if any("=" not in item for item in items):
+        parser.error(f"--digits-models takes LABEL=RUN_DIR pairs separated by commas, got {args.digits_models!r}")
+    models = dict(item.split("=", 1) for item in items)
     jax.config.update("jax_enable_x64", True)  # the oracle and the tables in float64
     kinetic_benchmark.benchmark(args.json, parts=tuple(args.parts.split(",")), datasets=tuple(args.datasets.split(",")),
-                                seed=args.seed, num=args.num, models=models, num_samples=args.num_samples)
+                                seed=args.seed, num=args.num, models=models, num_samples=args.num_samples,
+                                command=cli.command_line(__file__, argv))
 
 
 if __name__ == "__main__":

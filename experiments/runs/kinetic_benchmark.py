@@ -161,8 +161,9 @@ def digits_row(seed: int = 0, num_s: int = 128, models: dict[str, str] | None = 
 
 
 def benchmark(json_path: str, *, parts: tuple[str, ...] = ("toy2d",), datasets: tuple[str, ...] = DATASETS,
-              seed: int = 0, num: int = 1000, models: dict[str, str] | None = None, num_samples: int = 10_000) -> dict:
-    """Run the parts, write the JSON record, print a table; returns the record."""
+              seed: int = 0, num: int = 1000, models: dict[str, str] | None = None, num_samples: int = 10_000,
+              command: str = "") -> dict:
+    """Run the parts, write the JSON record (with `command`, the command line), print a table; returns it."""
     for part in parts:
         PARTS.check(part)
     for label in models or {}:
@@ -171,7 +172,8 @@ def benchmark(json_path: str, *, parts: tuple[str, ...] = ("toy2d",), datasets: 
     rows = [toy_rows(name, seed, num) for name in datasets] if "toy2d" in parts else []
     if "digits" in parts:
         rows.append(digits_row(seed, models=models, num_samples=num_samples))
-    record = {"rows": rows, "seed": seed, "num": num, "seconds": time.time() - start, "versions": versions()}
+    record = {"command": command, "rows": rows, "seed": seed, "num": num, "seconds": time.time() - start,
+              "versions": versions()}
     core.write_json(json_path, record)
     print(f"{'dataset':14s} {'Phi':>6s} {'KE ot':>8s} {'KE kin':>8s} {'S ot':>7s} {'S kin':>7s}  W2 ot / kin at "
           + ", ".join(map(str, STEPS)))
