@@ -1,5 +1,6 @@
-"""DPM-Solver-v3 with estimated statistics against DPM-Solver++(2M/3M) and UniPC-3 on the same log-SNR grid (issue 27;
-`experiments.runs.dpm_solver_v3_benchmark`, whose docstring says what is measured).
+"""DPM-Solver-v3 with estimated statistics against DPM-Solver++(2M/3M) and UniPC-3 on the same grids (issue 27;
+`experiments.runs.dpm_solver_v3_benchmark`, whose docstring says what is measured): the uniform log-SNR grid, or
+`--grids uniform,quadratic,logsnr,edm`, each snapped to the statistics grid.
 
 Oracle (from the repository root):
 
@@ -8,7 +9,7 @@ Oracle (from the repository root):
 Digits (a trained VP eps run; FD-digits at NFE 5 and 10):
 
     python scripts/benchmark_dpm_solver_v3.py --json outputs/bench/dpm_solver_v3_digits.json --nfes 5,10 \
-        --digits experiments/configs/digits_vp.py=/work/outputs/digits_vp --calibration 256 --num-samples 2000
+        --digits experiments/configs/digits_vp.py=outputs/digits_vp --calibration 256 --num-samples 2000
 
 Smoke run: `--quick` (NFE 4 and 5, small batches).
 """
@@ -33,6 +34,8 @@ def main(argv=None):
     parser.add_argument("--teacher-steps", type=int, default=200)
     parser.add_argument("--digits", default=None, help="CONFIG.py[:arg]=CHECKPOINT_DIR of a trained run")
     parser.add_argument("--num-samples", type=int, default=2000, help="samples per FD-digits cell")
+    parser.add_argument("--grids", default="logsnr", help="comma-separated time grids (schedules.GRIDS), each snapped "
+                        "to the statistics grid")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     nfes = [int(n) for n in args.nfes.split(",")]
@@ -43,6 +46,7 @@ def main(argv=None):
     dpm_solver_v3_benchmark.benchmark(args.json, nfes=nfes, calibration=args.calibration, evaluation=args.evaluation,
                                       num_points=args.num_points, teacher_steps=args.teacher_steps,
                                       digits=args.digits, num_samples=args.num_samples,
+                                      grids=args.grids.split(","),
                                       command=cli.command_line(__file__, argv))
 
 

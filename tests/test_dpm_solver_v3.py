@@ -180,3 +180,21 @@ def test_roughness_separates_smooth_statistics_from_noise():
     r = roughness({"l": np.sin(lam)[:, None] * np.ones(3), "s": noise, "b": np.ones((2001, 3))})
     assert r["l"] < 0.01 and r["b"] == 0.0
     assert abs(r["s"] - np.sqrt(3)) < 0.1
+
+
+@pytest.mark.parametrize("grid", ["logsnr", "uniform", "quadratic", "edm"])
+def test_benchmark_grids_are_snapped_to_the_statistics_grid(grid):
+    """The benchmark's times on any grid: nfe + 1 distinct points of the statistics grid, decreasing from its first
+    point (t_max) to its last (t_min); "logsnr" hits every 24th point of a 121-point grid at NFE 5 exactly."""
+    from fastsamplers.experiments.runs.dpm_solver_v3_benchmark import grid_times
+
+    lam = np.linspace(float(PROCESS.log_snr(1.0)), float(PROCESS.log_snr(PROCESS.t_min)), 121)
+    ones = np.ones((121, 3))
+    solver = samplers.get_solver("dpm_solver_v3", lambdas=lam, l=ones, s=0 * ones, b=0 * ones)
+    ts = grid_times(PROCESS, solver, grid, 5)
+    on_grid = np.asarray(PROCESS.log_snr(jnp.asarray(ts)), np.float64)
+    index = np.abs(on_grid[:, None] - lam[None, :]).argmin(axis=1)
+    np.testing.assert_allclose(on_grid, lam[index], rtol=0, atol=1e-4)
+    assert index[0] == 0 and index[-1] == 120 and np.all(np.diff(index) > 0)
+    if grid == "logsnr":
+        np.testing.assert_array_equal(index, np.arange(0, 121, 24))

@@ -281,3 +281,10 @@ def test_bad_configs_fail_before_training(tmp_path):
     assert run.stderr.strip() == ("error: --config.train.num_stepz: config.train has no key 'num_stepz'; "
                                   "did you mean 'num_steps'?")
     assert not (tmp_path / "x").exists()
+
+
+def test_time_scale_reaches_the_network():
+    """`digits_vp.py:time_scale=S` builds the UNet with t x S in its time embedding (default DDPM's 1000), and a run
+    restored from its config gets the same network (the option is not a parameter, so a mismatch would be silent)."""
+    assert train.build(digits_vp.get_config("smoke")).net.time_scale == 1000.0
+    assert train.build(digits_vp.get_config("smoke,time_scale=100")).net.time_scale == 100.0

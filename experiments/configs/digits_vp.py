@@ -7,7 +7,8 @@ Launch (from the repository root):
 Variants (`digits_vp.py:ARG`): `prediction=eps|x0|v` (default eps), `process=vp_linear|vp_cosine|edm`
 (EDM uses EDM's input scaling and log-normal times), `size=8|16|32` (default 8, the native size), `smoke` for tests,
 `conditional` a class-conditional UNet (10 digit classes, label dropout 0.1) sampled with classifier-free guidance
-of scale 2 (`samplers.guided`); flags combine, e.g. `conditional,smoke`. Launch the conditional run with
+of scale 2 (`samplers.guided`), `time_scale=S` the UNet's time-embedding scale (t x S enters the sinusoids; default
+1000 as in DDPM, smaller is smoother in t); flags combine, e.g. `conditional,smoke`. Launch the conditional run with
 
     python scripts/train.py --config experiments/configs/digits_vp.py:conditional --workdir outputs/digits_vp_cond
 
@@ -22,8 +23,10 @@ from fastsamplers.experiments.configs.train_base import digits_unet
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, prediction="eps", process="vp_linear", size=0, smoke=False, conditional=False)
+    arg = parse_arg(arg, prediction="eps", process="vp_linear", size=0, smoke=False, conditional=False,
+                    time_scale=1000.0)
     c = digits_unet(arg.size or 8, arg.smoke, arg.conditional)
+    c.model.unet.time_scale = arg.time_scale
     c.process.name = arg.process
     c.loss.prediction = arg.prediction
     if arg.process == "edm":

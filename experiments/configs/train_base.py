@@ -38,7 +38,8 @@ def base_config():
         dict(hidden=256, depth=3, embed_dim=64, activation="silu", time_input="sinusoidal", zero_init_output=True))
     c.model.unet = ml_collections.ConfigDict(
         dict(channels=32, channel_mult=(1, 2), num_res_blocks=2, attention_resolutions=(8,), num_heads=4,
-             num_groups=8, num_classes=0))
+             num_groups=8, num_classes=0, time_scale=1000.0))
+    # time_scale (unet): t x time_scale enters the sinusoidal time embedding (1000: DDPM's; smaller is smoother in t)
     # num_classes > 0 (unet, dit, tarflow): class-conditional on the dataset's labels; num_classes is the null label
     c.model.dit = ml_collections.ConfigDict(
         dict(patch_size=2, hidden=128, depth=4, num_heads=4, mlp_ratio=4.0, num_classes=0))
