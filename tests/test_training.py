@@ -284,7 +284,8 @@ def test_bad_configs_fail_before_training(tmp_path):
 
 
 def test_time_scale_reaches_the_network():
-    """`digits_vp.py:time_scale=S` builds the UNet with t x S in its time embedding (default DDPM's 1000), and a run
-    restored from its config gets the same network (the option is not a parameter, so a mismatch would be silent)."""
+    """`digits_vp.py:time_scale=S` builds the UNet with t x S in its time embedding (default DDPM's 1000), also from
+    the spec string a restored run is rebuilt from (the option is not a parameter: a mismatch would be silent)."""
     assert train.build(digits_vp.get_config("smoke")).net.time_scale == 1000.0
-    assert train.build(digits_vp.get_config("smoke,time_scale=100")).net.time_scale == 100.0
+    spec = os.path.join(ROOT, "experiments", "configs", "digits_vp.py:smoke,time_scale=100")
+    assert train.build(train.load_config(spec)).net.time_scale == 100.0

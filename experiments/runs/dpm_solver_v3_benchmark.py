@@ -38,12 +38,8 @@ VARIANTS = {  # label: the DPM-Solver-v3 options (the statistics come from the c
 
 
 def grid_times(process, learned, grid: str, nfe: int) -> np.ndarray:
-    """`nfe` + 1 times of `grid` snapped to the statistics grid: "logsnr" is uniform in log-SNR between the grid's
-    ends (exact points when `nfe` divides its cells); another `schedules.GRIDS` name is that grid between the times
-    of the grid's ends."""
-    if grid == "logsnr":
-        lam = np.linspace(learned.lambdas[0], learned.lambdas[-1], nfe + 1)
-        return learned.grid_times(process, np.asarray(process.t_of_log_snr(jnp.asarray(lam)), np.float64))
+    """`nfe` + 1 times of `grid` (a `schedules.GRIDS` name) between the times of the statistics grid's ends, snapped to
+    its points; "logsnr" lands on them exactly when `nfe` divides its cells."""
     ends = np.asarray(process.t_of_log_snr(jnp.asarray(learned.lambdas[[0, -1]])), np.float64)
     ts = schedules.get_timesteps(grid, process, nfe, t_min=float(ends[1]), t_max=float(ends[0]))
     return learned.grid_times(process, np.asarray(ts, np.float64))
